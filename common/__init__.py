@@ -1,0 +1,1 @@
+"""The pruning library: algorithms and I/O, no Kubeflow imports."""

@@ -1,0 +1,157 @@
+"""Head and neuron masks, applying them with hooks, and the paper's MAC cost model."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .arch import ArchAdapter, ModelDims, adapter_for
+
+
+@dataclass
+class Masks:
+    """Per-layer mask values: ``head`` is [L, H], ``neuron`` is [L, F]. 1 keeps a unit unchanged,
+    0 removes it, any other value scales it (after mask tuning)."""
+
+    head: torch.Tensor
+    neuron: torch.Tensor
+
+    @classmethod
+    def ones(cls, dims: ModelDims, device: torch.device | str = "cpu") -> Masks:
+        return cls(
+            head=torch.ones(dims.num_layers, dims.num_heads, device=device),
+            neuron=torch.ones(dims.num_layers, dims.intermediate_size, device=device),
+        )
+
+    def clone(self) -> Masks:
+        return Masks(self.head.detach().clone(), self.neuron.detach().clone())
+
+    def to(self, device: torch.device | str) -> Masks:
+        return Masks(self.head.to(device), self.neuron.to(device))
+
+    def binary(self) -> Masks:
+        """Which units are kept (1.0) or pruned (0.0), whatever their scale."""
+        return Masks((self.head != 0).float(), (self.neuron != 0).float())
+
+    def heads_per_layer(self) -> list[int]:
+        return (self.head != 0).sum(dim=1).tolist()
+
+    def neurons_per_layer(self) -> list[int]:
+        return (self.neuron != 0).sum(dim=1).tolist()
+
+    def equal(self, other: Masks) -> bool:
+        return torch.equal(self.head.cpu(), other.head.cpu()) and torch.equal(self.neuron.cpu(), other.neuron.cpu())
+
+    def save(self, path: str | Path) -> None:
+        tensors = {"head": self.head, "neuron": self.neuron}
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Masks:
+        tensors = load_file(str(path))
+        return cls(tensors["head"], tensors["neuron"])
+
+
+def _scale_hook(values: torch.Tensor, repeat: int):
+    def hook(_module, args):
+        x = args[0]
+        return (x * values.to(x.dtype).repeat_interleave(repeat),) + tuple(args[1:])
+
+    return hook
+
+
+def _layer_hooks(
+    adapter: ArchAdapter,
+    layer: nn.Module,
+    head_size: int,
+    head: torch.Tensor | None,
+    neuron: torch.Tensor | None,
+) -> list:
+    handles = []
+    if head is not None:
+        handles.append(adapter.linear(layer, "attn_out").register_forward_pre_hook(_scale_hook(head, head_size)))
+    if neuron is not None:
+        handles.append(adapter.linear(layer, "ffn_out").register_forward_pre_hook(_scale_hook(neuron, 1)))
+    return handles
+
+
+@contextlib.contextmanager
+def masks_applied(
+    model: nn.Module,
+    head: torch.Tensor | None,
+    neuron: torch.Tensor | None,
+    adapter: ArchAdapter | None = None,
+) -> Iterator[None]:
+    """Multiply every head's context vector and every neuron's activation by its mask value,
+    through forward pre-hooks on the attention output and FFN output projections. Masks may
+    require grad (the Fisher pass differentiates through them). ``None`` leaves that kind of
+    unit unmasked."""
+    adapter = adapter or adapter_for(model)
+    head_size = adapter.dims(model.config).head_size
+    handles = []
+    try:
+        for i, layer in enumerate(adapter.layer_modules(model)):
+            handles += _layer_hooks(
+                adapter,
+                layer,
+                head_size,
+                None if head is None else head[i],
+                None if neuron is None else neuron[i],
+            )
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def layer_masks_applied(
+    adapter: ArchAdapter,
+    layer: nn.Module,
+    head_size: int,
+    head: torch.Tensor | None,
+    neuron: torch.Tensor | None,
+) -> Iterator[None]:
+    """``masks_applied`` for one layer module: ``head`` is [H], ``neuron`` is [F]."""
+    handles = _layer_hooks(adapter, layer, head_size, head, neuron)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ----- the paper's MAC cost model ---------------------------------------------------------------
+def head_macs(seq_len: float, dims: ModelDims) -> float:
+    """MACs of one attention head: Q, K, V and output projections plus the two attention matmuls."""
+    s, d, dh = seq_len, dims.hidden_size, dims.head_size
+    return 4 * s * d * dh + 2 * s * s * dh
+
+
+def neuron_macs(seq_len: float, dims: ModelDims) -> float:
+    """MACs of one FFN neuron: one row of W1 and one column of W2."""
+    return 2 * seq_len * dims.hidden_size
+
+
+def masked_macs(masks: Masks, dims: ModelDims, seq_len: float) -> float:
+    heads = float((masks.head != 0).sum())
+    neurons = float((masks.neuron != 0).sum())
+    return heads * head_macs(seq_len, dims) + neurons * neuron_macs(seq_len, dims)
+
+
+def dense_macs(dims: ModelDims, seq_len: float) -> float:
+    return dims.num_layers * (
+        dims.num_heads * head_macs(seq_len, dims) + dims.intermediate_size * neuron_macs(seq_len, dims)
+    )
+
+
+def flops_ratio(masks: Masks, dims: ModelDims, seq_len: float) -> float:
+    """Kept MACs of the heads and FFNs relative to the dense model (embeddings and the task
+    head are not counted, as in the paper)."""
+    return masked_macs(masks, dims, seq_len) / dense_macs(dims, seq_len)

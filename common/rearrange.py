@@ -1,0 +1,58 @@
+"""Mask rearrangement with the block-diagonal Fisher (paper, section 4).
+
+Per layer and unit kind, with the number of pruned units fixed, greedily choose which units to
+prune so that the squared norm of the summed per-batch gradients of the pruned set,
+``||sum_{i in P} g_i||^2`` (the block-diagonal Fisher estimate of the loss increase), is small.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .fisher import MaskGradients
+from .masks import Masks
+
+
+def pruned_set_cost(grads: torch.Tensor, pruned: torch.Tensor) -> float:
+    """``||sum of the pruned units' per-batch gradients||^2``; grads is [B, N], pruned a bool [N]."""
+    return float(grads.double()[:, pruned].sum(1).pow(2).sum())
+
+
+def rearrange_units(kept: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """New bool keep-mask for one layer's units with the same number kept and a pruned-set cost no
+    larger than the diagonal choice. ``grads`` is [B, N] (per-batch gradients of the N units).
+
+    Start from the P units of lowest diagonal importance; then offer every other unit in turn: add
+    it to the pruned set and drop whichever member's removal leaves the smallest cost. Dropping the
+    newcomer restores the previous set, so the cost never rises."""
+    kept = kept.bool()
+    n_pruned = int((~kept).sum())
+    if n_pruned == 0 or n_pruned == kept.numel():
+        return kept.clone()
+    g = grads.double().T.contiguous()  # [N, B]
+    sq = g.pow(2).sum(1)
+    order = torch.argsort(sq, stable=True)
+    members = order[:n_pruned].clone()
+    total = g[members].sum(0)
+    for u in order[n_pruned:].tolist():
+        candidate = total + g[u]
+        # cost after dropping member i from (members + u): ||candidate - g_i||^2
+        drop_member = candidate.dot(candidate) - 2 * (g[members] @ candidate) + sq[members]
+        best = int(torch.argmin(drop_member))
+        if drop_member[best] < total.dot(total):  # strictly better than dropping the newcomer
+            total = candidate - g[members[best]]
+            members[best] = u
+    new_kept = torch.ones_like(kept)
+    new_kept[members] = False
+    return new_kept
+
+
+def rearrange_masks(masks: Masks, grads: MaskGradients) -> Masks:
+    """Rearrange every layer's heads and neurons; per-layer kept counts stay as they are."""
+    head = torch.stack(
+        [rearrange_units(masks.head[i] != 0, grads.head[:, i]) for i in range(masks.head.shape[0])]
+    ).float()
+    neuron = torch.stack(
+        [rearrange_units(masks.neuron[i] != 0, grads.neuron[:, i]) for i in range(masks.neuron.shape[0])]
+    ).float()
+    return Masks(head, neuron)

@@ -1,0 +1,308 @@
+"""Mask tuning by layer-wise least squares (paper, section 5).
+
+With the binary masks fixed, the kept mask values become real-valued scales so that each pruned
+sub-layer reproduces the teacher's output. The output of a block before its LayerNorm is linear in
+its mask values: ``y = sum_u m_u * W_out[:, u] a_u + b_out + residual``. Layer by layer, bottom-up,
+attention then FFN, we solve ``min_m ||y_student(m) - y_teacher||^2`` over the sample's real tokens.
+
+Unlike the reference code, which re-runs the whole model for every layer, the hidden states of the
+student and the teacher are carried from one layer to the next, so every layer runs a few times in
+total: the whole tuning costs about four forward passes over the sample. The normal equations
+``A^T A``, ``A^T b`` are accumulated per batch; for the FFN ``A^T A`` is formed as
+``(sum_t a_t a_t^T) * (W^T W)`` without materialising the per-neuron outputs.
+
+Each system is solved around the untuned scales (``m = m0 + delta``) with a ridge term
+``ridge * mean(diag(A^T A)) * ||delta||^2`` (the reference code's damping). Its safety stop: if a
+solve fails or a scale leaves ``[-scale_bound, scale_bound]``, policy ``"stop"`` keeps the untuned
+scales from that block on, as the reference does; ``"ridge"`` retries with a 10x larger ridge
+(pulling the solution towards the untuned one) so that every block is tuned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arch import ArchAdapter, adapter_for
+from .fisher import to_device
+from .masks import Masks, layer_masks_applied
+
+log = logging.getLogger(__name__)
+
+OutOfRangePolicy = Literal["stop", "ridge"]
+
+
+@dataclass
+class BlockReport:
+    """What tuning did to one block: reconstruction error (sum of squares over the sample) before and after."""
+
+    layer: int
+    block: str  # "attention" or "ffn"
+    tuned: bool
+    error_before: float
+    error_after: float
+    max_abs_scale: float
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Stop(Exception):
+    """Raised from a hook once the needed activations are captured, to skip the rest of a layer."""
+
+
+@dataclass
+class _LayerCall:
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+    keep: torch.Tensor  # bool [B, T]: the tokens whose output matters
+
+
+class _Capture:
+    """Forward hooks that record a linear's input (before any mask hook) and/or its output."""
+
+    def __init__(self):
+        self.values: dict[str, torch.Tensor] = {}
+        self.handles = []
+
+    def input(self, module: nn.Module, name: str, stop: bool = False) -> None:
+        def hook(_m, args):
+            self.values[name] = args[0]
+            if stop:
+                raise _Stop
+
+        self.handles.append(module.register_forward_pre_hook(hook, prepend=True))
+
+    def output(self, module: nn.Module, name: str) -> None:
+        def hook(_m, _args, out):
+            self.values[name] = out
+
+        self.handles.append(module.register_forward_hook(hook))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _layer_inputs(model: nn.Module, adapter: ArchAdapter, batches, device) -> list[_LayerCall]:
+    """The arguments the first layer receives for each batch (embeddings, attention mask, ...)."""
+    first = adapter.layer_modules(model)[0]
+    calls: list[_LayerCall] = []
+
+    def hook(_m, args, kwargs):
+        calls.append(_LayerCall(args[0], tuple(args[1:]), dict(kwargs), keep=None))  # type: ignore[arg-type]
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            inputs = {k: v for k, v in to_device(batch, device).items() if k in _MODEL_INPUTS}
+            try:
+                model(**inputs)
+            except _Stop:
+                pass
+            calls[-1].keep = inputs["attention_mask"].bool()
+    finally:
+        handle.remove()
+    return calls
+
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor, call: _LayerCall) -> torch.Tensor:
+    out = layer(hidden, *call.args, **call.kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _try_run(layer: nn.Module, hidden: torch.Tensor, call: _LayerCall) -> None:
+    try:
+        _run_layer(layer, hidden, call)
+    except _Stop:
+        pass
+
+
+def _tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """[B, T, ...] -> [N, ...] for the kept tokens."""
+    return x[keep].double()
+
+
+class _NormalEquations:
+    def __init__(self, n: int, device):
+        self.ata = torch.zeros(n, n, dtype=torch.float64, device=device)
+        self.atb = torch.zeros(n, dtype=torch.float64, device=device)
+        self.btb = 0.0
+
+    def error(self, m: torch.Tensor) -> float:
+        return float(m @ self.ata @ m - 2 * m @ self.atb + self.btb)
+
+
+def _solve(
+    eq: _NormalEquations, m0: torch.Tensor, ridge: float, bound: float, policy: OutOfRangePolicy
+) -> tuple[torch.Tensor | None, str]:
+    """Least squares for the kept units (m0 != 0) around m0. Returns (scales or None, note)."""
+    kept = (m0 != 0).nonzero().flatten()
+    if kept.numel() == 0:
+        return None, "no units kept"
+    ata = eq.ata[kept][:, kept]
+    rhs = eq.atb[kept] - ata @ m0[kept]
+    scale = float(ata.diagonal().mean().clamp(min=1e-12))
+    for attempt in range(6):
+        lam = ridge * scale * 10**attempt
+        try:
+            delta = torch.linalg.solve(ata + lam * torch.eye(len(kept), dtype=ata.dtype, device=ata.device), rhs)
+        except RuntimeError:
+            return None, "solver failed"
+        x = m0[kept] + delta
+        if not torch.isfinite(x).all():
+            return None, "solver failed"
+        if x.abs().max() <= bound:
+            m = torch.zeros_like(m0)
+            m[kept] = x
+            return m, "" if attempt == 0 else f"ridge x{10**attempt}"
+        if policy == "stop":
+            return None, f"a scale reached {float(x.abs().max()):.3g} > {bound}"
+    return None, f"scales stay beyond {bound}"
+
+
+def tune_masks(
+    model: nn.Module,
+    masks: Masks,
+    teacher_masks: Masks | None,
+    batches: list[dict],
+    device: torch.device | str = "cpu",
+    ridge: float = 1e-4,
+    scale_bound: float = 10.0,
+    policy: OutOfRangePolicy = "stop",
+    cls_only_last_layer: bool = True,
+    progress: bool = True,
+) -> tuple[Masks, list[BlockReport]]:
+    """Real-valued scales for the kept units of ``masks`` (binary or already scaled) so that each
+    block reproduces the teacher (``teacher_masks`` applied to the same model; ``None`` = dense).
+
+    ``cls_only_last_layer``: for sequence classifiers only the first token of the last layer is read
+    by the classifier head, so only it is reconstructed there. Returns the tuned masks and a
+    report per block."""
+    adapter = adapter_for(model)
+    dims = adapter.dims(model.config)
+    layers = adapter.layer_modules(model)
+    device = torch.device(device)
+    student = masks.clone().to(device)
+    teacher = (teacher_masks or Masks.ones(dims)).clone().to(device)
+    model.eval()
+    reports: list[BlockReport] = []
+    stopped = ""
+    with torch.inference_mode():
+        calls = _layer_inputs(model, adapter, batches, device)
+        teacher_h = [c.hidden for c in calls]
+        student_h = [c.hidden for c in calls]
+        for i, layer in enumerate(tqdm(layers, desc="tune", disable=not progress, leave=False)):
+            last = i == len(layers) - 1
+            keeps = [_keep(c, last and cls_only_last_layer and not _is_qa(model)) for c in calls]
+            targets, teacher_h = _teacher_targets(adapter, layer, teacher, i, teacher_h, calls, dims.head_size)
+            for block in ("attention", "ffn"):
+                eq = _accumulate(adapter, layer, student, i, block, student_h, calls, keeps, targets, dims)
+                mask_row = student.head[i] if block == "attention" else student.neuron[i]
+                report, new = _tune_block(eq, mask_row, i, block, ridge, scale_bound, policy, stopped)
+                if new is not None:
+                    mask_row.copy_(new)
+                elif policy == "stop" and report.note and not stopped and report.note != "no units kept":
+                    stopped = f"stopped at layer {i} {block}: {report.note}"
+                    report.note = stopped
+                reports.append(report)
+            student_h = _advance(adapter, layer, student, i, student_h, calls, dims.head_size)
+    tuned = sum(r.tuned for r in reports)
+    log.info("mask tuning: %d of %d blocks tuned%s", tuned, len(reports), f" ({stopped})" if stopped else "")
+    return student.to("cpu"), reports
+
+
+def _is_qa(model: nn.Module) -> bool:
+    return "QuestionAnswering" in type(model).__name__
+
+
+def _keep(call: _LayerCall, cls_only: bool) -> torch.Tensor:
+    if not cls_only:
+        return call.keep
+    keep = torch.zeros_like(call.keep)
+    keep[:, 0] = True
+    return keep
+
+
+def _tune_block(eq, mask_row, layer, block, ridge, bound, policy, stopped) -> tuple[BlockReport, torch.Tensor | None]:
+    m0 = mask_row.double()
+    before = eq.error(m0)
+    if stopped:
+        return BlockReport(layer, block, False, before, before, float(m0.abs().max()), "after the stop"), None
+    new, note = _solve(eq, m0, ridge, bound, policy)
+    if new is None:
+        return BlockReport(layer, block, False, before, before, float(m0.abs().max()), note), None
+    after = eq.error(new)
+    return BlockReport(layer, block, True, before, after, float(new.abs().max()), note), new.to(mask_row.dtype)
+
+
+def _teacher_targets(adapter, layer, teacher: Masks, i, hidden, calls, head_size):
+    """Per batch, the teacher's pre-LayerNorm block outputs (projection output + residual), and the
+    teacher's next hidden states."""
+    cap = _Capture()
+    cap.input(adapter.linear(layer, "query"), "attn_res")
+    cap.output(adapter.linear(layer, "attn_out"), "attn_out")
+    cap.input(adapter.linear(layer, "ffn_in"), "ffn_res")
+    cap.output(adapter.linear(layer, "ffn_out"), "ffn_out")
+    targets, next_h = [], []
+    try:
+        with layer_masks_applied(adapter, layer, head_size, teacher.head[i], teacher.neuron[i]):
+            for h, call in zip(hidden, calls, strict=True):
+                next_h.append(_run_layer(layer, h, call))
+                v = cap.values
+                targets.append({"attention": v["attn_out"] + v["attn_res"], "ffn": v["ffn_out"] + v["ffn_res"]})
+    finally:
+        cap.remove()
+    return targets, next_h
+
+
+def _accumulate(adapter, layer, student: Masks, i, block, hidden, calls, keeps, targets, dims) -> _NormalEquations:
+    """Normal equations of one block of the student (inputs from the pruned model so far)."""
+    if block == "attention":
+        res_name, proj = "query", adapter.linear(layer, "attn_out")
+        n = dims.num_heads
+    else:
+        res_name, proj = "ffn_in", adapter.linear(layer, "ffn_out")
+        n = proj.in_features
+    weight = proj.weight.double()
+    bias = proj.bias.double() if proj.bias is not None else 0.0
+    eq = _NormalEquations(n, weight.device)
+    gram = torch.zeros(n, n, dtype=torch.float64, device=weight.device) if block == "ffn" else None
+    cap = _Capture()
+    cap.input(adapter.linear(layer, res_name), "res")
+    cap.input(proj, "act", stop=True)
+    try:
+        with layer_masks_applied(adapter, layer, dims.head_size, student.head[i], student.neuron[i]):
+            for h, call, keep, target in zip(hidden, calls, keeps, targets, strict=True):
+                _try_run(layer, h, call)
+                act = _tokens(cap.values["act"], keep)
+                r = _tokens(target[block], keep) - _tokens(cap.values["res"], keep) - bias
+                eq.btb += float(r.pow(2).sum())
+                if block == "attention":
+                    per_unit = torch.einsum("nhk,dhk->nhd", act.view(len(act), n, -1), weight.view(len(weight), n, -1))
+                    eq.ata += torch.einsum("nhd,ngd->hg", per_unit, per_unit)
+                    eq.atb += torch.einsum("nhd,nd->h", per_unit, r)
+                else:
+                    gram += act.T @ act
+                    eq.atb += (act * (r @ weight)).sum(0)
+    finally:
+        cap.remove()
+    if gram is not None:
+        eq.ata = gram * (weight.T @ weight)
+    return eq
+
+
+def _advance(adapter, layer, student: Masks, i, hidden, calls, head_size) -> list[torch.Tensor]:
+    with layer_masks_applied(adapter, layer, head_size, student.head[i], student.neuron[i]):
+        return [_run_layer(layer, h, call) for h, call in zip(hidden, calls, strict=True)]

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines components: thin typed wrappers over fastprune.common."""

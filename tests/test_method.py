@@ -1,0 +1,206 @@
+"""The algorithm's stages on tiny models: Fisher, search, rearrangement, tuning."""
+
+import math
+
+import pytest
+import torch
+from fastprune.common.arch import ModelDims, adapter_for
+from fastprune.common.errors import ConfigError
+from fastprune.common.fisher import MaskGradients, collect_mask_gradients
+from fastprune.common.masks import Masks, dense_macs, flops_ratio, head_macs, masks_applied, neuron_macs
+from fastprune.common.rearrange import pruned_set_cost, rearrange_masks
+from fastprune.common.search import search_flops
+from fastprune.common.tuning import tune_masks
+from tiny import tiny_model
+
+
+def _batches(n=3, batch=4, length=10, seed=0, labels=True):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        b = {
+            "input_ids": torch.randint(5, 200, (batch, length), generator=g),
+            "attention_mask": torch.ones(batch, length, dtype=torch.long),
+        }
+        b["attention_mask"][0, length // 2 :] = 0
+        if labels:
+            b["labels"] = torch.randint(0, 2, (batch,), generator=g)
+        out.append(b)
+    return out
+
+
+def test_fisher_gradients_match_finite_differences():
+    model = tiny_model("bert")
+    batch = _batches(n=1)[0]
+    grads = collect_mask_gradients(model, [batch], progress=False)
+    dims = adapter_for(model).dims(model.config)
+    assert grads.head.shape == (1, dims.num_layers, dims.num_heads)
+    assert grads.neuron.shape == (1, dims.num_layers, dims.intermediate_size)
+    assert all(p.requires_grad for p in model.parameters())  # restored after the pass
+
+    def loss_at(layer, head, eps):
+        masks = Masks.ones(dims)
+        masks.head[layer, head] += eps
+        with torch.no_grad(), masks_applied(model, masks.head, masks.neuron):
+            return model(**batch).loss.double()
+
+    for layer, head in [(0, 1), (2, 3)]:
+        eps = 1e-3
+        numeric = (loss_at(layer, head, eps) - loss_at(layer, head, -eps)) / (2 * eps)
+        assert float(numeric) == pytest.approx(float(grads.head[0, layer, head]), rel=0.05, abs=1e-5)
+
+
+@pytest.mark.parametrize("constraint", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_search_respects_budget_and_keeps_most_important(constraint):
+    model = tiny_model("bert")
+    dims = adapter_for(model).dims(model.config)
+    g = torch.Generator().manual_seed(int(constraint * 10))
+    head_imp = torch.rand(dims.num_layers, dims.num_heads, generator=g)
+    neuron_imp = torch.rand(dims.num_layers, dims.intermediate_size, generator=g) * 0.1
+    masks = search_flops(head_imp, neuron_imp, dims, 20.0, constraint)
+    assert flops_ratio(masks, dims, 20.0) <= constraint + 1e-9
+    # within each kind, every kept unit is at least as important as every pruned one
+    for imp, mask in ((head_imp, masks.head), (neuron_imp, masks.neuron)):
+        kept, pruned = imp[mask == 1], imp[mask == 0]
+        if len(kept) and len(pruned):
+            assert kept.min() >= pruned.max()
+    # the split is optimal: brute force over the number of kept heads
+    budget = constraint * dense_macs(dims, 20.0)
+    hs = head_imp.flatten().sort(descending=True).values
+    ns = neuron_imp.flatten().sort(descending=True).values
+    best = max(
+        float(
+            hs[:k].sum()
+            + ns[: min(len(ns), int((budget - k * head_macs(20.0, dims)) // neuron_macs(20.0, dims)))].sum()
+        )
+        for k in range(len(hs) + 1)
+        if k * head_macs(20.0, dims) <= budget
+    )
+    got = float(head_imp[masks.head == 1].sum() + neuron_imp[masks.neuron == 1].sum())
+    assert got == pytest.approx(best, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, 1, -0.2, 1.5, math.nan])
+def test_search_rejects_constraints_outside_unit_interval(bad):
+    model = tiny_model("bert")
+    dims = adapter_for(model).dims(model.config)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        search_flops(torch.rand(3, 4), torch.rand(3, 64), dims, 20.0, bad)
+
+
+def test_rearrangement_never_worse_and_keeps_counts():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        grads = MaskGradients(torch.randn(16, 3, 6, generator=g), torch.randn(16, 3, 40, generator=g))
+        # correlated units make the diagonal choice sub-optimal
+        grads.neuron[:, :, :10] += grads.neuron[:, :, 10:20]
+        dims = ModelDims(num_layers=3, num_heads=6, head_size=6, hidden_size=36, intermediate_size=40)
+        masks = search_flops(grads.head_importance(), grads.neuron_importance(), dims, 10.0, 0.5)
+        new = rearrange_masks(masks, grads)
+        assert new.heads_per_layer() == masks.heads_per_layer()
+        assert new.neurons_per_layer() == masks.neurons_per_layer()
+        for kind in ("head", "neuron"):
+            for layer in range(3):
+                g_l = getattr(grads, kind)[:, layer]
+                before = pruned_set_cost(g_l, getattr(masks, kind)[layer] == 0)
+                after = pruned_set_cost(g_l, getattr(new, kind)[layer] == 0)
+                assert after <= before + 1e-9
+
+
+def test_rearrangement_finds_cancelling_pair():
+    # unit 0 and 1 have large opposite gradients: pruning both costs nothing, so rearrangement
+    # should prefer them over the individually small unit 2
+    base = torch.randn(32, 1)
+    grads = torch.cat([base * 3, -base * 3, base * 0.5, base * 4 + 1], dim=1)  # [B, 4]
+    mg = MaskGradients(torch.zeros(32, 1, 1), grads[:, None, :])
+    masks = Masks(torch.ones(1, 1), torch.tensor([[1.0, 1.0, 0.0, 1.0]]))
+    masks.neuron[0, 1] = 0.0  # diagonal choice: prune units 1 and 2
+    new = rearrange_masks(masks, mg)
+    assert new.neuron[0].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def _measured_block_errors(model, masks, teacher, batches, cls_only):
+    """Independent check of tuning: run teacher and student models fully and measure each block's
+    squared reconstruction error of the pre-LayerNorm output on the real tokens."""
+    adapter = adapter_for(model)
+    layers = adapter.layer_modules(model)
+    last = len(layers) - 1
+
+    def capture(m):
+        store, handles = {}, []
+        for i, layer in enumerate(layers):
+            for res, out, name in (("query", "attn_out", "attention"), ("ffn_in", "ffn_out", "ffn")):
+                handles.append(
+                    adapter.linear(layer, res).register_forward_pre_hook(
+                        lambda _m, a, k=(i, name): store.__setitem__(("res",) + k, a[0])
+                    )
+                )
+                handles.append(
+                    adapter.linear(layer, out).register_forward_hook(
+                        lambda _m, _a, o, k=(i, name): store.__setitem__(("out",) + k, o)
+                    )
+                )
+        return store, handles
+
+    errors = {}
+    for batch in batches:
+        outs = []
+        for m in (teacher, masks):
+            store, handles = capture(m)
+            with torch.no_grad(), masks_applied(model, m.head, m.neuron):
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            for h in handles:
+                h.remove()
+            outs.append(store)
+        keep = batch["attention_mask"].bool()
+        for i in range(len(layers)):
+            k = keep.clone()
+            if cls_only and i == last:
+                k[:] = False
+                k[:, 0] = True
+            for name in ("attention", "ffn"):
+                t = outs[0][("out", i, name)] + outs[0][("res", i, name)]
+                s = outs[1][("out", i, name)] + outs[1][("res", i, name)]
+                errors[(i, name)] = errors.get((i, name), 0.0) + float((t - s)[k].double().pow(2).sum())
+    return errors
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize("policy", ["stop", "ridge"])
+def test_tuning_lowers_each_tuned_blocks_error(family, policy):
+    model = tiny_model(family, layers=3, hidden=32, heads=4, intermediate=64)
+    dims = adapter_for(model).dims(model.config)
+    g = torch.Generator().manual_seed(3)
+    masks = Masks((torch.rand(3, 4, generator=g) > 0.4).float(), (torch.rand(3, 64, generator=g) > 0.5).float())
+    teacher = Masks.ones(dims)
+    batches = _batches(n=4, labels=False)
+    tuned, reports = tune_masks(model, masks, teacher, batches, policy=policy, progress=False)
+    assert tuned.binary().equal(masks)  # tuning never changes which units are kept
+    tuned_blocks = [r for r in reports if r.tuned]
+    assert tuned_blocks, "nothing was tuned"
+    measured = _measured_block_errors(model, tuned, teacher, batches, cls_only=True)
+    for r in reports:
+        assert measured[(r.layer, r.block)] == pytest.approx(r.error_after, rel=1e-3, abs=1e-6)
+        if r.tuned:
+            assert r.error_after < r.error_before
+            assert r.max_abs_scale <= 10.0
+        else:
+            assert r.error_after == r.error_before
+    if policy == "ridge":
+        assert all(r.tuned for r in reports if (masks.head if r.block == "attention" else masks.neuron)[r.layer].any())
+
+
+def test_tuning_stop_policy_keeps_untuned_scales_after_the_stop():
+    model = tiny_model("bert")
+    dims = adapter_for(model).dims(model.config)
+    masks = Masks((torch.arange(4) < 2).float().repeat(3, 1), (torch.arange(64) < 8).float().repeat(3, 1))
+    tuned, reports = tune_masks(
+        model, masks, Masks.ones(dims), _batches(n=2, labels=False), scale_bound=1.0001, policy="stop", progress=False
+    )
+    stopped = [i for i, r in enumerate(reports) if not r.tuned]
+    assert stopped, "a bound this tight should trip the safety stop"
+    assert all(not r.tuned for r in reports[stopped[0] :])
+    for r in reports[stopped[0] :]:
+        row = (tuned.head if r.block == "attention" else tuned.neuron)[r.layer]
+        ref = (masks.head if r.block == "attention" else masks.neuron)[r.layer]
+        assert torch.equal(row, ref)

@@ -1,0 +1,274 @@
+"""Tests of fastprune.common.qa: SQuAD loading, feature preparation, post-processing, scoring, evaluation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import unicodedata
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from fastprune.common.errors import ConfigError, DataError
+from fastprune.common.qa import (
+    load_squad,
+    normalize_answer,
+    postprocess_predictions,
+    prepare_eval_features,
+    prepare_train_features,
+    squad_scores,
+)
+from tiny import tiny_model, tiny_tokenizer
+
+SMALL = Path(__file__).resolve().parent / "data" / "squad_small.json"
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return json.loads(SMALL.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def ds() -> datasets.Dataset:
+    return load_squad(SMALL)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def squash(text: str) -> str:
+    """Normalised text without spaces and accents (as the uncased WordPiece tokenizer decodes it)."""
+    text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
+    return normalize_answer(text).replace(" ", "")
+
+
+def aligned(ds: datasets.Dataset, tok) -> datasets.Dataset:
+    """Examples whose first gold answer starts and ends on token boundaries (SQuAD has a few that do not)."""
+    keep = []
+    for i, row in enumerate(ds):
+        offsets = tok(row["context"], return_offsets_mapping=True)["offset_mapping"]
+        start = row["answers"]["answer_start"][0]
+        end = start + len(row["answers"]["text"][0])
+        if start in {s for s, _ in offsets} and end in {e for _, e in offsets}:
+            keep.append(i)
+    assert len(keep) > 0.8 * len(ds)
+    return ds.select(keep)
+
+
+def oracle_logits(features: list[dict], hit: float = 10.0,
+                  null: float = 10.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Logits peaked at the gold start/end positions of each train feature (at CLS, `null` high, if none)."""
+    starts, ends = [], []
+    for f in features:
+        s, e = np.zeros(len(f["input_ids"])), np.zeros(len(f["input_ids"]))
+        s[f["start_positions"]] = hit if f["start_positions"] else null
+        e[f["end_positions"]] = hit if f["end_positions"] else null
+        starts.append(s)
+        ends.append(e)
+    return starts, ends
+
+
+def with_unanswerable(raw: dict, n: int = 3) -> dict:
+    """A copy of the v1.1 json where the first n questions are SQuAD v2 'is_impossible' ones."""
+    data = copy.deepcopy(raw)
+    for qa in data["data"][0]["paragraphs"][0]["qas"][:n]:
+        qa["is_impossible"] = True
+        qa["plausible_answers"], qa["answers"] = qa["answers"], []
+    return data
+
+
+# --------------------------------------------------------------------------------------------- loading
+def test_load_official_json(raw, ds):
+    n_qas = sum(len(p["qas"]) for a in raw["data"] for p in a["paragraphs"])
+    assert len(ds) == n_qas > 30
+    assert set(ds.column_names) == {"id", "question", "context", "answers"}
+    assert len(set(ds["id"])) == len(ds)
+    for row in ds:
+        assert row["answers"]["text"]
+        for text, start in zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True):
+            assert row["context"][start : start + len(text)] == text
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "list"])
+def test_flat_round_trip(ds, tmp_path, fmt):
+    rows = ds.to_list()
+    if fmt == "list":
+        source = rows
+    elif fmt == "parquet":
+        source = tmp_path / "squad.parquet"
+        ds.to_parquet(str(source))
+    else:
+        source = tmp_path / f"squad.{fmt}"
+        text = "\n".join(json.dumps(r) for r in rows) if fmt == "jsonl" else json.dumps(rows)
+        source.write_text(text, encoding="utf-8")
+    assert load_squad(source).to_list() == rows
+
+
+def test_unanswerable_needs_version_2(raw, tmp_path):
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps(with_unanswerable(raw)), encoding="utf-8")
+    with pytest.raises(DataError, match="squad_v2"):
+        load_squad(path)
+    v2 = load_squad(path, version_2=True)
+    assert [len(a["text"]) == 0 for a in v2["answers"][:4]] == [True, True, True, False]
+
+
+def bad_answer_start(rows: list[dict]) -> list[dict]:
+    rows[0]["answers"] = {"text": ["Denver Broncos"], "answer_start": [3]}
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("write", "match"),
+    [
+        (None, "does not exist"),
+        (lambda rows: json.dumps({"version": "1.1", "data": []}), "no questions"),
+        (lambda rows: '{"data": [', "malformed JSON"),
+        (lambda rows: json.dumps([{k: v for k, v in r.items() if k != "context"} for r in rows]),
+         r"lacks column\(s\) \['context'\]; found \['answers', 'id', 'question'\]"),
+        (lambda rows: json.dumps(bad_answer_start(rows)), "is not at answer_start 3"),
+        (lambda rows: json.dumps({"data": [{"paragraphs": [{"qas": [{"question": "q"}]}]}]}),
+         "malformed SQuAD"),
+    ],
+)
+def test_bad_files_raise_data_error(ds, tmp_path, write, match):
+    path = tmp_path / "bad.json"
+    if write is not None:
+        path.write_text(write(ds.to_list()), encoding="utf-8")
+    with pytest.raises(DataError, match=match) as err:
+        load_squad(path)
+    assert "bad.json" in str(err.value)
+
+
+# -------------------------------------------------------------------------------------------- features
+def test_train_features_point_at_answer(ds, tok):
+    sub = aligned(ds, tok)
+    features = prepare_train_features(sub, tok)
+    assert all(set(f) == {"input_ids", "attention_mask", "token_type_ids", "start_positions",
+                          "end_positions"} for f in features)
+    answers = {squash(a["text"][0]) for a in sub["answers"]}
+    checked = 0
+    _, meta = prepare_eval_features(sub, tok)
+    found = {m["example_id"] for f, m in zip(features, meta, strict=True) if f["start_positions"]}
+    assert found == set(sub["id"]), "every answer fits in some window"
+    for f in (f for f in features if f["start_positions"]):
+        assert 0 < f["start_positions"] <= f["end_positions"] < len(f["input_ids"]) <= 384
+        decoded = tok.decode(f["input_ids"][f["start_positions"] : f["end_positions"] + 1])
+        if tok.unk_token not in decoded:
+            assert squash(decoded) in answers
+            checked += 1
+    assert checked > 0.8 * len(sub)
+    batch = tok.pad(features[:4], return_tensors="pt")
+    assert batch["input_ids"].shape[0] == 4 and batch["start_positions"].shape == (4,)
+
+
+def test_long_contexts_give_windows(ds, tok):
+    features = prepare_train_features(ds, tok, max_length=64, doc_stride=16)
+    eval_features, meta = prepare_eval_features(ds, tok, max_length=64, doc_stride=16)
+    assert len(features) == len(eval_features) == len(meta) > 3 * len(ds)
+    gold = {r["id"]: r["answers"] for r in ds}
+    for f, e, m in zip(features, eval_features, meta, strict=True):
+        assert e["input_ids"] == f["input_ids"] and len(f["input_ids"]) <= 64
+        spans = [o for o in m["offset_mapping"] if o is not None]
+        start = gold[m["example_id"]]["answer_start"][0]
+        inside = spans[0][0] <= start and start + len(gold[m["example_id"]]["text"][0]) <= spans[-1][1]
+        assert (f["start_positions"] > 0) == inside
+        assert m["offset_mapping"][0] is None and m["offset_mapping"][-1] is None
+    assert sum(f["start_positions"] == 0 for f in features) > len(ds)
+
+
+def test_feature_setup_errors(ds, tok):
+    with pytest.raises(ConfigError, match="doc_stride"):
+        prepare_train_features(ds, tok, max_length=64, doc_stride=64)
+    with pytest.raises(ConfigError, match="question .* tokens"):
+        prepare_eval_features(ds, tok, max_length=24, doc_stride=8)
+
+    class Slow:
+        is_fast = False
+
+    with pytest.raises(ConfigError, match="fast tokenizer"):
+        prepare_train_features(ds, Slow())
+
+
+# ------------------------------------------------------------------------------- postprocess + scoring
+@pytest.mark.parametrize(("max_length", "doc_stride"), [(384, 128), (64, 16)])
+def test_oracle_logits_score_100(ds, tok, max_length, doc_stride):
+    sub = aligned(ds, tok)
+    features = prepare_train_features(sub, tok, max_length, doc_stride)
+    _, meta = prepare_eval_features(sub, tok, max_length, doc_stride)
+    starts, ends = oracle_logits(features)
+    predictions = postprocess_predictions(sub, meta, starts, ends)
+    assert predictions.keys() == set(sub["id"])
+    assert squad_scores(predictions, sub) == {"exact_match": 100.0, "f1": 100.0}
+    shifted = postprocess_predictions(sub, meta, [np.roll(s, 1) for s in starts], ends)
+    scores = squad_scores(shifted, sub)
+    assert scores["exact_match"] < 20 and 20 < scores["f1"] < 100
+
+
+def test_oracle_version_2(raw, tok, tmp_path):
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps(with_unanswerable(raw)), encoding="utf-8")
+    full = load_squad(path, version_2=True)
+    sub = full.select([i for i in range(len(full)) if not full[i]["answers"]["text"]])
+    sub = datasets.concatenate_datasets([sub, aligned(full.select(range(3, len(full))), tok)])
+    features = prepare_train_features(sub, tok, 96, 32)
+    _, meta = prepare_eval_features(sub, tok, 96, 32)
+    # windows without the answer are confidently null: the example's null score is the minimum over windows
+    starts, ends = oracle_logits(features, hit=10.0, null=12.0)
+    v2 = squad_scores(postprocess_predictions(sub, meta, starts, ends, version_2=True), sub, version_2=True)
+    assert v2["exact_match"] == v2["f1"] == v2["no_ans_f1"] == v2["has_ans_f1"] == 100.0
+    v1 = squad_scores(postprocess_predictions(sub, meta, starts, ends), sub, version_2=True)
+    assert v1["no_ans_f1"] == 0.0 and v1["has_ans_f1"] == 100.0
+
+
+def test_squad_scores_by_hand():
+    rows = [
+        {"id": "a", "question": "q", "context": "Denver Broncos won.",
+         "answers": {"text": ["Denver Broncos"], "answer_start": [0]}},
+        {"id": "b", "question": "q", "context": "The Carolina Panthers lost.",
+         "answers": {"text": ["Carolina Panthers", "Panthers"], "answer_start": [4, 13]}},
+        {"id": "c", "question": "q", "context": "Levi's Stadium.",
+         "answers": {"text": ["Levi's Stadium"], "answer_start": [0]}},
+    ]
+    ds = load_squad(rows)
+    # a: "broncos" vs "denver broncos": P=1, R=1/2, F1=2/3; b: exact after normalisation;
+    # c: "levi stadium" vs "levis stadium" (the apostrophe is dropped, not spaced): P=R=1/2
+    predictions = {"a": "the Broncos", "b": "The Panthers!", "c": "Levi Stadium"}
+    scores = squad_scores(predictions, ds)
+    assert scores["exact_match"] == pytest.approx(100 / 3)
+    assert scores["f1"] == pytest.approx(100 * (2 / 3 + 1 + 1 / 2) / 3)
+    missing = squad_scores({"b": "Panthers"}, ds)
+    assert missing == pytest.approx({"exact_match": 100 / 3, "f1": 100 / 3})
+    assert normalize_answer("  The  Denver, Broncos!") == "denver broncos"
+
+
+def test_squad_scores_version_2():
+    rows = [
+        {"id": "a", "question": "q", "context": "x y", "answers": {"text": [], "answer_start": []}},
+        {"id": "b", "question": "q", "context": "x y", "answers": {"text": [], "answer_start": []}},
+        {"id": "c", "question": "q", "context": "x y", "answers": {"text": ["y"], "answer_start": [2]}},
+    ]
+    ds = load_squad(rows, version_2=True)
+    scores = squad_scores({"a": "", "b": "x", "c": ""}, ds, version_2=True)
+    assert scores["exact_match"] == pytest.approx(100 / 3) and scores["f1"] == pytest.approx(100 / 3)
+    assert scores["no_ans_f1"] == 50.0 and scores["has_ans_f1"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_evaluate_qa_tiny_model(ds, tok, family):
+    from fastprune.common.qa import evaluate_qa
+
+    model = tiny_model(family, task="qa")
+    sub = ds.select(range(0, 60, 10))
+    model.train()
+    scores = evaluate_qa(model, tok, sub, batch_size=4, max_length=128, doc_stride=32)
+    assert model.training, "evaluate_qa must restore the training mode"
+    assert set(scores) == {"exact_match", "f1"}
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in scores.values())
+    # dynamic padding must not change the logits that reach post-processing
+    assert evaluate_qa(model, tok, sub, batch_size=64, max_length=128, doc_stride=32) == pytest.approx(scores)

@@ -1,0 +1,116 @@
+"""Tiny in-process models and tokenizers for the tests (no hub, no downloads)."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import re
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertTokenizer,
+    DistilBertConfig,
+    ElectraConfig,
+    RobertaConfig,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+SST2 = REPO / "fastprune" / "data" / "sst2"
+
+
+def tiny_vocab(size: int = 3000) -> dict[str, int]:
+    """A WordPiece vocabulary of the most frequent words of the bundled SST-2 subset and the test data."""
+    counts: collections.Counter[str] = collections.Counter()
+    with open(SST2 / "train.tsv", encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            counts.update(re.findall(r"\w+|[^\w\s]", row[0].lower()))
+    for path in DATA.glob("*"):
+        counts.update(re.findall(r"\w+|[^\w\s]", path.read_text(encoding="utf-8").lower()))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces = ["##" + c for c in letters]
+    words = [w for w, _ in counts.most_common(size)]
+    vocab = list(dict.fromkeys(specials + letters + pieces + words))
+    return {tok: i for i, tok in enumerate(vocab)}
+
+
+_VOCAB: dict[str, int] | None = None
+
+
+def tiny_tokenizer() -> BertTokenizer:
+    global _VOCAB
+    if _VOCAB is None:
+        _VOCAB = tiny_vocab()
+    return BertTokenizer(vocab=dict(_VOCAB), do_lower_case=True)
+
+
+def tiny_config(
+    family: str = "bert",
+    vocab_size: int = 3100,
+    layers: int = 3,
+    hidden: int = 32,
+    heads: int = 4,
+    intermediate: int = 64,
+    num_labels: int = 2,
+):
+    common = dict(vocab_size=vocab_size, max_position_embeddings=512, num_labels=num_labels)
+    if family == "bert":
+        return BertConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            **common,
+        )
+    if family == "roberta":
+        return RobertaConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+            **{**common, "max_position_embeddings": 520},
+        )
+    if family == "electra":
+        return ElectraConfig(
+            hidden_size=hidden,
+            embedding_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            **common,
+        )
+    if family == "distilbert":
+        return DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=intermediate, **common)
+    raise ValueError(family)
+
+
+def tiny_model(family: str = "bert", task: str = "classification", num_labels: int = 2, seed: int = 0, **kw):
+    """A randomly initialised tiny model in eval mode (dropout off)."""
+    torch.manual_seed(seed)
+    kw.setdefault("vocab_size", len(tiny_tokenizer()))
+    config = tiny_config(family, num_labels=num_labels, **kw)
+    cls = AutoModelForQuestionAnswering if task == "qa" else AutoModelForSequenceClassification
+    model = cls.from_config(config)
+    return model.eval()
+
+
+def trained_tiny_model(path: Path, steps: int = 150, family: str = "bert") -> Path:
+    """A tiny model trained briefly on the bundled SST-2 subset (well above chance), saved to ``path``."""
+    from fastprune.common.data import load_task_data
+    from fastprune.common.finetune import finetune, save_finetuned
+    from fastprune.common.tasks import get_task
+
+    task = get_task("sst2")
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(family, layers=2, hidden=64, intermediate=128)
+    train = load_task_data(SST2 / "train.tsv", task)
+    finetune(model, tokenizer, task, train, steps=steps, lr=1e-3, progress=False)
+    return save_finetuned(model, tokenizer, path)
