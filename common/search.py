@@ -38,16 +38,18 @@ def search_flops(
 ) -> Masks:
     """Keep the heads and neurons with the largest summed importance whose MACs stay within
     ``constraint`` times the dense model's. Heads and neurons are ranked globally; for every number
-    of kept heads the rest of the budget goes to the top neurons, and the best split wins."""
+    of kept heads the rest of the budget goes to the top neurons, and the best split wins. Units
+    whose importance is -inf are unavailable (already pruned)."""
     constraint = check_constraint(constraint)
     if seq_len <= 0:
         raise ConfigError(f"seq_len must be positive, got {seq_len}")
     head_cost, neuron_cost = head_macs(seq_len, dims), neuron_macs(seq_len, dims)
-    n_heads, n_neurons = head_importance.numel(), neuron_importance.numel()
-    budget = constraint * (n_heads * head_cost + n_neurons * neuron_cost)
+    budget = constraint * (head_importance.numel() * head_cost + neuron_importance.numel() * neuron_cost)
+    n_heads = int(torch.isfinite(head_importance).sum())
+    n_neurons = int(torch.isfinite(neuron_importance).sum())
 
-    head_sorted = torch.sort(head_importance.flatten().double(), descending=True).values
-    neuron_sorted = torch.sort(neuron_importance.flatten().double(), descending=True).values
+    head_sorted = torch.sort(head_importance.flatten().double(), descending=True).values[:n_heads]
+    neuron_sorted = torch.sort(neuron_importance.flatten().double(), descending=True).values[:n_neurons]
     head_cum = torch.cat([head_sorted.new_zeros(1), head_sorted.cumsum(0)])
     neuron_cum = torch.cat([neuron_sorted.new_zeros(1), neuron_sorted.cumsum(0)])
 

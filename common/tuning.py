@@ -129,11 +129,6 @@ def _try_run(layer: nn.Module, hidden: torch.Tensor, call: _LayerCall) -> None:
         pass
 
 
-def _tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """[B, T, ...] -> [N, ...] for the kept tokens."""
-    return x[keep].double()
-
-
 class _NormalEquations:
     def __init__(self, n: int, device):
         self.ata = torch.zeros(n, n, dtype=torch.float64, device=device)
@@ -275,10 +270,9 @@ def _accumulate(adapter, layer, student: Masks, i, block, hidden, calls, keeps, 
     else:
         res_name, proj = "ffn_in", adapter.linear(layer, "ffn_out")
         n = proj.in_features
-    weight = proj.weight.double()
-    bias = proj.bias.double() if proj.bias is not None else 0.0
+    weight = proj.weight.float()
+    bias = proj.bias.float() if proj.bias is not None else 0.0
     eq = _NormalEquations(n, weight.device)
-    gram = torch.zeros(n, n, dtype=torch.float64, device=weight.device) if block == "ffn" else None
     cap = _Capture()
     cap.input(adapter.linear(layer, res_name), "res")
     cap.input(proj, "act", stop=True)
@@ -286,20 +280,20 @@ def _accumulate(adapter, layer, student: Masks, i, block, hidden, calls, keeps, 
         with layer_masks_applied(adapter, layer, dims.head_size, student.head[i], student.neuron[i]):
             for h, call, keep, target in zip(hidden, calls, keeps, targets, strict=True):
                 _try_run(layer, h, call)
-                act = _tokens(cap.values["act"], keep)
-                r = _tokens(target[block], keep) - _tokens(cap.values["res"], keep) - bias
-                eq.btb += float(r.pow(2).sum())
+                act = cap.values["act"][keep].float()
+                r = (target[block] - cap.values["res"])[keep].float() - bias
+                eq.btb += float(r.double().pow(2).sum())
                 if block == "attention":
                     per_unit = torch.einsum("nhk,dhk->nhd", act.view(len(act), n, -1), weight.view(len(weight), n, -1))
-                    eq.ata += torch.einsum("nhd,ngd->hg", per_unit, per_unit)
-                    eq.atb += torch.einsum("nhd,nd->h", per_unit, r)
-                else:
-                    gram += act.T @ act
-                    eq.atb += (act * (r @ weight)).sum(0)
+                    eq.ata += torch.einsum("nhd,ngd->hg", per_unit, per_unit).double()
+                    eq.atb += torch.einsum("nhd,nd->h", per_unit, r).double()
+                else:  # A^T A = (sum_t a_t a_t^T) * (W^T W), formed once after the loop
+                    eq.ata += (act.T @ act).double()
+                    eq.atb += (act * (r @ weight)).sum(0).double()
     finally:
         cap.remove()
-    if gram is not None:
-        eq.ata = gram * (weight.T @ weight)
+    if block == "ffn":
+        eq.ata *= (weight.T @ weight).double()
     return eq
 
 

@@ -204,3 +204,62 @@ def test_tuning_stop_policy_keeps_untuned_scales_after_the_stop():
         row = (tuned.head if r.block == "attention" else tuned.neuron)[r.layer]
         ref = (masks.head if r.block == "attention" else masks.neuron)[r.layer]
         assert torch.equal(row, ref)
+
+
+def test_iterative_search_is_nested_and_within_budget():
+    from functools import partial
+
+    from fastprune.common.iterative import iterative_search, schedule
+
+    assert schedule(0.25, 2) == pytest.approx([0.5, 0.25])
+    model = tiny_model("bert")
+    dims = adapter_for(model).dims(model.config)
+    batches = _batches(n=2)
+    calls = []
+
+    def search(grads, constraint):
+        calls.append((constraint, grads.head_importance().clone()))
+        return search_flops(grads.head_importance(), grads.neuron_importance(), dims, 10.0, constraint)
+
+    masks, grads = iterative_search(model, batches, 0.3, 3, search, progress=False)
+    assert [c for c, _ in calls] == pytest.approx(schedule(0.3, 3))
+    assert flops_ratio(masks, dims, 10.0) <= 0.3 + 1e-9
+    # later steps see -inf for units pruned earlier, and never bring them back
+    first = search_flops(calls[0][1], torch.ones(dims.num_layers, dims.intermediate_size), dims, 10.0, calls[0][0])
+    assert torch.isinf(calls[1][1]).any() or bool(first.head.all())
+    # one step is the one-shot search with the same gradients
+    one_shot, g1 = iterative_search(model, batches, 0.3, 1, search, progress=False)
+    ref = collect_mask_gradients(model, batches, progress=False)
+    assert one_shot.equal(partial(search, ref)(0.3))
+    assert torch.allclose(g1.head, ref.head)
+
+
+def test_search_treats_minus_inf_as_unavailable():
+    dims = ModelDims(num_layers=2, num_heads=2, head_size=4, hidden_size=8, intermediate_size=4)
+    head = torch.tensor([[1.0, -torch.inf], [2.0, 3.0]])
+    neuron = torch.tensor([[1.0, 1.0, -torch.inf, -torch.inf], [1.0, 1.0, 1.0, 1.0]])
+    masks = search_flops(head, neuron, dims, 4.0, 0.99)
+    assert masks.head[0, 1] == 0 and masks.neuron[0, 2:].sum() == 0
+    assert masks.head.sum() == 3 and masks.neuron.sum() == 6
+
+
+def test_stage_validation_never_accepts_a_higher_heldout_loss():
+    from fastprune.common.validation import StageValidator, heldout_loss
+
+    model = tiny_model("bert")
+    dims = adapter_for(model).dims(model.config)
+    batches = _batches(n=2, seed=5)
+    g = torch.Generator().manual_seed(0)
+    validator = StageValidator(model, batches)
+    current = Masks.ones(dims)
+    for trial in range(6):
+        candidate = Masks((torch.rand(3, 4, generator=g) > 0.5).float(), (torch.rand(3, 64, generator=g) > 0.5).float())
+        before_loss = heldout_loss(model, current, batches)
+        chosen = validator.choose(f"s{trial}", current, candidate)
+        decision = validator.report[f"s{trial}"]
+        assert decision["loss_before"] == pytest.approx(before_loss)
+        assert heldout_loss(model, chosen, batches) == pytest.approx(min(before_loss, decision["loss_after"]))
+        assert (chosen is candidate) == decision["accepted"] == (decision["loss_after"] <= before_loss)
+        current = chosen
+    assert any(d["accepted"] for d in validator.report.values())
+    assert not all(d["accepted"] for d in validator.report.values())
