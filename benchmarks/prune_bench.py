@@ -23,9 +23,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # fairer on a shared CPU; override from the env
 
 import torch  # noqa: E402
-
 from fastprune.common.config import PruneConfig, SampleConfig, TuningConfig  # noqa: E402
 from fastprune.common.prune import prune  # noqa: E402
+
 from fastprune.defaults import finetuned_minilm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,6 +10,10 @@ from .search import check_constraint
 from .tasks import get_task
 
 
+def _task_name(value: str) -> str:
+    return get_task(value).name
+
+
 class SampleConfig(BaseModel):
     """How the pruning sample is drawn from the task's training data."""
 
@@ -63,12 +67,100 @@ class PruneConfig(BaseModel):
     trust_remote_code: bool = False
     progress: bool = True
 
-    @field_validator("constraint")
-    @classmethod
-    def _constraint(cls, value: float) -> float:
-        return check_constraint(value)
+    _constraint = field_validator("constraint")(check_constraint)
+    _task = field_validator("task")(_task_name)
 
-    @field_validator("task")
-    @classmethod
-    def _task(cls, value: str) -> str:
-        return get_task(value).name
+
+# ----- the parameters of each pipeline stage (common/stages.py); flat, so the CLI and KFP can map them -----
+class StageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _optional(value: str | None) -> str | None:
+    """KFP passes unset string parameters as ``""``."""
+    return value or None
+
+
+class PrepareParams(StageParams):
+    """Fetch the fine-tuned model and save it as a checked, self-contained folder."""
+
+    source: str = Field(description="the fine-tuned model: s3:// URI, local folder or hub id")
+    task: str
+    trust_remote_code: bool = False
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI to check before any compute")
+
+    _task = field_validator("task")(_task_name)
+    _uri = field_validator("tracking_uri")(_optional)
+
+
+class SampleParams(SampleConfig, StageParams):
+    """Draw the pruning sample from the training data (batch size and max length travel with it)."""
+
+    train_file: str = Field(description="training data: s3:// URI, local file or hub dataset id")
+    task: str
+    text_columns: list[str] | None = None
+    label_column: str | None = None
+
+    _task = field_validator("task")(_task_name)
+    _label = field_validator("label_column")(_optional)
+
+
+class FisherParams(StageParams):
+    device: str = "auto"
+    progress: bool = False
+
+
+class SearchParams(StageParams):
+    constraint: float = Field(description="fraction of FLOPs (or latency) to keep, in (0, 1)")
+    metric: Literal["flops", "latency"] = "flops"
+    seq_len: float | None = Field(None, gt=0, description="sequence length of the cost model (default: sample mean)")
+    device: str = Field("auto", description="device of the latency table (latency mode)")
+    latency_batch_size: int = Field(32, gt=0)
+    latency_seq_len: int = Field(128, gt=0)
+
+    _constraint = field_validator("constraint")(check_constraint)
+
+
+class RearrangeParams(StageParams):
+    enabled: bool = True
+
+
+class TuneParams(TuningConfig, StageParams):
+    device: str = "auto"
+    progress: bool = False
+
+
+class ExportParams(StageParams):
+    pass
+
+
+class EvaluateParams(StageParams):
+    dev_file: str = Field(description="dev data: s3:// URI, local file or hub dataset id")
+    batch_size: int = Field(64, gt=0)
+    device: str = "auto"
+    text_columns: list[str] | None = None
+    label_column: str | None = None
+
+    _label = field_validator("label_column")(_optional)
+
+
+class ProfileParams(StageParams):
+    device: str = "auto"
+    batch_size: int = Field(32, gt=0)
+    seq_len: int = Field(128, gt=0)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    repeats: int = Field(20, gt=0)
+    warmup: int = Field(5, ge=0)
+
+
+class RegisterParams(StageParams):
+    """Register the pruned model in MLflow; the alias moves only when the accuracy gate passes."""
+
+    model_name: str = Field("fastprune-pruned", min_length=1)
+    max_drop: float = Field(1.0, description="largest allowed drop of the task metric, in metric points")
+    alias: str = Field("pruned-candidate", min_length=1)
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    experiment: str = "fastprune"
+    pipeline_run: str | None = Field(None, description="the pipeline run that made the model (a tag)")
+
+    _uri = field_validator("tracking_uri", "pipeline_run")(_optional)

@@ -75,7 +75,10 @@ def evaluate(
             progress=progress,
         )
     features = encode(dev, tokenizer, task)
-    logits = predict(model, make_batches(features, tokenizer, batch_size), device, progress)
+    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")  # batch similar lengths
+    sorted_logits = predict(model, make_batches([features[i] for i in order], tokenizer, batch_size), device, progress)
+    logits = np.empty_like(sorted_logits)
+    logits[order] = sorted_logits
     labels = np.asarray(list(dev["label"]))
     if task.kind == "regression":
         return regression_metrics(logits[:, 0], labels)

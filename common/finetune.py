@@ -32,7 +32,7 @@ def finetune(
     """Train every parameter for ``steps`` mini-batches (AdamW, linear warm-up and decay)."""
     torch.manual_seed(seed)
     data = sample_dataset(train, steps * batch_size, seed, replace=len(train) < steps * batch_size)
-    batches = task_batches(data, tokenizer, task, batch_size)
+    batches = task_batches(data, tokenizer, task, batch_size, group_by_length=False)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 10)

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MaskGradients:
-    """Gradients of the loss w.r.t. the mask values, one row per mini-batch: head [B, L, H],
-    neuron [B, L, F]. Their squares summed over batches are the diagonal Fisher importance."""
+    """Gradients of the loss w.r.t. the mask values, one row per example (or per mini-batch):
+    head [N, L, H], neuron [N, L, F]. Their squares summed over rows are the diagonal Fisher importance."""
 
     head: torch.Tensor
     neuron: torch.Tensor
@@ -51,16 +51,22 @@ def collect_mask_gradients(
     masks: Masks | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    per_example: bool = True,
 ) -> MaskGradients:
     """Run the model on every batch with the masks applied (all ones by default) and keep the
-    gradient of the task loss w.r.t. the masks per batch. Model parameters are frozen for the pass
-    (and restored after), so only activation gradients are computed."""
+    gradient of the task loss w.r.t. the masks.
+
+    ``per_example`` (default): one row per example, the gradient of that example's loss, which is the
+    paper's Fisher definition and does not depend on how examples are batched; it costs the same one
+    backward pass per batch (each example gets its own copy of the masks). Otherwise one row per
+    mini-batch, the gradient of the batch's mean loss, as the reference code does.
+
+    Model parameters are frozen for the pass (and restored after), so only activation gradients
+    are computed."""
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     base = masks.to(device) if masks is not None else Masks.ones(dims, device)
-    head = base.head.detach().clone().requires_grad_(True)
-    neuron = base.neuron.detach().clone().requires_grad_(True)
 
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
@@ -69,18 +75,24 @@ def collect_mask_gradients(
         p.requires_grad_(False)
     head_grads, neuron_grads = [], []
     try:
-        with masks_applied(model, head, neuron, adapter):
-            for batch in tqdm(batches, desc="fisher", disable=not progress, leave=False):
-                out = model(**to_device(batch, device))
-                if out.loss is None:
-                    raise ValueError("the model returned no loss: the batches must carry labels for the task")
-                grad_h, grad_n = torch.autograd.grad(out.loss, (head, neuron))
-                head_grads.append(grad_h.detach().float().cpu())
-                neuron_grads.append(grad_n.detach().float().cpu())
+        for batch in tqdm(batches, desc="fisher", disable=not progress, leave=False):
+            batch = to_device(batch, device)
+            size = len(batch["input_ids"])
+            shape = (size,) if per_example else ()
+            head = base.head.expand(*shape, *base.head.shape).clone().requires_grad_(True)
+            neuron = base.neuron.expand(*shape, *base.neuron.shape).clone().requires_grad_(True)
+            with masks_applied(model, head, neuron, adapter):
+                out = model(**batch)
+            if out.loss is None:
+                raise ValueError("the model returned no loss: the batches must carry labels for the task")
+            grad_h, grad_n = torch.autograd.grad(out.loss, (head, neuron))
+            scale = size if per_example else 1  # the loss is a batch mean: undo it per example
+            head_grads.append((grad_h * scale).reshape(-1, *base.head.shape).detach().float().cpu())
+            neuron_grads.append((grad_n * scale).reshape(-1, *base.neuron.shape).detach().float().cpu())
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
     if not head_grads:
         raise ValueError("no batches: the sample is empty")
-    return MaskGradients(torch.stack(head_grads), torch.stack(neuron_grads))
+    return MaskGradients(torch.cat(head_grads), torch.cat(neuron_grads))

@@ -59,9 +59,14 @@ class Masks:
 
 
 def _scale_hook(values: torch.Tensor, repeat: int):
+    """Scale the input's units by ``values``: [U] for every example, or [B, U] per example."""
+
     def hook(_module, args):
         x = args[0]
-        return (x * values.to(x.dtype).repeat_interleave(repeat),) + tuple(args[1:])
+        scale = values.to(x.dtype).repeat_interleave(repeat, dim=-1)
+        if scale.dim() == 2 and x.dim() == 3:
+            scale = scale[:, None, :]
+        return (x * scale,) + tuple(args[1:])
 
     return hook
 
@@ -89,7 +94,8 @@ def masks_applied(
     adapter: ArchAdapter | None = None,
 ) -> Iterator[None]:
     """Multiply every head's context vector and every neuron's activation by its mask value,
-    through forward pre-hooks on the attention output and FFN output projections. Masks may
+    through forward pre-hooks on the attention output and FFN output projections. Masks are [L, H]
+    and [L, F], or [B, L, H] and [B, L, F] for one mask per example of a batch of B. They may
     require grad (the Fisher pass differentiates through them). ``None`` leaves that kind of
     unit unmasked."""
     adapter = adapter or adapter_for(model)
@@ -101,8 +107,8 @@ def masks_applied(
                 adapter,
                 layer,
                 head_size,
-                None if head is None else head[i],
-                None if neuron is None else neuron[i],
+                None if head is None else head[..., i, :],
+                None if neuron is None else neuron[..., i, :],
             )
         yield
     finally:

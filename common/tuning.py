@@ -178,13 +178,16 @@ def tune_masks(
     policy: OutOfRangePolicy = "stop",
     cls_only_last_layer: bool = True,
     progress: bool = True,
+    num_samples: int | None = None,
 ) -> tuple[Masks, list[BlockReport]]:
     """Real-valued scales for the kept units of ``masks`` (binary or already scaled) so that each
     block reproduces the teacher (``teacher_masks`` applied to the same model; ``None`` = dense).
 
     ``cls_only_last_layer``: for sequence classifiers only the first token of the last layer is read
-    by the classifier head, so only it is reconstructed there. Returns the tuned masks and a
-    report per block."""
+    by the classifier head, so only it is reconstructed there. ``num_samples`` tunes on about that
+    many examples, from batches spread evenly over the sample (batches may be ordered by length).
+    Returns the tuned masks and a report per block."""
+    batches = spread_batches(batches, num_samples)
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     layers = adapter.layer_modules(model)
@@ -216,6 +219,16 @@ def tune_masks(
     tuned = sum(r.tuned for r in reports)
     log.info("mask tuning: %d of %d blocks tuned%s", tuned, len(reports), f" ({stopped})" if stopped else "")
     return student.to("cpu"), reports
+
+
+def spread_batches(batches: list[dict], num_samples: int | None) -> list[dict]:
+    """Evenly spaced batches holding about ``num_samples`` examples (all of them when None)."""
+    total = sum(len(b["input_ids"]) for b in batches)
+    if num_samples is None or num_samples >= total:
+        return batches
+    count = max(1, round(len(batches) * num_samples / total))
+    step = len(batches) / count
+    return [batches[int(i * step)] for i in range(count)]
 
 
 def _is_qa(model: nn.Module) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -13,8 +15,7 @@ from fastprune.common.errors import FastpruneError
 log = logging.getLogger("fastprune")
 
 
-def _add_prune(sub) -> None:
-    p = sub.add_parser("prune", help="prune a fine-tuned model end to end")
+def _add_prune(p) -> None:
     p.add_argument("--model", required=True, help="fine-tuned model folder (or hub id)")
     p.add_argument("--task", required=True, help="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
     p.add_argument("--train-file", required=True, help="training data (tsv/csv/json/jsonl/parquet) or hub id")
@@ -71,8 +72,7 @@ def _prune(args) -> int:
     return 0
 
 
-def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="prune the embedded default (MiniLM fine-tuned on bundled SST-2 data)")
+def _add_demo(p) -> None:
     p.add_argument("--constraint", type=float, default=0.5)
     p.add_argument("--num-samples", type=int, default=2048)
     p.add_argument("--output", default="runs/demo")
@@ -97,17 +97,152 @@ def _demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ----- the pipeline: compile, run (kfp.local or a cluster), and its stages one by one ---------------------------
+_KFP_TYPES = {"String": str, "Integer": int, "Float": float}
+_EMBEDDED = ("model", "train_data", "dev_data")
+
+
+def _add_compile(p) -> None:
+    from fastprune.components import BASE_IMAGE
+
+    p.add_argument("--output", default="pipeline.yaml")
+    p.add_argument("--image", default=BASE_IMAGE, help="the image every step runs in (default: %(default)s)")
+    p.set_defaults(func=_compile)
+
+
+def _compile(args) -> int:
+    from fastprune.pipelines.prune_pipeline import compile_pipeline
+
+    print(f"fastprune: pipeline written to {compile_pipeline(args.output, args.image)}")
+    return 0
+
+
+def _add_run(p) -> None:
+    from fastprune.pipelines.prune_pipeline import fastprune_pipeline
+
+    p.description = ("Without --model: the embedded default (MiniLM fine-tuned on the bundled SST-2 data), "
+                     "registered in a local MLflow under runs/ unless --mlflow-uri or MLFLOW_TRACKING_URI names a "
+                     "server. s3:// sources use the AWS_* environment.")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", action="store_true", help="run every step here with kfp.local")
+    where.add_argument("--host", help="start a run on the Kubeflow Pipelines server at this URL")
+    p.add_argument("--pipeline-root", default="runs/pipeline", help="local artifacts (default: %(default)s)")
+    for name, spec in fastprune_pipeline.component_spec.inputs.items():
+        default = f"the embedded SST-2 one with --local, {spec.default!r} with --host" if name in _EMBEDDED else (
+            repr(spec.default))
+        p.add_argument(f"--{name.replace('_', '-')}", type=_KFP_TYPES[spec.type], help=f"default: {default}")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    import os
+
+    from fastprune.pipelines.prune_pipeline import fastprune_pipeline
+
+    names = fastprune_pipeline.component_spec.inputs
+    arguments = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "mlflow_uri" not in arguments and os.environ.get("MLFLOW_TRACKING_URI"):
+        arguments["mlflow_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    if args.host:
+        from fastprune.pipelines.prune_pipeline import submit
+
+        print(f"fastprune: started run {submit(args.host, arguments)} on {args.host}")
+        return 0
+    return _run_local(args, arguments)
+
+
+def _run_local(args, arguments: dict) -> int:
+    from fastprune.pipelines.local import local_mlflow, run_local
+
+    if "model" not in arguments:
+        from fastprune.defaults import SST2_DEV, SST2_TRAIN, finetuned_minilm
+
+        arguments = {"model": str(finetuned_minilm()), "train_data": str(SST2_TRAIN), "dev_data": str(SST2_DEV),
+                     **arguments}
+    if not arguments.get("mlflow_uri"):
+        mlflow_dir = Path(args.pipeline_root).parent / "mlflow"
+        arguments["mlflow_uri"] = local_mlflow(mlflow_dir, arguments.get("mlflow_experiment", "fastprune"))
+    run = run_local(arguments, args.pipeline_root)
+    r = run.registration
+    alias = f"alias {r['alias']} -> version {r['version']}" if r["alias"] else "alias not moved"
+    print(f"\nfastprune: registered {r['model_name']} version {r['version']} ({alias})\n  gate {r['gate']}: "
+          f"{r['gate_reason']}\n  report: {run.artifact('register-model', 'registration') / 'report.md'}\n"
+          f"  artifacts: {run.folder}")
+    if arguments["mlflow_uri"].startswith("sqlite:"):
+        print(f"  browse: mlflow ui --backend-store-uri {arguments['mlflow_uri']}")
+    else:
+        print(f"  MLflow: {r['tracking_uri']}")
+    print(f"  load: mlflow.pyfunc.load_model('models:/{r['model_name']}@{r['alias'] or '<alias>'}')")
+    return 0
+
+
+def _add_step(p) -> None:
+    from fastprune.common.stages import STAGES
+
+    stages = p.add_subparsers(dest="stage", required=True)
+    for name, stage in STAGES.items():
+        s = stages.add_parser(name, help=stage.doc, description=stage.doc)
+        s.add_argument("--out", required=True, help="the folder this stage writes")
+        for folder in stage.inputs + stage.optional:
+            s.add_argument(f"--{folder}", required=folder in stage.inputs, help="a folder written by an earlier step")
+        _add_fields(s, stage.params)
+        s.set_defaults(func=_step)
+
+
+def _add_fields(parser, model) -> None:
+    """One flag per field of a flat pydantic model; unset flags keep the model's defaults."""
+    for name, field in model.model_fields.items():
+        flag, kinds = f"--{name.replace('_', '-')}", [field.annotation, *get_args(field.annotation)]
+        kw = {"help": field.description, "required": field.is_required()}
+        if bool in kinds:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif any(get_origin(k) is list for k in kinds):
+            kw["nargs"] = "+"
+        elif get_origin(field.annotation) is Literal:
+            kw["choices"] = get_args(field.annotation)
+        else:
+            kw["type"] = next(k for k in (int, float, str) if k in kinds)
+        parser.add_argument(flag, **kw)
+
+
+def _step(args) -> int:
+    import json
+
+    from fastprune.common.stages import STAGES, run_stage
+
+    stage = STAGES[args.stage]
+    params = {k: v for k, v in vars(args).items() if k in stage.params.model_fields and v is not None}
+    folders = {k: getattr(args, k) for k in stage.inputs + stage.optional if getattr(args, k) is not None}
+    info = run_stage(args.stage, args.out, params, **folders)
+    short = {k: v for k, v in info.items() if not isinstance(v, dict | list)}
+    print(json.dumps(short, indent=1))
+    return 0
+
+
+_COMMANDS = {
+    "prune": (_add_prune, "prune a fine-tuned model end to end"),
+    "demo": (_add_demo, "prune the embedded default (MiniLM fine-tuned on bundled SST-2 data)"),
+    "run": (_add_run, "run the pipeline locally (kfp.local) or on a Kubeflow cluster"),
+    "compile": (_add_compile, "compile the Kubeflow pipeline to YAML"),
+    "step": (_add_step, "run one stage of the pipeline on folders, as the pipeline's steps do"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the command named in ``argv`` gets its arguments (the others' imports are slow)."""
     parser = argparse.ArgumentParser(prog="fastprune", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_prune(sub)
-    _add_demo(sub)
+    chosen = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    for name, (add, help) in _COMMANDS.items():
+        command = sub.add_parser(name, help=help, description=help)
+        if name == chosen:
+            add(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

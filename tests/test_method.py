@@ -32,7 +32,7 @@ def _batches(n=3, batch=4, length=10, seed=0, labels=True):
 def test_fisher_gradients_match_finite_differences():
     model = tiny_model("bert")
     batch = _batches(n=1)[0]
-    grads = collect_mask_gradients(model, [batch], progress=False)
+    grads = collect_mask_gradients(model, [batch], progress=False, per_example=False)
     dims = adapter_for(model).dims(model.config)
     assert grads.head.shape == (1, dims.num_layers, dims.num_heads)
     assert grads.neuron.shape == (1, dims.num_layers, dims.intermediate_size)
@@ -48,6 +48,22 @@ def test_fisher_gradients_match_finite_differences():
         eps = 1e-3
         numeric = (loss_at(layer, head, eps) - loss_at(layer, head, -eps)) / (2 * eps)
         assert float(numeric) == pytest.approx(float(grads.head[0, layer, head]), rel=0.05, abs=1e-5)
+
+
+def test_per_example_gradients_do_not_depend_on_batching():
+    model = tiny_model("bert")
+    batch = _batches(n=1, batch=4)[0]
+    per_batch = collect_mask_gradients(model, [batch], progress=False, per_example=False)
+    per_example = collect_mask_gradients(model, [batch], progress=False)
+    assert per_example.head.shape[0] == 4
+    # the batch loss is the mean of the examples' losses
+    assert torch.allclose(per_example.head.mean(0), per_batch.head[0], atol=1e-6)
+    assert torch.allclose(per_example.neuron.mean(0), per_batch.neuron[0], atol=1e-6)
+    # the same examples in other batches (other padding) give the same rows
+    halves = [{k: v[i : i + 2] for k, v in batch.items()} for i in (0, 2)]
+    split = collect_mask_gradients(model, halves, progress=False)
+    assert torch.allclose(split.head, per_example.head, atol=1e-5)
+    assert torch.allclose(split.neuron, per_example.neuron, atol=1e-5)
 
 
 @pytest.mark.parametrize("constraint", [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -263,3 +279,17 @@ def test_stage_validation_never_accepts_a_higher_heldout_loss():
         current = chosen
     assert any(d["accepted"] for d in validator.report.values())
     assert not all(d["accepted"] for d in validator.report.values())
+
+
+def test_tuning_on_a_spread_subset_of_batches():
+    from fastprune.common.tuning import spread_batches
+
+    batches = [{"input_ids": torch.zeros(4, i + 1)} for i in range(10)]  # ordered by length
+    chosen = spread_batches(batches, 12)
+    assert len(chosen) == 3 and chosen[0] is batches[0] and chosen[-1]["input_ids"].shape[1] > 5
+    assert spread_batches(batches, None) is batches and spread_batches(batches, 1000) is batches
+    model = tiny_model("bert")
+    masks = Masks((torch.arange(4) < 3).float().repeat(3, 1), (torch.arange(64) < 40).float().repeat(3, 1))
+    _, full = tune_masks(model, masks, None, _batches(n=4, labels=False), progress=False)
+    _, part = tune_masks(model, masks, None, _batches(n=4, labels=False), progress=False, num_samples=8)
+    assert part[1].error_before < full[1].error_before  # fewer tokens in the normal equations

@@ -1,0 +1,203 @@
+"""MLflow: record a pruning run, register the pruned model as a new model version, move an alias to it only
+when the accuracy gate passes, and load it back as a pyfunc that predicts from raw text.
+
+The registered model is a custom ``mlflow.pyfunc`` model (:class:`PrunedTextModel`) whose one artifact is the
+exported model folder (safetensors, config with the per-layer structure, tokenizer; checked against its
+manifest on load). Loading it needs nothing but fastprune installed::
+
+    mlflow.pyfunc.load_model("models:/NAME@pruned-candidate").predict(pd.DataFrame({"text": ["a fine movie"]}))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from .config import RegisterParams
+from .errors import FastpruneError
+from .export import load_pruned
+from .stages import MASKS_FILE, PROFILE_FILE, STAGES, numeric_results, stage_info
+from .storage import verify_manifest
+from .tasks import TaskSpec, get_task
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.md"
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "text"), ColSpec("string", "text_pair", required=False)]))
+
+
+class RegistryError(FastpruneError):
+    """The MLflow tracking server is unreachable or refused a request."""
+
+
+def _redacted(uri: str) -> str:
+    parts = urlsplit(uri)
+    return uri.replace(f"{parts.username}:{parts.password}@", "") if parts.password else uri
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, naming the URI, when an MLflow tracking server does not answer (any HTTP answer is fine)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5)
+    except requests.RequestException as e:
+        raise RegistryError(
+            f"cannot reach the MLflow tracking server at {_redacted(uri)} ({type(e).__name__}): start it, or fix "
+            "--mlflow-uri / the pipeline's mlflow_tracking_uri"
+        ) from e
+
+
+def accuracy_gate(before: float, after: float, max_drop: float, metric: str) -> tuple[bool, str]:
+    """Whether the task metric dropped by at most ``max_drop`` points, and a sentence saying so."""
+    drop = before - after
+    passed = drop <= max_drop
+    verdict = "within" if passed else "more than"
+    return passed, (f"{metric} {before:.2f} -> {after:.2f}: a drop of {drop:.2f} points, "
+                    f"{verdict} the allowed {max_drop:g}")
+
+
+# ----- the pyfunc ------------------------------------------------------------------------------------------
+def predict_text(model, tokenizer, task: TaskSpec, frame: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
+    """Predictions of a sequence classifier (or regressor) for a DataFrame with ``text`` (and ``text_pair``)."""
+    if task.is_qa:
+        raise RegistryError(f"the pyfunc predicts for classification and regression tasks, not {task.name}")
+    frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+    if "text" not in frame.columns:
+        raise ValueError(f"the input needs a 'text' column (and optionally 'text_pair'); got {list(frame.columns)}")
+    texts = frame["text"].astype(str).tolist()
+    pairs = frame["text_pair"].fillna("").astype(str).tolist() if "text_pair" in frame.columns else None
+    pairs = pairs if pairs and any(pairs) else None
+    chunks = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            encoded = tokenizer(texts[i : i + batch_size], pairs[i : i + batch_size] if pairs else None,
+                                truncation=True, max_length=task.max_length, padding=True, return_tensors="pt")
+            chunks.append(model(**encoded).logits.float())
+    logits = torch.cat(chunks) if chunks else torch.zeros(0, task.num_labels)
+    if task.kind == "regression":
+        return pd.DataFrame({"score": logits[:, 0].numpy()})
+    probabilities = logits.softmax(-1)
+    return pd.DataFrame({"label": probabilities.argmax(-1).numpy(), "score": probabilities.max(-1).values.numpy(),
+                         "probabilities": probabilities.numpy().tolist()})
+
+
+class PrunedTextModel(mlflow.pyfunc.PythonModel):
+    """A pruned model rebuilt with :func:`load_pruned` from its artifact folder; predicts from raw text."""
+
+    def load_context(self, context) -> None:
+        folder = Path(context.artifacts["model"])
+        verify_manifest(folder)
+        self.model, self.tokenizer = load_pruned(folder)
+        self.task = get_task(context.model_config["task"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return predict_text(self.model, self.tokenizer, self.task, model_input)
+
+
+_MODEL_CODE = """\"\"\"MLflow entry point of a model registered by fastprune (a model from code: nothing pickled).\"\"\"
+
+from mlflow.models import set_model
+
+from fastprune.common.registry import PrunedTextModel
+
+set_model(PrunedTextModel())
+"""
+
+
+def log_pruned_model(pruned: Path, task: str, workdir: Path):
+    """Log the exported model folder as a :class:`PrunedTextModel` in the active run (its entry point, a
+    three-line file, is written to ``workdir``)."""
+    from .. import __version__
+
+    code = workdir / "pyfunc_model.py"
+    code.write_text(_MODEL_CODE)
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(code), artifacts={"model": str(pruned)}, model_config={"task": task},
+        signature=SIGNATURE, input_example=pd.DataFrame({"text": ["a fine movie"]}),
+        pip_requirements=[f"fastprune=={__version__}"],
+    )
+
+
+# ----- registration ------------------------------------------------------------------------------------------
+def _params(stages: dict[str, dict]) -> dict[str, str]:
+    return {f"{info['stage']}.{key}": json.dumps(value) if isinstance(value, list) else str(value)
+            for info in stages.values() for key, value in info["params"].items() if key != "tracking_uri"}
+
+
+def _metrics(stages: dict[str, dict]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for info in stages.values():
+        metrics.update({k: v for k, v in numeric_results(info).items() if k not in metrics})
+        metrics[f"seconds_{info['stage']}"] = info["seconds"]
+    return metrics
+
+
+def _tags(p: RegisterParams, stages: dict[str, dict], passed: bool, reason: str) -> dict[str, str]:
+    pruned, sample = stages["pruned"], stages.get("sample", {})
+    tags = {"task": pruned["task"], "source_model": pruned["source"], "data_sha256": sample.get("train_sha256"),
+            "train_data": sample.get("train_file"), "pipeline_run": p.pipeline_run,
+            "gate": "passed" if passed else "failed", "gate_reason": reason}
+    return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+def _report(p: RegisterParams, stages: dict[str, dict], tags: dict, version: str | None, profile: str) -> str:
+    ev, pruned = stages["evaluation"], stages["pruned"]
+    lines = [f"# {p.model_name} version {version}", "", f"Accuracy gate **{tags['gate']}**: {tags['gate_reason']}.",
+             f"Alias `{p.alias}` {'moved to this version' if tags['gate'] == 'passed' else 'left where it was'}.", "",
+             f"- source model: `{pruned['source']}`; task {pruned['task']}; data sha256 `{tags.get('data_sha256')}`",
+             f"- {ev['metric']}: {ev['metric_before']:.2f} before, {ev['metric_after']:.2f} after "
+             f"({ev['dev_examples']} dev examples)",
+             f"- FLOPs kept {pruned['flops_ratio']:.3f}; parameters {pruned['params_before']:,} -> "
+             f"{pruned['params_after']:,}; heads per layer {pruned['heads_per_layer']}",
+             "- seconds per stage: " + ", ".join(f"{i['stage']} {i['seconds']:.1f}" for i in stages.values())]
+    return "\n".join(lines + (["", "## Latency", "", profile] if profile else [])) + "\n"
+
+
+def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation: Path, **others: Path) -> dict:
+    """Log a run (params, metrics, masks, report, model), register a new version of ``p.model_name``, and move
+    ``p.alias`` to it only when the metric dropped by at most ``p.max_drop`` points."""
+    folders = {"pruned": pruned, "tuned": tuned, "evaluation": evaluation, **others}
+    infos = {name: stage_info(folder) for name, folder in folders.items()}
+    stages = dict(sorted(infos.items(), key=lambda item: list(STAGES).index(item[1]["stage"])))  # pipeline order
+    ev = stages["evaluation"]
+    passed, reason = accuracy_gate(ev["metric_before"], ev["metric_after"], p.max_drop, ev["metric"])
+    tags = _tags(p, stages, passed, reason)
+    profile = (others["profile"] / PROFILE_FILE).read_text() if "profile" in others else ""
+    if p.tracking_uri:
+        check_tracking_uri(p.tracking_uri)
+        mlflow.set_tracking_uri(p.tracking_uri)
+    uri = _redacted(mlflow.get_tracking_uri())
+    try:
+        mlflow.set_experiment(p.experiment)
+        with mlflow.start_run(run_name=f"{p.model_name}-{tags.get('pipeline_run', 'cli')}") as run:
+            mlflow.log_params(_params(stages))
+            mlflow.log_metrics(_metrics(stages))
+            mlflow.set_tags(tags)
+            mlflow.log_artifact(str(tuned / MASKS_FILE))
+            mlflow.log_dict(stages, "stages.json")
+            info = log_pruned_model(pruned, stages["pruned"]["task"], out)
+            version = str(mlflow.register_model(info.model_uri, p.model_name, tags=tags).version)
+            client = mlflow.MlflowClient()
+            client.update_model_version(p.model_name, version, description=reason)
+            if passed:
+                client.set_registered_model_alias(p.model_name, p.alias, version)
+            (out / REPORT_FILE).write_text(_report(p, stages, tags, version, profile))
+            mlflow.log_artifact(str(out / REPORT_FILE))
+    except MlflowException as e:
+        raise RegistryError(f"MLflow at {uri} refused to register {p.model_name}: {e.message}") from e
+    log.info("registered %s version %s (%s)", p.model_name, version, reason)
+    return {"model_name": p.model_name, "version": version, "alias": p.alias if passed else None,
+            "model_uri": f"models:/{p.model_name}/{version}", "run_id": run.info.run_id, "tracking_uri": uri,
+            "gate": tags["gate"], "gate_reason": reason, "gate_passed": passed}

@@ -1,0 +1,137 @@
+"""The pipeline's stages run one by one from the CLI (``fastprune step``) on a tiny trained model: their folders,
+the integrity checks between them, and registration in a local MLflow (SQLite) behind the accuracy gate."""
+
+import hashlib
+import shutil
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from fastprune.common.config import PruneConfig, SampleConfig
+from fastprune.common.errors import IntegrityError
+from fastprune.common.export import load_pruned
+from fastprune.common.masks import Masks
+from fastprune.common.prune import prune
+from fastprune.common.registry import predict_text
+from fastprune.common.stages import GRADS_FILE, MASKS_FILE, run_stage, stage_info
+from fastprune.common.storage import MANIFEST_NAME, verify_manifest
+from fastprune.common.tasks import get_task
+from tiny import SST2
+
+from fastprune.cli import main
+
+TRAIN = SST2 / "train.tsv"
+TEXTS = ["a gorgeous , witty , seductive movie .", "the movie is a disaster", "it 's not bad at all"]
+
+
+@pytest.fixture(scope="module")
+def steps(tiny_sst2_model, tmp_path_factory):
+    """Every stage run once through ``fastprune step``; returns the folder holding their outputs."""
+    w = tmp_path_factory.mktemp("steps")
+    dev = w / "dev.tsv"
+    dev.write_text("".join((SST2 / "dev.tsv").read_text().splitlines(keepends=True)[:201]))
+
+    def step(name, *argv):
+        assert main(["step", name, "--out", str(w / name), *[str(a) for a in argv]]) == 0, name
+
+    step("prepare", "--source", tiny_sst2_model, "--task", "sst2")
+    step("sample", "--train-file", TRAIN, "--task", "sst2", "--num-samples", 64, "--seed", 1)
+    step("fisher", "--model", w / "prepare", "--sample", w / "sample", "--device", "cpu")
+    step("search", "--model", w / "prepare", "--grads", w / "fisher", "--constraint", 0.5)
+    step("rearrange", "--grads", w / "fisher", "--masks", w / "search")
+    step("tune", "--model", w / "prepare", "--sample", w / "sample", "--grads", w / "fisher", "--searched",
+         w / "search", "--masks", w / "rearrange")
+    step("export", "--model", w / "prepare", "--masks", w / "tune")
+    step("evaluate", "--model", w / "prepare", "--pruned", w / "export", "--tuned", w / "tune", "--dev-file", dev)
+    step("profile", "--model", w / "prepare", "--pruned", w / "export", "--batch-size", 2, "--seq-len", 16,
+         "--repeats", 2, "--warmup", 0)
+    return w
+
+
+def test_steps_write_checked_folders(steps):
+    for name in ("prepare", "sample", "fisher", "search", "rearrange", "tune", "export", "evaluate", "profile"):
+        verify_manifest(steps / name)
+        assert stage_info(steps / name)["stage"] == name
+    assert stage_info(steps / "sample")["train_sha256"] == hashlib.sha256(TRAIN.read_bytes()).hexdigest()
+    assert stage_info(steps / "search")["flops_ratio"] <= 0.5 + 1e-9
+    exported = stage_info(steps / "export")
+    assert exported["params_after"] < exported["params_before"]
+    evaluation = stage_info(steps / "evaluate")
+    assert evaluation["dev_examples"] == 200
+    assert evaluation["metric_after"] == pytest.approx(evaluation["metric_tuned_masked"], abs=0.6)
+    assert stage_info(steps / "profile")["speedup"] > 0
+
+
+def test_steps_match_the_one_shot_prune(steps, tiny_sst2_model, tmp_path):
+    cfg = PruneConfig(model=str(tiny_sst2_model), task="sst2", train_file=str(TRAIN), constraint=0.5,
+                      sample=SampleConfig(num_samples=64, seed=1), device="cpu", progress=False)
+    summary = prune(cfg, tmp_path / "out")
+    assert Masks.load(tmp_path / "out" / "masks.safetensors").equal(Masks.load(steps / "tune" / MASKS_FILE))
+    assert summary["params_after"] == stage_info(steps / "export")["params_after"]
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupted_input_is_refused_and_nothing_written(steps, tmp_path):
+    grads = _copy(steps / "fisher", tmp_path / "grads")
+    data = bytearray((grads / GRADS_FILE).read_bytes())
+    data[-1] ^= 0xFF  # same size, one byte flipped
+    (grads / GRADS_FILE).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=GRADS_FILE):
+        run_stage("search", tmp_path / "out", {"constraint": 0.5}, model=steps / "prepare", grads=grads)
+    assert not (tmp_path / "out").exists()
+
+    (grads / MANIFEST_NAME).unlink()
+    with pytest.raises(IntegrityError, match="no MANIFEST.json"):
+        run_stage("search", tmp_path / "out", {"constraint": 0.5}, model=steps / "prepare", grads=grads)
+
+
+def test_failed_stage_leaves_no_partial_folder(steps, tmp_path):
+    with pytest.raises(Exception, match="config"):  # the grads folder is not a model
+        run_stage("search", tmp_path / "out", {"constraint": 0.5}, model=steps / "fisher", grads=steps / "fisher")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_step_errors_are_clear(steps, tmp_path, capsys):
+    argv = ["step", "search", "--out", str(tmp_path / "out"), "--model", str(steps / "prepare"), "--grads"]
+    assert main([*argv, str(steps / "fisher"), "--constraint", "1.5"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "nowhere"), "--constraint", "0.5"]) == 2
+    assert "nowhere" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_register_behind_the_gate_and_load_the_pyfunc(steps, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).create_experiment("fastprune", artifact_location=(tmp_path / "artifacts").as_uri())
+    inputs = {k: steps / v for k, v in {"pruned": "export", "tuned": "tune", "evaluation": "evaluate",
+                                        "sample": "sample", "profile": "profile"}.items()}
+    params = {"tracking_uri": uri, "model_name": "tiny", "pipeline_run": "run-1", "max_drop": 100}
+    first = run_stage("register", tmp_path / "r1", params, **inputs)
+    second = run_stage("register", tmp_path / "r2", {**params, "max_drop": -1, "pipeline_run": "run-2"}, **inputs)
+
+    client = mlflow.MlflowClient(uri)
+    assert (first["gate"], first["alias"], second["gate"], second["alias"]) == ("passed", "pruned-candidate",
+                                                                               "failed", None)
+    assert str(client.get_model_version_by_alias("tiny", "pruned-candidate").version) == first["version"]
+    failed = client.get_model_version("tiny", second["version"])
+    assert failed.tags["gate"] == "failed" and "more than the allowed -1" in failed.tags["gate_reason"]
+    assert failed.tags["pipeline_run"] == "run-2"
+    assert failed.tags["data_sha256"] == hashlib.sha256(TRAIN.read_bytes()).hexdigest()
+    run = client.get_run(first["run_id"]).data
+    for key in ("metric_before", "metric_after", "flops_ratio", "params_after", "speedup", "seconds_tune"):
+        assert key in run.metrics, key
+    assert run.params["sample.num_samples"] == "64"
+
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pyfunc.load_model("models:/tiny@pruned-candidate")
+    got = loaded.predict(pd.DataFrame({"text": TEXTS}))
+    model, tokenizer = load_pruned(steps / "export")
+    with torch.no_grad():
+        logits = model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+    assert got["label"].tolist() == logits.argmax(-1).tolist()
+    assert torch.allclose(torch.tensor(got["probabilities"].tolist()), logits.softmax(-1), atol=1e-5)
+    assert predict_text(model, tokenizer, get_task("sst2"), pd.DataFrame({"text": TEXTS})).equals(got)
