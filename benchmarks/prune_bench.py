@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--num-samples", type=int, default=2048)
     p.add_argument("--finetune-steps", type=int, default=1000)
+    p.add_argument("--model", help="an already fine-tuned model folder (skips fine-tuning)")
+    p.add_argument("--holdout", type=float, default=0.0, help="held-out fraction for stage validation")
     p.add_argument("--tuning-policy", choices=["stop", "ridge"], default="stop")
     p.add_argument("--teacher", choices=["schedule", "dense"], default="schedule")
     p.add_argument("--threads", type=int, default=2)
@@ -50,14 +52,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     folder = args.data_dir / GLUE_DIRS[args.task]
-    model = finetuned_minilm(folder / "train.tsv", args.task, steps=args.finetune_steps, name=None)
+    model = args.model or finetuned_minilm(folder / "train.tsv", args.task, steps=args.finetune_steps)
     rows = []
     for constraint in args.constraints:
         for seed in args.seeds:
             cfg = PruneConfig(
                 model=str(model), task=args.task, train_file=str(folder / "train.tsv"),
                 dev_file=str(folder / "dev.tsv"), constraint=constraint, device="cpu", progress=False,
-                sample=SampleConfig(num_samples=args.num_samples, seed=seed),
+                sample=SampleConfig(num_samples=args.num_samples, seed=seed, holdout=args.holdout),
                 tuning=TuningConfig(policy=args.tuning_policy, teacher=args.teacher),
             )  # fmt: skip
             start = time.perf_counter()
@@ -70,7 +72,7 @@ def main() -> None:
     table = render(rows, args)
     print(table)
     args.output.mkdir(parents=True, exist_ok=True)
-    stem = f"prune_{args.task}_{args.tuning_policy}_{args.teacher}"
+    stem = f"prune_{args.task}_{args.tuning_policy}_{args.teacher}_holdout{args.holdout}"
     (args.output / f"{stem}.md").write_text(table)
     (args.output / f"{stem}.json").write_text(json.dumps(rows, indent=2))
 
@@ -85,7 +87,9 @@ def render(rows: list[dict], args) -> str:
     metric = rows[0]["metric"]
     lines = [
         f"# fastprune on MiniLM / {args.task} ({metric}, dev), {args.num_samples} samples, "
-        f"seeds {args.seeds}, tuning policy {args.tuning_policy}, teacher {args.teacher}",
+        f"seeds {args.seeds}, tuning policy {args.tuning_policy}, teacher {args.teacher}, holdout {args.holdout}",
+        "",
+        f"Model: {rows[0]['model']}",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch "
         f"{torch.__version__}. Unpruned: {rows[0]['metric_before']:.2f}.",

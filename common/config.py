@@ -24,6 +24,9 @@ class SampleConfig(BaseModel):
     replace: bool = Field(True, description="draw with replacement, as the reference code does")
     batch_size: int | None = Field(None, gt=0, description="mini-batch size (task default: 32 GLUE, 12 SQuAD)")
     max_length: int | None = Field(None, gt=0, description="max tokens (task default: 128, 64 SST-2, 384 SQuAD)")
+    holdout: float = Field(
+        0.0, ge=0, lt=0.5, description="fraction of the sample held out to validate rearrangement and tuning (0: off)"
+    )
 
 
 class TuningConfig(BaseModel):
@@ -40,6 +43,7 @@ class TuningConfig(BaseModel):
     )
     ridge: float = Field(1e-4, ge=0)
     scale_bound: float = Field(10.0, gt=0)
+    num_samples: int | None = Field(512, gt=0, description="examples of the sample used for tuning (None: all)")
 
 
 class PruneConfig(BaseModel):

@@ -94,6 +94,7 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
         "neurons_per_layer": export["neurons_per_layer"],
         "tuning": tune.get("tuning", []),
         "layers_tuned": tune.get("layers_tuned", 0),
+        "validation": tune.get("validation", {}),
         "device": str(resolve_device(cfg.device)),
         "seconds": seconds,
         "prune_seconds": round(sum(seconds.get(s, 0.0) for s in _PRUNE_STAGES), 3),
@@ -105,12 +106,16 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
 
 def format_summary(summary: dict) -> str:
     """A short human summary of a prune run."""
+    checks = "".join(
+        f", {stage} {'kept' if check['accepted'] else 'rejected'} on held-out loss"
+        for stage, check in summary["validation"].items()
+    )
     lines = [
         f"fastprune: {summary['model']} on {summary['task']} at {summary['constraint_metric']} "
         f"constraint {summary['constraint']}",
         f"  FLOPs kept {summary['flops_ratio']:.3f}; parameters {summary['params_before']:,} -> "
         f"{summary['params_after']:,}; heads/layer {summary['heads_per_layer']}",
-        f"  blocks tuned {summary['layers_tuned']} of {len(summary['tuning'])}; "
+        f"  blocks tuned {summary['layers_tuned']} of {len(summary['tuning'])}{checks}; "
         f"prune time {summary['prune_seconds']:.1f} s on {summary['device']}",
     ]
     if summary.get("metric_before") is not None:

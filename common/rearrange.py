@@ -20,27 +20,29 @@ def pruned_set_cost(grads: torch.Tensor, pruned: torch.Tensor) -> float:
 
 def rearrange_units(kept: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     """New bool keep-mask for one layer's units with the same number kept and a pruned-set cost no
-    larger than the diagonal choice. ``grads`` is [B, N] (per-batch gradients of the N units).
+    larger than the diagonal choice. ``grads`` is [R, N] (per-example or per-batch gradients of N units).
 
     Start from the P units of lowest diagonal importance; then offer every other unit in turn: add
     it to the pruned set and drop whichever member's removal leaves the smallest cost. Dropping the
-    newcomer restores the previous set, so the cost never rises."""
+    newcomer restores the previous set, so the cost never rises. Everything is computed from the
+    units' Gram matrix ``G = g^T g``, so each offer costs O(P) whatever the number of gradient rows."""
     kept = kept.bool()
     n_pruned = int((~kept).sum())
     if n_pruned == 0 or n_pruned == kept.numel():
         return kept.clone()
-    g = grads.double().T.contiguous()  # [N, B]
-    sq = g.pow(2).sum(1)
+    gram = (grads.float().T @ grads.float()).double()  # [N, N]
+    sq = gram.diagonal()
     order = torch.argsort(sq, stable=True)
     members = order[:n_pruned].clone()
-    total = g[members].sum(0)
+    dot = gram[members].sum(0)  # dot[x] = <sum of the pruned set's gradients, g_x>
+    cost = float(dot[members].sum())  # ||sum of the pruned set's gradients||^2
     for u in order[n_pruned:].tolist():
-        candidate = total + g[u]
-        # cost after dropping member i from (members + u): ||candidate - g_i||^2
-        drop_member = candidate.dot(candidate) - 2 * (g[members] @ candidate) + sq[members]
-        best = int(torch.argmin(drop_member))
-        if drop_member[best] < total.dot(total):  # strictly better than dropping the newcomer
-            total = candidate - g[members[best]]
+        # ||t + g_u - g_i||^2 for every member i, with t the current pruned sum
+        after = cost + sq[u] + 2 * dot[u] + sq[members] - 2 * dot[members] - 2 * gram[u, members]
+        best = int(torch.argmin(after))
+        if after[best] < cost:  # strictly better than dropping the newcomer
+            cost = float(after[best])
+            dot += gram[u] - gram[members[best]]
             members[best] = u
     new_kept = torch.ones_like(kept)
     new_kept[members] = False

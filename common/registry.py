@@ -54,8 +54,8 @@ def check_tracking_uri(uri: str) -> None:
         requests.get(f"{uri.rstrip('/')}/health", timeout=5)
     except requests.RequestException as e:
         raise RegistryError(
-            f"cannot reach the MLflow tracking server at {_redacted(uri)} ({type(e).__name__}): start it, or fix "
-            "--mlflow-uri / the pipeline's mlflow_tracking_uri"
+            f"cannot reach the MLflow tracking server at {_redacted(uri)} ({type(e).__name__}): is it running? "
+            "Check --mlflow-uri (the pipeline's mlflow_uri)"
         ) from e
 
 
@@ -123,10 +123,10 @@ def log_pruned_model(pruned: Path, task: str, workdir: Path):
 
     code = workdir / "pyfunc_model.py"
     code.write_text(_MODEL_CODE)
+    example = None if get_task(task).is_qa else pd.DataFrame({"text": ["a fine movie"]})  # MLflow runs it
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(code), artifacts={"model": str(pruned)}, model_config={"task": task},
-        signature=SIGNATURE, input_example=pd.DataFrame({"text": ["a fine movie"]}),
-        pip_requirements=[f"fastprune=={__version__}"],
+        signature=SIGNATURE, input_example=example, pip_requirements=[f"fastprune=={__version__}"],
     )
 
 
@@ -152,7 +152,7 @@ def _tags(p: RegisterParams, stages: dict[str, dict], passed: bool, reason: str)
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def _report(p: RegisterParams, stages: dict[str, dict], tags: dict, version: str | None, profile: str) -> str:
+def _report(p: RegisterParams, stages: dict[str, dict], tags: dict, version: str, profile: str) -> str:
     ev, pruned = stages["evaluation"], stages["pruned"]
     lines = [f"# {p.model_name} version {version}", "", f"Accuracy gate **{tags['gate']}**: {tags['gate_reason']}.",
              f"Alias `{p.alias}` {'moved to this version' if tags['gate'] == 'passed' else 'left where it was'}.", "",

@@ -45,12 +45,14 @@ from .search import search_flops
 from .storage import _sha256, _staging, fetch, is_remote, verify_manifest, write_manifest
 from .tasks import TaskSpec, get_task
 from .tuning import tune_masks
+from .validation import StageValidator
 
 # The data and evaluation modules (datasets, scipy) are imported by the stages that use them: every pipeline step
 # is a fresh process, and these imports cost seconds.
 
 STAGE_FILE = "stage.json"
 SAMPLE_FILE = "sample.parquet"
+HOLDOUT_FILE = "holdout.parquet"
 GRADS_FILE = "grads.safetensors"
 MASKS_FILE = "masks.safetensors"
 LATENCY_TABLE_FILE = "latency_table.json"
@@ -93,8 +95,8 @@ def resolve_source(source: str) -> tuple[str | Path, str]:
     return source, source
 
 
-def _sample_batches(sample: Path, tokenizer, task: TaskSpec) -> list[dict]:
-    """The pruning sample of a sample folder, tokenized and batched as its stage says."""
+def _sample_batches(sample: Path, tokenizer, task: TaskSpec, file: str = SAMPLE_FILE) -> list[dict]:
+    """The pruning sample (or its held-out part) of a sample folder, tokenized and batched as its stage says."""
     import pyarrow.parquet as pq
     from datasets import Dataset
     from datasets.table import InMemoryTable
@@ -102,7 +104,7 @@ def _sample_batches(sample: Path, tokenizer, task: TaskSpec) -> list[dict]:
     from .data import task_batches
 
     params = stage_info(sample)["params"]
-    ds = Dataset(InMemoryTable(pq.read_table(sample / SAMPLE_FILE)))
+    ds = Dataset(InMemoryTable(pq.read_table(sample / file)))
     return task_batches(ds, tokenizer, task, params["batch_size"], params["max_length"])
 
 
@@ -172,12 +174,15 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
 def run_sample(p: SampleParams, out: Path) -> dict:
     """Draw the pruning sample from the training data; record the data's sha256."""
-    from .data import load_task_data, sample_dataset
+    from .data import load_task_data, sample_dataset, split_holdout
 
     task = get_task(p.task)
     local, source = resolve_source(p.train_file)
     train = load_task_data(local, task, "train", p.text_columns, p.label_column)
     sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
+    if p.holdout:
+        sample, held_out = split_holdout(sample, p.holdout, p.seed)
+        held_out.to_parquet(str(out / HOLDOUT_FILE))
     sample.to_parquet(str(out / SAMPLE_FILE))
     checksum = _sha256(local) if isinstance(local, Path) and local.is_file() else None
     return {"task": task.name, "train_file": source, "train_sha256": checksum, "train_examples": len(train),
@@ -228,13 +233,20 @@ def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> di
 
 
 def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, searched: Path, masks: Path) -> dict:
-    """Layer-wise least squares: real-valued scales for the kept units that reproduce the teacher."""
+    """Layer-wise least squares: real-valued scales for the kept units that reproduce the teacher. With a
+    held-out part of the sample, rearrangement and tuning are each kept only where they lower its loss."""
     search = stage_info(searched)
-    rearranged = Masks.load(masks / MASKS_FILE)
-    reports = []
-    if p.enabled:
+    chosen = Masks.load(masks / MASKS_FILE)
+    reports, validation = [], {}
+    holdout = (sample / HOLDOUT_FILE).exists()
+    if p.enabled or holdout:
         device = resolve_device(p.device)
         net, tokenizer, task = _model(model, device)
+        validator = None
+        if holdout:
+            validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device)
+            chosen = validator.choose("rearrange", Masks.load(searched / MASKS_FILE), chosen)
+    if p.enabled:
         table_file = searched / LATENCY_TABLE_FILE
         table = None
         if table_file.exists():
@@ -245,11 +257,14 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         dims = adapter_for(net).dims(net.config)
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], p.teacher, table)
         batches = _sample_batches(sample, tokenizer, task)
-        rearranged, reports = tune_masks(net, rearranged, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
-                                         progress=p.progress)
-    rearranged.save(out / MASKS_FILE)
+        tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
+                                    progress=p.progress, num_samples=p.num_samples)
+        chosen = validator.choose("tune", chosen, tuned) if validator else tuned
+    if validator:
+        validation = validator.report
+    chosen.save(out / MASKS_FILE)
     return {"seq_len": search["seq_len"], "tuning": [r.as_dict() for r in reports], "blocks": len(reports),
-            "layers_tuned": sum(r.tuned for r in reports), **_masks_summary(rearranged)}
+            "layers_tuned": sum(r.tuned for r in reports), "validation": validation, **_masks_summary(chosen)}
 
 
 def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:

@@ -31,7 +31,7 @@ def minilm_dir() -> Path:
 
 
 def finetuned_minilm(
-    train_file: Path = SST2_TRAIN, task_name: str = "sst2", steps: int = 400, lr: float = 1e-4, seed: int = 0,
+    train_file: Path = SST2_TRAIN, task_name: str = "sst2", steps: int = 250, lr: float = 1e-4, seed: int = 0,
     name: str | None = None, device: str = "cpu",
 ) -> Path:
     """MiniLM fine-tuned on a task (default: the bundled SST-2 subset); cached by name."""

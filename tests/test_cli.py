@@ -135,3 +135,15 @@ def test_empty_dataset(tiny_sst2_model, tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "fastprune.cli", "prune", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--constraint" in out.stdout
+
+
+def test_holdout_validation_reports_each_stage(tiny_sst2_model, tmp_path):
+    assert _prune(tiny_sst2_model, tmp_path / "out", "--holdout", "0.25", samples="128") == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["validation"]) == {"rearrange", "tune"}
+    for check in summary["validation"].values():
+        assert check["accepted"] == (check["loss_after"] <= check["loss_before"])
+    # the exported model carries whichever masks the checks chose
+    chosen = Masks.load(tmp_path / "out" / "masks.safetensors")
+    assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=0.2)
+    assert chosen.heads_per_layer() == summary["heads_per_layer"]

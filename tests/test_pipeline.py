@@ -123,3 +123,14 @@ def test_run_on_a_cluster_submits_the_pipeline(monkeypatch, capsys):
     assert calls == {"host": "http://kfp.example", "pipeline": "fastprune", "experiment": "fastprune",
                      "arguments": {"model": "s3://models/bert", "constraint": 0.5, "gpu_limit": 0}}
     assert "run-42" in capsys.readouterr().out
+
+
+def test_local_run_names_the_failed_step(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    code = main(["run", "--local", "--model", str(tmp_path / "no-model"), "--mlflow-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "step fetch-model (prepare) failed" in err and "no-model' does not exist" in err
+    assert not list((tmp_path / "runs" / "pipeline").glob("*/sample-data"))
