@@ -182,7 +182,7 @@ def encode(ds: Dataset, tokenizer, task: TaskSpec, max_length: int | None = None
     if task.is_qa:
         from .qa import prepare_train_features
 
-        return prepare_train_features(ds, tokenizer, max_length=max_length)
+        return prepare_train_features(ds, tokenizer, max_length=max_length, doc_stride=min(128, max_length // 3))
     text_a, text_b, labels = list(ds["text_a"]), list(ds["text_b"]), list(ds["label"])
     enc = tokenizer(text_a, text_b if any(text_b) else None, truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]

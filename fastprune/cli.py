@@ -111,6 +111,43 @@ _KFP_TYPES = {"String": str, "Integer": int, "Float": float}
 _EMBEDDED = ("model", "train_data", "dev_data")
 
 
+def _add_profile(p) -> None:
+    p.add_argument("--model", required=True, help="a model folder (fine-tuned, or exported by fastprune)")
+    p.add_argument("--pruned", help="a second model to compare against the first (adds a speedup key)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[32])
+    p.add_argument("--seq-len", type=int, nargs="+", default=[128])
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output", required=True, help="JSON file for the figures")
+    p.set_defaults(func=_profile)
+
+
+def _profile(args) -> int:
+    import json
+    from pathlib import Path
+
+    from fastprune.common.export import load_pruned
+    from fastprune.common.latency import profile_models
+    from fastprune.common.models import resolve_device
+
+    device = resolve_device(args.device)
+    models = {"original": load_pruned(args.model, device, with_tokenizer=False)[0]}
+    if args.pruned:
+        models["pruned"] = load_pruned(args.pruned, device, with_tokenizer=False)[0]
+    result = profile_models(models, args.batch_size, args.seq_len, device, args.dtype, args.repeats, args.warmup,
+                            vocab_size=models["original"].config.vocab_size)  # fmt: skip
+    figures = result.to_dict()
+    if args.pruned:
+        figures["speedup"] = {f"{e.dtype}/b{e.batch_size}/s{e.seq_len}": e.speedup for e in result.entries
+                              if e.model == "pruned"}  # fmt: skip
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(figures, indent=2))
+    print(result.to_markdown())
+    return 0
+
+
 def _add_compile(p) -> None:
     from fastprune.components import BASE_IMAGE
 
@@ -234,6 +271,7 @@ _COMMANDS = {
     "prune": (_add_prune, "prune a fine-tuned model end to end"),
     "demo": (_add_demo, "prune the embedded default (MiniLM fine-tuned on bundled SST-2 data)"),
     "run": (_add_run, "run the pipeline locally (kfp.local) or on a Kubeflow cluster"),
+    "profile": (_add_profile, "measure end-to-end latency of a model (and a pruned one) on this device"),
     "compile": (_add_compile, "compile the Kubeflow pipeline to YAML"),
     "step": (_add_step, "run one stage of the pipeline on folders, as the pipeline's steps do"),
 }

@@ -147,3 +147,31 @@ def test_holdout_validation_reports_each_stage(tiny_sst2_model, tmp_path):
     chosen = Masks.load(tmp_path / "out" / "masks.safetensors")
     assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=0.2)
     assert chosen.heads_per_layer() == summary["heads_per_layer"]
+
+
+def test_profile_compares_original_and_pruned(tiny_sst2_model, tmp_path, capsys):
+    assert _prune(tiny_sst2_model, tmp_path / "out", "--no-tuning", samples="64") == 0
+    code = main(["profile", "--model", str(tiny_sst2_model), "--pruned", str(tmp_path / "out" / "model"),
+                 "--batch-size", "4", "--seq-len", "16", "--repeats", "3", "--warmup", "1", "--device", "cpu",
+                 "--output", str(tmp_path / "lat.json")])  # fmt: skip
+    assert code == 0
+    figures = json.loads((tmp_path / "lat.json").read_text())
+    assert list(figures["speedup"]) == ["float32/b4/s16"] and figures["speedup"]["float32/b4/s16"] > 0
+    assert "| pruned |" in capsys.readouterr().out
+
+
+def test_prune_question_answering_end_to_end(tmp_path):
+    from tiny import DATA
+
+    model = tiny_model("bert", task="qa")
+    model.save_pretrained(tmp_path / "qa")
+    tiny_tokenizer().save_pretrained(tmp_path / "qa")
+    squad = str(DATA / "squad_small.json")
+    code = main(["prune", "--model", str(tmp_path / "qa"), "--task", "squad", "--train-file", squad,
+                 "--dev-file", squad, "--constraint", "0.5", "--num-samples", "24", "--max-length", "128",
+                 "--output", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["metric"] == "f1" and summary["flops_ratio"] <= 0.5 + 1e-9
+    assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=1e-6)
+    assert summary["params_after"] < summary["params_before"]
