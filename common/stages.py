@@ -237,12 +237,11 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
     held-out part of the sample, rearrangement and tuning are each kept only where they lower its loss."""
     search = stage_info(searched)
     chosen = Masks.load(masks / MASKS_FILE)
-    reports, validation = [], {}
+    reports, validation, validator = [], {}, None
     holdout = (sample / HOLDOUT_FILE).exists()
     if p.enabled or holdout:
         device = resolve_device(p.device)
         net, tokenizer, task = _model(model, device)
-        validator = None
         if holdout:
             validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device)
             chosen = validator.choose("rearrange", Masks.load(searched / MASKS_FILE), chosen)

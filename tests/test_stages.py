@@ -71,6 +71,13 @@ def test_steps_match_the_one_shot_prune(steps, tiny_sst2_model, tmp_path):
     assert summary["params_after"] == stage_info(steps / "export")["params_after"]
 
 
+def test_tuning_can_be_switched_off(steps, tmp_path):
+    inputs = {"model": "prepare", "sample": "sample", "grads": "fisher", "searched": "search", "masks": "rearrange"}
+    info = run_stage("tune", tmp_path / "tuned", {"enabled": False}, **{k: steps / v for k, v in inputs.items()})
+    assert info["layers_tuned"] == 0
+    assert Masks.load(tmp_path / "tuned" / MASKS_FILE).equal(Masks.load(steps / "rearrange" / MASKS_FILE))
+
+
 def _copy(src, dst):
     shutil.copytree(src, dst)
     return dst
