@@ -43,7 +43,7 @@ def iterative_search(
     for k, target in enumerate(schedule(constraint, steps)):
         if grads is None or k > 0:
             grads = collect_mask_gradients(model, batches, masks=masks, device=device, progress=progress)
-        chosen = search(_excluding_pruned(grads, masks), target)
+        chosen = search(_Excluded(grads, masks), target)
         masks = Masks(chosen.head * masks.head, chosen.neuron * masks.neuron)
         log.info("iterative search step %d/%d: constraint %.3f, %d heads kept", k + 1, steps, target,
                  int(masks.head.sum()))  # fmt: skip
@@ -62,7 +62,3 @@ class _Excluded(MaskGradients):
 
     def neuron_importance(self) -> torch.Tensor:
         return super().neuron_importance().masked_fill(self._masks.neuron == 0, -torch.inf)
-
-
-def _excluding_pruned(grads: MaskGradients, masks: Masks) -> MaskGradients:
-    return _Excluded(grads, masks)
