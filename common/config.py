@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import ConfigError
 from .search import check_constraint
 from .tasks import get_task
 
@@ -27,6 +28,17 @@ class SampleConfig(BaseModel):
     holdout: float = Field(
         0.0, ge=0, lt=0.5, description="fraction of the sample held out to validate rearrangement and tuning (0: off)"
     )
+
+
+class FisherConfig(BaseModel):
+    """How the mask gradients are measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: Literal["data", "model"] = Field(
+        "data", description="data: the sample's labels (the paper); model: labels drawn from the model, y ~ p(y|x)"
+    )
+    steps: int = Field(1, ge=1, le=10, description="iterative Fisher: reach the budget in K steps (1: one-shot)")
 
 
 class TuningConfig(BaseModel):
@@ -59,6 +71,7 @@ class PruneConfig(BaseModel):
     metric: Literal["flops", "latency"] = "flops"
     seq_len: float | None = Field(None, gt=0, description="sequence length of the cost model (default: sample mean)")
     sample: SampleConfig = SampleConfig()
+    fisher: FisherConfig = FisherConfig()
     tuning: TuningConfig = TuningConfig()
     rearrange: bool = True
     device: str = "auto"
@@ -73,6 +86,17 @@ class PruneConfig(BaseModel):
 
     _constraint = field_validator("constraint")(check_constraint)
     _task = field_validator("task")(_task_name)
+
+    @model_validator(mode="after")
+    def _iterative_flops_only(self) -> PruneConfig:
+        _check_iterative(self.fisher.steps, self.metric)
+        return self
+
+
+def _check_iterative(steps: int, metric: str) -> None:
+    if steps > 1 and metric != "flops":
+        raise ConfigError(f"iterative Fisher (steps={steps}) works with the FLOPs constraint only, not {metric!r}; "
+                          "use steps=1 with a latency constraint")  # fmt: skip
 
 
 # ----- the parameters of each pipeline stage (common/stages.py); flat, so the CLI and KFP can map them -----
@@ -109,9 +133,24 @@ class SampleParams(SampleConfig, StageParams):
     _label = field_validator("label_column")(_optional)
 
 
-class FisherParams(StageParams):
+class FisherParams(FisherConfig, StageParams):
+    """With ``steps > 1`` the Fisher pass depends on the budget: ``constraint`` (and the search's ``metric`` and
+    ``seq_len``) must be those of the search stage."""
+
     device: str = "auto"
     progress: bool = False
+    constraint: float | None = Field(None, description="the search's constraint (needed when steps > 1)")
+    metric: Literal["flops", "latency"] = "flops"
+    seq_len: float | None = Field(None, gt=0, description="the search's cost-model sequence length")
+
+    @model_validator(mode="after")
+    def _constraint_for_steps(self) -> FisherParams:
+        _check_iterative(self.steps, self.metric)
+        if self.steps > 1:
+            if self.constraint is None:
+                raise ConfigError(f"iterative Fisher (steps={self.steps}) needs the search's constraint")
+            check_constraint(self.constraint)
+        return self
 
 
 class SearchParams(StageParams):

@@ -18,12 +18,11 @@ import torch
 from datasets import Dataset
 
 from .errors import DataError
-from .tasks import TaskSpec
+from .tasks import LABEL_KEYS, TaskSpec
 
 log = logging.getLogger(__name__)
 
 _TABLE_SUFFIXES = {".tsv", ".csv", ".json", ".jsonl", ".parquet"}
-LABEL_KEYS = frozenset({"labels", "start_positions", "end_positions"})
 
 
 # ----- loading ----------------------------------------------------------------------------------

@@ -1,23 +1,26 @@
-"""Iterative Fisher search: reach the budget in K steps on a geometric schedule, re-estimating the
-mask gradients with the current mask applied between steps (issue: importance changes as units go).
+"""Iterative Fisher: reach the budget in K steps on a geometric schedule, re-estimating the mask gradients
+with the current mask applied between steps (importance changes as units go).
 
-Step k keeps ``C**(k/K)`` of the cost. Units pruned at an earlier step stay pruned: their importance
-is set to -inf so that a later, smaller budget never brings them back. The last step's gradients
-(measured on the model pruned by step K-1) are returned for the rearrangement stage.
+Step k keeps ``C**(k/K)`` of the cost. :func:`iterative_fisher` runs steps 1..K-1 and returns the gradients
+measured on the model pruned by step K-1, with that mask as their ``available`` units: the ordinary one-shot
+search at ``C`` on them is step K, and no later stage (search, rearrangement, the tuning teacher) brings back a
+unit an earlier step pruned. With K = 1 it is the one-shot Fisher pass.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .arch import adapter_for
-from .fisher import MaskGradients, collect_mask_gradients
+from .fisher import LabelSource, MaskGradients, collect_mask_gradients
 from .masks import Masks
 
 log = logging.getLogger(__name__)
+
+Search = Callable[[MaskGradients, float], Masks]
 
 
 def schedule(constraint: float, steps: int) -> list[float]:
@@ -25,40 +28,27 @@ def schedule(constraint: float, steps: int) -> list[float]:
     return [constraint ** ((k + 1) / steps) for k in range(steps)]
 
 
-def iterative_search(
+def iterative_fisher(
     model: nn.Module,
     batches: list[dict],
     constraint: float,
     steps: int,
-    search,
+    search: Search,
     device: torch.device | str = "cpu",
-    first_grads: MaskGradients | None = None,
     progress: bool = True,
-) -> tuple[Masks, MaskGradients]:
-    """``search(grads, constraint)`` is the one-shot search (FLOPs or latency) applied at each step,
-    with pruned units excluded. Returns the final masks and the gradients they were chosen with."""
-    dims = adapter_for(model).dims(model.config)
-    masks = Masks.ones(dims)
-    grads = first_grads
-    for k, target in enumerate(schedule(constraint, steps)):
-        if grads is None or k > 0:
-            grads = collect_mask_gradients(model, batches, masks=masks, device=device, progress=progress)
-        chosen = search(_Excluded(grads, masks), target)
-        masks = Masks(chosen.head * masks.head, chosen.neuron * masks.neuron)
-        log.info("iterative search step %d/%d: constraint %.3f, %d heads kept", k + 1, steps, target,
-                 int(masks.head.sum()))  # fmt: skip
-    return masks, grads
-
-
-class _Excluded(MaskGradients):
-    """Gradients whose importance is -inf for pruned units."""
-
-    def __init__(self, grads: MaskGradients, masks: Masks):
-        super().__init__(grads.head, grads.neuron)
-        self._masks = masks
-
-    def head_importance(self) -> torch.Tensor:
-        return super().head_importance().masked_fill(self._masks.head == 0, -torch.inf)
-
-    def neuron_importance(self) -> torch.Tensor:
-        return super().neuron_importance().masked_fill(self._masks.neuron == 0, -torch.inf)
+    labels: LabelSource = "data",
+    seed: int = 0,
+) -> MaskGradients:
+    """``search(grads, constraint)`` is the one-shot search (it must respect ``grads.available``)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    grads = collect_mask_gradients(model, batches, device=device, progress=progress, labels=labels, seed=seed)
+    for k, target in enumerate(schedule(constraint, steps)[:-1]):
+        masks = search(grads, target)
+        if grads.available is not None:
+            masks = Masks(masks.head * grads.available.head, masks.neuron * grads.available.neuron)
+        log.info("iterative Fisher step %d/%d: constraint %.3f, %d heads and %d neurons kept", k + 1, steps, target,
+                 int(masks.head.sum()), int(masks.neuron.sum()))  # fmt: skip
+        grads = collect_mask_gradients(model, batches, masks=masks, device=device, progress=progress, labels=labels,
+                                       seed=seed + k + 1)  # fmt: skip
+    return grads

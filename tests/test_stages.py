@@ -11,6 +11,7 @@ import torch
 from fastprune.common.config import PruneConfig, SampleConfig
 from fastprune.common.errors import IntegrityError
 from fastprune.common.export import load_pruned
+from fastprune.common.fisher import MaskGradients
 from fastprune.common.masks import Masks
 from fastprune.common.prune import prune
 from fastprune.common.registry import predict_text
@@ -76,6 +77,31 @@ def test_tuning_can_be_switched_off(steps, tmp_path):
     info = run_stage("tune", tmp_path / "tuned", {"enabled": False}, **{k: steps / v for k, v in inputs.items()})
     assert info["layers_tuned"] == 0
     assert Masks.load(tmp_path / "tuned" / MASKS_FILE).equal(Masks.load(steps / "rearrange" / MASKS_FILE))
+
+
+def test_iterative_fisher_stage_keeps_pruned_units_out(steps, tmp_path):
+    """With steps > 1 the Fisher stage prunes toward the budget; search, rearrangement and the tuned masks stay
+    inside the units it left, and the result differs from the one-shot masks."""
+    w = {k: steps / k for k in ("prepare", "sample")}
+    params = {"steps": 3, "constraint": 0.3, "device": "cpu"}
+    info = run_stage("fisher", tmp_path / "fisher", params, model=w["prepare"], sample=w["sample"])
+    available = MaskGradients.load(tmp_path / "fisher" / GRADS_FILE).available
+    assert available is not None and sum(info["available"]["heads_per_layer"]) == int(available.head.sum())
+    run_stage("search", tmp_path / "search", {"constraint": 0.3}, model=w["prepare"], grads=tmp_path / "fisher")
+    run_stage("rearrange", tmp_path / "rearrange", {}, grads=tmp_path / "fisher", masks=tmp_path / "search")
+    run_stage("tune", tmp_path / "tune", {"device": "cpu"}, model=w["prepare"], sample=w["sample"],
+              grads=tmp_path / "fisher", searched=tmp_path / "search", masks=tmp_path / "rearrange")  # fmt: skip
+    for stage in ("search", "rearrange", "tune"):
+        m = Masks.load(tmp_path / stage / MASKS_FILE).binary()
+        assert bool((m.head <= available.head).all() and (m.neuron <= available.neuron).all()), stage
+    one_shot = run_stage("search", tmp_path / "one-shot", {"constraint": 0.3}, model=w["prepare"],
+                         grads=steps / "fisher")  # fmt: skip
+    assert not Masks.load(tmp_path / "one-shot" / MASKS_FILE).equal(Masks.load(tmp_path / "search" / MASKS_FILE))
+    assert one_shot["flops_ratio"] <= 0.3 + 1e-9
+    with pytest.raises(Exception, match="needs the search's constraint"):
+        run_stage("fisher", tmp_path / "bad", {"steps": 2}, model=w["prepare"], sample=w["sample"])
+    with pytest.raises(Exception, match="FLOPs constraint only"):
+        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", fisher={"steps": 2})
 
 
 def _copy(src, dst):
