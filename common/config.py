@@ -53,7 +53,11 @@ class TuningConfig(BaseModel):
     policy: Literal["stop", "ridge"] = Field(
         "stop", description="on an out-of-range scale: stop tuning (the paper) or retry with a stronger ridge"
     )
-    ridge: float = Field(1e-4, ge=0)
+    mode: Literal["scales", "refit"] = Field(
+        "scales", description="scales: one least-squares scale per kept unit (the paper); refit: refit the kept "
+        "output-projection weights and biases by least squares (K-prune style)"
+    )
+    ridge: float = Field(1e-4, ge=0, description="damping, relative to the mean diagonal of the normal equations")
     scale_bound: float = Field(10.0, gt=0)
     num_samples: int | None = Field(512, gt=0, description="examples of the sample used for tuning (None: all)")
 

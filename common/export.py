@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from .arch import STRUCTURE_KEY, adapter_for
 from .errors import ConfigError, IntegrityError
-from .masks import Masks
+from .masks import Masks, weight_targets
 
 WEIGHTS = "model.safetensors"
 
@@ -43,6 +43,9 @@ def export_pruned(model: nn.Module, masks: Masks) -> nn.Module:
             f"the model ({dims.num_layers} layers, {dims.num_heads} heads, {dims.intermediate_size} neurons)"
         )
     pruned = copy.deepcopy(model).eval()
+    with torch.no_grad():  # the output projections refit by mask tuning (refit mode)
+        for param, value in weight_targets(pruned, masks.weights):
+            param.copy_(value.to(param))
     for i, layer in enumerate(adapter.layer_modules(pruned)):
         head, neuron = masks.head[i].float(), masks.neuron[i].float()
         with torch.no_grad():

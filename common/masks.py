@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,10 +17,15 @@ from .arch import ArchAdapter, ModelDims, adapter_for
 @dataclass
 class Masks:
     """Per-layer mask values: ``head`` is [L, H], ``neuron`` is [L, F]. 1 keeps a unit unchanged,
-    0 removes it, any other value scales it (after mask tuning)."""
+    0 removes it, any other value scales it (after mask tuning).
+
+    ``weights`` optionally replaces output-projection parameters (mask tuning's refit mode), keyed
+    ``"{layer}.{attn_out|ffn_out}.{weight|bias}"``; they travel with the masks (same file) and are applied by
+    :func:`weights_applied` and by the export."""
 
     head: torch.Tensor
     neuron: torch.Tensor
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def ones(cls, dims: ModelDims, device: torch.device | str = "cpu") -> Masks:
@@ -34,10 +39,11 @@ class Masks:
         return cls(torch.ones_like(other.head), torch.ones_like(other.neuron))
 
     def clone(self) -> Masks:
-        return Masks(self.head.detach().clone(), self.neuron.detach().clone())
+        weights = {k: v.detach().clone() for k, v in self.weights.items()}
+        return Masks(self.head.detach().clone(), self.neuron.detach().clone(), weights)
 
     def to(self, device: torch.device | str) -> Masks:
-        return Masks(self.head.to(device), self.neuron.to(device))
+        return Masks(self.head.to(device), self.neuron.to(device), {k: v.to(device) for k, v in self.weights.items()})
 
     def binary(self) -> Masks:
         """Which units are kept (1.0) or pruned (0.0), whatever their scale."""
@@ -53,13 +59,48 @@ class Masks:
         return torch.equal(self.head.cpu(), other.head.cpu()) and torch.equal(self.neuron.cpu(), other.neuron.cpu())
 
     def save(self, path: str | Path) -> None:
-        tensors = {"head": self.head, "neuron": self.neuron}
+        tensors = {"head": self.head, "neuron": self.neuron, **{_WEIGHT_PREFIX + k: v for k, v in self.weights.items()}}
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> Masks:
         tensors = load_file(str(path))
-        return cls(tensors["head"], tensors["neuron"])
+        weights = {k.removeprefix(_WEIGHT_PREFIX): v for k, v in tensors.items() if k.startswith(_WEIGHT_PREFIX)}
+        return cls(tensors["head"], tensors["neuron"], weights)
+
+
+_WEIGHT_PREFIX = "weights."
+
+
+def weight_key(layer: int, linear: str, param: str) -> str:
+    return f"{layer}.{linear}.{param}"
+
+
+def weight_targets(model: nn.Module, weights: dict[str, torch.Tensor], adapter: ArchAdapter | None = None):
+    """(parameter of ``model``, replacement value) for every entry of ``weights``."""
+    adapter = adapter or adapter_for(model)
+    layers = adapter.layer_modules(model)
+    for key, value in weights.items():
+        layer, linear, param = key.split(".")
+        yield getattr(adapter.linear(layers[int(layer)], linear), param), value
+
+
+@contextlib.contextmanager
+def weights_applied(
+    model: nn.Module, weights: dict[str, torch.Tensor], adapter: ArchAdapter | None = None
+) -> Iterator[None]:
+    """Swap in the refit output-projection parameters of ``weights`` (see :class:`Masks`), restored after."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for param, value in weight_targets(model, weights, adapter):
+                saved.append((param, param.detach().clone()))
+                param.copy_(value.to(param))
+        yield
+    finally:
+        with torch.no_grad():
+            for param, old in saved:
+                param.copy_(old)
 
 
 def _scale_hook(values: torch.Tensor, repeat: int):

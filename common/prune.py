@@ -119,6 +119,11 @@ def format_summary(summary: dict) -> str:
         f"  blocks tuned {summary['layers_tuned']} of {len(summary['tuning'])}{checks}; "
         f"prune time {summary['prune_seconds']:.1f} s on {summary['device']}",
     ]
+    tuned = [r for r in summary["tuning"] if r["tuned"]]
+    if tuned:
+        lines.append("  reconstruction error fell: " + ", ".join(
+            f"L{r['layer']} {'attn' if r['block'] == 'attention' else 'ffn'} "
+            f"-{100 * (1 - r['error_after'] / r['error_before']) if r['error_before'] else 0:.0f}%" for r in tuned))
     if summary.get("metric_before") is not None:
         stages = [
             ("before", "metric_before"),

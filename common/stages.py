@@ -39,7 +39,7 @@ from .errors import ConfigError, IntegrityError
 from .export import export_pruned, parameter_count, save_pruned
 from .fisher import MaskGradients
 from .iterative import iterative_fisher
-from .masks import Masks, flops_ratio, masks_applied
+from .masks import Masks, flops_ratio, masks_applied, weights_applied
 from .models import load_model, resolve_device
 from .rearrange import rearrange_masks
 from .search import search_flops
@@ -84,9 +84,14 @@ def _sources_cache() -> Path:
     return cache_dir() / "downloads"
 
 
-def resolve_source(source: str) -> tuple[str | Path, str]:
-    """Where to read ``source`` from (a local path, downloaded, checked and cached for an ``s3://`` URI; a hub
-    id as it is) and how to name it (the URI, an absolute path or the hub id)."""
+def resolve_source(source: str, tracking_uri: str | None = None) -> tuple[str | Path, str]:
+    """Where to read ``source`` from (a local path, downloaded, checked and cached for an ``s3://`` URI or a
+    registered model ``models:/NAME/VERSION`` of the MLflow at ``tracking_uri``; a hub id as it is) and how to
+    name it (the URI, ``models:/NAME/VERSION`` with an alias resolved, an absolute path or the hub id)."""
+    if source.startswith("models:/"):
+        from .registry import fetch_registered_model
+
+        return fetch_registered_model(source, _sources_cache(), tracking_uri)
     path = Path(source).expanduser()
     if is_remote(source):
         return fetch(source, _sources_cache()), source
@@ -152,7 +157,7 @@ def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task, dev,
     from .evaluate import evaluate
 
     head, neuron = (masks.head.to(device), masks.neuron.to(device)) if masks is not None else (None, None)
-    with masks_applied(model, head, neuron):
+    with masks_applied(model, head, neuron), weights_applied(model, masks.weights if masks is not None else {}):
         return evaluate(model, tokenizer, task, dev, device, batch_size)
 
 
@@ -164,7 +169,7 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
-    local, source = resolve_source(p.source)
+    local, source = resolve_source(p.source, p.tracking_uri)
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
@@ -267,7 +272,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], p.teacher, table)
         batches = _sample_batches(sample, tokenizer, task)
         tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
-                                    progress=p.progress, num_samples=p.num_samples)
+                                    progress=p.progress, num_samples=p.num_samples, mode=p.mode)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
         validation = validator.report

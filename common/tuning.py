@@ -16,6 +16,12 @@ Each system is solved around the untuned scales (``m = m0 + delta``) with a ridg
 solve fails or a scale leaves ``[-scale_bound, scale_bound]``, policy ``"stop"`` keeps the untuned
 scales from that block on, as the reference does; ``"ridge"`` retries with a 10x larger ridge
 (pulling the solution towards the untuned one) so that every block is tuned.
+
+Mode ``"refit"`` (in the spirit of K-prune) goes further than one scale per unit: it refits the kept columns
+and the bias of each output projection by least squares against the teacher, ridge-regularised towards the
+current weights, ``min_W ||[a_kept, 1] W - r||^2 + ridge * mean(diag(G)) * ||W - W0||^2``. The new weights travel
+with the masks (``Masks.weights``) and are folded in by the export; every block with kept units is refit, on
+all real tokens (the last layer too).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from tqdm.auto import tqdm
 
 from .arch import ArchAdapter, adapter_for
 from .fisher import to_device
-from .masks import Masks, layer_masks_applied
+from .masks import Masks, layer_masks_applied, weight_key
 
 log = logging.getLogger(__name__)
 
 OutOfRangePolicy = Literal["stop", "ridge"]
+TuningMode = Literal["scales", "refit"]
+_PROJECTION = {"attention": "attn_out", "ffn": "ffn_out"}
 
 
 @dataclass
@@ -179,6 +187,7 @@ def tune_masks(
     cls_only_last_layer: bool = True,
     progress: bool = True,
     num_samples: int | None = None,
+    mode: TuningMode = "scales",
 ) -> tuple[Masks, list[BlockReport]]:
     """Real-valued scales for the kept units of ``masks`` (binary or already scaled) so that each
     block reproduces the teacher (``teacher_masks`` applied to the same model; ``None`` = dense).
@@ -186,6 +195,7 @@ def tune_masks(
     ``cls_only_last_layer``: for sequence classifiers only the first token of the last layer is read
     by the classifier head, so only it is reconstructed there. ``num_samples`` tunes on about that
     many examples, from batches spread evenly over the sample (batches may be ordered by length).
+    ``mode="refit"`` refits the kept output-projection weights instead (returned in the masks' ``weights``).
     Returns the tuned masks and a report per block."""
     batches = spread_batches(batches, num_samples)
     adapter = adapter_for(model)
@@ -197,25 +207,46 @@ def tune_masks(
     model.eval()
     reports: list[BlockReport] = []
     stopped = ""
-    with torch.inference_mode():
-        calls = _layer_inputs(model, adapter, batches, device)
-        teacher_h = [c.hidden for c in calls]
-        student_h = [c.hidden for c in calls]
-        for i, layer in enumerate(tqdm(layers, desc="tune", disable=not progress, leave=False)):
-            last = i == len(layers) - 1
-            keeps = [_keep(c, last and cls_only_last_layer and not _is_qa(model)) for c in calls]
-            targets, teacher_h = _teacher_targets(adapter, layer, teacher, i, teacher_h, calls, dims.head_size)
-            for block in ("attention", "ffn"):
-                eq = _accumulate(adapter, layer, student, i, block, student_h, calls, keeps, targets, dims)
-                mask_row = student.head[i] if block == "attention" else student.neuron[i]
-                report, new = _tune_block(eq, mask_row, i, block, ridge, scale_bound, policy, stopped)
-                if new is not None:
-                    mask_row.copy_(new)
-                elif policy == "stop" and report.note and not stopped and report.note != "no units kept":
-                    stopped = f"stopped at layer {i} {block}: {report.note}"
-                    report.note = stopped
-                reports.append(report)
-            student_h = _advance(adapter, layer, student, i, student_h, calls, dims.head_size)
+    originals = {}
+    try:
+        with torch.inference_mode():
+            calls = _layer_inputs(model, adapter, batches, device)
+            teacher_h = [c.hidden for c in calls]
+            student_h = [c.hidden for c in calls]
+            for i, layer in enumerate(tqdm(layers, desc="tune", disable=not progress, leave=False)):
+                last = i == len(layers) - 1
+                cls_only = last and cls_only_last_layer and not _is_qa(model) and mode == "scales"
+                keeps = [_keep(c, cls_only) for c in calls]
+                targets, teacher_h = _teacher_targets(adapter, layer, teacher, i, teacher_h, calls, dims.head_size)
+                for block in ("attention", "ffn"):
+                    data = _block_data(adapter, layer, student, i, block, student_h, calls, keeps, targets, dims)
+                    mask_row = student.head[i] if block == "attention" else student.neuron[i]
+                    proj = adapter.linear(layer, _PROJECTION[block])
+                    if mode == "refit":
+                        originals[(i, block)] = (proj.weight.clone(), proj.bias.clone())
+                        report = _refit_block(data, proj, mask_row, dims.head_size if block == "attention" else 1,
+                                              ridge, i, block)  # fmt: skip
+                        reports.append(report)
+                        if not report.tuned:
+                            del originals[(i, block)]
+                        continue
+                    eq = _scale_equations(data, proj, block, dims)
+                    report, new = _tune_block(eq, mask_row, i, block, ridge, scale_bound, policy, stopped)
+                    if new is not None:
+                        mask_row.copy_(new)
+                    elif policy == "stop" and report.note and not stopped and report.note != "no units kept":
+                        stopped = f"stopped at layer {i} {block}: {report.note}"
+                        report.note = stopped
+                    reports.append(report)
+                student_h = _advance(adapter, layer, student, i, student_h, calls, dims.head_size)
+    finally:  # refit mode changed the model's projections in place: record the new ones and restore the old
+        for (i, block), (weight, bias) in originals.items():
+            proj = adapter.linear(layers[i], _PROJECTION[block])
+            student.weights[weight_key(i, _PROJECTION[block], "weight")] = proj.weight.detach().cpu().clone()
+            student.weights[weight_key(i, _PROJECTION[block], "bias")] = proj.bias.detach().cpu().clone()
+            with torch.no_grad():
+                proj.weight.copy_(weight)
+                proj.bias.copy_(bias)
     tuned = sum(r.tuned for r in reports)
     log.info("mask tuning: %d of %d blocks tuned%s", tuned, len(reports), f" ({stopped})" if stopped else "")
     return student.to("cpu"), reports
@@ -275,39 +306,80 @@ def _teacher_targets(adapter, layer, teacher: Masks, i, hidden, calls, head_size
     return targets, next_h
 
 
-def _accumulate(adapter, layer, student: Masks, i, block, hidden, calls, keeps, targets, dims) -> _NormalEquations:
-    """Normal equations of one block of the student (inputs from the pruned model so far)."""
-    if block == "attention":
-        res_name, proj = "query", adapter.linear(layer, "attn_out")
-        n = dims.num_heads
-    else:
-        res_name, proj = "ffn_in", adapter.linear(layer, "ffn_out")
-        n = proj.in_features
-    weight = proj.weight.float()
-    bias = proj.bias.float() if proj.bias is not None else 0.0
-    eq = _NormalEquations(n, weight.device)
+def _block_data(adapter, layer, student: Masks, i, block, hidden, calls, keeps, targets, dims):
+    """Per batch of the student (inputs from the pruned model so far), over the kept tokens: the output
+    projection's input before masking ``act`` [T, in] and what the projection must produce, ``r`` = the
+    teacher's pre-LayerNorm output minus the student's residual [T, d]."""
     cap = _Capture()
-    cap.input(adapter.linear(layer, res_name), "res")
-    cap.input(proj, "act", stop=True)
+    cap.input(adapter.linear(layer, "query" if block == "attention" else "ffn_in"), "res")
+    cap.input(adapter.linear(layer, _PROJECTION[block]), "act", stop=True)
     try:
         with layer_masks_applied(adapter, layer, dims.head_size, student.head[i], student.neuron[i]):
             for h, call, keep, target in zip(hidden, calls, keeps, targets, strict=True):
                 _try_run(layer, h, call)
-                act = cap.values["act"][keep].float()
-                r = (target[block] - cap.values["res"])[keep].float() - bias
-                eq.btb += float(r.double().pow(2).sum())
-                if block == "attention":
-                    per_unit = torch.einsum("nhk,dhk->nhd", act.view(len(act), n, -1), weight.view(len(weight), n, -1))
-                    eq.ata += torch.einsum("nhd,ngd->hg", per_unit, per_unit).double()
-                    eq.atb += torch.einsum("nhd,nd->h", per_unit, r).double()
-                else:  # A^T A = (sum_t a_t a_t^T) * (W^T W), formed once after the loop
-                    eq.ata += (act.T @ act).double()
-                    eq.atb += (act * (r @ weight)).sum(0).double()
+                yield cap.values["act"][keep].float(), (target[block] - cap.values["res"])[keep].float()
     finally:
         cap.remove()
+
+
+def _scale_equations(data, proj: nn.Linear, block: str, dims) -> _NormalEquations:
+    """Normal equations of one block's per-unit scales."""
+    n = dims.num_heads if block == "attention" else proj.in_features
+    weight = proj.weight.float()
+    bias = proj.bias.float() if proj.bias is not None else 0.0
+    eq = _NormalEquations(n, weight.device)
+    for act, r in data:
+        r = r - bias
+        eq.btb += float(r.double().pow(2).sum())
+        if block == "attention":
+            per_unit = torch.einsum("nhk,dhk->nhd", act.view(len(act), n, -1), weight.view(len(weight), n, -1))
+            eq.ata += torch.einsum("nhd,ngd->hg", per_unit, per_unit).double()
+            eq.atb += torch.einsum("nhd,nd->h", per_unit, r).double()
+        else:  # A^T A = (sum_t a_t a_t^T) * (W^T W), formed once after the loop
+            eq.ata += (act.T @ act).double()
+            eq.atb += (act * (r @ weight)).sum(0).double()
     if block == "ffn":
         eq.ata *= (weight.T @ weight).double()
     return eq
+
+
+def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, ridge: float, layer: int,
+                 block: str) -> BlockReport:  # fmt: skip
+    """Refit the kept columns and the bias of ``proj`` in place (see the module doc); ``mask_row`` becomes
+    binary, its scales folded into the new weights."""
+    scale = mask_row.float().repeat_interleave(unit_size)
+    cols = (scale != 0).nonzero().flatten()
+    n = len(cols) + 1
+    gram = torch.zeros(n, n, dtype=torch.float64, device=proj.weight.device)
+    cross = torch.zeros(n, proj.out_features, dtype=torch.float64, device=proj.weight.device)
+    btb = 0.0
+    for act, r in data:
+        x = torch.cat([act[:, cols], act.new_ones(len(act), 1)], dim=1)
+        gram += (x.T @ x).double()
+        cross += (x.T @ r).double()
+        btb += float(r.double().pow(2).sum())
+    theta0 = torch.cat([(proj.weight[:, cols] * scale[cols]).T, proj.bias[None]]).double()
+
+    def error(theta: torch.Tensor) -> float:
+        return float((theta * (gram @ theta)).sum() - 2 * (theta * cross).sum() + btb)
+
+    before = error(theta0)
+    if cols.numel() == 0:
+        return BlockReport(layer, block, False, before, before, 0.0, "no units kept")
+    damp = torch.ones(n, dtype=torch.float64, device=gram.device)
+    damp[-1] = 0.0  # the bias is not pulled back
+    lam = ridge * float(gram.diagonal()[:-1].mean().clamp(min=1e-12))
+    try:
+        theta = theta0 + torch.linalg.solve(gram + torch.diag(lam * damp), cross - gram @ theta0)
+    except RuntimeError:
+        theta = None
+    if theta is None or not torch.isfinite(theta).all() or error(theta) > before:
+        return BlockReport(layer, block, False, before, before, float(mask_row.abs().max()), "solver failed")
+    with torch.no_grad():
+        proj.weight[:, cols] = theta[:-1].T.to(proj.weight.dtype)
+        proj.bias.copy_(theta[-1].to(proj.bias.dtype))
+    mask_row.copy_((mask_row != 0).to(mask_row.dtype))
+    return BlockReport(layer, block, True, before, error(theta), 1.0, f"refit {len(cols)} columns")
 
 
 def _advance(adapter, layer, student: Masks, i, hidden, calls, head_size) -> list[torch.Tensor]:

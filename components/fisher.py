@@ -13,8 +13,14 @@ def compute_fisher(
     grads: Output[Artifact],
     metrics: Output[Metrics],
     device: str = "auto",
+    labels: str = "data",
+    steps: int = 1,
+    constraint: float = 0.0,
+    metric: str = "flops",
 ):
-    """Per-batch gradients of the task loss w.r.t. every head and neuron mask."""
+    """Per-example gradients of the task loss w.r.t. every head and neuron mask (``steps > 1``: iterative Fisher
+    toward ``constraint``, which must be the search's)."""
     from fastprune.components.runtime import run_component
 
-    run_component("fisher", grads, metrics, {"device": device}, model=model, sample=sample)
+    params = {"device": device, "labels": labels, "steps": steps, "constraint": constraint or None, "metric": metric}
+    run_component("fisher", grads, metrics, params, model=model, sample=sample)

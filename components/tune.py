@@ -17,10 +17,14 @@ def tune_masks(
     metrics: Output[Metrics],
     device: str = "auto",
     enabled: bool = True,
+    mode: str = "scales",
+    teacher: str = "schedule",
+    policy: str = "stop",
 ):
-    """Real-valued scales for the kept units so that each block reproduces the teacher."""
+    """Real-valued scales for the kept units (or refit output projections) so that each block reproduces the
+    teacher."""
     from fastprune.components.runtime import run_component
 
-    params = {"device": device, "enabled": enabled}
+    params = {"device": device, "enabled": enabled, "mode": mode, "teacher": teacher, "policy": policy}
     run_component("tune", tuned, metrics, params, model=model, sample=sample, grads=grads, searched=searched,
                   masks=masks)

@@ -11,6 +11,7 @@ from typing import Literal, get_args, get_origin
 from pydantic import ValidationError
 
 from fastprune.common.errors import FastpruneError
+from fastprune.ops_cli import COMMANDS as OPS_COMMANDS
 
 log = logging.getLogger("fastprune")
 
@@ -34,6 +35,9 @@ def _add_prune(p) -> None:
                    help="labels of the Fisher loss: the sample's, or drawn from the model (y ~ p(y|x))")
     p.add_argument("--teacher", choices=["schedule", "dense"], default="schedule")
     p.add_argument("--tuning-policy", choices=["stop", "ridge"], default="stop")
+    p.add_argument("--tuning-mode", choices=["scales", "refit"], default="scales",
+                   help="scales: a scale per kept unit (the paper); refit: refit the kept output-projection weights")
+    p.add_argument("--tuning-ridge", type=float, default=1e-4, help="damping of the least squares")
     p.add_argument("--no-tuning", action="store_true")
     p.add_argument("--tuning-samples", type=int, default=512, help="examples used for tuning (0: the whole sample)")
     p.add_argument(
@@ -71,7 +75,8 @@ def _prune(args) -> int:
         ),
         fisher=FisherConfig(steps=args.fisher_steps, labels=args.fisher_labels),
         tuning=TuningConfig(
-            enabled=not args.no_tuning, teacher=args.teacher, policy=args.tuning_policy,
+            enabled=not args.no_tuning, teacher=args.teacher, policy=args.tuning_policy, mode=args.tuning_mode,
+            ridge=args.tuning_ridge,
             num_samples=args.tuning_samples or None,
         ),  # fmt: skip
         rearrange=not args.no_rearrange,
@@ -195,10 +200,9 @@ def _run(args) -> int:
     if "mlflow_uri" not in arguments and os.environ.get("MLFLOW_TRACKING_URI"):
         arguments["mlflow_uri"] = os.environ["MLFLOW_TRACKING_URI"]
     if args.host:
-        from fastprune.pipelines.prune_pipeline import submit
+        from fastprune.ops_cli import submit_now
 
-        print(f"fastprune: started run {submit(args.host, arguments)} on {args.host}")
-        return 0
+        return submit_now(args.host, arguments)
     return _run_local(args, arguments)
 
 
@@ -280,6 +284,7 @@ _COMMANDS = {
     "compile": (_add_compile, "compile the Kubeflow pipeline to YAML"),
     "step": (_add_step, "run one stage of the pipeline on folders, as the pipeline's steps do"),
 }
+_COMMANDS.update(OPS_COMMANDS)  # submit, sweep, trigger (fastprune/ops_cli.py)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -7,7 +7,15 @@ import torch
 from fastprune.common.arch import ModelDims, adapter_for
 from fastprune.common.errors import ConfigError
 from fastprune.common.fisher import MaskGradients, collect_mask_gradients
-from fastprune.common.masks import Masks, dense_macs, flops_ratio, head_macs, masks_applied, neuron_macs
+from fastprune.common.masks import (
+    Masks,
+    dense_macs,
+    flops_ratio,
+    head_macs,
+    masks_applied,
+    neuron_macs,
+    weights_applied,
+)
 from fastprune.common.rearrange import pruned_set_cost, rearrange_masks
 from fastprune.common.search import search_flops
 from fastprune.common.tuning import tune_masks
@@ -163,7 +171,7 @@ def _measured_block_errors(model, masks, teacher, batches, cls_only):
         outs = []
         for m in (teacher, masks):
             store, handles = capture(m)
-            with torch.no_grad(), masks_applied(model, m.head, m.neuron):
+            with torch.no_grad(), masks_applied(model, m.head, m.neuron), weights_applied(model, m.weights):
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             for h in handles:
                 h.remove()
@@ -204,6 +212,37 @@ def test_tuning_lowers_each_tuned_blocks_error(family, policy):
             assert r.error_after == r.error_before
     if policy == "ridge":
         assert all(r.tuned for r in reports if (masks.head if r.block == "attention" else masks.neuron)[r.layer].any())
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_refit_tuning_lowers_every_blocks_error_and_exports_exactly(family):
+    from fastprune.common.export import export_pruned
+
+    model = tiny_model(family, layers=3, hidden=32, heads=4, intermediate=64)
+    g = torch.Generator().manual_seed(3)
+    masks = Masks((torch.rand(3, 4, generator=g) > 0.4).float(), (torch.rand(3, 64, generator=g) > 0.5).float())
+    masks.head[1] = 0  # a layer without heads stays untouched
+    batches = _batches(n=4, labels=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    refit, reports = tune_masks(model, masks, None, batches, progress=False, mode="refit", ridge=1e-3)
+    scaled, scale_reports = tune_masks(model, masks, None, batches, progress=False, mode="scales", ridge=1e-3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is left as it was
+    assert refit.equal(masks)  # binary: the scales are folded into the refit weights
+    measured = _measured_block_errors(model, refit, Masks.ones(adapter_for(model).dims(model.config)), batches,
+                                      cls_only=False)  # fmt: skip
+    for r in reports:
+        kept = (masks.head if r.block == "attention" else masks.neuron)[r.layer].any()
+        assert r.tuned == bool(kept), r
+        assert measured[(r.layer, r.block)] == pytest.approx(r.error_after, rel=1e-3, abs=1e-6)
+        if r.tuned:
+            assert r.error_after < r.error_before
+    assert reports[0].error_after <= scale_reports[0].error_after  # same inputs: refit is the richer model
+    assert len(refit.weights) == 2 * sum(r.tuned for r in reports)  # weight and bias of each refit projection
+    pruned = export_pruned(model, refit)
+    batch = {k: v for k, v in batches[0].items() if k != "labels"}
+    with torch.no_grad(), masks_applied(model, refit.head, refit.neuron), weights_applied(model, refit.weights):
+        expected = model(**batch).logits
+    assert torch.allclose(pruned(**batch).logits, expected, atol=1e-4)
 
 
 def test_tuning_stop_policy_keeps_untuned_scales_after_the_stop():
