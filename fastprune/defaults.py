@@ -36,7 +36,7 @@ def finetuned_minilm(
     name: str | None = None, device: str = "cpu",
 ) -> Path:
     """MiniLM fine-tuned on a task (default: the bundled SST-2 subset); cached by name."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
     from fastprune.common.data import load_task_data
     from fastprune.common.finetune import finetune, save_finetuned
@@ -49,7 +49,10 @@ def finetuned_minilm(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     log.info("fine-tuning MiniLM on %s for %d steps (cached at %s) ...", train_file, steps, path)
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=task.num_labels)
+    if task.is_qa:
+        model = AutoModelForQuestionAnswering.from_pretrained(minilm_dir())
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=task.num_labels)
     torch.manual_seed(seed)
     finetune(model, tokenizer, task, load_task_data(train_file, task), steps=steps, lr=lr, seed=seed, device=device)
     tmp = path.with_name(path.name + ".tmp")

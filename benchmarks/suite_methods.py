@@ -1,0 +1,81 @@
+"""The methods the benchmark suite compares: each is a set of stage-parameter overrides on top of the paper's
+defaults, so adding a method (a new option of a stage) is one entry here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastprune.common.stages import STAGES
+
+OVERRIDABLE = ("sample", "fisher", "search", "rearrange", "tune", "export")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # stage -> {parameter: value}
+
+    def params(self, stage: str, base: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters of ``stage`` for this method: the suite's ``base`` with the method's overrides."""
+        return {**base, **self.overrides.get(stage, {})}
+
+    @property
+    def fisher_per_constraint(self) -> bool:
+        """Iterative Fisher (steps > 1) depends on the constraint: its stage runs once per constraint."""
+        return int(self.overrides.get("fisher", {}).get("steps", 1)) > 1
+
+    def fingerprint(self) -> str:
+        return json.dumps({k: dict(v) for k, v in self.overrides.items()}, sort_keys=True)
+
+    def unsupported(self) -> str | None:
+        """Why this fastprune cannot run the method (a stage lacks one of its parameters), or None."""
+        for stage, overrides in self.overrides.items():
+            if stage not in OVERRIDABLE:
+                return f"stage {stage!r} cannot be overridden (only {', '.join(OVERRIDABLE)})"
+            missing = sorted(set(overrides) - set(STAGES[stage].params.model_fields))
+            if missing:
+                return f"the {stage} stage has no parameter {', '.join(missing)} in this fastprune"
+        return None
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("paper", "the paper: one-shot Fisher, global search, rearrangement, tuning towards the sqrt(C) teacher"),
+        Method("holdout", "paper + stage validation on 1/8 of the sample held out", {"sample": {"holdout": 0.125}}),
+        Method("dense-teacher", "paper, tuning towards the dense model", {"tune": {"teacher": "dense"}}),
+        Method("ridge", "paper, tuning retries an out-of-range scale with more ridge", {"tune": {"policy": "ridge"}}),
+        Method("label-free", "paper, Fisher with labels drawn from the model", {"fisher": {"labels": "model"}}),
+        Method("iterative", "paper with iterative Fisher (3 steps, a geometric schedule)", {"fisher": {"steps": 3}}),
+        Method("refit", "paper, but tuning refits the kept output projections towards the dense model",
+               {"tune": {"mode": "refit", "teacher": "dense"}}),
+        Method("refit-label-free", "refit, with Fisher labels drawn from the model",
+               {"fisher": {"labels": "model"}, "tune": {"mode": "refit", "teacher": "dense"}}),
+        Method("refit-iterative", "refit, with iterative Fisher (3 steps)",
+               {"fisher": {"steps": 3}, "tune": {"mode": "refit", "teacher": "dense"}}),
+    )
+}  # fmt: skip
+DEFAULT_METHOD = "paper"
+
+
+def get_methods(names: list[str]) -> list[Method]:
+    """The named methods, each checked against this fastprune's stage parameters."""
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    problems = [f"{n}: {why}" for n in names if (why := METHODS[n].unsupported())]
+    if problems:
+        raise SystemExit("cannot run " + "; ".join(problems))
+    return [METHODS[n] for n in names]
+
+
+def describe_methods() -> str:
+    lines = []
+    for m in METHODS.values():
+        why = m.unsupported()
+        lines.append(f"{m.name:14} {m.description}" + (f"  [not available: {why}]" if why else ""))
+    return "\n".join(lines)
