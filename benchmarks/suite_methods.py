@@ -53,6 +53,8 @@ METHODS: dict[str, Method] = {
         Method("iterative", "paper with iterative Fisher (3 steps, a geometric schedule)", {"fisher": {"steps": 3}}),
         Method("refit", "paper, but tuning refits the kept output projections towards the dense model",
                {"tune": {"mode": "refit", "teacher": "dense"}}),
+        Method("reselect", "refit, re-choosing each block's units by least squares first (high compression)",
+               {"tune": {"mode": "reselect", "teacher": "dense"}}),
         Method("refit-label-free", "refit, with Fisher labels drawn from the model",
                {"fisher": {"labels": "model"}, "tune": {"mode": "refit", "teacher": "dense"}}),
         Method("refit-iterative", "refit, with iterative Fisher (3 steps)",

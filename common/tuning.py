@@ -22,6 +22,11 @@ and the bias of each output projection by least squares against the teacher, rid
 current weights, ``min_W ||[a_kept, 1] W - r||^2 + ridge * mean(diag(G)) * ||W - W0||^2``. The new weights travel
 with the masks (``Masks.weights``) and are folded in by the export; every block with kept units is refit, on
 all real tokens (the last layer too).
+
+Mode ``"reselect"`` is the sublayer-by-sublayer high-compression mode: moving up one block at a time, it first
+re-chooses which units the block keeps (the search's per-layer counts, so the FLOPs are unchanged) by their
+least-squares error against the teacher given the pruned, refit blocks below (optimal-brain-surgeon removals),
+then refits as ``"refit"`` does.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ from .masks import Masks, layer_masks_applied, weight_key
 log = logging.getLogger(__name__)
 
 OutOfRangePolicy = Literal["stop", "ridge"]
-TuningMode = Literal["scales", "refit"]
+TuningMode = Literal["scales", "refit", "reselect"]
 _PROJECTION = {"attention": "attn_out", "ffn": "ffn_out"}
+DEFAULT_RIDGE = {"scales": 1e-4, "refit": 1e-2, "reselect": 1e-2}  # refits have many more unknowns: damp more
 
 
 @dataclass
@@ -181,7 +187,7 @@ def tune_masks(
     teacher_masks: Masks | None,
     batches: list[dict],
     device: torch.device | str = "cpu",
-    ridge: float = 1e-4,
+    ridge: float | None = None,
     scale_bound: float = 10.0,
     policy: OutOfRangePolicy = "stop",
     cls_only_last_layer: bool = True,
@@ -198,6 +204,7 @@ def tune_masks(
     ``mode="refit"`` refits the kept output-projection weights instead (returned in the masks' ``weights``).
     Returns the tuned masks and a report per block."""
     batches = spread_batches(batches, num_samples)
+    ridge = DEFAULT_RIDGE[mode] if ridge is None else ridge
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     layers = adapter.layer_modules(model)
@@ -222,10 +229,10 @@ def tune_masks(
                     data = _block_data(adapter, layer, student, i, block, student_h, calls, keeps, targets, dims)
                     mask_row = student.head[i] if block == "attention" else student.neuron[i]
                     proj = adapter.linear(layer, _PROJECTION[block])
-                    if mode == "refit":
+                    if mode != "scales":
                         originals[(i, block)] = (proj.weight.clone(), proj.bias.clone())
                         report = _refit_block(data, proj, mask_row, dims.head_size if block == "attention" else 1,
-                                              ridge, i, block)  # fmt: skip
+                                              ridge, i, block, reselect=mode == "reselect")  # fmt: skip
                         reports.append(report)
                         if not report.tuned:
                             del originals[(i, block)]
@@ -344,42 +351,116 @@ def _scale_equations(data, proj: nn.Linear, block: str, dims) -> _NormalEquation
 
 
 def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, ridge: float, layer: int,
-                 block: str) -> BlockReport:  # fmt: skip
+                 block: str, reselect: bool = False) -> BlockReport:  # fmt: skip
     """Refit the kept columns and the bias of ``proj`` in place (see the module doc); ``mask_row`` becomes
-    binary, its scales folded into the new weights."""
-    scale = mask_row.float().repeat_interleave(unit_size)
-    cols = (scale != 0).nonzero().flatten()
-    n = len(cols) + 1
-    gram = torch.zeros(n, n, dtype=torch.float64, device=proj.weight.device)
-    cross = torch.zeros(n, proj.out_features, dtype=torch.float64, device=proj.weight.device)
-    btb = 0.0
-    for act, r in data:
-        x = torch.cat([act[:, cols], act.new_ones(len(act), 1)], dim=1)
-        gram += (x.T @ x).double()
-        cross += (x.T @ r).double()
-        btb += float(r.double().pow(2).sum())
-    theta0 = torch.cat([(proj.weight[:, cols] * scale[cols]).T, proj.bias[None]]).double()
-
-    def error(theta: torch.Tensor) -> float:
-        return float((theta * (gram @ theta)).sum() - 2 * (theta * cross).sum() + btb)
-
-    before = error(theta0)
-    if cols.numel() == 0:
+    binary, its scales folded into the new weights. ``reselect`` first re-chooses which units the block keeps
+    (as many as before) by their least-squares error against the teacher (:func:`reselect_units`), and keeps the
+    new choice only if its refit error is lower."""
+    stats = _LeastSquares(data, proj.in_features, proj.out_features, proj.weight.device)
+    before = stats.error(_current_map(proj, mask_row, unit_size))
+    kept = int((mask_row != 0).sum())
+    if kept == 0:
         return BlockReport(layer, block, False, before, before, 0.0, "no units kept")
-    damp = torch.ones(n, dtype=torch.float64, device=gram.device)
+    fit = _refit(stats, proj, mask_row, unit_size, ridge)
+    note = ""
+    if reselect and kept < len(mask_row):
+        chosen = reselect_units(stats, unit_size, kept, ridge).to(mask_row.dtype)
+        other = _refit(stats, proj, chosen, unit_size, ridge)
+        moved = int(((chosen != 0) & (mask_row == 0)).sum())
+        if other is not None and (fit is None or other[1] < fit[1]):
+            fit = other
+            mask_row.copy_(chosen)
+            note = f"{moved} units re-chosen, "
+        else:
+            note = "kept the search's units, "
+    if fit is None:
+        return BlockReport(layer, block, False, before, before, float(mask_row.abs().max()), "solver failed")
+    theta, after = fit
+    with torch.no_grad():
+        proj.weight.copy_(theta[:-1].T.to(proj.weight.dtype))  # pruned columns are 0 (their mask is 0 too)
+        proj.bias.copy_(theta[-1].to(proj.bias.dtype))
+    mask_row.copy_((mask_row != 0).to(mask_row.dtype))
+    return BlockReport(layer, block, True, before, after, 1.0, f"{note}refit {kept} units")
+
+
+def _current_map(proj: nn.Linear, mask_row: torch.Tensor, unit_size: int) -> torch.Tensor:
+    """The block's current output map [in + 1, out]: masked weights (pruned columns 0) and the bias."""
+    scale = mask_row.float().repeat_interleave(unit_size)
+    return torch.cat([(proj.weight * scale).T, proj.bias[None]]).double()
+
+
+def _refit(stats, proj, mask_row, unit_size, ridge) -> tuple[torch.Tensor, float] | None:
+    """The kept columns and bias refit by ridge least squares around the current map; (full map, its error)."""
+    full = _current_map(proj, mask_row, unit_size)
+    cols = (mask_row != 0).repeat_interleave(unit_size)
+    cols = torch.cat([cols, cols.new_ones(1)]).nonzero().flatten()
+    gram, cross, theta0 = stats.gram[cols][:, cols], stats.cross[cols], full[cols]
+    damp = torch.ones(len(cols), dtype=torch.float64, device=gram.device)
     damp[-1] = 0.0  # the bias is not pulled back
     lam = ridge * float(gram.diagonal()[:-1].mean().clamp(min=1e-12))
     try:
         theta = theta0 + torch.linalg.solve(gram + torch.diag(lam * damp), cross - gram @ theta0)
     except RuntimeError:
-        theta = None
-    if theta is None or not torch.isfinite(theta).all() or error(theta) > before:
-        return BlockReport(layer, block, False, before, before, float(mask_row.abs().max()), "solver failed")
-    with torch.no_grad():
-        proj.weight[:, cols] = theta[:-1].T.to(proj.weight.dtype)
-        proj.bias.copy_(theta[-1].to(proj.bias.dtype))
-    mask_row.copy_((mask_row != 0).to(mask_row.dtype))
-    return BlockReport(layer, block, True, before, error(theta), 1.0, f"refit {len(cols)} columns")
+        return None
+    if not torch.isfinite(theta).all():
+        return None
+    result = torch.zeros_like(full)
+    result[cols] = theta
+    return result, stats.error(result)
+
+
+class _LeastSquares:
+    """``G = X^T X``, ``C = X^T r`` and ``r^T r`` over the tokens, with ``X = [act, 1]`` (every input column of the
+    projection and a bias column last): the least-squares error of any map ``theta`` [in + 1, out] follows."""
+
+    def __init__(self, data, n_in: int, n_out: int, device):
+        self.gram = torch.zeros(n_in + 1, n_in + 1, dtype=torch.float64, device=device)
+        self.cross = torch.zeros(n_in + 1, n_out, dtype=torch.float64, device=device)
+        self.btb = 0.0
+        for act, r in data:
+            x = torch.cat([act, act.new_ones(len(act), 1)], dim=1)
+            self.gram += (x.T @ x).double()
+            self.cross += (x.T @ r).double()
+            self.btb += float(r.double().pow(2).sum())
+
+    def error(self, theta: torch.Tensor) -> float:
+        return float((theta * (self.gram @ theta)).sum() - 2 * (theta * self.cross).sum() + self.btb)
+
+
+def reselect_units(stats: _LeastSquares, unit_size: int, keep: int, ridge: float) -> torch.Tensor:
+    """Which ``keep`` units of a block to keep (bool [units]): start from the ridge least-squares fit with every
+    unit, then repeatedly remove the units whose removal (with the others refit, an optimal-brain-surgeon update
+    of the inverse Gram matrix) raises the error least. Units leave in chunks of up to 1/64 of those to remove."""
+    n = stats.gram.shape[0] - 1
+    units = n // unit_size
+    lam = ridge * float(stats.gram.diagonal()[:-1].mean().clamp(min=1e-12))
+    damp = torch.full((n + 1,), lam, dtype=torch.float64, device=stats.gram.device)
+    damp[-1] = 0.0
+    inv = torch.linalg.inv(stats.gram + torch.diag(damp))
+    theta = inv @ stats.cross
+    alive = torch.ones(units, dtype=torch.bool, device=stats.gram.device)
+    chunk = max(1, (units - keep) // 64)
+    while int(alive.sum()) > keep:
+        cost = _removal_costs(inv, theta, unit_size, units)
+        cost[~alive] = torch.inf
+        gone = torch.topk(cost, min(chunk, int(alive.sum()) - keep), largest=False).indices
+        idx = (gone[:, None] * unit_size + torch.arange(unit_size, device=gone.device)).flatten()
+        block_inv = torch.linalg.pinv(inv[idx][:, idx])
+        theta = theta - inv[:, idx] @ block_inv @ theta[idx]
+        inv = inv - inv[:, idx] @ block_inv @ inv[idx]
+        alive[gone] = False
+    return alive
+
+
+def _removal_costs(inv: torch.Tensor, theta: torch.Tensor, unit_size: int, units: int) -> torch.Tensor:
+    """The error increase of removing each unit alone: ``tr(theta_u^T inv_uu^-1 theta_u)``."""
+    n = units * unit_size
+    if unit_size == 1:
+        return theta[:n].pow(2).sum(1) / inv.diagonal()[:n].clamp(min=1e-30)
+    blocks = torch.stack([inv[u * unit_size:(u + 1) * unit_size, u * unit_size:(u + 1) * unit_size]
+                          for u in range(units)])  # fmt: skip
+    t = theta[:n].view(units, unit_size, -1)
+    return torch.einsum("uik,uij,ujk->u", t, torch.linalg.pinv(blocks), t)
 
 
 def _advance(adapter, layer, student: Masks, i, hidden, calls, head_size) -> list[torch.Tensor]:

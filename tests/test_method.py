@@ -245,6 +245,42 @@ def test_refit_tuning_lowers_every_blocks_error_and_exports_exactly(family):
     assert torch.allclose(pruned(**batch).logits, expected, atol=1e-4)
 
 
+def test_reselect_keeps_per_layer_counts_and_beats_refit_on_the_first_block():
+    model = tiny_model("bert", layers=3, hidden=32, heads=4, intermediate=64)
+    g = torch.Generator().manual_seed(5)
+    masks = Masks((torch.rand(3, 4, generator=g) > 0.5).float(), (torch.rand(3, 64, generator=g) > 0.6).float())
+    masks.head[:, 0] = 1  # every layer keeps a head
+    batches = _batches(n=4, labels=False)
+    refit, refit_reports = tune_masks(model, masks, None, batches, progress=False, mode="refit")
+    chosen, reports = tune_masks(model, masks, None, batches, progress=False, mode="reselect")
+    assert chosen.heads_per_layer() == masks.heads_per_layer()
+    assert chosen.neurons_per_layer() == masks.neurons_per_layer()
+    assert not chosen.equal(masks), "the least-squares choice should move some units"
+    assert reports[0].error_after <= refit_reports[0].error_after + 1e-9  # same inputs, a choice at least as good
+    measured = _measured_block_errors(model, chosen, Masks.ones(adapter_for(model).dims(model.config)), batches,
+                                      cls_only=False)  # fmt: skip
+    for r in reports:
+        assert r.tuned and r.error_after < r.error_before
+        assert measured[(r.layer, r.block)] == pytest.approx(r.error_after, rel=1e-3, abs=1e-6)
+
+
+def test_reselect_units_finds_the_units_that_carry_the_target():
+    from fastprune.common.tuning import _LeastSquares, reselect_units
+
+    g = torch.Generator().manual_seed(0)
+    act = torch.randn(400, 12, generator=g)
+    weight = torch.zeros(3, 12)
+    weight[:, [2, 5, 7, 11]] = torch.randn(3, 4, generator=g) * 3  # only units 2, 5, 7 and 11 matter
+    stats = _LeastSquares([(act, act @ weight.T + 0.5)], 12, 3, "cpu")
+    kept = reselect_units(stats, 1, 4, ridge=1e-6)
+    assert kept.nonzero().flatten().tolist() == [2, 5, 7, 11]
+    weight = torch.zeros(3, 12)
+    weight[:, 3:6], weight[:, 9:] = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
+    stats = _LeastSquares([(act, act @ weight.T)], 12, 3, "cpu")
+    heads = reselect_units(stats, 3, 2, ridge=1e-6)  # units of 3 columns: (0-2) (3-5) (6-8) (9-11)
+    assert heads.tolist() == [False, True, False, True]
+
+
 def test_tuning_stop_policy_keeps_untuned_scales_after_the_stop():
     model = tiny_model("bert")
     dims = adapter_for(model).dims(model.config)
