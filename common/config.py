@@ -53,11 +53,13 @@ class TuningConfig(BaseModel):
     policy: Literal["stop", "ridge"] = Field(
         "stop", description="on an out-of-range scale: stop tuning (the paper) or retry with a stronger ridge"
     )
-    mode: Literal["scales", "refit"] = Field(
+    mode: Literal["scales", "refit", "reselect"] = Field(
         "scales", description="scales: one least-squares scale per kept unit (the paper); refit: refit the kept "
-        "output-projection weights and biases by least squares (K-prune style)"
+        "output-projection weights and biases by least squares (K-prune style); reselect: sublayer by sublayer, "
+        "re-choose the kept units (same per-layer counts) by least-squares error, then refit"
     )
-    ridge: float = Field(1e-4, ge=0, description="damping, relative to the mean diagonal of the normal equations")
+    ridge: float | None = Field(None, ge=0, description="damping, relative to the mean diagonal of the normal "
+                                "equations (default: 1e-4 for scales, 1e-2 for refit)")
     scale_bound: float = Field(10.0, gt=0)
     num_samples: int | None = Field(512, gt=0, description="examples of the sample used for tuning (None: all)")
 

@@ -10,8 +10,10 @@ manifest on load). Loading it needs nothing but fastprune installed::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,15 +25,16 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from .config import RegisterParams
-from .errors import FastpruneError
+from .errors import ConfigError, FastpruneError
 from .export import load_pruned
-from .stages import MASKS_FILE, PROFILE_FILE, STAGES, numeric_results, stage_info
+from .stages import MASKS_FILE, STAGES, numeric_results, stage_info
 from .storage import verify_manifest
 from .tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.md"
+REPORT_HTML = "report.html"
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "text"), ColSpec("string", "text_pair", required=False)]))
 
 
@@ -152,17 +155,27 @@ def _tags(p: RegisterParams, stages: dict[str, dict], passed: bool, reason: str)
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def _report(p: RegisterParams, stages: dict[str, dict], tags: dict, version: str, profile: str) -> str:
-    ev, pruned = stages["evaluation"], stages["pruned"]
-    lines = [f"# {p.model_name} version {version}", "", f"Accuracy gate **{tags['gate']}**: {tags['gate_reason']}.",
-             f"Alias `{p.alias}` {'moved to this version' if tags['gate'] == 'passed' else 'left where it was'}.", "",
-             f"- source model: `{pruned['source']}`; task {pruned['task']}; data sha256 `{tags.get('data_sha256')}`",
-             f"- {ev['metric']}: {ev['metric_before']:.2f} before, {ev['metric_after']:.2f} after "
-             f"({ev['dev_examples']} dev examples)",
-             f"- FLOPs kept {pruned['flops_ratio']:.3f}; parameters {pruned['params_before']:,} -> "
-             f"{pruned['params_after']:,}; heads per layer {pruned['heads_per_layer']}",
-             "- seconds per stage: " + ", ".join(f"{i['stage']} {i['seconds']:.1f}" for i in stages.values())]
-    return "\n".join(lines + (["", "## Latency", "", profile] if profile else [])) + "\n"
+def _write_report(p: RegisterParams, stages: dict[str, dict], tags: dict, version: str, tuned: Path,
+                  out: Path) -> list[Path]:
+    """``report.md``, ``report.html`` (self-contained) and the picture of the units kept per layer, in ``out``."""
+    from .masks import Masks
+    from .report import KEPT_UNITS_PNG, kept_units_picture, run_report
+
+    masks = Masks.load(tuned / MASKS_FILE)
+    picture = kept_units_picture(masks.heads_per_layer(), masks.head.shape[1], masks.neurons_per_layer(),
+                                 masks.neuron.shape[1], out / KEPT_UNITS_PNG)
+    gate = {"passed": tags["gate"] == "passed", "reason": tags["gate_reason"], "pipeline_run": tags.get("pipeline_run")}
+    markdown, page = run_report(stages, gate, picture, f"{p.model_name} version {version}", p.alias).write(out)
+    return [markdown, page, picture]
+
+
+def _description(stages: dict[str, dict], tags: dict, run_id: str) -> str:
+    """The model version's description (MLflow renders it as Markdown): the gate decision and the key figures."""
+    pruned, profile = stages["pruned"], stages.get("profile", {})
+    speedup = f", speedup {profile['speedup']:.2f}x on {profile.get('device')}" if "speedup" in profile else ""
+    return (f"**Gate {tags['gate']}**: {tags['gate_reason']}. FLOPs kept {pruned['flops_ratio']:.3f}, parameters "
+            f"{pruned['params_before']:,} -> {pruned['params_after']:,}{speedup}. "
+            f"Full report: `runs:/{run_id}/{REPORT_HTML}` (and `{REPORT_FILE}`).")
 
 
 def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation: Path, **others: Path) -> dict:
@@ -174,7 +187,6 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
     ev = stages["evaluation"]
     passed, reason = accuracy_gate(ev["metric_before"], ev["metric_after"], p.max_drop, ev["metric"])
     tags = _tags(p, stages, passed, reason)
-    profile = (others["profile"] / PROFILE_FILE).read_text() if "profile" in others else ""
     if p.tracking_uri:
         check_tracking_uri(p.tracking_uri)
         mlflow.set_tracking_uri(p.tracking_uri)
@@ -190,14 +202,99 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
             info = log_pruned_model(pruned, stages["pruned"]["task"], out)
             version = str(mlflow.register_model(info.model_uri, p.model_name, tags=tags).version)
             client = mlflow.MlflowClient()
-            client.update_model_version(p.model_name, version, description=reason)
+            client.update_model_version(p.model_name, version, description=_description(stages, tags,
+                                                                                        run.info.run_id))
             if passed:
                 client.set_registered_model_alias(p.model_name, p.alias, version)
-            (out / REPORT_FILE).write_text(_report(p, stages, tags, version, profile))
-            mlflow.log_artifact(str(out / REPORT_FILE))
+            for file in _write_report(p, stages, tags, version, tuned, out):
+                mlflow.log_artifact(str(file))
+            client.set_model_version_tag(p.model_name, version, "report", f"runs:/{run.info.run_id}/{REPORT_HTML}")
     except MlflowException as e:
         raise RegistryError(f"MLflow at {uri} refused to register {p.model_name}: {e.message}") from e
     log.info("registered %s version %s (%s)", p.model_name, version, reason)
+    _mark_source(stages["pruned"]["source"], p.pipeline_run or run.info.run_id, f"models:/{p.model_name}/{version}",
+                 tags["gate"])
     return {"model_name": p.model_name, "version": version, "alias": p.alias if passed else None,
             "model_uri": f"models:/{p.model_name}/{version}", "run_id": run.info.run_id, "tracking_uri": uri,
             "gate": tags["gate"], "gate_reason": reason, "gate_passed": passed}
+
+
+def _mark_source(source: str, pipeline_run: str, pruned_model: str, gate: str) -> None:
+    """When the source was a registered model version (``models:/NAME/VERSION``), tag it as pruned by this run, so
+    that ``fastprune trigger`` never prunes it again. A refusal is logged, not raised: the model is registered."""
+    if not source.startswith("models:/"):
+        return
+    from .trigger import mark_succeeded
+
+    name, version, _ = parse_models_uri(source)
+    try:
+        mark_succeeded(mlflow.MlflowClient(), name, str(version), pipeline_run, pruned_model, gate)
+    except MlflowException as e:
+        log.warning("could not tag the source %s as pruned: %s", source, e.message)
+
+
+# ----- registered models as a source -------------------------------------------------------------------------------
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))/?$")
+
+
+def parse_models_uri(uri: str) -> tuple[str, int | None, str | None]:
+    """(name, version, alias) of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    match = _MODELS_URI.match(uri)
+    if not match:
+        raise ConfigError(f"bad registered model URI {uri!r}: use models:/NAME/VERSION (e.g. models:/bert-sst2/3) "
+                          "or models:/NAME@ALIAS")
+    version = match["version"]
+    return match["name"], int(version) if version else None, match["alias"]
+
+
+def fetch_registered_model(uri: str, cache_dir: Path, tracking_uri: str | None = None) -> tuple[Path, str]:
+    """Download a registered model version (its artifacts: a Hugging Face model folder, or an MLflow
+    ``transformers`` model) into ``cache_dir`` once; returns the model folder and the exact
+    ``models:/NAME/VERSION`` (an alias resolved)."""
+    from mlflow.artifacts import download_artifacts
+
+    from .storage import _staging
+
+    name, version, alias = parse_models_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    where = _redacted(tracking_uri or mlflow.get_tracking_uri())
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as e:
+        raise RegistryError(f"MLflow at {where} has no {uri}: {e.message}") from None
+    exact = f"models:/{name}/{found.version}"
+    key = hashlib.sha256(f"{where}\n{exact}\n{found.source}\n{found.creation_timestamp}".encode()).hexdigest()[:16]
+    destination = cache_dir / "mlflow" / key / f"{name}-{found.version}"
+    if not destination.is_dir():
+        with _staging(destination) as staging:
+            try:
+                download_artifacts(artifact_uri=exact, dst_path=str(staging), tracking_uri=tracking_uri)
+            except MlflowException as e:
+                raise RegistryError(f"cannot download {exact} from MLflow at {where}: {e.message}") from None
+        log.info("downloaded %s to %s", exact, destination)
+    return _model_folder(destination, exact), exact
+
+
+def _model_folder(root: Path, uri: str) -> Path:
+    """The Hugging Face model folder inside a downloaded model version: the root, the ``model/`` of an MLflow
+    ``transformers`` model (its tokenizer from ``components/tokenizer`` copied beside it), or the one sub-folder
+    holding a ``config.json`` and weights."""
+    import shutil
+
+    if (root / "config.json").is_file():
+        return root
+    flavour_model, tokenizer = root / "model", root / "components" / "tokenizer"
+    if (flavour_model / "config.json").is_file() and tokenizer.is_dir():
+        for file in tokenizer.iterdir():
+            if file.is_file() and not (flavour_model / file.name).exists():
+                shutil.copyfile(file, flavour_model / file.name)
+        return flavour_model
+    weights = ("*.safetensors", "pytorch_model*.bin")
+    found = sorted(c.parent for c in root.rglob("config.json")
+                   if any(next(c.parent.glob(w), None) for w in weights))
+    if len(found) == 1:
+        return found[0]
+    listing = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())[:20]
+    what = "several model folders: " + ", ".join(str(f.relative_to(root)) for f in found) if found else (
+        "no Hugging Face model folder (a config.json beside safetensors or pytorch_model.bin weights)")
+    raise RegistryError(f"{uri} holds {what}; its files: {listing}")

@@ -14,10 +14,13 @@ from typing import Any
 FAILURE_FILE = "fastprune-failure.json"
 """Written beside a failed step's outputs, so a local run can say which step failed and why."""
 _REPORTS = {"profile": "profile.md", "register": "report.md"}
+_HTML_REPORTS = {"register": "report.html"}
 
 
-def run_component(stage: str, output: Any, metrics: Any, params: dict, report: Any = None, **inputs: Any) -> dict:
-    """Run ``stage`` with the input artifacts' folders, writing the output artifact's folder."""
+def run_component(stage: str, output: Any, metrics: Any, params: dict, report: Any = None, html: Any = None,
+                  **inputs: Any) -> dict:
+    """Run ``stage`` with the input artifacts' folders, writing the output artifact's folder (and its Markdown /
+    HTML report to ``report`` / ``html``, which the Kubeflow UI shows)."""
     from fastprune.common.stages import numeric_results, run_stage
 
     try:
@@ -30,6 +33,8 @@ def run_component(stage: str, output: Any, metrics: Any, params: dict, report: A
         metrics.log_metric(name, value)
     if report is not None:
         shutil.copyfile(Path(output.path) / _REPORTS[stage], report.path)
+    if html is not None:
+        shutil.copyfile(Path(output.path) / _HTML_REPORTS[stage], html.path)
     return info
 
 
@@ -48,3 +53,41 @@ def _record_failure(output: Path, stage: str, error: Exception) -> None:
                                                              "type": type(error).__name__}))
     except OSError:  # reporting must never hide the error itself
         pass
+
+
+NOTHING_CHOSEN = "NOTHING_CHOSEN.txt"
+
+
+def run_select(candidates: dict[str, list], chosen: dict[str, Any], sweep: Any, report: Any, metrics: Any,
+               params: dict) -> bool:
+    """The sweep's selection over the collected candidate artifacts (one list per part, in constraint order):
+    write the sweep folder, copy the chosen candidate's folders to the ``chosen`` outputs; True if one passed."""
+    from fastprune.common.sweep import select_stage
+
+    counts = {part: len(artifacts) for part, artifacts in candidates.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"every part of the sweep needs one artifact per candidate, got {counts}")
+    folders = [{part: Path(artifacts[i].path) for part, artifacts in candidates.items()}
+               for i in range(next(iter(counts.values())))]
+    try:
+        info = select_stage(sweep.path, params, folders)
+    except Exception as e:
+        _record_failure(Path(sweep.path), "select", e)
+        raise
+    sweep.metadata.update(lineage(info, Path(sweep.path), {}))
+    for name in ("num_candidates", "num_passed", "chosen_constraint", "metric_after", "flops_ratio", "params_after",
+                 "seconds"):
+        if info.get(name) is not None:
+            metrics.log_metric(name, info[name])
+    shutil.copyfile(Path(sweep.path) / "sweep.html", report.path)
+    index = info["chosen"]
+    for part, output in chosen.items():
+        destination = Path(output.path)
+        if index is None:  # nothing to register: leave a note, so that every declared output exists
+            destination.mkdir(parents=True, exist_ok=True)
+            (destination / NOTHING_CHOSEN).write_text("no candidate of the sweep passed the accuracy gate\n")
+            continue
+        shutil.copytree(folders[index][part], destination, dirs_exist_ok=True)
+        output.metadata.update({"constraint": info["chosen_constraint"], "candidate": index,
+                                "copied_from": candidates[part][index].uri})
+    return index is not None

@@ -35,9 +35,10 @@ def _add_prune(p) -> None:
                    help="labels of the Fisher loss: the sample's, or drawn from the model (y ~ p(y|x))")
     p.add_argument("--teacher", choices=["schedule", "dense"], default="schedule")
     p.add_argument("--tuning-policy", choices=["stop", "ridge"], default="stop")
-    p.add_argument("--tuning-mode", choices=["scales", "refit"], default="scales",
-                   help="scales: a scale per kept unit (the paper); refit: refit the kept output-projection weights")
-    p.add_argument("--tuning-ridge", type=float, default=1e-4, help="damping of the least squares")
+    p.add_argument("--tuning-mode", choices=["scales", "refit", "reselect"], default="scales",
+                   help="scales: a scale per kept unit (the paper); refit: refit the kept output-projection weights; "
+                   "reselect: re-choose each block's units by least squares, then refit (high compression)")
+    p.add_argument("--tuning-ridge", type=float, help="damping of the least squares (default 1e-4 scales, 1e-2 refit)")
     p.add_argument("--no-tuning", action="store_true")
     p.add_argument("--tuning-samples", type=int, default=512, help="examples used for tuning (0: the whole sample)")
     p.add_argument(

@@ -3,6 +3,7 @@ artifacts in folders under the pipeline root."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import time
@@ -13,7 +14,10 @@ from pathlib import Path
 from ..common.errors import FastpruneError
 from ..common.stages import stage_info
 from ..components.runtime import FAILURE_FILE
-from .prune_pipeline import PIPELINE_NAME, build_pipeline
+from .prune_pipeline import PIPELINE_NAME
+
+_LOCAL_OPTIONS = {"sweep": {"accelerators": False}}
+"""How each pipeline is built for kfp.local, beyond ``retries=0`` (a bad input fails at once)."""
 
 
 class PipelineFailed(FastpruneError):
@@ -30,40 +34,49 @@ class LocalRun:
         return self.folder / step / name
 
 
-def run_local(arguments: dict, pipeline_root: str | Path) -> LocalRun:
-    """Run the pipeline with ``arguments`` (the pipeline's parameters) under ``pipeline_root``."""
+def run_local(arguments: dict, pipeline_root: str | Path, pipeline: str = "prune") -> LocalRun:
+    """Run the pipeline (``prune`` or the budget ``sweep``) with ``arguments`` (its parameters) under
+    ``pipeline_root``. ``registration`` is empty when nothing was registered (a sweep without a passing
+    candidate)."""
     from kfp import local
 
+    from .submit import pipeline_factory
+
+    build, _, name = pipeline_factory(pipeline)  # type: ignore[arg-type]
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     started = time.time()
-    try:
+    original_print = builtins.print  # kfp.local indents print() per step by swapping builtins.print, which parallel
+    try:  # steps (a ParallelFor) can leave swapped: put it back afterwards
         with warnings.catch_warnings():  # kfp.local warns, per step, about the settings it cannot honour
             warnings.filterwarnings("ignore", message=".*non-Python base image")
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
-            build_pipeline(retries=0)(**arguments)
+            build(retries=0, **_LOCAL_OPTIONS.get(pipeline, {}))(**arguments)
     except RuntimeError as e:
-        raise PipelineFailed(_failure(root, started) or _plain(str(e))) from None
-    folder = _latest_run(root, started)
-    return LocalRun(folder, stage_info(folder / "register-model" / "registration"))
+        raise PipelineFailed(_failure(root, started, name) or _plain(str(e))) from None
+    finally:
+        builtins.print = original_print
+    folder = _latest_run(root, started, name)
+    registration = folder / "register-model" / "registration"
+    return LocalRun(folder, stage_info(registration) if registration.is_dir() else {})
 
 
-def _runs_since(root: Path, started: float) -> list[Path]:
-    runs = [p for p in root.glob(f"{PIPELINE_NAME}-*") if p.is_dir() and p.stat().st_mtime >= started - 1]
+def _runs_since(root: Path, started: float, name: str = PIPELINE_NAME) -> list[Path]:
+    runs = [p for p in root.glob(f"{name}-[0-9][0-9][0-9][0-9]-*") if p.is_dir() and p.stat().st_mtime >= started - 1]
     return sorted(runs, key=lambda p: p.stat().st_mtime)
 
 
-def _latest_run(root: Path, started: float) -> Path:
-    runs = _runs_since(root, started)
+def _latest_run(root: Path, started: float, name: str = PIPELINE_NAME) -> Path:
+    runs = _runs_since(root, started, name)
     if not runs:
         raise PipelineFailed(f"the pipeline run left no folder under {root}")
     return runs[-1]
 
 
-def _failure(root: Path, started: float) -> str | None:
-    for run in reversed(_runs_since(root, started)):
-        for record in run.glob(f"*/{FAILURE_FILE}"):
+def _failure(root: Path, started: float, name: str = PIPELINE_NAME) -> str | None:
+    for run in reversed(_runs_since(root, started, name)):
+        for record in run.rglob(FAILURE_FILE):  # a step in a ParallelFor is one folder deeper
             failure = json.loads(record.read_text())
             return f"step {record.parent.name} ({failure['stage']}) failed: {failure['error']}"
     return None

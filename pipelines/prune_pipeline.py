@@ -66,18 +66,24 @@ def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
         s3_secret: str = "fastprune-s3",
         profile_batch_size: int = 32,
         profile_seq_len: int = 128,
+        fisher_steps: int = 1,
+        fisher_labels: str = "data",
+        tuning_mode: str = "scales",
+        tuning_teacher: str = "schedule",
     ) -> Artifact:
         fetched = fetch_model(source=model, task=task, tracking_uri=mlflow_uri)
         source = fetched.outputs["model"]
         sampled = sample_data(train_data=train_data, task=task, num_samples=num_samples, seed=seed).after(fetched)
         sample = sampled.outputs["sample"]
-        fisher = compute_fisher(model=source, sample=sample, device=device)
+        fisher = compute_fisher(model=source, sample=sample, device=device, labels=fisher_labels, steps=fisher_steps,
+                                constraint=constraint, metric=constraint_metric)
         grads = fisher.outputs["grads"]
         searched = search_masks(model=source, grads=grads, constraint=constraint, metric=constraint_metric,
                                 device=device)
         rearranged = rearrange_masks(grads=grads, masks=searched.outputs["masks"])
         tuned = tune_masks(model=source, sample=sample, grads=grads, searched=searched.outputs["masks"],
-                           masks=rearranged.outputs["rearranged"], device=device)
+                           masks=rearranged.outputs["rearranged"], device=device, mode=tuning_mode,
+                           teacher=tuning_teacher)
         exported = export_model(model=source, masks=tuned.outputs["tuned"])
         pruned = exported.outputs["pruned"]
         evaluated = evaluate_models(model=source, pruned=pruned, searched=searched.outputs["masks"],
@@ -118,9 +124,9 @@ def compile_pipeline(output: str, image: str = BASE_IMAGE) -> str:
 
 
 def submit(host: str, arguments: dict, experiment: str = PIPELINE_NAME, image: str = BASE_IMAGE) -> str:
-    """Start a run on the Kubeflow Pipelines server at ``host``; returns the run's id."""
-    from kfp import Client
+    """Start a run on the Kubeflow Pipelines server at ``host`` (auth from the environment); returns the run's id.
+    ``pipelines/submit.py`` has the rest: pipeline versions, recurring runs, namespaces, links."""
+    from .submit import ClusterConfig, SubmitOptions
+    from .submit import submit as submit_run
 
-    run = Client(host=host).create_run_from_pipeline_func(build_pipeline(image), arguments=arguments,
-                                                          experiment_name=experiment)
-    return run.run_id
+    return submit_run(ClusterConfig.from_env(host), arguments, SubmitOptions(experiment=experiment, image=image)).id

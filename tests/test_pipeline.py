@@ -104,25 +104,17 @@ def test_every_step_runs_the_project_image_without_installing(compiled):
 
 
 def test_run_on_a_cluster_submits_the_pipeline(monkeypatch, capsys):
-    import kfp
+    from fake_kfp import install
 
-    calls = {}
-
-    class FakeClient:
-        def __init__(self, host):
-            calls["host"] = host
-
-        def create_run_from_pipeline_func(self, pipeline, arguments, experiment_name):
-            calls.update(pipeline=pipeline.name, arguments=arguments, experiment=experiment_name)
-            return type("Run", (), {"run_id": "run-42"})()
-
-    monkeypatch.setattr(kfp, "Client", FakeClient)
+    kfp = install(monkeypatch)  # the Kubeflow API server, in memory (tests/fake_kfp.py; more in test_submit.py)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["run", "--host", "http://kfp.example", "--model", "s3://models/bert", "--constraint", "0.5",
                  "--gpu-limit", "0"]) == 0
-    assert calls == {"host": "http://kfp.example", "pipeline": "fastprune", "experiment": "fastprune",
-                     "arguments": {"model": "s3://models/bert", "constraint": 0.5, "gpu_limit": 0}}
-    assert "run-42" in capsys.readouterr().out
+    assert kfp.clients == [{"host": "http://kfp.example"}] and list(kfp.pipelines) == ["fastprune"]
+    (run_id, run), = kfp.runs.items()
+    assert run["params"] == {"model": "s3://models/bert", "constraint": 0.5, "gpu_limit": 0}
+    assert run["experiment_id"] == kfp.experiments["fastprune"]
+    assert f"http://kfp.example/#/runs/details/{run_id}" in capsys.readouterr().out
 
 
 def test_local_run_names_the_failed_step(tmp_path, monkeypatch, capsys):

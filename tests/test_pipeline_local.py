@@ -94,7 +94,9 @@ def test_pipeline_registers_the_pruned_model_behind_the_gate(world, tmp_path):
         assert key in metrics, key
     assert metrics["flops_ratio"] <= 0.6 + 1e-9 and metrics["params_after"] < metrics["params_before"]
     artifacts = {a.path for a in client.list_artifacts(first.run_id)}
-    assert {"masks.safetensors", "report.md", "stages.json"} <= artifacts
+    assert {"masks.safetensors", "report.md", "report.html", "kept_units.png", "stages.json"} <= artifacts
+    page = passed.artifact("register-model", "report_page").read_text()  # the HTML output the Kubeflow UI shows
+    assert "data:image/png;base64," in page and "Accuracy gate" in page
     stored = world.s3.client().list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")["Contents"]
     assert any(o["Key"].endswith("model.safetensors") for o in stored), "MLflow's artifact store is the S3 server"
 
