@@ -13,7 +13,7 @@ def compute_fisher(
     grads: Output[Artifact],
     metrics: Output[Metrics],
     device: str = "auto",
-    labels: str = "data",
+    labels: str = "",
     steps: int = 1,
     constraint: float = 0.0,
     metric: str = "flops",
@@ -22,5 +22,6 @@ def compute_fisher(
     toward ``constraint``, which must be the search's)."""
     from fastprune.components.runtime import run_component
 
-    params = {"device": device, "labels": labels, "steps": steps, "constraint": constraint or None, "metric": metric}
+    params = {"device": device, "steps": steps, "constraint": constraint or None, "metric": metric,
+              **({"labels": labels} if labels else {})}  # "": the library's default
     run_component("fisher", grads, metrics, params, model=model, sample=sample)

@@ -17,14 +17,15 @@ def tune_masks(
     metrics: Output[Metrics],
     device: str = "auto",
     enabled: bool = True,
-    mode: str = "scales",
-    teacher: str = "schedule",
-    policy: str = "stop",
+    mode: str = "",
+    teacher: str = "",
+    policy: str = "",
 ):
     """Real-valued scales for the kept units (or refit output projections) so that each block reproduces the
     teacher."""
     from fastprune.components.runtime import run_component
 
-    params = {"device": device, "enabled": enabled, "mode": mode, "teacher": teacher, "policy": policy}
+    chosen = {"mode": mode, "teacher": teacher, "policy": policy}
+    params = {"device": device, "enabled": enabled, **{k: v for k, v in chosen.items() if v}}  # "": the default
     run_component("tune", tuned, metrics, params, model=model, sample=sample, grads=grads, searched=searched,
                   masks=masks)

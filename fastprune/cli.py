@@ -29,13 +29,13 @@ def _add_prune(p) -> None:
     p.add_argument("--batch-size", type=int, help="mini-batch size of the sample")
     p.add_argument("--max-length", type=int)
     p.add_argument("--seq-len", type=float, help="sequence length of the MAC model (default: sample mean)")
-    p.add_argument("--fisher-steps", type=int, default=1,
+    p.add_argument("--fisher-steps", type=int,
                    help="iterative Fisher: reach the budget in K steps, re-measuring importance (1: one-shot)")
-    p.add_argument("--fisher-labels", choices=["data", "model"], default="data",
+    p.add_argument("--fisher-labels", choices=["data", "model"],
                    help="labels of the Fisher loss: the sample's, or drawn from the model (y ~ p(y|x))")
-    p.add_argument("--teacher", choices=["schedule", "dense"], default="schedule")
-    p.add_argument("--tuning-policy", choices=["stop", "ridge"], default="stop")
-    p.add_argument("--tuning-mode", choices=["scales", "refit", "reselect"], default="scales",
+    p.add_argument("--teacher", choices=["schedule", "dense"])
+    p.add_argument("--tuning-policy", choices=["stop", "ridge"])
+    p.add_argument("--tuning-mode", choices=["scales", "refit", "reselect"],
                    help="scales: a scale per kept unit (the paper); refit: refit the kept output-projection weights; "
                    "reselect: re-choose each block's units by least squares, then refit (high compression)")
     p.add_argument("--tuning-ridge", type=float, help="damping of the least squares (default 1e-4 scales, 1e-2 refit)")
@@ -74,12 +74,9 @@ def _prune(args) -> int:
             max_length=args.max_length,
             holdout=args.holdout,
         ),
-        fisher=FisherConfig(steps=args.fisher_steps, labels=args.fisher_labels),
-        tuning=TuningConfig(
-            enabled=not args.no_tuning, teacher=args.teacher, policy=args.tuning_policy, mode=args.tuning_mode,
-            ridge=args.tuning_ridge,
-            num_samples=args.tuning_samples or None,
-        ),  # fmt: skip
+        fisher=FisherConfig(**_given(steps=args.fisher_steps, labels=args.fisher_labels)),
+        tuning=TuningConfig(enabled=not args.no_tuning, num_samples=args.tuning_samples or None, **_given(
+            teacher=args.teacher, policy=args.tuning_policy, mode=args.tuning_mode, ridge=args.tuning_ridge)),
         rearrange=not args.no_rearrange,
         device=args.device,
         text_columns=args.text_columns,
@@ -90,6 +87,11 @@ def _prune(args) -> int:
     print(format_summary(summary))
     print(f"  model: {args.output}/model   summary: {args.output}/summary.json")
     return 0
+
+
+def _given(**options):
+    """The options set on the command line (the others keep the library's defaults)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _add_demo(p) -> None:

@@ -67,9 +67,9 @@ def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
         profile_batch_size: int = 32,
         profile_seq_len: int = 128,
         fisher_steps: int = 1,
-        fisher_labels: str = "data",
-        tuning_mode: str = "scales",
-        tuning_teacher: str = "schedule",
+        fisher_labels: str = "",
+        tuning_mode: str = "",
+        tuning_teacher: str = "",
     ) -> Artifact:
         fetched = fetch_model(source=model, task=task, tracking_uri=mlflow_uri)
         source = fetched.outputs["model"]
