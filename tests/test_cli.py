@@ -151,8 +151,9 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "--constraint" in out.stdout
 
 
-def test_holdout_validation_reports_each_stage(tiny_sst2_model, tmp_path):
-    assert _prune(tiny_sst2_model, tmp_path / "out", "--holdout", "0.25", samples="128") == 0
+@pytest.mark.parametrize("mode", ["scales", "refit"])
+def test_holdout_validation_reports_each_stage(tiny_sst2_model, tmp_path, mode):
+    assert _prune(tiny_sst2_model, tmp_path / "out", "--holdout", "0.25", "--tuning-mode", mode, samples="128") == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert set(summary["validation"]) == {"rearrange", "tune"}
     for check in summary["validation"].values():
@@ -161,6 +162,8 @@ def test_holdout_validation_reports_each_stage(tiny_sst2_model, tmp_path):
     chosen = Masks.load(tmp_path / "out" / "masks.safetensors")
     assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=0.2)
     assert chosen.heads_per_layer() == summary["heads_per_layer"]
+    if mode == "refit":  # the refit weights are held-out checked with their masks, and kept only with them
+        assert bool(chosen.weights) == summary["validation"]["tune"]["accepted"]
 
 
 def test_profile_compares_original_and_pruned(tiny_sst2_model, tmp_path, capsys):
