@@ -122,9 +122,10 @@ class PrepareParams(StageParams):
     task: str
     trust_remote_code: bool = False
     tracking_uri: str | None = Field(None, description="MLflow tracking URI to check before any compute")
+    dev_file: str | None = Field(None, description="dev data to check before any compute (read, columns found)")
 
     _task = field_validator("task")(_task_name)
-    _uri = field_validator("tracking_uri")(_optional)
+    _uri = field_validator("tracking_uri", "dev_file")(_optional)
 
 
 class SampleParams(SampleConfig, StageParams):

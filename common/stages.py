@@ -169,6 +169,10 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
+    if p.dev_file:
+        from .data import load_task_data
+
+        load_task_data(resolve_source(p.dev_file)[0], task, "validation")
     local, source = resolve_source(p.source, p.tracking_uri)
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})

@@ -14,10 +14,13 @@ def fetch_model(
     metrics: Output[Metrics],
     tracking_uri: str = "",
     trust_remote_code: bool = False,
+    dev_data: str = "",
 ):
     """Fetch the model, check it is fine-tuned for the task, save it as a checked folder; also check that the
-    MLflow tracking server answers, so bad settings fail before any compute."""
+    MLflow tracking server answers and the dev data is readable for the task, so bad settings fail before any
+    compute."""
     from fastprune.components.runtime import run_component
 
-    params = {"source": source, "task": task, "tracking_uri": tracking_uri, "trust_remote_code": trust_remote_code}
+    params = {"source": source, "task": task, "tracking_uri": tracking_uri, "trust_remote_code": trust_remote_code,
+              "dev_file": dev_data}
     run_component("prepare", model, metrics, params)

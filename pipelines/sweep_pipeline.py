@@ -59,7 +59,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
         tuning_mode: str = "",
         tuning_teacher: str = "",
     ) -> Artifact:
-        fetched = fetch_model(source=model, task=task, tracking_uri=mlflow_uri)
+        fetched = fetch_model(source=model, task=task, tracking_uri=mlflow_uri, dev_data=dev_data)
         source = fetched.outputs["model"]
         sampled = sample_data(train_data=train_data, task=task, num_samples=num_samples, seed=seed).after(fetched)
         sample = sampled.outputs["sample"]

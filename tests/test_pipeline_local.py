@@ -121,6 +121,7 @@ BAD_INPUTS = {
                                "local path '/nonexistent/fastprune/model' does not exist"),
     "corrupted artifact": ("corrupted", {}, "'config.json' does not match its sha256"),
     "unreachable MLflow": ("unreachable", {}, "cannot reach the MLflow tracking server"),
+    "missing dev data": ({"dev_data": f"s3://{BUCKET}/data/no-dev.tsv"}, {}, "no-dev.tsv"),
 }
 
 
