@@ -42,23 +42,29 @@ class Method:
         return None
 
 
+PAPER = {"mode": "scales", "teacher": "schedule"}  # the paper's mask tuning
+REFIT = {"mode": "refit", "teacher": "dense"}  # fastprune's default since the suite showed it wins
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("paper", "the paper: one-shot Fisher, global search, rearrangement, tuning towards the sqrt(C) teacher"),
-        Method("holdout", "paper + stage validation on 1/8 of the sample held out", {"sample": {"holdout": 0.125}}),
-        Method("dense-teacher", "paper, tuning towards the dense model", {"tune": {"teacher": "dense"}}),
-        Method("ridge", "paper, tuning retries an out-of-range scale with more ridge", {"tune": {"policy": "ridge"}}),
-        Method("label-free", "paper, Fisher with labels drawn from the model", {"fisher": {"labels": "model"}}),
-        Method("iterative", "paper with iterative Fisher (3 steps, a geometric schedule)", {"fisher": {"steps": 3}}),
-        Method("refit", "paper, but tuning refits the kept output projections towards the dense model",
-               {"tune": {"mode": "refit", "teacher": "dense"}}),
+        Method("paper", "the paper: one-shot Fisher, global search, rearrangement, tuning towards the sqrt(C) teacher",
+               {"tune": PAPER}),
+        Method("holdout", "paper + stage validation on 1/8 of the sample held out",
+               {"sample": {"holdout": 0.125}, "tune": PAPER}),
+        Method("dense-teacher", "paper, tuning towards the dense model", {"tune": {**PAPER, "teacher": "dense"}}),
+        Method("ridge", "paper, tuning retries an out-of-range scale with more ridge",
+               {"tune": {**PAPER, "policy": "ridge"}}),
+        Method("label-free", "paper, Fisher with labels drawn from the model",
+               {"fisher": {"labels": "model"}, "tune": PAPER}),
+        Method("iterative", "paper with iterative Fisher (3 steps, a geometric schedule)",
+               {"fisher": {"steps": 3}, "tune": PAPER}),
+        Method("refit", "paper, but tuning refits the kept output projections towards the dense model (the default)",
+               {"tune": REFIT}),
         Method("reselect", "refit, re-choosing each block's units by least squares first (high compression)",
-               {"tune": {"mode": "reselect", "teacher": "dense"}}),
+               {"tune": {**REFIT, "mode": "reselect"}}),
         Method("refit-label-free", "refit, with Fisher labels drawn from the model",
-               {"fisher": {"labels": "model"}, "tune": {"mode": "refit", "teacher": "dense"}}),
-        Method("refit-iterative", "refit, with iterative Fisher (3 steps)",
-               {"fisher": {"steps": 3}, "tune": {"mode": "refit", "teacher": "dense"}}),
+               {"fisher": {"labels": "model"}, "tune": REFIT}),
+        Method("refit-iterative", "refit, with iterative Fisher (3 steps)", {"fisher": {"steps": 3}, "tune": REFIT}),
     )
 }  # fmt: skip
 DEFAULT_METHOD = "paper"

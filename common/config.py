@@ -47,14 +47,15 @@ class TuningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    teacher: Literal["schedule", "dense"] = Field(
-        "schedule", description="schedule: the model masked at sqrt(constraint) (the paper); dense: the original"
+    teacher: Literal["schedule", "dense"] | None = Field(
+        None, description="schedule: the model masked at sqrt(constraint) (the paper); dense: the original "
+        "(default: schedule for scales, dense for refit and reselect)"
     )
     policy: Literal["stop", "ridge"] = Field(
         "stop", description="on an out-of-range scale: stop tuning (the paper) or retry with a stronger ridge"
     )
     mode: Literal["scales", "refit", "reselect"] = Field(
-        "scales", description="scales: one least-squares scale per kept unit (the paper); refit: refit the kept "
+        "refit", description="scales: one least-squares scale per kept unit (the paper); refit: refit the kept "
         "output-projection weights and biases by least squares (K-prune style); reselect: sublayer by sublayer, "
         "re-choose the kept units (same per-layer counts) by least-squares error, then refit"
     )

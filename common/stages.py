@@ -45,7 +45,7 @@ from .rearrange import rearrange_masks
 from .search import search_flops
 from .storage import _sha256, _staging, fetch, is_remote, verify_manifest, write_manifest
 from .tasks import TaskSpec, get_task
-from .tuning import tune_masks
+from .tuning import DEFAULT_TEACHER, tune_masks
 from .validation import StageValidator
 
 # The data and evaluation modules (datasets, scipy) are imported by the stages that use them: every pipeline step
@@ -273,7 +273,8 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             table = LatencyTable.load(table_file)
         fisher = MaskGradients.load(grads / GRADS_FILE)
         dims = adapter_for(net).dims(net.config)
-        teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], p.teacher, table)
+        kind = p.teacher or DEFAULT_TEACHER[p.mode]
+        teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table)
         batches = _sample_batches(sample, tokenizer, task)
         tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
                                     progress=p.progress, num_samples=p.num_samples, mode=p.mode)

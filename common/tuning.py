@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 OutOfRangePolicy = Literal["stop", "ridge"]
 TuningMode = Literal["scales", "refit", "reselect"]
 _PROJECTION = {"attention": "attn_out", "ffn": "ffn_out"}
+DEFAULT_TEACHER = {"scales": "schedule", "refit": "dense", "reselect": "dense"}
 DEFAULT_RIDGE = {"scales": 1e-4, "refit": 1e-2, "reselect": 1e-2}  # refits have many more unknowns: damp more
 
 

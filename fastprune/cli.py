@@ -33,11 +33,13 @@ def _add_prune(p) -> None:
                    help="iterative Fisher: reach the budget in K steps, re-measuring importance (1: one-shot)")
     p.add_argument("--fisher-labels", choices=["data", "model"],
                    help="labels of the Fisher loss: the sample's, or drawn from the model (y ~ p(y|x))")
-    p.add_argument("--teacher", choices=["schedule", "dense"])
+    p.add_argument("--teacher", choices=["schedule", "dense"],
+                   help="tuning teacher: the model masked at sqrt(C) (the paper's) or the dense one (default: schedule "
+                   "for scales, dense for refit/reselect)")
     p.add_argument("--tuning-policy", choices=["stop", "ridge"])
     p.add_argument("--tuning-mode", choices=["scales", "refit", "reselect"],
-                   help="scales: a scale per kept unit (the paper); refit: refit the kept output-projection weights; "
-                   "reselect: re-choose each block's units by least squares, then refit (high compression)")
+                   help="refit (default): refit the kept output-projection weights by least squares; scales: a scale "
+                   "per kept unit (the paper); reselect: re-choose each block's units by least squares, then refit")
     p.add_argument("--tuning-ridge", type=float, help="damping of the least squares (default 1e-4 scales, 1e-2 refit)")
     p.add_argument("--no-tuning", action="store_true")
     p.add_argument("--tuning-samples", type=int, default=512, help="examples used for tuning (0: the whole sample)")
@@ -258,8 +260,8 @@ def _add_fields(parser, model) -> None:
             kw["action"] = argparse.BooleanOptionalAction
         elif any(get_origin(k) is list for k in kinds):
             kw["nargs"] = "+"
-        elif get_origin(field.annotation) is Literal:
-            kw["choices"] = get_args(field.annotation)
+        elif literal := next((k for k in kinds if get_origin(k) is Literal), None):
+            kw["choices"] = get_args(literal)
         else:
             kw["type"] = next(k for k in (int, float, str) if k in kinds)
         parser.add_argument(flag, **kw)
