@@ -247,7 +247,8 @@ def costs_section(res: Results) -> list[str]:
         memory.append([task, method, *(_peak(records, s) if s in stages else "–" for s in STAGES)])
         if method != "baselines":
             for c in res.constraints(task):
-                sizes.append([task, method, f"{c:g}", *_size_cells(res.select(task, method, c))])
+                if at_c := res.select(task, method, c):  # a method may not have run at every constraint
+                    sizes.append([task, method, f"{c:g}", *_size_cells(at_c)])
     return ["## Costs", "",
             "Seconds per stage (each stage's own time; mean ± std over runs). `prune` is fisher + search + rearrange + "
             "tune + export: the time to prune one model at one constraint; the sample and the Fisher pass are shared "
