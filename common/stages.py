@@ -169,12 +169,12 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
+    local, source = resolve_source(p.source, p.tracking_uri)
+    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
     if p.dev_file:
         from .data import load_task_data
 
         load_task_data(resolve_source(p.dev_file)[0], task, "validation")
-    local, source = resolve_source(p.source, p.tracking_uri)
-    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
     return {"task": task.name, "source": source, "architecture": type(model).__name__,
