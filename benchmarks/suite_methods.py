@@ -65,6 +65,8 @@ METHODS: dict[str, Method] = {
         Method("refit-label-free", "refit, with Fisher labels drawn from the model",
                {"fisher": {"labels": "model"}, "tune": REFIT}),
         Method("refit-ridge0.1", "refit with 10x the default damping", {"tune": {**REFIT, "ridge": 0.1}}),
+        Method("refit-1024", "refit on 1024 examples of the sample instead of 512",
+               {"tune": {**REFIT, "num_samples": 1024}}),
         Method("refit-holdout", "refit + stage validation on 1/8 of the sample held out",
                {"sample": {"holdout": 0.125}, "tune": REFIT}),
         Method("refit-iterative", "refit, with iterative Fisher (3 steps)", {"fisher": {"steps": 3}, "tune": REFIT}),
