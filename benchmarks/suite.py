@@ -51,7 +51,7 @@ from fastprune.common.models import load_model, resolve_device  # noqa: E402
 from fastprune.common.stages import GRADS_FILE, MASKS_FILE, evaluate_masked, run_stage  # noqa: E402
 from fastprune.common.tasks import TaskSpec, get_task  # noqa: E402
 from report import BASELINES, PRUNE_STAGES, load_records, write_report  # noqa: E402
-from suite_methods import DEFAULT_METHOD, Method, describe_methods, get_methods  # noqa: E402
+from suite_methods import DEFAULT_METHODS, Method, describe_methods, get_methods  # noqa: E402
 from suite_tasks import TASKS, SuiteTask  # noqa: E402
 
 from fastprune.defaults import finetuned_minilm  # noqa: E402
@@ -429,7 +429,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), help="default: all (SQuAD only on a GPU)")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
     p.add_argument("--constraints", nargs="+", type=float, help="FLOPs constraints; default: 0.4 0.5 0.6 0.7 0.8")
-    p.add_argument("--methods", nargs="+", default=[DEFAULT_METHOD], help="see --list-methods; default: paper")
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                   help="see --list-methods; default: paper refit (the paper against fastprune's default)")
     p.add_argument("--list-methods", action="store_true", help="list the methods and exit")
     p.add_argument("--include-gpu-only", action="store_true", help="also run the GPU-only tasks (SQuAD) on a CPU")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -448,7 +449,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     explicit = {k for k in preset if getattr(args, k) is not None}
     for k, v in preset.items():
         setattr(args, k, getattr(args, k) or v)
-    args.mode = "quick" if args.quick else ("custom" if explicit or args.methods != [DEFAULT_METHOD] else "full")
+    args.mode = "quick" if args.quick else ("custom" if explicit or args.methods != DEFAULT_METHODS else "full")
     return args
 
 

@@ -72,7 +72,7 @@ METHODS: dict[str, Method] = {
         Method("refit-iterative", "refit, with iterative Fisher (3 steps)", {"fisher": {"steps": 3}, "tune": REFIT}),
     )
 }  # fmt: skip
-DEFAULT_METHOD = "paper"
+DEFAULT_METHODS = ["paper", "refit"]  # the paper against fastprune's default
 
 
 def get_methods(names: list[str]) -> list[Method]:
