@@ -39,14 +39,15 @@ class MaskGradients:
     available: Masks | None = None
 
     def head_importance(self) -> torch.Tensor:
-        importance = self.head.double().pow(2).sum(0)
-        return importance if self.available is None else importance.masked_fill(self.available.head == 0, -torch.inf)
+        return self._importance(self.head, None if self.available is None else self.available.head)
 
     def neuron_importance(self) -> torch.Tensor:
-        importance = self.neuron.double().pow(2).sum(0)
-        if self.available is None:
-            return importance
-        return importance.masked_fill(self.available.neuron == 0, -torch.inf)
+        return self._importance(self.neuron, None if self.available is None else self.available.neuron)
+
+    @staticmethod
+    def _importance(rows: torch.Tensor, available: torch.Tensor | None) -> torch.Tensor:
+        importance = rows.double().pow(2).sum(0)
+        return importance if available is None else importance.masked_fill(available == 0, -torch.inf)
 
     def save(self, path: str | Path) -> None:
         tensors = {"head": self.head, "neuron": self.neuron}

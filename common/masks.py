@@ -103,6 +103,16 @@ def weights_applied(
                 param.copy_(old)
 
 
+@contextlib.contextmanager
+def pruning_applied(model: nn.Module, masks: Masks | None, device: torch.device | str) -> Iterator[None]:
+    """The model as ``masks`` prune it: their head and neuron values and their refit weights (``None``: as is)."""
+    if masks is None:
+        yield
+        return
+    with masks_applied(model, masks.head.to(device), masks.neuron.to(device)), weights_applied(model, masks.weights):
+        yield
+
+
 def _scale_hook(values: torch.Tensor, repeat: int):
     """Scale the input's units by ``values``: [U] for every example, or [B, U] per example."""
 

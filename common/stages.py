@@ -39,7 +39,7 @@ from .errors import ConfigError, IntegrityError
 from .export import export_pruned, parameter_count, save_pruned
 from .fisher import MaskGradients
 from .iterative import iterative_fisher
-from .masks import Masks, flops_ratio, masks_applied, weights_applied
+from .masks import Masks, flops_ratio, pruning_applied
 from .models import load_model, resolve_device
 from .rearrange import rearrange_masks
 from .search import search_flops
@@ -156,8 +156,7 @@ def teacher_masks(
 def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task, dev, device, batch_size) -> dict:
     from .evaluate import evaluate
 
-    head, neuron = (masks.head.to(device), masks.neuron.to(device)) if masks is not None else (None, None)
-    with masks_applied(model, head, neuron), weights_applied(model, masks.weights if masks is not None else {}):
+    with pruning_applied(model, masks, device):
         return evaluate(model, tokenizer, task, dev, device, batch_size)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .fisher import to_device
-from .masks import Masks, masks_applied, weights_applied
+from .masks import Masks, pruning_applied
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def heldout_loss(model: nn.Module, masks: Masks, batches: list[dict], device: to
     """The task loss of the masked model, averaged over examples of the held-out batches."""
     model.eval()
     total, count = 0.0, 0
-    with masks_applied(model, masks.head.to(device), masks.neuron.to(device)), weights_applied(model, masks.weights):
+    with pruning_applied(model, masks, device):
         for batch in batches:
             n = len(next(iter(batch.values())))
             total += float(model(**to_device(batch, device)).loss) * n
