@@ -31,6 +31,7 @@ then refits as ``"refit"`` does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -41,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .arch import ArchAdapter, adapter_for
 from .fisher import to_device
-from .masks import Masks, layer_masks_applied, weight_key
+from .masks import Masks, layer_masks_applied, weight_key, weights_applied
 
 log = logging.getLogger(__name__)
 
@@ -215,46 +216,37 @@ def tune_masks(
     model.eval()
     reports: list[BlockReport] = []
     stopped = ""
-    originals = {}
-    try:
-        with torch.inference_mode():
-            calls = _layer_inputs(model, adapter, batches, device)
-            teacher_h = [c.hidden for c in calls]
-            student_h = [c.hidden for c in calls]
-            for i, layer in enumerate(tqdm(layers, desc="tune", disable=not progress, leave=False)):
-                last = i == len(layers) - 1
-                cls_only = last and cls_only_last_layer and not _is_qa(model) and mode == "scales"
-                keeps = [_keep(c, cls_only) for c in calls]
-                targets, teacher_h = _teacher_targets(adapter, layer, teacher, i, teacher_h, calls, dims.head_size)
-                for block in ("attention", "ffn"):
-                    data = _block_data(adapter, layer, student, i, block, student_h, calls, keeps, targets, dims)
-                    mask_row = student.head[i] if block == "attention" else student.neuron[i]
-                    proj = adapter.linear(layer, _PROJECTION[block])
-                    if mode != "scales":
-                        originals[(i, block)] = (proj.weight.clone(), proj.bias.clone())
-                        report = _refit_block(data, proj, mask_row, dims.head_size if block == "attention" else 1,
-                                              ridge, i, block, reselect=mode == "reselect")  # fmt: skip
-                        reports.append(report)
-                        if not report.tuned:
-                            del originals[(i, block)]
-                        continue
-                    eq = _scale_equations(data, proj, block, dims)
-                    report, new = _tune_block(eq, mask_row, i, block, ridge, scale_bound, policy, stopped)
-                    if new is not None:
-                        mask_row.copy_(new)
-                    elif policy == "stop" and report.note and not stopped and report.note != "no units kept":
-                        stopped = f"stopped at layer {i} {block}: {report.note}"
-                        report.note = stopped
+    # refit projections are swapped into the model (for the layers above) until tuning ends
+    with torch.inference_mode(), contextlib.ExitStack() as refits:
+        calls = _layer_inputs(model, adapter, batches, device)
+        teacher_h = [c.hidden for c in calls]
+        student_h = [c.hidden for c in calls]
+        for i, layer in enumerate(tqdm(layers, desc="tune", disable=not progress, leave=False)):
+            last = i == len(layers) - 1
+            cls_only = last and cls_only_last_layer and not _is_qa(model) and mode == "scales"
+            keeps = [_keep(c, cls_only) for c in calls]
+            targets, teacher_h = _teacher_targets(adapter, layer, teacher, i, teacher_h, calls, dims.head_size)
+            for block in ("attention", "ffn"):
+                data = _block_data(adapter, layer, student, i, block, student_h, calls, keeps, targets, dims)
+                mask_row = student.head[i] if block == "attention" else student.neuron[i]
+                proj = adapter.linear(layer, _PROJECTION[block])
+                if mode != "scales":
+                    report, params = _refit_block(data, proj, mask_row, dims.head_size if block == "attention" else 1,
+                                                  ridge, i, block, reselect=mode == "reselect")  # fmt: skip
+                    new = {weight_key(i, _PROJECTION[block], name): value.cpu() for name, value in params.items()}
+                    student.weights.update(new)
+                    refits.enter_context(weights_applied(model, new, adapter))
                     reports.append(report)
-                student_h = _advance(adapter, layer, student, i, student_h, calls, dims.head_size)
-    finally:  # refit mode changed the model's projections in place: record the new ones and restore the old
-        for (i, block), (weight, bias) in originals.items():
-            proj = adapter.linear(layers[i], _PROJECTION[block])
-            student.weights[weight_key(i, _PROJECTION[block], "weight")] = proj.weight.detach().cpu().clone()
-            student.weights[weight_key(i, _PROJECTION[block], "bias")] = proj.bias.detach().cpu().clone()
-            with torch.no_grad():
-                proj.weight.copy_(weight)
-                proj.bias.copy_(bias)
+                    continue
+                eq = _scale_equations(data, proj, block, dims)
+                report, new_row = _tune_block(eq, mask_row, i, block, ridge, scale_bound, policy, stopped)
+                if new_row is not None:
+                    mask_row.copy_(new_row)
+                elif policy == "stop" and report.note and not stopped and report.note != "no units kept":
+                    stopped = f"stopped at layer {i} {block}: {report.note}"
+                    report.note = stopped
+                reports.append(report)
+            student_h = _advance(adapter, layer, student, i, student_h, calls, dims.head_size)
     tuned = sum(r.tuned for r in reports)
     log.info("mask tuning: %d of %d blocks tuned%s", tuned, len(reports), f" ({stopped})" if stopped else "")
     return student.to("cpu"), reports
@@ -352,16 +344,16 @@ def _scale_equations(data, proj: nn.Linear, block: str, dims) -> _NormalEquation
 
 
 def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, ridge: float, layer: int,
-                 block: str, reselect: bool = False) -> BlockReport:  # fmt: skip
-    """Refit the kept columns and the bias of ``proj`` in place (see the module doc); ``mask_row`` becomes
-    binary, its scales folded into the new weights. ``reselect`` first re-chooses which units the block keeps
-    (as many as before) by their least-squares error against the teacher (:func:`reselect_units`), and keeps the
-    new choice only if its refit error is lower."""
+                 block: str, reselect: bool = False) -> tuple[BlockReport, dict[str, torch.Tensor]]:  # fmt: skip
+    """The kept columns and the bias of ``proj`` refit (see the module doc): the report and the new ``weight``
+    and ``bias`` (empty when nothing was refit); ``mask_row`` becomes binary, its scales folded into the weights.
+    ``reselect`` first re-chooses which units the block keeps (as many as before) by their least-squares error
+    against the teacher (:func:`reselect_units`), and keeps the new choice only if its refit error is lower."""
     stats = _LeastSquares(data, proj.in_features, proj.out_features, proj.weight.device)
     before = stats.error(_current_map(proj, mask_row, unit_size))
     kept = int((mask_row != 0).sum())
     if kept == 0:
-        return BlockReport(layer, block, False, before, before, 0.0, "no units kept")
+        return BlockReport(layer, block, False, before, before, 0.0, "no units kept"), {}
     fit = _refit(stats, proj, mask_row, unit_size, ridge)
     note = ""
     if reselect and kept < len(mask_row):
@@ -375,13 +367,12 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
         else:
             note = "kept the search's units, "
     if fit is None:
-        return BlockReport(layer, block, False, before, before, float(mask_row.abs().max()), "solver failed")
+        return BlockReport(layer, block, False, before, before, float(mask_row.abs().max()), "solver failed"), {}
     theta, after = fit
-    with torch.no_grad():
-        proj.weight.copy_(theta[:-1].T.to(proj.weight.dtype))  # pruned columns are 0 (their mask is 0 too)
-        proj.bias.copy_(theta[-1].to(proj.bias.dtype))
     mask_row.copy_((mask_row != 0).to(mask_row.dtype))
-    return BlockReport(layer, block, True, before, after, 1.0, f"{note}refit {kept} units")
+    params = {"weight": theta[:-1].T.to(proj.weight.dtype).contiguous(),  # pruned columns 0 (their mask is 0 too)
+              "bias": theta[-1].to(proj.bias.dtype)}  # fmt: skip
+    return BlockReport(layer, block, True, before, after, 1.0, f"{note}refit {kept} units"), params
 
 
 def _current_map(proj: nn.Linear, mask_row: torch.Tensor, unit_size: int) -> torch.Tensor:
@@ -396,11 +387,8 @@ def _refit(stats, proj, mask_row, unit_size, ridge) -> tuple[torch.Tensor, float
     cols = (mask_row != 0).repeat_interleave(unit_size)
     cols = torch.cat([cols, cols.new_ones(1)]).nonzero().flatten()
     gram, cross, theta0 = stats.gram[cols][:, cols], stats.cross[cols], full[cols]
-    damp = torch.ones(len(cols), dtype=torch.float64, device=gram.device)
-    damp[-1] = 0.0  # the bias is not pulled back
-    lam = ridge * float(gram.diagonal()[:-1].mean().clamp(min=1e-12))
     try:
-        theta = theta0 + torch.linalg.solve(gram + torch.diag(lam * damp), cross - gram @ theta0)
+        theta = theta0 + torch.linalg.solve(gram + _damping(gram, ridge), cross - gram @ theta0)
     except RuntimeError:
         return None
     if not torch.isfinite(theta).all():
@@ -408,6 +396,15 @@ def _refit(stats, proj, mask_row, unit_size, ridge) -> tuple[torch.Tensor, float
     result = torch.zeros_like(full)
     result[cols] = theta
     return result, stats.error(result)
+
+
+def _damping(gram: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The ridge term of a system over weight columns with a bias column last: ``ridge`` times the mean diagonal
+    of the weight columns, and nothing on the bias (it is not pulled back)."""
+    damp = torch.full((len(gram),), ridge * float(gram.diagonal()[:-1].mean().clamp(min=1e-12)), dtype=gram.dtype,
+                      device=gram.device)  # fmt: skip
+    damp[-1] = 0.0
+    return torch.diag(damp)
 
 
 class _LeastSquares:
@@ -432,12 +429,8 @@ def reselect_units(stats: _LeastSquares, unit_size: int, keep: int, ridge: float
     """Which ``keep`` units of a block to keep (bool [units]): start from the ridge least-squares fit with every
     unit, then repeatedly remove the units whose removal (with the others refit, an optimal-brain-surgeon update
     of the inverse Gram matrix) raises the error least. Units leave in chunks of up to 1/64 of those to remove."""
-    n = stats.gram.shape[0] - 1
-    units = n // unit_size
-    lam = ridge * float(stats.gram.diagonal()[:-1].mean().clamp(min=1e-12))
-    damp = torch.full((n + 1,), lam, dtype=torch.float64, device=stats.gram.device)
-    damp[-1] = 0.0
-    inv = torch.linalg.inv(stats.gram + torch.diag(damp))
+    units = (stats.gram.shape[0] - 1) // unit_size
+    inv = torch.linalg.inv(stats.gram + _damping(stats.gram, ridge))
     theta = inv @ stats.cross
     alive = torch.ones(units, dtype=torch.bool, device=stats.gram.device)
     chunk = max(1, (units - keep) // 64)
