@@ -257,10 +257,10 @@ def _best_span(start: np.ndarray, end: np.ndarray, offsets: list, n_best: int,
     return best
 
 
-def postprocess_predictions(ds: datasets.Dataset, meta: list[dict], start_logits: Sequence,
-                            end_logits: Sequence, n_best: int = 20, max_answer_length: int = 30,
-                            version_2: bool = False) -> dict[str, str]:
-    """Answer text per example id: best span over all its features ("" when the null score wins in v2)."""
+def best_answers(ds: datasets.Dataset, meta: list[dict], start_logits: Sequence, end_logits: Sequence,
+                 n_best: int = 20, max_answer_length: int = 30, version_2: bool = False) -> dict[str, dict | None]:
+    """The best span of each example over all its features: ``{"answer", "start", "end", "score"}`` (character
+    offsets into its context, start+end logit score), or None when no span is valid or the null score wins (v2)."""
     if not len(meta) == len(start_logits) == len(end_logits):
         raise ValueError(
             f"{len(meta)} features but {len(start_logits)}/{len(end_logits)} start/end logit rows"
@@ -268,7 +268,7 @@ def postprocess_predictions(ds: datasets.Dataset, meta: list[dict], start_logits
     by_example: dict[str, list[int]] = collections.defaultdict(list)
     for i, m in enumerate(meta):
         by_example[m["example_id"]].append(i)
-    predictions = {}
+    answers: dict[str, dict | None] = {}
     for example_id, context in zip(ds["id"], ds["context"], strict=True):
         best, null = None, None
         for i in by_example.get(example_id, []):
@@ -279,8 +279,17 @@ def postprocess_predictions(ds: datasets.Dataset, meta: list[dict], start_logits
             if span is not None and (best is None or span[0] > best[0]):
                 best = span
         null_wins = version_2 and null is not None and (best is None or null > best[0])
-        predictions[example_id] = "" if best is None or null_wins else context[best[1] : best[2]]
-    return predictions
+        answers[example_id] = None if best is None or null_wins else {
+            "answer": context[best[1] : best[2]], "start": best[1], "end": best[2], "score": best[0]}
+    return answers
+
+
+def postprocess_predictions(ds: datasets.Dataset, meta: list[dict], start_logits: Sequence,
+                            end_logits: Sequence, n_best: int = 20, max_answer_length: int = 30,
+                            version_2: bool = False) -> dict[str, str]:
+    """Answer text per example id: best span over all its features ("" when the null score wins in v2)."""
+    spans = best_answers(ds, meta, start_logits, end_logits, n_best, max_answer_length, version_2)
+    return {example_id: span["answer"] if span else "" for example_id, span in spans.items()}
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -338,13 +347,11 @@ def _unpad(rows: torch.Tensor, lengths: list[int], left: bool) -> list[np.ndarra
     return [r[len(r) - n :] if left else r[:n] for r, n in zip(rows_np, lengths, strict=True)]
 
 
-def evaluate_qa(model: torch.nn.Module, tokenizer: Any, ds: datasets.Dataset, batch_size: int = 32,
-                max_length: int = 384, doc_stride: int = 128, device: torch.device | str | None = None,
-                version_2: bool = False, progress: bool = False) -> dict[str, float]:
-    """SQuAD exact match / F1 of a QA model on `ds` (dynamic padding, inference mode)."""
+def qa_logits(model: torch.nn.Module, tokenizer: Any, features: list[dict], batch_size: int = 32,
+              device: torch.device | str | None = None, progress: bool = False) -> tuple[list, list]:
+    """Unpadded start and end logits of each feature (dynamic padding, inference mode)."""
     from tqdm.auto import tqdm
 
-    features, meta = prepare_eval_features(ds, tokenizer, max_length, doc_stride)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     left = getattr(tokenizer, "padding_side", "right") == "left"
     was_training = model.training
@@ -362,5 +369,28 @@ def evaluate_qa(model: torch.nn.Module, tokenizer: Any, ds: datasets.Dataset, ba
                 ends += _unpad(out.end_logits, lengths, left)
     finally:
         model.train(was_training)
+    return starts, ends
+
+
+def evaluate_qa(model: torch.nn.Module, tokenizer: Any, ds: datasets.Dataset, batch_size: int = 32,
+                max_length: int = 384, doc_stride: int = 128, device: torch.device | str | None = None,
+                version_2: bool = False, progress: bool = False) -> dict[str, float]:
+    """SQuAD exact match / F1 of a QA model on `ds`."""
+    features, meta = prepare_eval_features(ds, tokenizer, max_length, doc_stride)
+    starts, ends = qa_logits(model, tokenizer, features, batch_size, device, progress)
     predictions = postprocess_predictions(ds, meta, starts, ends, version_2=version_2)
     return squad_scores(predictions, ds, version_2=version_2)
+
+
+def answer_questions(model: torch.nn.Module, tokenizer: Any, questions: Sequence[str], contexts: Sequence[str],
+                     max_length: int = 384, doc_stride: int = 128, version_2: bool = False,
+                     batch_size: int = 32) -> list[dict | None]:
+    """The best answer span of each (question, context) pair, as :func:`best_answers` gives it."""
+    ids = [str(i) for i in range(len(questions))]
+    empty = {"text": [], "answer_start": []}
+    ds = datasets.Dataset.from_dict({"id": ids, "question": list(questions), "context": list(contexts),
+                                     "answers": [empty] * len(ids)}, features=FEATURES)  # fmt: skip
+    features, meta = prepare_eval_features(ds, tokenizer, max_length, doc_stride)
+    starts, ends = qa_logits(model, tokenizer, features, batch_size)
+    spans = best_answers(ds, meta, starts, ends, version_2=version_2)
+    return [spans[i] for i in ids]

@@ -1,5 +1,6 @@
 """MLflow: record a pruning run, register the pruned model as a new model version, move an alias to it only
-when the accuracy gate passes, and load it back as a pyfunc that predicts from raw text.
+when the accuracy gate passes, and load it back as a pyfunc that predicts from raw text (answers from questions
+and contexts for a question-answering model).
 
 The registered model is a custom ``mlflow.pyfunc`` model (:class:`PrunedTextModel`) whose one artifact is the
 exported model folder (safetensors, config with the per-layer structure, tokenizer; checked against its
@@ -28,7 +29,7 @@ from .config import RegisterParams
 from .errors import ConfigError, FastpruneError
 from .export import load_pruned
 from .stages import MASKS_FILE, STAGES, numeric_results, stage_info
-from .storage import verify_manifest
+from .storage import MANIFEST_NAME, verify_manifest
 from .tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.md"
 REPORT_HTML = "report.html"
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "text"), ColSpec("string", "text_pair", required=False)]))
+QA_SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]))
 
 
 class RegistryError(FastpruneError):
@@ -73,10 +75,12 @@ def accuracy_gate(before: float, after: float, max_drop: float, metric: str) -> 
 
 # ----- the pyfunc ------------------------------------------------------------------------------------------
 def predict_text(model, tokenizer, task: TaskSpec, frame: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
-    """Predictions of a sequence classifier (or regressor) for a DataFrame with ``text`` (and ``text_pair``)."""
-    if task.is_qa:
-        raise RegistryError(f"the pyfunc predicts for classification and regression tasks, not {task.name}")
+    """Predictions for a DataFrame: a sequence classifier's ``label``, ``score`` and ``probabilities`` (a regressor's
+    ``score``) from ``text`` (and ``text_pair``); a question-answering model's ``answer``, its character ``start``
+    and ``end`` in the context and its ``score`` from ``question`` and ``context``."""
     frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+    if task.is_qa:
+        return _predict_answers(model, tokenizer, task, frame)
     if "text" not in frame.columns:
         raise ValueError(f"the input needs a 'text' column (and optionally 'text_pair'); got {list(frame.columns)}")
     texts = frame["text"].astype(str).tolist()
@@ -94,6 +98,22 @@ def predict_text(model, tokenizer, task: TaskSpec, frame: pd.DataFrame, batch_si
     probabilities = logits.softmax(-1)
     return pd.DataFrame({"label": probabilities.argmax(-1).numpy(), "score": probabilities.max(-1).values.numpy(),
                          "probabilities": probabilities.numpy().tolist()})
+
+
+def _predict_answers(model, tokenizer, task: TaskSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    from .qa import answer_questions
+
+    missing = [c for c in ("question", "context") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"a question-answering model needs 'question' and 'context' columns; missing {missing}, "
+                         f"got {list(frame.columns)}")  # fmt: skip
+    if frame.empty:
+        return pd.DataFrame({"answer": [], "start": [], "end": [], "score": []})
+    spans = answer_questions(model, tokenizer, frame["question"].astype(str).tolist(),
+                             frame["context"].astype(str).tolist(), max_length=task.max_length,
+                             version_2=task.name == "squad_v2")  # fmt: skip
+    none = {"answer": "", "start": -1, "end": -1, "score": float("nan")}
+    return pd.DataFrame([span or none for span in spans], columns=["answer", "start", "end", "score"])
 
 
 class PrunedTextModel(mlflow.pyfunc.PythonModel):
@@ -126,10 +146,14 @@ def log_pruned_model(pruned: Path, task: str, workdir: Path):
 
     code = workdir / "pyfunc_model.py"
     code.write_text(_MODEL_CODE)
-    example = None if get_task(task).is_qa else pd.DataFrame({"text": ["a fine movie"]})  # MLflow runs it
+    if get_task(task).is_qa:
+        signature = QA_SIGNATURE
+        example = pd.DataFrame({"question": ["Who wrote it?"], "context": ["It was written by Ann Lee in 1990."]})
+    else:
+        signature, example = SIGNATURE, pd.DataFrame({"text": ["a fine movie"]})  # MLflow runs the example
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(code), artifacts={"model": str(pruned)}, model_config={"task": task},
-        signature=SIGNATURE, input_example=example, pip_requirements=[f"fastprune=={__version__}"],
+        signature=signature, input_example=example, pip_requirements=[f"fastprune=={__version__}"],
     )
 
 
@@ -180,7 +204,11 @@ def _description(stages: dict[str, dict], tags: dict, run_id: str) -> str:
 
 def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation: Path, **others: Path) -> dict:
     """Log a run (params, metrics, masks, report, model), register a new version of ``p.model_name``, and move
-    ``p.alias`` to it only when the metric dropped by at most ``p.max_drop`` points."""
+    ``p.alias`` to it only when the metric dropped by at most ``p.max_drop`` points.
+
+    Safe to retry: within one pipeline run, a model already registered by an earlier attempt (the same
+    ``pipeline_run`` and the same exported files, tagged ``fastprune.candidate``) is reused, not registered
+    twice, and the steps after its registration (description, alias, report) are done again."""
     folders = {"pruned": pruned, "tuned": tuned, "evaluation": evaluation, **others}
     infos = {name: stage_info(folder) for name, folder in folders.items()}
     stages = dict(sorted(infos.items(), key=lambda item: list(STAGES).index(item[1]["stage"])))  # pipeline order
@@ -191,17 +219,26 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
         check_tracking_uri(p.tracking_uri)
         mlflow.set_tracking_uri(p.tracking_uri)
     uri = _redacted(mlflow.get_tracking_uri())
+    candidate = _candidate(p, pruned)
     try:
+        client = mlflow.MlflowClient()
+        earlier = _registered_candidate(client, p.model_name, candidate)
         mlflow.set_experiment(p.experiment)
-        with mlflow.start_run(run_name=f"{p.model_name}-{tags.get('pipeline_run', 'cli')}") as run:
-            mlflow.log_params(_params(stages))
-            mlflow.log_metrics(_metrics(stages))
-            mlflow.set_tags(tags)
-            mlflow.log_artifact(str(tuned / MASKS_FILE))
-            mlflow.log_dict(stages, "stages.json")
-            info = log_pruned_model(pruned, stages["pruned"]["task"], out)
-            version = str(mlflow.register_model(info.model_uri, p.model_name, tags=tags).version)
-            client = mlflow.MlflowClient()
+        with mlflow.start_run(run_id=earlier.run_id if earlier else None,
+                              run_name=None if earlier else f"{p.model_name}-{tags.get('pipeline_run', 'cli')}") as run:
+            if earlier:
+                version = str(earlier.version)
+                log.info("%s version %s was registered by an earlier attempt of %s: finishing it", p.model_name,
+                         version, p.pipeline_run)  # fmt: skip
+            else:
+                mlflow.log_params(_params(stages))
+                mlflow.log_metrics(_metrics(stages))
+                mlflow.set_tags(tags)
+                mlflow.log_artifact(str(tuned / MASKS_FILE))
+                mlflow.log_dict(stages, "stages.json")
+                info = log_pruned_model(pruned, stages["pruned"]["task"], out)
+                version_tags = {**tags, CANDIDATE_TAG: candidate} if candidate else tags
+                version = str(mlflow.register_model(info.model_uri, p.model_name, tags=version_tags).version)
             client.update_model_version(p.model_name, version, description=_description(stages, tags,
                                                                                         run.info.run_id))
             if passed:
@@ -217,6 +254,31 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
     return {"model_name": p.model_name, "version": version, "alias": p.alias if passed else None,
             "model_uri": f"models:/{p.model_name}/{version}", "run_id": run.info.run_id, "tracking_uri": uri,
             "gate": tags["gate"], "gate_reason": reason, "gate_passed": passed}
+
+
+CANDIDATE_TAG = "fastprune.candidate"
+
+
+def _candidate(p: RegisterParams, pruned: Path) -> str | None:
+    """What identifies one registration across retries: the pipeline run and the exported files' manifest (None
+    outside a pipeline run: each call from the command line registers a new version)."""
+    if not p.pipeline_run:
+        return None
+    manifest = (pruned / MANIFEST_NAME).read_bytes()
+    return hashlib.sha256(p.pipeline_run.encode() + b"\n" + manifest).hexdigest()
+
+
+def _registered_candidate(client: mlflow.MlflowClient, name: str, candidate: str | None):
+    """The model version an earlier attempt registered for ``candidate``, if any."""
+    if candidate is None:
+        return None
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.`{CANDIDATE_TAG}` = '{candidate}'")
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def _mark_source(source: str, pipeline_run: str, pruned_model: str, gate: str) -> None:

@@ -18,6 +18,7 @@ from fastprune.common.qa import (
     postprocess_predictions,
     prepare_eval_features,
     prepare_train_features,
+    qa_logits,
     squad_scores,
 )
 from tiny import tiny_model, tiny_tokenizer
@@ -272,3 +273,40 @@ def test_evaluate_qa_tiny_model(ds, tok, family):
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in scores.values())
     # dynamic padding must not change the logits that reach post-processing
     assert evaluate_qa(model, tok, sub, batch_size=64, max_length=128, doc_stride=32) == pytest.approx(scores)
+
+
+def test_answer_questions_and_the_qa_pyfunc(ds, tok, tmp_path):
+    """The registered pyfunc of a question-answering model answers raw questions with spans of their contexts,
+    the same spans the SQuAD evaluation scores."""
+    import mlflow
+    import pandas as pd
+    from fastprune.common.export import save_pruned
+    from fastprune.common.registry import log_pruned_model, predict_text
+    from fastprune.common.storage import write_manifest
+    from fastprune.common.tasks import get_task
+
+    model = tiny_model("bert", task="qa", seed=3)
+    sub = ds.select(range(0, 40, 5))
+    frame = pd.DataFrame({"question": sub["question"], "context": sub["context"]})
+    got = predict_text(model, tok, get_task("squad"), frame)
+    assert list(got.columns) == ["answer", "start", "end", "score"] and len(got) == len(sub)
+    for row, context in zip(got.itertuples(), sub["context"], strict=True):
+        assert row.answer and context[row.start : row.end] == row.answer
+    features, meta = prepare_eval_features(sub, tok, 384, 128)
+    expected = postprocess_predictions(sub, meta, *qa_logits(model, tok, features))
+    assert got["answer"].tolist() == [expected[i] for i in sub["id"]]
+    with pytest.raises(ValueError, match="'question' and 'context'"):
+        predict_text(model, tok, get_task("squad"), pd.DataFrame({"text": ["who?"]}))
+
+    folder = save_pruned(model, tmp_path / "model", tokenizer=tok)
+    write_manifest(folder)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        mlflow.set_experiment("qa")
+        with mlflow.start_run():
+            info = log_pruned_model(folder, "squad", tmp_path)
+        loaded = mlflow.pyfunc.load_model(info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert loaded.predict(frame).equals(got)

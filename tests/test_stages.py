@@ -137,6 +137,26 @@ def test_step_errors_are_clear(steps, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_a_retried_register_reuses_its_version_and_finishes_it(steps, tmp_path):
+    """A register step retried within one pipeline run (say, it died after registering the version) creates no
+    second version: it finds the version by its candidate tag and redoes what follows (alias, report)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).create_experiment("fastprune", artifact_location=(tmp_path / "artifacts").as_uri())
+    inputs = {k: steps / v for k, v in {"pruned": "export", "tuned": "tune", "evaluation": "evaluate"}.items()}
+    params = {"tracking_uri": uri, "model_name": "retried", "pipeline_run": "run-7", "max_drop": 100}
+    first = run_stage("register", tmp_path / "r1", params, **inputs)
+    client = mlflow.MlflowClient(uri)
+    client.delete_registered_model_alias("retried", "pruned-candidate")  # as if the first attempt died here
+    client.delete_model_version_tag("retried", first["version"], "report")
+    again = run_stage("register", tmp_path / "r2", params, **inputs)
+    assert (again["version"], again["run_id"]) == (first["version"], first["run_id"])
+    assert [str(v.version) for v in client.search_model_versions("name = 'retried'")] == [first["version"]]
+    assert str(client.get_model_version_by_alias("retried", "pruned-candidate").version) == first["version"]
+    assert client.get_model_version("retried", first["version"]).tags["report"].startswith("runs:/")
+    other_run = run_stage("register", tmp_path / "r3", {**params, "pipeline_run": "run-8"}, **inputs)
+    assert other_run["version"] != first["version"]
+
+
 def test_register_behind_the_gate_and_load_the_pyfunc(steps, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(uri).create_experiment("fastprune", artifact_location=(tmp_path / "artifacts").as_uri())
