@@ -70,6 +70,10 @@ METHODS: dict[str, Method] = {
         Method("refit-holdout", "refit + stage validation on 1/8 of the sample held out",
                {"sample": {"holdout": 0.125}, "tune": REFIT}),
         Method("refit-iterative", "refit, with iterative Fisher (3 steps)", {"fisher": {"steps": 3}, "tune": REFIT}),
+        Method("refit-cv", "refit, each block's ridge chosen by two-fold cross-validation of its reconstruction error",
+               {"tune": {**REFIT, "ridge": "auto"}}),
+        Method("reselect-cv", "reselect, each block's ridge chosen by cross-validation",
+               {"tune": {**REFIT, "mode": "reselect", "ridge": "auto"}}),
     )
 }  # fmt: skip
 DEFAULT_METHODS = ["paper", "refit"]  # the paper against fastprune's default

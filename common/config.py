@@ -59,8 +59,24 @@ class TuningConfig(BaseModel):
         "output-projection weights and biases by least squares (K-prune style); reselect: sublayer by sublayer, "
         "re-choose the kept units (same per-layer counts) by least-squares error, then refit"
     )
-    ridge: float | None = Field(None, ge=0, description="damping, relative to the mean diagonal of the normal "
-                                "equations (default: 1e-4 for scales, 1e-2 for refit)")
+    ridge: float | Literal["auto"] | None = Field(
+        None, description="damping, relative to the mean diagonal of the normal equations (default: 1e-4 for scales, "
+        "1e-2 for refit); 'auto' (refit and reselect): each block's, by two-fold cross-validation of its "
+        "reconstruction error"
+    )
+
+    @field_validator("ridge")
+    @classmethod
+    def _ridge(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float) and value < 0:
+            raise ConfigError(f"tuning ridge must be >= 0 or 'auto', got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_ridge_refits(self) -> TuningConfig:
+        if self.ridge == "auto" and self.mode == "scales":
+            raise ConfigError("tuning ridge 'auto' (cross-validated) needs mode refit or reselect, not scales")
+        return self
     scale_bound: float = Field(10.0, gt=0)
     num_samples: int | None = Field(512, gt=0, description="examples of the sample used for tuning (None: all)")
 

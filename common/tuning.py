@@ -21,7 +21,8 @@ Mode ``"refit"`` (in the spirit of K-prune) goes further than one scale per unit
 and the bias of each output projection by least squares against the teacher, ridge-regularised towards the
 current weights, ``min_W ||[a_kept, 1] W - r||^2 + ridge * mean(diag(G)) * ||W - W0||^2``. The new weights travel
 with the masks (``Masks.weights``) and are folded in by the export; every block with kept units is refit, on
-all real tokens (the last layer too).
+all real tokens (the last layer too). With ``ridge="auto"`` each block picks its ridge from a grid by two-fold
+cross-validation: fit on half of the tuning batches, measure the reconstruction error on the other half.
 
 Mode ``"reselect"`` is the sublayer-by-sublayer high-compression mode: moving up one block at a time, it first
 re-chooses which units the block keeps (the search's per-layer counts, so the FLOPs are unchanged) by their
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 OutOfRangePolicy = Literal["stop", "ridge"]
 TuningMode = Literal["scales", "refit", "reselect"]
+Ridge = float | Literal["auto"]
 _PROJECTION = {"attention": "attn_out", "ffn": "ffn_out"}
 DEFAULT_TEACHER = {"scales": "schedule", "refit": "dense", "reselect": "dense"}
 DEFAULT_RIDGE = {"scales": 1e-4, "refit": 1e-2, "reselect": 1e-2}  # refits have many more unknowns: damp more
@@ -189,7 +191,7 @@ def tune_masks(
     teacher_masks: Masks | None,
     batches: list[dict],
     device: torch.device | str = "cpu",
-    ridge: float | None = None,
+    ridge: Ridge | None = None,
     scale_bound: float = 10.0,
     policy: OutOfRangePolicy = "stop",
     cls_only_last_layer: bool = True,
@@ -203,10 +205,13 @@ def tune_masks(
     ``cls_only_last_layer``: for sequence classifiers only the first token of the last layer is read
     by the classifier head, so only it is reconstructed there. ``num_samples`` tunes on about that
     many examples, from batches spread evenly over the sample (batches may be ordered by length).
-    ``mode="refit"`` refits the kept output-projection weights instead (returned in the masks' ``weights``).
+    ``mode="refit"`` refits the kept output-projection weights instead (returned in the masks' ``weights``);
+    with it, ``ridge="auto"`` chooses each block's ridge by two-fold cross-validation over the tuning batches.
     Returns the tuned masks and a report per block."""
     batches = spread_batches(batches, num_samples)
     ridge = DEFAULT_RIDGE[mode] if ridge is None else ridge
+    if ridge == "auto" and mode == "scales":
+        raise ValueError("ridge='auto' (cross-validated) needs mode 'refit' or 'reselect', not 'scales'")
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     layers = adapter.layer_modules(model)
@@ -343,19 +348,25 @@ def _scale_equations(data, proj: nn.Linear, block: str, dims) -> _NormalEquation
     return eq
 
 
-def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, ridge: float, layer: int,
+def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, ridge: Ridge, layer: int,
                  block: str, reselect: bool = False) -> tuple[BlockReport, dict[str, torch.Tensor]]:  # fmt: skip
     """The kept columns and the bias of ``proj`` refit (see the module doc): the report and the new ``weight``
     and ``bias`` (empty when nothing was refit); ``mask_row`` becomes binary, its scales folded into the weights.
     ``reselect`` first re-chooses which units the block keeps (as many as before) by their least-squares error
-    against the teacher (:func:`reselect_units`), and keeps the new choice only if its refit error is lower."""
-    stats = _LeastSquares(data, proj.in_features, proj.out_features, proj.weight.device)
+    against the teacher (:func:`reselect_units`), and keeps the new choice only if its refit error is lower.
+    ``ridge="auto"`` picks the ridge by :func:`cross_validated_ridge` on the search's units."""
+    folds = _LeastSquares.collect(data, proj.in_features, proj.out_features, proj.weight.device,
+                                  folds=2 if ridge == "auto" else 1)  # fmt: skip
+    stats = folds[0] if len(folds) == 1 else folds[0] + folds[1]
     before = stats.error(_current_map(proj, mask_row, unit_size))
     kept = int((mask_row != 0).sum())
     if kept == 0:
         return BlockReport(layer, block, False, before, before, 0.0, "no units kept"), {}
-    fit = _refit(stats, proj, mask_row, unit_size, ridge)
     note = ""
+    if ridge == "auto":
+        ridge = cross_validated_ridge(folds, proj, mask_row, unit_size)
+        note = f"ridge {ridge:g}, "
+    fit = _refit(stats, proj, mask_row, unit_size, ridge)
     if reselect and kept < len(mask_row):
         chosen = reselect_units(stats, unit_size, kept, ridge).to(mask_row.dtype)
         other = _refit(stats, proj, chosen, unit_size, ridge)
@@ -363,9 +374,9 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
         if other is not None and (fit is None or other[1] < fit[1]):
             fit = other
             mask_row.copy_(chosen)
-            note = f"{moved} units re-chosen, "
+            note += f"{moved} units re-chosen, "
         else:
-            note = "kept the search's units, "
+            note += "kept the search's units, "
     if fit is None:
         return BlockReport(layer, block, False, before, before, float(mask_row.abs().max()), "solver failed"), {}
     theta, after = fit
@@ -411,18 +422,47 @@ class _LeastSquares:
     """``G = X^T X``, ``C = X^T r`` and ``r^T r`` over the tokens, with ``X = [act, 1]`` (every input column of the
     projection and a bias column last): the least-squares error of any map ``theta`` [in + 1, out] follows."""
 
-    def __init__(self, data, n_in: int, n_out: int, device):
+    def __init__(self, n_in: int, n_out: int, device):
         self.gram = torch.zeros(n_in + 1, n_in + 1, dtype=torch.float64, device=device)
         self.cross = torch.zeros(n_in + 1, n_out, dtype=torch.float64, device=device)
         self.btb = 0.0
-        for act, r in data:
+
+    @classmethod
+    def collect(cls, data, n_in: int, n_out: int, device, folds: int = 1) -> list[_LeastSquares]:
+        """The statistics of ``data``'s batches, dealt round-robin into ``folds`` parts."""
+        parts = [cls(n_in, n_out, device) for _ in range(folds)]
+        for k, (act, r) in enumerate(data):
             x = torch.cat([act, act.new_ones(len(act), 1)], dim=1)
-            self.gram += (x.T @ x).double()
-            self.cross += (x.T @ r).double()
-            self.btb += float(r.double().pow(2).sum())
+            part = parts[k % folds]
+            part.gram += (x.T @ x).double()
+            part.cross += (x.T @ r).double()
+            part.btb += float(r.double().pow(2).sum())
+        return parts
+
+    def __add__(self, other: _LeastSquares) -> _LeastSquares:
+        total = _LeastSquares.__new__(_LeastSquares)
+        total.gram, total.cross, total.btb = self.gram + other.gram, self.cross + other.cross, self.btb + other.btb
+        return total
 
     def error(self, theta: torch.Tensor) -> float:
         return float((theta * (self.gram @ theta)).sum() - 2 * (theta * self.cross).sum() + self.btb)
+
+
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def cross_validated_ridge(folds: list[_LeastSquares], proj: nn.Linear, mask_row: torch.Tensor, unit_size: int,
+                          grid: tuple[float, ...] = RIDGE_GRID) -> float:
+    """The ridge of ``grid`` whose refit, fit on one fold of the tuning batches, reconstructs the other fold best
+    (two-fold cross-validation of the block's reconstruction error)."""
+    a, b = folds
+
+    def held_out(ridge: float) -> float:
+        errors = [other.error(fit[0]) for fold, other in ((a, b), (b, a))
+                  if (fit := _refit(fold, proj, mask_row, unit_size, ridge)) is not None]  # fmt: skip
+        return sum(errors) if len(errors) == 2 else float("inf")
+
+    return min(grid, key=held_out)
 
 
 def reselect_units(stats: _LeastSquares, unit_size: int, keep: int, ridge: float) -> torch.Tensor:

@@ -16,6 +16,15 @@ from fastprune.ops_cli import COMMANDS as OPS_COMMANDS
 log = logging.getLogger("fastprune")
 
 
+def _ridge(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number >= 0 or 'auto', not {text!r}") from None
+
+
 def _add_prune(p) -> None:
     p.add_argument("--model", required=True, help="fine-tuned model folder (or hub id)")
     p.add_argument("--task", required=True, help="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
@@ -40,7 +49,9 @@ def _add_prune(p) -> None:
     p.add_argument("--tuning-mode", choices=["scales", "refit", "reselect"],
                    help="refit (default): refit the kept output-projection weights by least squares; scales: a scale "
                    "per kept unit (the paper); reselect: re-choose each block's units by least squares, then refit")
-    p.add_argument("--tuning-ridge", type=float, help="damping of the least squares (default 1e-4 scales, 1e-2 refit)")
+    p.add_argument("--tuning-ridge", type=_ridge, metavar="RIDGE|auto",
+                   help="damping of the least squares (default 1e-4 scales, 1e-2 refit); auto (refit, reselect): "
+                   "each block's by cross-validation")
     p.add_argument("--no-tuning", action="store_true")
     p.add_argument("--tuning-samples", type=int, default=512, help="examples used for tuning (0: the whole sample)")
     p.add_argument(

@@ -73,16 +73,23 @@ def test_prune_end_to_end(tiny_sst2_model, tmp_path, capsys):
 
 def test_prune_with_the_accuracy_options_end_to_end(tiny_sst2_model, tmp_path, capsys):
     """Iterative label-free Fisher and refit tuning travel through every stage into the exported model."""
-    extra = ("--fisher-steps", "2", "--fisher-labels", "model", "--tuning-mode", "refit", "--teacher", "dense")
+    extra = ("--fisher-steps", "2", "--fisher-labels", "model", "--tuning-mode", "refit", "--teacher", "dense",
+             "--tuning-ridge", "auto")
     assert _prune(tiny_sst2_model, tmp_path / "out", *extra, samples="96") == 0
     printed = capsys.readouterr().out
     assert "reconstruction error fell: L0 attn -" in printed
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["flops_ratio"] <= 0.5 + 1e-9
     assert summary["layers_tuned"] == sum(1 for r in summary["tuning"] if r["note"] != "no units kept")
+    assert all(r["note"].startswith("ridge ") for r in summary["tuning"] if r["tuned"])  # cross-validated
     assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=0.2)  # refit exported
     masks = Masks.load(tmp_path / "out" / "masks.safetensors")
     assert masks.weights and masks.equal(masks.binary())
+
+
+def test_a_cross_validated_ridge_needs_a_refit(tiny_sst2_model, tmp_path, capsys):
+    assert _prune(tiny_sst2_model, tmp_path / "out", "--tuning-mode", "scales", "--tuning-ridge", "auto") == 2
+    assert "needs mode refit or reselect" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_same_seed_same_masks(tiny_sst2_model, tmp_path):

@@ -271,14 +271,47 @@ def test_reselect_units_finds_the_units_that_carry_the_target():
     act = torch.randn(400, 12, generator=g)
     weight = torch.zeros(3, 12)
     weight[:, [2, 5, 7, 11]] = torch.randn(3, 4, generator=g) * 3  # only units 2, 5, 7 and 11 matter
-    stats = _LeastSquares([(act, act @ weight.T + 0.5)], 12, 3, "cpu")
+    stats, = _LeastSquares.collect([(act, act @ weight.T + 0.5)], 12, 3, "cpu")
     kept = reselect_units(stats, 1, 4, ridge=1e-6)
     assert kept.nonzero().flatten().tolist() == [2, 5, 7, 11]
     weight = torch.zeros(3, 12)
     weight[:, 3:6], weight[:, 9:] = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
-    stats = _LeastSquares([(act, act @ weight.T)], 12, 3, "cpu")
+    stats, = _LeastSquares.collect([(act, act @ weight.T)], 12, 3, "cpu")
     heads = reselect_units(stats, 3, 2, ridge=1e-6)  # units of 3 columns: (0-2) (3-5) (6-8) (9-11)
     assert heads.tolist() == [False, True, False, True]
+
+
+def test_cross_validated_ridge_damps_noise_and_not_signal():
+    """Few noisy rows for many columns: cross-validation picks a strong ridge; many clean rows: a weak one."""
+    from fastprune.common.tuning import RIDGE_GRID, _LeastSquares, cross_validated_ridge
+
+    g = torch.Generator().manual_seed(0)
+    proj = torch.nn.Linear(40, 4)
+    weight = torch.randn(4, 40, generator=g)
+
+    def folds(rows: int, noise: float) -> list:
+        batches = []
+        for _ in range(6):
+            act = torch.randn(rows, 40, generator=g)
+            batches.append((act, act @ weight.T + noise * torch.randn(rows, 4, generator=g)))
+        return _LeastSquares.collect(batches, 40, 4, "cpu", folds=2)
+
+    keep_all = torch.ones(40)
+    with torch.no_grad():
+        assert cross_validated_ridge(folds(8, 3.0), proj, keep_all, 1) > RIDGE_GRID[1]
+        assert cross_validated_ridge(folds(400, 0.01), proj, keep_all, 1) == RIDGE_GRID[0]
+
+
+def test_refit_with_a_cross_validated_ridge_lowers_every_block_error():
+    model = tiny_model("bert")
+    masks = Masks((torch.arange(4) < 2).float().repeat(3, 1), (torch.arange(64) < 16).float().repeat(3, 1))
+    batches = _batches(n=4, labels=False)
+    tuned, reports = tune_masks(model, masks, None, batches, progress=False, mode="refit", ridge="auto")
+    assert all(r.tuned and r.error_after < r.error_before and r.note.startswith("ridge ") for r in reports)
+    fixed, _ = tune_masks(model, masks, None, batches, progress=False, mode="refit", ridge=1e-2)
+    assert tuned.weights.keys() == fixed.weights.keys()
+    with pytest.raises(ValueError, match="auto"):
+        tune_masks(model, masks, None, batches, progress=False, mode="scales", ridge="auto")
 
 
 def test_tuning_stop_policy_keeps_untuned_scales_after_the_stop():
