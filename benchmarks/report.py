@@ -239,12 +239,14 @@ def task_header(res: Results, task: str) -> list[str]:
 
 
 def method_table(res: Results, task: str, method: str) -> list[str]:
-    header = ["FLOPs constraint", "FLOPs kept", "unpruned", *ABLATION.values(), *BASELINES.values()]
+    header = ["FLOPs constraint", "seeds", "FLOPs kept", "unpruned", *ABLATION.values(), *BASELINES.values()]
     rows = []
     for c in res.constraints(task):
         kept = res.flops(task, method, c, "tuning")
+        seeds = ",".join(str(r["seed"]) for r in sorted(res.select(task, method, c), key=lambda r: r["seed"]))
         cells = [fmt(res.values(task, method, c, col)) for col in [*ABLATION, *BASELINES]]
-        rows.append([f"{c:g}", f"{mean(kept):.3f}" if kept else "–", f"{res.unpruned(task):.2f}", *cells])
+        rows.append([f"{c:g}", seeds or "–", f"{mean(kept):.3f}" if kept else "–", f"{res.unpruned(task):.2f}",
+                     *cells])  # fmt: skip
     return ["", f"### Method `{method}`", "", *table(header, rows)]
 
 
