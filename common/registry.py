@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.md"
 REPORT_HTML = "report.html"
+CANDIDATE_TAG = "fastprune.candidate"  # a model version's registration: its pipeline run and exported files
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "text"), ColSpec("string", "text_pair", required=False)]))
 QA_SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]))
 
@@ -255,8 +256,6 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
             "model_uri": f"models:/{p.model_name}/{version}", "run_id": run.info.run_id, "tracking_uri": uri,
             "gate": tags["gate"], "gate_reason": reason, "gate_passed": passed}
 
-
-CANDIDATE_TAG = "fastprune.candidate"
 
 
 def _candidate(p: RegisterParams, pruned: Path) -> str | None:
