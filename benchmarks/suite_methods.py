@@ -74,6 +74,11 @@ METHODS: dict[str, Method] = {
                {"tune": {**REFIT, "ridge": "auto"}}),
         Method("reselect-cv", "reselect, each block's ridge chosen by cross-validation",
                {"tune": {**REFIT, "mode": "reselect", "ridge": "auto"}}),
+        Method("refit-resplit", "refit, re-splitting the budget left before each layer with Fisher re-measured on "
+               "the tuned layers below (K-prune style)", {"tune": {**REFIT, "resplit": True}}),
+        Method("reselect-resplit", "reselect with the budget re-split before each layer: K-prune's loop of "
+               "measure, split, prune and reconstruct one layer at a time", {"tune": {**REFIT, "mode": "reselect",
+                                                                                     "resplit": True}}),
     )
 }  # fmt: skip
 DEFAULT_METHODS = ["paper", "refit"]  # the paper against fastprune's default

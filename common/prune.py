@@ -96,6 +96,7 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
         "tuning": tune.get("tuning", []),
         "layers_tuned": tune.get("layers_tuned", 0),
         "validation": tune.get("validation", {}),
+        **({"resplit": tune["resplit"]} if "resplit" in tune else {}),
         "device": str(resolve_device(cfg.device)),
         "seconds": seconds,
         "prune_seconds": round(sum(seconds.get(s, 0.0) for s in _PRUNE_STAGES), 3),

@@ -42,10 +42,11 @@ from .iterative import iterative_fisher
 from .masks import Masks, flops_ratio, pruning_applied
 from .models import load_model, resolve_device
 from .rearrange import rearrange_masks
+from .resplit import BudgetResplit
 from .search import search_flops
 from .storage import _sha256, _staging, fetch, is_remote, verify_manifest, write_manifest
 from .tasks import TaskSpec, get_task
-from .tuning import DEFAULT_TEACHER, tune_masks
+from .tuning import DEFAULT_TEACHER, spread_batches, tune_masks
 from .validation import StageValidator
 
 # The data and evaluation modules (datasets, scipy) are imported by the stages that use them: every pipeline step
@@ -255,7 +256,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
     held-out part of the sample, rearrangement and tuning are each kept only where they lower its loss."""
     search = stage_info(searched)
     chosen = Masks.load(masks / MASKS_FILE)
-    reports, validation, validator = [], {}, None
+    reports, validation, validator, resplit = [], {}, None, None
     holdout = (sample / HOLDOUT_FILE).exists()
     if p.enabled or holdout:
         device = resolve_device(p.device)
@@ -275,14 +276,19 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         kind = p.teacher or DEFAULT_TEACHER[p.mode]
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table)
         batches = _sample_batches(sample, tokenizer, task)
+        if p.resplit:
+            labels = stage_info(grads)["params"].get("labels", "data")  # the Fisher stage's label source
+            resplit = BudgetResplit(net, chosen, spread_batches(batches, p.num_samples), search["seq_len"], device,
+                                    labels, fisher.available)  # fmt: skip
         tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
-                                    progress=p.progress, num_samples=p.num_samples, mode=p.mode)
+                                    progress=p.progress, num_samples=p.num_samples, mode=p.mode, resplit=resplit)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
         validation = validator.report
     chosen.save(out / MASKS_FILE)
     return {"seq_len": search["seq_len"], "tuning": [r.as_dict() for r in reports], "blocks": len(reports),
-            "layers_tuned": sum(r.tuned for r in reports), "validation": validation, **_masks_summary(chosen)}
+            "layers_tuned": sum(r.tuned for r in reports), "validation": validation,
+            **({"resplit": resplit.log} if resplit else {}), **_masks_summary(chosen)}
 
 
 def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:

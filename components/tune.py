@@ -20,12 +20,15 @@ def tune_masks(
     mode: str = "",
     teacher: str = "",
     policy: str = "",
+    ridge: str = "",
+    resplit: bool = False,
 ):
     """Real-valued scales for the kept units (or refit output projections) so that each block reproduces the
     teacher."""
     from fastprune.components.runtime import run_component
 
-    chosen = {"mode": mode, "teacher": teacher, "policy": policy}
-    params = {"device": device, "enabled": enabled, **{k: v for k, v in chosen.items() if v}}  # "": the default
+    chosen = {"mode": mode, "teacher": teacher, "policy": policy, "ridge": ridge}
+    params = {"device": device, "enabled": enabled, "resplit": resplit,
+              **{k: v for k, v in chosen.items() if v}}  # "": the default
     run_component("tune", tuned, metrics, params, model=model, sample=sample, grads=grads, searched=searched,
                   masks=masks)

@@ -52,6 +52,9 @@ def _add_prune(p) -> None:
     p.add_argument("--tuning-ridge", type=_ridge, metavar="RIDGE|auto",
                    help="damping of the least squares (default 1e-4 scales, 1e-2 refit); auto (refit, reselect): "
                    "each block's by cross-validation")
+    p.add_argument("--tuning-resplit", action="store_true",
+                   help="before tuning each layer, re-split the budget left across it and the layers above, with "
+                   "Fisher importance re-measured on the tuned layers below (K-prune style; a Fisher pass per layer)")
     p.add_argument("--no-tuning", action="store_true")
     p.add_argument("--tuning-samples", type=int, default=512, help="examples used for tuning (0: the whole sample)")
     p.add_argument(
@@ -89,7 +92,8 @@ def _prune(args) -> int:
         ),
         fisher=FisherConfig(**_given(steps=args.fisher_steps, labels=args.fisher_labels)),
         tuning=TuningConfig(enabled=not args.no_tuning, num_samples=args.tuning_samples or None, **_given(
-            teacher=args.teacher, policy=args.tuning_policy, mode=args.tuning_mode, ridge=args.tuning_ridge)),
+            teacher=args.teacher, policy=args.tuning_policy, mode=args.tuning_mode, ridge=args.tuning_ridge),
+            resplit=args.tuning_resplit),
         rearrange=not args.no_rearrange,
         device=args.device,
         text_columns=args.text_columns,
@@ -133,7 +137,14 @@ def _demo(args) -> int:
 
 
 # ----- the pipeline: compile, run (kfp.local or a cluster), and its stages one by one ---------------------------
-_KFP_TYPES = {"String": str, "Integer": int, "Float": float}
+def _boolean(text: str) -> bool:
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"true or false, not {text!r}")
+    return words[text.lower()]
+
+
+_KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": _boolean}
 _EMBEDDED = ("model", "train_data", "dev_data")
 
 

@@ -58,6 +58,8 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
         fisher_labels: str = "",
         tuning_mode: str = "",
         tuning_teacher: str = "",
+        tuning_ridge: str = "",
+        tuning_resplit: bool = False,
     ) -> Artifact:
         fetched = fetch_model(source=model, task=task, tracking_uri=mlflow_uri, dev_data=dev_data)
         source = fetched.outputs["model"]
@@ -71,7 +73,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
             rearranged = rearrange_masks(grads=grads, masks=searched.outputs["masks"])
             tuned = tune_masks(model=source, sample=sample, grads=grads, searched=searched.outputs["masks"],
                                masks=rearranged.outputs["rearranged"], device=device, mode=tuning_mode,
-                               teacher=tuning_teacher)
+                               teacher=tuning_teacher, ridge=tuning_ridge, resplit=tuning_resplit)
             exported = export_model(model=source, masks=tuned.outputs["tuned"])
             evaluated = evaluate_models(model=source, pruned=exported.outputs["pruned"],
                                         searched=searched.outputs["masks"], rearranged=rearranged.outputs["rearranged"],

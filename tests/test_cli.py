@@ -72,9 +72,10 @@ def test_prune_end_to_end(tiny_sst2_model, tmp_path, capsys):
 
 
 def test_prune_with_the_accuracy_options_end_to_end(tiny_sst2_model, tmp_path, capsys):
-    """Iterative label-free Fisher and refit tuning travel through every stage into the exported model."""
+    """Iterative label-free Fisher, refit tuning with a cross-validated ridge and the budget re-split travel
+    through every stage into the exported model."""
     extra = ("--fisher-steps", "2", "--fisher-labels", "model", "--tuning-mode", "refit", "--teacher", "dense",
-             "--tuning-ridge", "auto")
+             "--tuning-ridge", "auto", "--tuning-resplit")
     assert _prune(tiny_sst2_model, tmp_path / "out", *extra, samples="96") == 0
     printed = capsys.readouterr().out
     assert "reconstruction error fell: L0 attn -" in printed
@@ -82,6 +83,7 @@ def test_prune_with_the_accuracy_options_end_to_end(tiny_sst2_model, tmp_path, c
     assert summary["flops_ratio"] <= 0.5 + 1e-9
     assert summary["layers_tuned"] == sum(1 for r in summary["tuning"] if r["note"] != "no units kept")
     assert all(r["note"].startswith("ridge ") for r in summary["tuning"] if r["tuned"])  # cross-validated
+    assert [entry["layer"] for entry in summary["resplit"]] == [1]  # the tiny model's second (last) layer
     assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=0.2)  # refit exported
     masks = Masks.load(tmp_path / "out" / "masks.safetensors")
     assert masks.weights and masks.equal(masks.binary())

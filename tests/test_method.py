@@ -6,14 +6,17 @@ import pytest
 import torch
 from fastprune.common.arch import ModelDims, adapter_for
 from fastprune.common.errors import ConfigError
+from fastprune.common.export import export_pruned
 from fastprune.common.fisher import MaskGradients, collect_mask_gradients
 from fastprune.common.masks import (
     Masks,
     dense_macs,
     flops_ratio,
     head_macs,
+    masked_macs,
     masks_applied,
     neuron_macs,
+    pruning_applied,
     weights_applied,
 )
 from fastprune.common.rearrange import pruned_set_cost, rearrange_masks
@@ -402,3 +405,33 @@ def test_tuning_on_a_spread_subset_of_batches():
     _, full = tune_masks(model, masks, None, _batches(n=4, labels=False), progress=False)
     _, part = tune_masks(model, masks, None, _batches(n=4, labels=False), progress=False, num_samples=8)
     assert part[1].error_before < full[1].error_before  # fewer tokens in the normal equations
+
+
+def test_budget_resplit_re_decides_the_layers_above_within_the_budget():
+    """Before each layer above the first, the re-split re-chooses that layer and those above from Fisher measured on
+    the pruned layers below: the result stays within the initial masks' MACs, the first layer keeps the search's
+    units, and a split the search would never make is mended."""
+    from fastprune.common.resplit import BudgetResplit
+
+    model = tiny_model("bert")
+    dims = adapter_for(model).dims(model.config)
+    batches = _batches(n=3)
+    # a lopsided start: layer 0 keeps little, layers 1-2 keep almost everything
+    head = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.float32)
+    neuron = torch.zeros(3, 64)
+    neuron[0, :4], neuron[1:, :60] = 1, 1
+    masks = Masks(head, neuron)
+    resplit = BudgetResplit(model, masks, batches, seq_len=10.0)
+    tuned, reports = tune_masks(model, masks, None, batches, progress=False, mode="refit", resplit=resplit)
+    assert masked_macs(tuned, dims, 10.0) <= masked_macs(masks, dims, 10.0) * (1 + 1e-9)
+    assert torch.equal(tuned.head[0], masks.head[0]) and torch.equal(tuned.neuron[0], masks.neuron[0])
+    assert [entry["layer"] for entry in resplit.log] == [1, 2]
+    assert not (torch.equal(tuned.head[1:], masks.head[1:]) and torch.equal(tuned.neuron[1:], masks.neuron[1:]))
+    assert all(r.tuned for r in reports if r.note != "no units kept")
+    # the refit weights were fitted for the re-split units: masked evaluation equals the exported model
+    batch = {k: v for k, v in batches[0].items() if k != "labels"}
+    with torch.no_grad(), pruning_applied(model, tuned, "cpu"):
+        masked = model(**batch).logits
+    with torch.no_grad():
+        exported = export_pruned(model, tuned)(**batch).logits
+    assert torch.allclose(masked, exported, atol=1e-4)

@@ -1,0 +1,71 @@
+"""Budget re-split during tuning (in the spirit of K-prune's iterative knowledge-preserving search).
+
+The search splits the FLOPs budget across layers once, from Fisher importance measured on the dense model. With
+``resplit``, tuning re-decides it on its way up: before layer ``i`` is tuned, the layers below are final (pruned
+and reconstructed), so the mask gradients are measured again on that model with the layers ``i..L-1`` still
+whole, and the budget the lower layers left is split anew across ``i..L-1`` by the same global search. Layer
+``i`` takes its share (the layers above are decided again at their turn), then is tuned as usual.
+
+It costs one Fisher pass over the tuning examples per layer above the first.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .arch import adapter_for
+from .fisher import LabelSource, collect_mask_gradients
+from .masks import Masks, head_macs, masked_macs, neuron_macs
+from .search import search_flops
+
+log = logging.getLogger(__name__)
+
+
+class BudgetResplit:
+    """Called by :func:`~fastprune.common.tuning.tune_masks` at each layer with the masks being tuned: re-chooses
+    the units of that layer and above, in place, within the budget of ``initial`` (the masks tuning starts from).
+    ``available`` (from an iterative Fisher) marks units no step may bring back."""
+
+    def __init__(self, model: nn.Module, initial: Masks, batches: list[dict], seq_len: float,
+                 device: torch.device | str = "cpu", labels: LabelSource = "data",
+                 available: Masks | None = None) -> None:  # fmt: skip
+        self.model, self.batches, self.seq_len, self.device, self.labels = model, batches, seq_len, device, labels
+        self.dims = adapter_for(model).dims(model.config)
+        self.budget = masked_macs(initial, self.dims, seq_len)
+        self.available = available
+        self.log: list[dict] = []
+
+    def __call__(self, layer: int, masks: Masks) -> None:
+        if layer == 0:
+            return  # nothing below it is final yet: the search's split stands
+        below = Masks(masks.head[:layer], masks.neuron[:layer])
+        left = self.budget - masked_macs(below, self.dims, self.seq_len)
+        measured = Masks(masks.head.clone(), masks.neuron.clone())
+        measured.head[layer:], measured.neuron[layer:] = 1.0, 1.0
+        if self.available is not None:
+            measured.head[layer:] *= self.available.head[layer:].to(measured.head)
+            measured.neuron[layer:] *= self.available.neuron[layer:].to(measured.neuron)
+        with torch.inference_mode(False), torch.enable_grad():
+            grads = collect_mask_gradients(self.model, self.batches, masks=measured, device=self.device,
+                                           progress=False, labels=self.labels)  # fmt: skip
+        heads, neurons = grads.head_importance()[layer:], grads.neuron_importance()[layer:]
+        whole = len(heads) * (heads.shape[1] * head_macs(self.seq_len, self.dims)
+                              + neurons.shape[1] * neuron_macs(self.seq_len, self.dims))  # fmt: skip
+        share = left / whole
+        if share >= 1.0:
+            chosen = Masks(torch.isfinite(heads).float(), torch.isfinite(neurons).float())
+        elif share <= 0.0:
+            chosen = Masks(torch.zeros_like(heads, dtype=torch.float32), torch.zeros_like(neurons, dtype=torch.float32))
+        else:
+            chosen = search_flops(heads, neurons, self.dims, self.seq_len, share)
+        before = (int((masks.head[layer] != 0).sum()), int((masks.neuron[layer] != 0).sum()))
+        masks.head[layer:] = chosen.head.to(masks.head)
+        masks.neuron[layer:] = chosen.neuron.to(masks.neuron)
+        after = (int(chosen.head[0].sum()), int(chosen.neuron[0].sum()))
+        self.log.append({"layer": layer, "share": share, "heads": [before[0], after[0]],
+                         "neurons": [before[1], after[1]]})  # fmt: skip
+        log.info("re-split at layer %d: %.3f of the layers above kept; heads %d -> %d, neurons %d -> %d", layer, share,
+                 before[0], after[0], before[1], after[1])  # fmt: skip
