@@ -75,7 +75,6 @@ def collect_mask_gradients(
     per_example: bool = True,
     labels: LabelSource = "data",
     seed: int = 0,
-    from_layer: int = 0,
 ) -> MaskGradients:
     """Run the model on every batch with the masks applied (all ones by default) and keep the
     gradient of the task loss w.r.t. the masks.
@@ -87,9 +86,7 @@ def collect_mask_gradients(
 
     ``labels="model"`` draws each example's label from the model's prediction (seeded by ``seed``) instead of
     reading it from the batch, which then needs no labels. Model parameters are frozen for the pass (and
-    restored after), so only activation gradients are computed. The result's ``available`` is ``masks``.
-    ``from_layer``: only the masks of that layer and above are differentiated (the backward pass stops there);
-    the rows of the layers below are zero."""
+    restored after), so only activation gradients are computed. The result's ``available`` is ``masks``."""
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -107,8 +104,8 @@ def collect_mask_gradients(
             batch = to_device(batch, device)
             size = len(batch["input_ids"])
             shape = (size,) if per_example else ()
-            head, free_head = _differentiable(base.head.expand(*shape, *base.head.shape), from_layer)
-            neuron, free_neuron = _differentiable(base.neuron.expand(*shape, *base.neuron.shape), from_layer)
+            head = base.head.expand(*shape, *base.head.shape).clone().requires_grad_(True)
+            neuron = base.neuron.expand(*shape, *base.neuron.shape).clone().requires_grad_(True)
             if labels == "model":
                 batch = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
             with masks_applied(model, head, neuron, adapter):
@@ -116,7 +113,7 @@ def collect_mask_gradients(
             loss = sampled_label_loss(out, generator) if labels == "model" else out.loss
             if loss is None:
                 raise ValueError("the model returned no loss: the batches must carry labels for the task")
-            grad_h, grad_n = (_padded(g, from_layer) for g in torch.autograd.grad(loss, (free_head, free_neuron)))
+            grad_h, grad_n = torch.autograd.grad(loss, (head, neuron))
             scale = size if per_example else 1  # the loss is a batch mean: undo it per example
             head_grads.append((grad_h * scale).reshape(-1, *base.head.shape).detach().float().cpu())
             neuron_grads.append((grad_n * scale).reshape(-1, *base.neuron.shape).detach().float().cpu())
@@ -128,21 +125,6 @@ def collect_mask_gradients(
         raise ValueError("no batches: the sample is empty")
     available = masks.binary() if masks is not None else None
     return MaskGradients(torch.cat(head_grads), torch.cat(neuron_grads), available)
-
-
-def _differentiable(values: torch.Tensor, from_layer: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Mask values [..., L, N] whose layers from ``from_layer`` on require grad: (per-layer masks, that part).
-    The layers below get constants, so that the backward pass stops at ``from_layer``."""
-    free = values[..., from_layer:, :].clone().requires_grad_(True)
-    fixed = [values[..., i, :] for i in range(from_layer)]
-    return fixed + [free[..., i, :] for i in range(free.shape[-2])], free
-
-
-def _padded(grad: torch.Tensor, from_layer: int) -> torch.Tensor:
-    """The gradient of the layers from ``from_layer`` on, with zero rows for the layers below."""
-    if not from_layer:
-        return grad
-    return torch.cat([grad.new_zeros(*grad.shape[:-2], from_layer, grad.shape[-1]), grad], dim=-2)
 
 
 def sampled_label_loss(out, generator: torch.Generator) -> torch.Tensor:

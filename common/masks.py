@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,31 +144,31 @@ def _layer_hooks(
 @contextlib.contextmanager
 def masks_applied(
     model: nn.Module,
-    head: torch.Tensor | Sequence[torch.Tensor] | None,
-    neuron: torch.Tensor | Sequence[torch.Tensor] | None,
+    head: torch.Tensor | None,
+    neuron: torch.Tensor | None,
     adapter: ArchAdapter | None = None,
 ) -> Iterator[None]:
     """Multiply every head's context vector and every neuron's activation by its mask value,
     through forward pre-hooks on the attention output and FFN output projections. Masks are [L, H]
     and [L, F], or [B, L, H] and [B, L, F] for one mask per example of a batch of B. They may
     require grad (the Fisher pass differentiates through them). ``None`` leaves that kind of
-    unit unmasked. A sequence of per-layer tensors ([H] or [B, H] each) works as well as one tensor."""
+    unit unmasked."""
     adapter = adapter or adapter_for(model)
     head_size = adapter.dims(model.config).head_size
     handles = []
     try:
         for i, layer in enumerate(adapter.layer_modules(model)):
-            handles += _layer_hooks(adapter, layer, head_size, _of_layer(head, i), _of_layer(neuron, i))
+            handles += _layer_hooks(
+                adapter,
+                layer,
+                head_size,
+                None if head is None else head[..., i, :],
+                None if neuron is None else neuron[..., i, :],
+            )
         yield
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _of_layer(values: torch.Tensor | Sequence[torch.Tensor] | None, i: int) -> torch.Tensor | None:
-    if values is None:
-        return None
-    return values[i] if isinstance(values, (list, tuple)) else values[..., i, :]
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ class BudgetResplit:
             measured.neuron[layer:] *= self.available.neuron[layer:].to(measured.neuron)
         with torch.inference_mode(False), torch.enable_grad():
             grads = collect_mask_gradients(self.model, self.batches, masks=measured, device=self.device,
-                                           progress=False, labels=self.labels, from_layer=layer)  # fmt: skip
+                                           progress=False, labels=self.labels)  # fmt: skip
         heads, neurons = grads.head_importance()[layer:], grads.neuron_importance()[layer:]
         whole = len(heads) * (heads.shape[1] * head_macs(self.seq_len, self.dims)
                               + neurons.shape[1] * neuron_macs(self.seq_len, self.dims))  # fmt: skip

@@ -435,12 +435,3 @@ def test_budget_resplit_re_decides_the_layers_above_within_the_budget():
     with torch.no_grad():
         exported = export_pruned(model, tuned)(**batch).logits
     assert torch.allclose(masked, exported, atol=1e-4)
-
-
-def test_mask_gradients_from_a_layer_match_the_full_pass():
-    model = tiny_model("bert")
-    full = collect_mask_gradients(model, _batches(n=2), progress=False)
-    upper = collect_mask_gradients(model, _batches(n=2), progress=False, from_layer=1)
-    assert torch.allclose(upper.head[:, 1:], full.head[:, 1:], atol=1e-6)
-    assert torch.allclose(upper.neuron[:, 1:], full.neuron[:, 1:], atol=1e-6)
-    assert not upper.head[:, 0].any() and not upper.neuron[:, 0].any() and full.head[:, 0].any()
