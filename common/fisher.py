@@ -6,8 +6,9 @@ classification, start and end positions for extractive QA, and y ~ N(prediction,
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -75,6 +76,7 @@ def collect_mask_gradients(
     per_example: bool = True,
     labels: LabelSource = "data",
     seed: int = 0,
+    start: tuple[int, Sequence[torch.Tensor]] | None = None,
 ) -> MaskGradients:
     """Run the model on every batch with the masks applied (all ones by default) and keep the
     gradient of the task loss w.r.t. the masks.
@@ -86,7 +88,11 @@ def collect_mask_gradients(
 
     ``labels="model"`` draws each example's label from the model's prediction (seeded by ``seed``) instead of
     reading it from the batch, which then needs no labels. Model parameters are frozen for the pass (and
-    restored after), so only activation gradients are computed. The result's ``available`` is ``masks``."""
+    restored after), so only activation gradients are computed. The result's ``available`` is ``masks``.
+
+    ``start=(k, hidden)`` starts each forward pass at layer ``k``, which receives ``hidden[b]`` for batch ``b``
+    (the hidden states a pruned model gives there): the layers below are skipped and their gradients are 0.
+    It costs the layers from ``k`` up only."""
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -99,24 +105,26 @@ def collect_mask_gradients(
         p.requires_grad_(False)
     head_grads, neuron_grads = [], []
     generator = torch.Generator().manual_seed(seed)
+    entry = _entered_at(adapter.layer_modules(model), *start) if start is not None else contextlib.nullcontext()
     try:
-        for batch in tqdm(batches, desc="fisher", disable=not progress, leave=False):
-            batch = to_device(batch, device)
-            size = len(batch["input_ids"])
-            shape = (size,) if per_example else ()
-            head = base.head.expand(*shape, *base.head.shape).clone().requires_grad_(True)
-            neuron = base.neuron.expand(*shape, *base.neuron.shape).clone().requires_grad_(True)
-            if labels == "model":
-                batch = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
-            with masks_applied(model, head, neuron, adapter):
-                out = model(**batch)
-            loss = sampled_label_loss(out, generator) if labels == "model" else out.loss
-            if loss is None:
-                raise ValueError("the model returned no loss: the batches must carry labels for the task")
-            grad_h, grad_n = torch.autograd.grad(loss, (head, neuron))
-            scale = size if per_example else 1  # the loss is a batch mean: undo it per example
-            head_grads.append((grad_h * scale).reshape(-1, *base.head.shape).detach().float().cpu())
-            neuron_grads.append((grad_n * scale).reshape(-1, *base.neuron.shape).detach().float().cpu())
+        with entry:
+            for batch in tqdm(batches, desc="fisher", disable=not progress, leave=False):
+                batch = to_device(batch, device)
+                size = len(batch["input_ids"])
+                shape = (size,) if per_example else ()
+                head = base.head.expand(*shape, *base.head.shape).clone().requires_grad_(True)
+                neuron = base.neuron.expand(*shape, *base.neuron.shape).clone().requires_grad_(True)
+                if labels == "model":
+                    batch = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+                with masks_applied(model, head, neuron, adapter):
+                    out = model(**batch)
+                loss = sampled_label_loss(out, generator) if labels == "model" else out.loss
+                if loss is None:
+                    raise ValueError("the model returned no loss: the batches must carry labels for the task")
+                grad_h, grad_n = torch.autograd.grad(loss, (head, neuron))
+                scale = size if per_example else 1  # the loss is a batch mean: undo it per example
+                head_grads.append((grad_h * scale).reshape(-1, *base.head.shape).detach().float().cpu())
+                neuron_grads.append((grad_n * scale).reshape(-1, *base.neuron.shape).detach().float().cpu())
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
@@ -125,6 +133,35 @@ def collect_mask_gradients(
         raise ValueError("no batches: the sample is empty")
     available = masks.binary() if masks is not None else None
     return MaskGradients(torch.cat(head_grads), torch.cat(neuron_grads), available)
+
+
+@contextlib.contextmanager
+def _entered_at(layers: list[nn.Module], k: int, hidden: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Forward passes skip ``layers[:k]`` (each returns its input) and ``layers[k]`` receives the next of ``hidden``
+    (as a plain tensor: the carried states may come from inference mode)."""
+    if not 0 <= k < len(layers):
+        raise ValueError(f"start layer {k} is outside the model's {len(layers)} layers")
+    states = iter(hidden)
+
+    def enter(_module, args, kwargs):
+        state = next(states, None)
+        if state is None:
+            raise ValueError("start: fewer hidden states than batches")
+        return (state.clone(), *args[1:]), kwargs
+
+    for layer in layers[:k]:
+        layer.forward = _passthrough
+    handle = layers[k].register_forward_pre_hook(enter, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for layer in layers[:k]:
+            del layer.forward
+
+
+def _passthrough(hidden: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
+    return hidden
 
 
 def sampled_label_loss(out, generator: torch.Generator) -> torch.Tensor:

@@ -6,7 +6,9 @@ and reconstructed), so the mask gradients are measured again on that model with 
 whole, and the budget the lower layers left is split anew across ``i..L-1`` by the same global search. Layer
 ``i`` takes its share (the layers above are decided again at their turn), then is tuned as usual.
 
-It costs one Fisher pass over the tuning examples per layer above the first.
+The mask gradients of layer ``i`` and above are measured from the hidden states tuning carries into layer ``i``
+(the pruned model's), so the pass before layer ``i`` costs only the layers from ``i`` up: over a model of ``L``
+layers, about ``(L - 1) / 2`` Fisher passes over the tuning examples in all.
 """
 
 from __future__ import annotations
@@ -25,20 +27,20 @@ log = logging.getLogger(__name__)
 
 
 class BudgetResplit:
-    """Called by :func:`~fastprune.common.tuning.tune_masks` at each layer with the masks being tuned: re-chooses
-    the units of that layer and above, in place, within the budget of ``initial`` (the masks tuning starts from).
+    """Called by :func:`~fastprune.common.tuning.tune_masks` at each layer with the masks being tuned, the tuning
+    batches and the hidden states entering the layer: re-chooses the units of that layer and above, in place,
+    within the budget of ``initial`` (the masks tuning starts from).
     ``available`` (from an iterative Fisher) marks units no step may bring back."""
 
-    def __init__(self, model: nn.Module, initial: Masks, batches: list[dict], seq_len: float,
-                 device: torch.device | str = "cpu", labels: LabelSource = "data",
-                 available: Masks | None = None) -> None:  # fmt: skip
-        self.model, self.batches, self.seq_len, self.device, self.labels = model, batches, seq_len, device, labels
+    def __init__(self, model: nn.Module, initial: Masks, seq_len: float, device: torch.device | str = "cpu",
+                 labels: LabelSource = "data", available: Masks | None = None) -> None:  # fmt: skip
+        self.model, self.seq_len, self.device, self.labels = model, seq_len, device, labels
         self.dims = adapter_for(model).dims(model.config)
         self.budget = masked_macs(initial, self.dims, seq_len)
         self.available = available
         self.log: list[dict] = []
 
-    def __call__(self, layer: int, masks: Masks) -> None:
+    def __call__(self, layer: int, masks: Masks, batches: list[dict], hidden: list[torch.Tensor]) -> None:
         if layer == 0:
             return  # nothing below it is final yet: the search's split stands
         below = Masks(masks.head[:layer], masks.neuron[:layer])
@@ -49,8 +51,8 @@ class BudgetResplit:
             measured.head[layer:] *= self.available.head[layer:].to(measured.head)
             measured.neuron[layer:] *= self.available.neuron[layer:].to(measured.neuron)
         with torch.inference_mode(False), torch.enable_grad():
-            grads = collect_mask_gradients(self.model, self.batches, masks=measured, device=self.device,
-                                           progress=False, labels=self.labels)  # fmt: skip
+            grads = collect_mask_gradients(self.model, batches, masks=measured, device=self.device, progress=False,
+                                           labels=self.labels, start=(layer, hidden))  # fmt: skip
         heads, neurons = grads.head_importance()[layer:], grads.neuron_importance()[layer:]
         whole = len(heads) * (heads.shape[1] * head_macs(self.seq_len, self.dims)
                               + neurons.shape[1] * neuron_macs(self.seq_len, self.dims))  # fmt: skip

@@ -46,7 +46,7 @@ from .resplit import BudgetResplit
 from .search import search_flops
 from .storage import _sha256, _staging, fetch, is_remote, verify_manifest, write_manifest
 from .tasks import TaskSpec, get_task
-from .tuning import DEFAULT_TEACHER, spread_batches, tune_masks
+from .tuning import DEFAULT_TEACHER, tune_masks
 from .validation import StageValidator
 
 # The data and evaluation modules (datasets, scipy) are imported by the stages that use them: every pipeline step
@@ -278,8 +278,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         batches = _sample_batches(sample, tokenizer, task)
         if p.resplit:
             labels = stage_info(grads)["params"].get("labels", "data")  # the Fisher stage's label source
-            resplit = BudgetResplit(net, chosen, spread_batches(batches, p.num_samples), search["seq_len"], device,
-                                    labels, fisher.available)  # fmt: skip
+            resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available)
         tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
                                     progress=p.progress, num_samples=p.num_samples, mode=p.mode, resplit=resplit)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned

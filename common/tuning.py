@@ -199,7 +199,7 @@ def tune_masks(
     progress: bool = True,
     num_samples: int | None = None,
     mode: TuningMode = "scales",
-    resplit: Callable[[int, Masks], None] | None = None,
+    resplit: Callable[[int, Masks, list[dict], list[torch.Tensor]], None] | None = None,
 ) -> tuple[Masks, list[BlockReport]]:
     """Real-valued scales for the kept units of ``masks`` (binary or already scaled) so that each
     block reproduces the teacher (``teacher_masks`` applied to the same model; ``None`` = dense).
@@ -209,8 +209,9 @@ def tune_masks(
     many examples, from batches spread evenly over the sample (batches may be ordered by length).
     ``mode="refit"`` refits the kept output-projection weights instead (returned in the masks' ``weights``);
     with it, ``ridge="auto"`` chooses each block's ridge by two-fold cross-validation over the tuning batches.
-    ``resplit(i, masks)``, when given, may re-choose the units of layers ``i`` and above before layer ``i`` is
-    tuned (:class:`~fastprune.common.resplit.BudgetResplit`). Returns the tuned masks and a report per block."""
+    ``resplit(i, masks, batches, hidden)``, when given, may re-choose the units of layers ``i`` and above before
+    layer ``i`` is tuned, from the tuning batches and the pruned model's hidden states entering layer ``i``
+    (:class:`~fastprune.common.resplit.BudgetResplit`). Returns the tuned masks and a report per block."""
     batches = spread_batches(batches, num_samples)
     ridge = DEFAULT_RIDGE[mode] if ridge is None else ridge
     if ridge == "auto" and mode == "scales":
@@ -231,7 +232,7 @@ def tune_masks(
         student_h = [c.hidden for c in calls]
         for i, layer in enumerate(tqdm(layers, desc="tune", disable=not progress, leave=False)):
             if resplit is not None:
-                resplit(i, student)
+                resplit(i, student, batches, student_h)
             last = i == len(layers) - 1
             cls_only = last and cls_only_last_layer and not _is_qa(model) and mode == "scales"
             keeps = [_keep(c, cls_only) for c in calls]

@@ -77,6 +77,36 @@ def test_per_example_gradients_do_not_depend_on_batching():
     assert torch.allclose(split.neuron, per_example.neuron, atol=1e-5)
 
 
+@pytest.mark.parametrize(("family", "labels"), [("bert", "data"), ("distilbert", "model")])
+def test_mask_gradients_from_carried_hidden_states_equal_the_full_pass(family, labels):
+    """A pass that starts at layer k from the hidden states the (pruned) layers below give there yields the full
+    pass's gradients for layers k and up, and skips the layers below (zero gradients, no compute)."""
+    model = tiny_model(family)
+    dims = adapter_for(model).dims(model.config)
+    layers = adapter_for(model).layer_modules(model)
+    batches = _batches(n=2)
+    masks = Masks.ones(dims)
+    masks.head[0, :2], masks.neuron[0, 10:] = 0, 0  # layer 0 pruned: layer 1's inputs differ from the dense model's
+    entering, calls = [], []
+    handle = layers[1].register_forward_pre_hook(lambda _m, args: entering.append(args[0]))
+    with torch.inference_mode(), masks_applied(model, masks.head, masks.neuron):
+        for b in batches:
+            model(**{k: v for k, v in b.items() if k != "labels"})
+    handle.remove()
+    full = collect_mask_gradients(model, batches, masks=masks, progress=False, labels=labels)
+    counted = adapter_for(model).linear(layers[0], "query").register_forward_pre_hook(lambda *_: calls.append(1))
+    started = collect_mask_gradients(model, batches, masks=masks, progress=False, labels=labels, start=(1, entering))
+    counted.remove()
+    assert not calls  # layer 0 did not run
+    assert torch.allclose(started.head[:, 1:], full.head[:, 1:], atol=1e-5)
+    assert torch.allclose(started.neuron[:, 1:], full.neuron[:, 1:], atol=1e-5)
+    assert not started.head[:, 0].any() and not started.neuron[:, 0].any()
+    assert full.head[:, 1:].abs().sum() > 0
+    assert "forward" not in vars(layers[0])  # the layer is whole again
+    with pytest.raises(ValueError, match="fewer hidden states"):
+        collect_mask_gradients(model, batches, progress=False, start=(1, entering[:1]))
+
+
 @pytest.mark.parametrize("constraint", [0.1, 0.3, 0.5, 0.7, 0.9])
 def test_search_respects_budget_and_keeps_most_important(constraint):
     model = tiny_model("bert")
@@ -421,7 +451,7 @@ def test_budget_resplit_re_decides_the_layers_above_within_the_budget():
     neuron = torch.zeros(3, 64)
     neuron[0, :4], neuron[1:, :60] = 1, 1
     masks = Masks(head, neuron)
-    resplit = BudgetResplit(model, masks, batches, seq_len=10.0)
+    resplit = BudgetResplit(model, masks, seq_len=10.0)
     tuned, reports = tune_masks(model, masks, None, batches, progress=False, mode="refit", resplit=resplit)
     assert masked_macs(tuned, dims, 10.0) <= masked_macs(masks, dims, 10.0) * (1 + 1e-9)
     assert torch.equal(tuned.head[0], masks.head[0]) and torch.equal(tuned.neuron[0], masks.neuron[0])
