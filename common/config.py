@@ -79,9 +79,9 @@ class TuningConfig(BaseModel):
         return self
     scale_bound: float = Field(10.0, gt=0)
     num_samples: int | None = Field(512, gt=0, description="examples of the sample used for tuning (None: all)")
-    resplit: bool = Field(False, description="before tuning each layer, re-split the budget left across it and the "
+    resplit: bool = Field(True, description="before tuning each layer, re-split the budget left across it and the "
                           "layers above by a search on Fisher importance re-measured on the pruned, tuned layers "
-                          "below (K-prune style; one Fisher pass over the tuning examples per layer)")
+                          "below (K-prune style; about (L-1)/2 Fisher passes over the tuning examples in all)")
 
 
 class PruneConfig(BaseModel):

@@ -13,6 +13,7 @@ layers, about ``(L - 1) / 2`` Fisher passes over the tuning examples in all.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from .arch import adapter_for
 from .fisher import LabelSource, collect_mask_gradients
+from .latency import LatencyTable, masks_latency, search_latency
 from .masks import Masks, head_macs, masked_macs, neuron_macs
 from .search import search_flops
 
@@ -33,18 +35,46 @@ class BudgetResplit:
     ``available`` (from an iterative Fisher) marks units no step may bring back."""
 
     def __init__(self, model: nn.Module, initial: Masks, seq_len: float, device: torch.device | str = "cpu",
-                 labels: LabelSource = "data", available: Masks | None = None) -> None:  # fmt: skip
+                 labels: LabelSource = "data", available: Masks | None = None,
+                 table: LatencyTable | None = None) -> None:  # fmt: skip
         self.model, self.seq_len, self.device, self.labels = model, seq_len, device, labels
         self.dims = adapter_for(model).dims(model.config)
-        self.budget = masked_macs(initial, self.dims, seq_len)
+        self.table = table
+        self.budget = self._cost(initial)
         self.available = available
         self.log: list[dict] = []
+
+    def _cost(self, masks: Masks) -> float:
+        """MACs, or block latency under the table's fitted curves."""
+        return masks_latency(masks, self.table) if self.table else masked_macs(masks, self.dims, self.seq_len)
+
+    def _top(self, layers: int) -> LatencyTable | None:
+        """The latency table of the top ``layers`` layers (None under a FLOPs constraint)."""
+        if self.table is None:
+            return None
+        return self.table.model_copy(update={"dims": dataclasses.replace(self.table.dims, num_layers=layers)})
+
+    def _split(self, heads: torch.Tensor, neurons: torch.Tensor, left: float) -> tuple[float, Masks]:
+        """The share of the top layers (``heads``/``neurons``: their importance) that ``left`` pays for, and the
+        units the search keeps there."""
+        top = self._top(len(heads))
+        per_layer = heads.shape[1] * head_macs(self.seq_len, self.dims) + neurons.shape[1] * neuron_macs(
+            self.seq_len, self.dims
+        )
+        share = left / (top.dense_ms() if top else len(heads) * per_layer)
+        if share >= 1.0:
+            return share, Masks(torch.isfinite(heads).float(), torch.isfinite(neurons).float())
+        if share <= 0.0:
+            return share, Masks(torch.zeros(heads.shape), torch.zeros(neurons.shape))
+        if top:
+            return share, search_latency(heads, neurons, top, share)
+        return share, search_flops(heads, neurons, self.dims, self.seq_len, share)
 
     def __call__(self, layer: int, masks: Masks, batches: list[dict], hidden: list[torch.Tensor]) -> None:
         if layer == 0:
             return  # nothing below it is final yet: the search's split stands
         below = Masks(masks.head[:layer], masks.neuron[:layer])
-        left = self.budget - masked_macs(below, self.dims, self.seq_len)
+        left = self.budget - self._cost(below)
         measured = Masks(masks.head.clone(), masks.neuron.clone())
         measured.head[layer:], measured.neuron[layer:] = 1.0, 1.0
         if self.available is not None:
@@ -53,16 +83,7 @@ class BudgetResplit:
         with torch.inference_mode(False), torch.enable_grad():
             grads = collect_mask_gradients(self.model, batches, masks=measured, device=self.device, progress=False,
                                            labels=self.labels, start=(layer, hidden))  # fmt: skip
-        heads, neurons = grads.head_importance()[layer:], grads.neuron_importance()[layer:]
-        whole = len(heads) * (heads.shape[1] * head_macs(self.seq_len, self.dims)
-                              + neurons.shape[1] * neuron_macs(self.seq_len, self.dims))  # fmt: skip
-        share = left / whole
-        if share >= 1.0:
-            chosen = Masks(torch.isfinite(heads).float(), torch.isfinite(neurons).float())
-        elif share <= 0.0:
-            chosen = Masks(torch.zeros_like(heads, dtype=torch.float32), torch.zeros_like(neurons, dtype=torch.float32))
-        else:
-            chosen = search_flops(heads, neurons, self.dims, self.seq_len, share)
+        share, chosen = self._split(grads.head_importance()[layer:], grads.neuron_importance()[layer:], left)
         before = (int((masks.head[layer] != 0).sum()), int((masks.neuron[layer] != 0).sum()))
         masks.head[layer:] = chosen.head.to(masks.head)
         masks.neuron[layer:] = chosen.neuron.to(masks.neuron)

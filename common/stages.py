@@ -278,7 +278,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         batches = _sample_batches(sample, tokenizer, task)
         if p.resplit:
             labels = stage_info(grads)["params"].get("labels", "data")  # the Fisher stage's label source
-            resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available)
+            resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table)
         tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
                                     progress=p.progress, num_samples=p.num_samples, mode=p.mode, resplit=resplit)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned

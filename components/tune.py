@@ -21,7 +21,7 @@ def tune_masks(
     teacher: str = "",
     policy: str = "",
     ridge: str = "",
-    resplit: bool = False,
+    resplit: bool = True,
 ):
     """Real-valued scales for the kept units (or refit output projections) so that each block reproduces the
     teacher."""

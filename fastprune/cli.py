@@ -52,9 +52,10 @@ def _add_prune(p) -> None:
     p.add_argument("--tuning-ridge", type=_ridge, metavar="RIDGE|auto",
                    help="damping of the least squares (default 1e-4 scales, 1e-2 refit); auto (refit, reselect): "
                    "each block's by cross-validation")
-    p.add_argument("--tuning-resplit", action="store_true",
-                   help="before tuning each layer, re-split the budget left across it and the layers above, with "
-                   "Fisher importance re-measured on the tuned layers below (K-prune style; a Fisher pass per layer)")
+    p.add_argument("--tuning-resplit", action=argparse.BooleanOptionalAction,
+                   help="(default on) before tuning each layer, re-split the budget left across it and the layers "
+                   "above, with Fisher importance re-measured on the tuned layers below (K-prune style); "
+                   "--no-tuning-resplit keeps the search's split")
     p.add_argument("--no-tuning", action="store_true")
     p.add_argument("--tuning-samples", type=int, default=512, help="examples used for tuning (0: the whole sample)")
     p.add_argument(
@@ -92,8 +93,8 @@ def _prune(args) -> int:
         ),
         fisher=FisherConfig(**_given(steps=args.fisher_steps, labels=args.fisher_labels)),
         tuning=TuningConfig(enabled=not args.no_tuning, num_samples=args.tuning_samples or None, **_given(
-            teacher=args.teacher, policy=args.tuning_policy, mode=args.tuning_mode, ridge=args.tuning_ridge),
-            resplit=args.tuning_resplit),
+            teacher=args.teacher, policy=args.tuning_policy, mode=args.tuning_mode, ridge=args.tuning_ridge,
+            resplit=args.tuning_resplit)),
         rearrange=not args.no_rearrange,
         device=args.device,
         text_columns=args.text_columns,

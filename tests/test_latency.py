@@ -258,3 +258,25 @@ def test_onnx_other_inputs_and_outputs(tmp_path, family, task):
     model = _slice(tiny_model(family, task=task), heads=[[0], [], [2, 3]], neurons=[4, 64, 0])
     path = export_onnx(model, tmp_path / "m.onnx")
     assert check_onnx(model, path, batch_size=4, seq_len=9) < 1e-4
+
+
+def test_budget_resplit_under_a_latency_table_keeps_the_fitted_latency():
+    """With a latency constraint the re-split spends the latency the lower layers left (under the table's fitted
+    curves), not MACs: the tuned masks never cost more latency than the search's."""
+    from fastprune.common.resplit import BudgetResplit
+    from fastprune.common.tuning import tune_masks
+
+    model = tiny_model("bert")
+    dims = adapter_for(model).dims(model.config)
+    table = _table((3, 2.0, 0.4), (40, 3.0, 0.05), dims)  # flat parts: latency is far from proportional to MACs
+    generator = torch.Generator().manual_seed(0)
+    importance = [torch.rand(dims.num_layers, n, generator=generator) for n in (dims.num_heads, dims.intermediate_size)]
+    masks = search_latency(*importance, table, 0.6)
+    batches = [{"input_ids": torch.randint(5, 200, (4, 10), generator=generator),
+                "attention_mask": torch.ones(4, 10, dtype=torch.long),
+                "labels": torch.randint(0, 2, (4,), generator=generator)} for _ in range(2)]  # fmt: skip
+    resplit = BudgetResplit(model, masks, seq_len=10.0, table=table)
+    tuned, _ = tune_masks(model, masks, None, batches, progress=False, mode="refit", resplit=resplit)
+    assert [entry["layer"] for entry in resplit.log] == [1, 2]
+    assert masks_latency(tuned, table) <= masks_latency(masks, table) + 1e-9
+    assert masks_latency(tuned, table) > 0.5 * table.dense_ms()  # the budget is spent, not dropped
