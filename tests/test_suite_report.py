@@ -1,0 +1,36 @@
+"""The benchmark suite's report: its verdicts on the targets come from the recorded runs."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import report  # noqa: E402
+
+
+def _run(task, method, seed, constraint, tuning, seconds=30.0):
+    return {"kind": "method", "task": task, "method": method, "seed": seed, "constraint": constraint,
+            "tuning": tuning, "prune_seconds": seconds, "metric": "accuracy", "unpruned": 86.0}  # fmt: skip
+
+
+def _records(sst2_at_06, sst2_seconds, mrpc_at_05):
+    model = {"kind": "model", "task": "sst2", "unpruned": 86.0, "task_kind": "classification"}
+    records = [model, {**model, "task": "mrpc", "unpruned": 80.0}]
+    for seed, (a, b, s) in enumerate(zip([85.8, 85.6, 85.7], sst2_at_06, sst2_seconds, strict=True)):
+        records += [_run("sst2", report.DEFAULT, seed, 0.5, a, s), _run("sst2", report.DEFAULT, seed, 0.6, b, s)]
+    for seed in range(2):
+        records += [_run("mrpc", report.PAPER, seed, 0.4, 70.0), _run("mrpc", report.DEFAULT, seed, 0.4, 75.0 + seed),
+                    _run("mrpc", report.PAPER, seed, 0.5, 74.0), _run("mrpc", report.DEFAULT, seed, 0.5, mrpc_at_05)]
+    return report.Results(records)  # fmt: skip
+
+
+def test_accuracy_targets_are_judged_from_the_runs():
+    lines = "\n".join(report.accuracy_section(_records([86.0, 85.9, 86.0], [30.0, 35.0, 38.0], 76.0)))
+    assert "SST-2 @ 0.5: drop 0.30 (mean of 3 seeds" in lines and "target ≤ 0.4: **met**" in lines
+    assert "SST-2 @ 0.6: drop 0.03" in lines and "target ≤ 0.1: **met**" in lines
+    assert "mean 34.3 s, 30.0-38.0 s over 6 runs; target ≤ 40 s: **met**" in lines
+    assert "| MRPC | 0.4 | 70.00 ± 0.00 | 75.50 ± 0.71 | 5.50 ± 0.71 | yes |" in lines
+
+    lines = "\n".join(report.accuracy_section(_records([85.0, 86.0, 86.0], [30.0, 45.0, 50.0], 73.0)))
+    assert "SST-2 @ 0.6: drop 0.33" in lines and "target ≤ 0.1: **missed**" in lines
+    assert "mean 41.7 s" in lines and "target ≤ 40 s: **missed**" in lines
+    assert "| MRPC | 0.5 | 74.00 ± 0.00 | 73.00 ± 0.00 | -1.00 ± 0.00 | **no** |" in lines
