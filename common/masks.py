@@ -118,7 +118,9 @@ def _scale_hook(values: torch.Tensor, repeat: int):
 
     def hook(_module, args):
         x = args[0]
-        scale = values.to(x.dtype).repeat_interleave(repeat, dim=-1)
+        scale = values.to(x.dtype)
+        if repeat > 1:
+            scale = scale.repeat_interleave(repeat, dim=-1)
         if scale.dim() == 2 and x.dim() == 3:
             scale = scale[:, None, :]
         return (x * scale,) + tuple(args[1:])

@@ -361,8 +361,12 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
     ``reselect`` first re-chooses which units the block keeps (as many as before) by their least-squares error
     against the teacher (:func:`reselect_units`), and keeps the new choice only if its refit error is lower.
     ``ridge="auto"`` picks the ridge by :func:`cross_validated_ridge` on the search's units."""
-    folds = _LeastSquares.collect(data, proj.in_features, proj.out_features, proj.weight.device,
-                                  folds=2 if ridge == "auto" else 1)  # fmt: skip
+    full_proj, full_row, cols = proj, mask_row, None
+    if not reselect:  # the refit needs the statistics of the kept columns only (the pruned ones stay 0)
+        cols = ((mask_row != 0).nonzero() * unit_size + torch.arange(unit_size, device=mask_row.device)).flatten()
+        proj, mask_row = _Columns(proj.weight[:, cols], proj.bias), mask_row[mask_row != 0].clone()
+    folds = _LeastSquares.collect(data, proj.weight.shape[1], proj.weight.shape[0], proj.weight.device,
+                                  folds=2 if ridge == "auto" else 1, columns=cols)  # fmt: skip
     stats = folds[0] if len(folds) == 1 else folds[0] + folds[1]
     before = stats.error(_current_map(proj, mask_row, unit_size))
     kept = int((mask_row != 0).sum())
@@ -386,13 +390,24 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
     if fit is None:
         return BlockReport(layer, block, False, before, before, float(mask_row.abs().max()), "solver failed"), {}
     theta, after = fit
-    mask_row.copy_((mask_row != 0).to(mask_row.dtype))
-    params = {"weight": theta[:-1].T.to(proj.weight.dtype).contiguous(),  # pruned columns 0 (their mask is 0 too)
-              "bias": theta[-1].to(proj.bias.dtype)}  # fmt: skip
+    if cols is not None:  # back to every input column
+        theta = torch.cat([theta.new_zeros(full_proj.in_features, theta.shape[1]).index_copy(0, cols, theta[:-1]),
+                           theta[-1:]])  # fmt: skip
+    full_row.copy_((full_row != 0).to(full_row.dtype))
+    params = {"weight": theta[:-1].T.to(full_proj.weight.dtype).contiguous(),  # pruned columns 0 (masks 0 too)
+              "bias": theta[-1].to(full_proj.bias.dtype)}  # fmt: skip
     return BlockReport(layer, block, True, before, after, 1.0, f"{note}refit {kept} units"), params
 
 
-def _current_map(proj: nn.Linear, mask_row: torch.Tensor, unit_size: int) -> torch.Tensor:
+@dataclass
+class _Columns:
+    """Some input columns of a projection (``weight`` [out, cols] and the ``bias``), refit in its stead."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+def _current_map(proj: nn.Linear | _Columns, mask_row: torch.Tensor, unit_size: int) -> torch.Tensor:
     """The block's current output map [in + 1, out]: masked weights (pruned columns 0) and the bias."""
     scale = mask_row.float().repeat_interleave(unit_size)
     return torch.cat([(proj.weight * scale).T, proj.bias[None]]).double()
@@ -434,10 +449,13 @@ class _LeastSquares:
         self.btb = 0.0
 
     @classmethod
-    def collect(cls, data, n_in: int, n_out: int, device, folds: int = 1) -> list[_LeastSquares]:
-        """The statistics of ``data``'s batches, dealt round-robin into ``folds`` parts."""
+    def collect(cls, data, n_in: int, n_out: int, device, folds: int = 1,
+                columns: torch.Tensor | None = None) -> list[_LeastSquares]:  # fmt: skip
+        """The statistics of ``data``'s batches, dealt round-robin into ``folds`` parts; of the input ``columns``
+        only, when given."""
         parts = [cls(n_in, n_out, device) for _ in range(folds)]
         for k, (act, r) in enumerate(data):
+            act = act if columns is None else act[:, columns]
             x = torch.cat([act, act.new_ones(len(act), 1)], dim=1)
             part = parts[k % folds]
             part.gram += (x.T @ x).double()
