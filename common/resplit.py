@@ -22,7 +22,7 @@ from torch import nn
 from .arch import adapter_for
 from .fisher import LabelSource, collect_mask_gradients
 from .latency import LatencyTable, masks_latency, search_latency
-from .masks import Masks, head_macs, masked_macs, neuron_macs
+from .masks import Masks, dense_macs, masked_macs
 from .search import search_flops
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,8 @@ class BudgetResplit:
         """The share of the top layers (``heads``/``neurons``: their importance) that ``left`` pays for, and the
         units the search keeps there."""
         top = self._top(len(heads))
-        per_layer = heads.shape[1] * head_macs(self.seq_len, self.dims) + neurons.shape[1] * neuron_macs(
-            self.seq_len, self.dims
-        )
-        share = left / (top.dense_ms() if top else len(heads) * per_layer)
+        macs = dense_macs(dataclasses.replace(self.dims, num_layers=len(heads)), self.seq_len)
+        share = left / (top.dense_ms() if top else macs)
         if share >= 1.0:
             return share, Masks(torch.isfinite(heads).float(), torch.isfinite(neurons).float())
         if share <= 0.0:
