@@ -8,6 +8,7 @@ model only through :class:`ArchAdapter`, so adding a family means adding one ent
 
 from __future__ import annotations
 
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -114,6 +115,10 @@ class ArchAdapter:
                 setattr(attention, attr, n_heads)
         if hasattr(attention, "all_head_size"):
             attention.all_head_size = n_heads * head_size
+        if n_heads == 0:  # skip the attention kernel (see _no_heads_forward)
+            owns_out = self.attn_out.startswith(self.attention + ".")  # DistilBERT's applies the output projection
+            attention.fastprune_out = self.attn_out[len(self.attention) + 1 :] if owns_out else None
+            attention.forward = types.MethodType(_no_heads_forward, attention)
 
     def reshape_to(self, model: nn.Module, structure: dict[str, list[int]]) -> None:
         """Give a dense model the per-layer shapes of a sliced one (weights to be loaded next)."""
@@ -128,6 +133,14 @@ class ArchAdapter:
         parent_path, _, leaf = path.rpartition(".")
         parent = _get(layer, parent_path) if parent_path else layer
         setattr(parent, leaf, new)
+
+
+def _no_heads_forward(self: nn.Module, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+    """The attention of a layer whose heads were all pruned: an empty context (so only the output projection's bias
+    reaches the residual), without calling the attention kernel, which CUDA's SDPA cannot run on zero heads (it
+    returns no tensor)."""
+    context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+    return (_get(self, self.fastprune_out)(context) if self.fastprune_out else context), None
 
 
 def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):

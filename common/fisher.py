@@ -48,7 +48,9 @@ class MaskGradients:
     @staticmethod
     def _importance(rows: torch.Tensor, available: torch.Tensor | None) -> torch.Tensor:
         importance = rows.double().pow(2).sum(0)
-        return importance if available is None else importance.masked_fill(available == 0, -torch.inf)
+        if available is None:
+            return importance
+        return importance.masked_fill(available.to(importance.device) == 0, -torch.inf)
 
     def save(self, path: str | Path) -> None:
         tensors = {"head": self.head, "neuron": self.neuron}

@@ -1,5 +1,7 @@
 """Export: folded scales + slicing reproduce the masked model; save/load round trips."""
 
+import copy
+
 import pytest
 import torch
 from fastprune.common.arch import STRUCTURE_KEY, adapter_for
@@ -67,6 +69,25 @@ def test_exported_equals_masked_and_round_trips(family, task, tmp_path):
     assert (_outputs(loaded, inputs, task) - masked).abs().max() < 1e-4
     hooks = [m for m in loaded.modules() if m._forward_pre_hooks or m._forward_hooks]
     assert not hooks, "the exported model must run without fastprune hooks"
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_layer_without_heads_never_calls_the_attention_kernel(family, tmp_path, monkeypatch):
+    """On an H200, CUDA's SDPA returned no tensor for zero heads, so exported models with a head-less layer crashed
+    there. Emulated here: the kernel returns None for zero heads. Exported, loaded and copied models still run."""
+    model = tiny_model(family)
+    masks = _scaled_masks(adapter_for(model).dims(model.config))
+    inputs = _inputs()
+    with masks_applied(model, masks.head, masks.neuron):
+        masked = _outputs(model, inputs, "classification")
+    pruned = export_pruned(model, masks)
+    save_pruned(pruned, tmp_path / "m", tiny_tokenizer())
+    kernel = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **k: None if q.shape[1] == 0 else kernel(q, *a, **k))  # fmt: skip
+    loaded, _ = load_pruned(tmp_path / "m")
+    for net in (pruned, loaded, copy.deepcopy(loaded)):
+        assert (_outputs(net, inputs, "classification") - masked).abs().max() < 1e-4
 
 
 def test_export_rejects_masks_of_another_shape():
