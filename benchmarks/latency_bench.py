@@ -6,7 +6,7 @@ in torch and in onnxruntime (CPU).
     .venv/bin/python benchmarks/latency_bench.py --model bert-base --device cuda --batch-size 256
 
 Importances are random or weight magnitudes (this measures speed, not accuracy); the real
-Fisher-pruned model is produced by the pipeline. Writes ``benchmarks/results/latency_<device>.md``
+Fisher-pruned model is produced by the pipeline. Writes ``benchmarks/results/latency_<model>_<device>.md``
 and a JSON beside it.
 """
 
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     text = report.to_markdown()
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"latency_{_slug(report.device)}"
+    stem = f"latency_{report.model}_{_slug(report.device)}"
     (args.out_dir / f"{stem}.md").write_text(text, encoding="utf-8")
     payload = json.dumps(report.model_dump(mode="json"), indent=2)
     (args.out_dir / f"{stem}.json").write_text(payload, encoding="utf-8")
