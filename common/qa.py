@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import re
 import string
@@ -241,20 +242,54 @@ def prepare_eval_features(ds: datasets.Dataset, tokenizer: Any, max_length: int 
     return features, meta
 
 
+class _FeatureCache:
+    """The last few datasets' evaluation features, so that evaluating many pruned models of one model on one dev
+    set (a sweep, the benchmark suite) tokenizes it once. Keyed by the dataset's fingerprint and the tokenizer's
+    full serialisation (a pruned model's tokenizer loaded from its folder is the same tokenizer)."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._entries: collections.OrderedDict[tuple, tuple[list[dict], list[dict]]] = collections.OrderedDict()
+
+    @staticmethod
+    def _tokenizer_key(tokenizer: Any) -> str:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a slow tokenizer: only the same object is known to tokenize alike
+            return f"object-{id(tokenizer)}"
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None), spec.pop("padding", None)  # the last call's settings, not the tokenizer's
+        settings = (spec, getattr(tokenizer, "padding_side", None), tokenizer.model_input_names)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self, ds: datasets.Dataset, tokenizer: Any, max_length: int, doc_stride: int):
+        key = (ds._fingerprint, self._tokenizer_key(tokenizer), max_length, doc_stride)
+        if key not in self._entries:
+            self._entries[key] = prepare_eval_features(ds, tokenizer, max_length, doc_stride)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+
+_eval_features = _FeatureCache()
+
+
 # ------------------------------------------------------------------------------------------ post-process
 def _best_span(start: np.ndarray, end: np.ndarray, offsets: list, n_best: int,
                max_answer_length: int) -> tuple[float, int, int] | None:
-    """Highest start+end score over valid context spans of one feature: (score, char_start, char_end)."""
-    best = None
+    """Highest start+end score over valid context spans of one feature: (score, char_start, char_end). Among the
+    ``n_best`` best starts and ends; ties go to the better start, then the better end."""
     n = len(offsets)
-    for s in np.argsort(start[:n])[::-1][:n_best]:
-        for e in np.argsort(end[:n])[::-1][:n_best]:
-            if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
-                continue
-            score = float(start[s] + end[e])
-            if best is None or score > best[0]:
-                best = (score, offsets[s][0], offsets[e][1])
-    return best
+    starts = np.argsort(start[:n])[::-1][:n_best]
+    ends = np.argsort(end[:n])[::-1][:n_best]
+    in_context = np.array([o is not None for o in offsets])
+    length = ends[None, :] - starts[:, None] + 1
+    valid = in_context[starts][:, None] & in_context[ends][None, :] & (length >= 1) & (length <= max_answer_length)
+    if not valid.any():
+        return None
+    scores = np.where(valid, start[starts][:, None] + end[ends][None, :], -np.inf)
+    i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    return float(scores[i, j]), offsets[starts[i]][0], offsets[ends[j]][1]
 
 
 def best_answers(ds: datasets.Dataset, meta: list[dict], start_logits: Sequence, end_logits: Sequence,
@@ -376,7 +411,7 @@ def evaluate_qa(model: torch.nn.Module, tokenizer: Any, ds: datasets.Dataset, ba
                 max_length: int = 384, doc_stride: int = 128, device: torch.device | str | None = None,
                 version_2: bool = False, progress: bool = False) -> dict[str, float]:
     """SQuAD exact match / F1 of a QA model on `ds`."""
-    features, meta = prepare_eval_features(ds, tokenizer, max_length, doc_stride)
+    features, meta = _eval_features.get(ds, tokenizer, max_length, doc_stride)
     starts, ends = qa_logits(model, tokenizer, features, batch_size, device, progress)
     predictions = postprocess_predictions(ds, meta, starts, ends, version_2=version_2)
     return squad_scores(predictions, ds, version_2=version_2)

@@ -310,3 +310,40 @@ def test_answer_questions_and_the_qa_pyfunc(ds, tok, tmp_path):
     finally:
         mlflow.set_tracking_uri(previous)
     assert loaded.predict(frame).equals(got)
+
+
+def test_best_span_is_the_best_valid_pair_of_the_top_starts_and_ends():
+    """The vectorised span search equals the plain double loop over the n-best starts and ends."""
+    from fastprune.common.qa import _best_span
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(3, 60))
+        start, end = rng.standard_normal(n), rng.standard_normal(n)
+        offsets = [None if rng.random() < 0.3 else (3 * k, 3 * k + 2) for k in range(n)]
+        n_best, longest = int(rng.integers(1, 8)), int(rng.integers(1, 6))
+        expected = None
+        for s in np.argsort(start)[::-1][:n_best]:
+            for e in np.argsort(end)[::-1][:n_best]:
+                if offsets[s] and offsets[e] and s <= e < s + longest:
+                    if expected is None or start[s] + end[e] > expected[0]:
+                        expected = (float(start[s] + end[e]), offsets[s][0], offsets[e][1])
+        assert _best_span(start, end, offsets, n_best, longest) == expected
+
+
+def test_evaluation_features_are_computed_once_per_dataset_and_tokenizer(ds, tok, monkeypatch):
+    """Evaluating several models on one dev set tokenizes it once, also with a tokenizer loaded anew from the same
+    files; another dataset or window size is tokenized again."""
+    from fastprune.common import qa
+
+    calls = []
+    real = qa.prepare_eval_features
+    monkeypatch.setattr(qa, "prepare_eval_features", lambda *a: calls.append(a[2:]) or real(*a))
+    monkeypatch.setattr(qa, "_eval_features", qa._FeatureCache())
+    model, sub = tiny_model("bert", task="qa"), ds.select(range(6))
+    first = qa.evaluate_qa(model, tok, sub, max_length=128, doc_stride=32)
+    assert qa.evaluate_qa(model, tiny_tokenizer(), sub, max_length=128, doc_stride=32) == first
+    assert calls == [(128, 32)]
+    qa.evaluate_qa(model, tok, ds.select(range(1, 7)), max_length=128, doc_stride=32)
+    qa.evaluate_qa(model, tok, sub, max_length=96, doc_stride=32)
+    assert calls == [(128, 32), (128, 32), (96, 32)]
