@@ -48,9 +48,7 @@ class MaskGradients:
     @staticmethod
     def _importance(rows: torch.Tensor, available: torch.Tensor | None) -> torch.Tensor:
         importance = rows.double().pow(2).sum(0)
-        if available is None:
-            return importance
-        return importance.masked_fill(available.to(importance.device) == 0, -torch.inf)
+        return importance if available is None else importance.masked_fill(available == 0, -torch.inf)
 
     def save(self, path: str | Path) -> None:
         tensors = {"head": self.head, "neuron": self.neuron}
@@ -133,7 +131,7 @@ def collect_mask_gradients(
         model.train(was_training)
     if not head_grads:
         raise ValueError("no batches: the sample is empty")
-    available = masks.binary() if masks is not None else None
+    available = masks.binary().to("cpu") if masks is not None else None  # where the gradients are
     return MaskGradients(torch.cat(head_grads), torch.cat(neuron_grads), available)
 
 
