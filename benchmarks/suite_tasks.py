@@ -50,8 +50,9 @@ TASKS = {
         SuiteTask("sst2", "glue/SST-2", 400),
         SuiteTask("mrpc", "glue/MRPC", 230),
         SuiteTask("stsb", "glue/STS-B", 360),
-        # from scratch, 160 steps left MiniLM at chance (54.5); RTE is small, so it starts from the QNLI model
-        SuiteTask("rte", "glue/RTE", 160, lr=5e-5, init_from="qnli"),
+        # RTE is small: from the pretrained MiniLM, 160 steps left it at chance (54.5); from the QNLI model, 160 steps
+        # at lr 5e-5 gave 59.2 and 400 steps (about 5 epochs) at 3e-5 gave 62.1
+        SuiteTask("rte", "glue/RTE", 400, lr=3e-5, init_from="qnli"),
         SuiteTask("qnli", "glue/QNLI", 170, halves_of="dev.tsv"),
         SuiteTask("squad", "squad/v1.1", 440, lr=1e-4, halves_of="dev-v1.1.json", gpu_only=True),
     )
