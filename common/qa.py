@@ -282,7 +282,7 @@ def _best_span(start: np.ndarray, end: np.ndarray, offsets: list, n_best: int,
     n = len(offsets)
     starts = np.argsort(start[:n])[::-1][:n_best]
     ends = np.argsort(end[:n])[::-1][:n_best]
-    in_context = np.array([o is not None for o in offsets])
+    in_context = np.array([o is not None for o in offsets], dtype=bool)
     length = ends[None, :] - starts[:, None] + 1
     valid = in_context[starts][:, None] & in_context[ends][None, :] & (length >= 1) & (length <= max_answer_length)
     if not valid.any():
