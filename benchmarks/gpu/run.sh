@@ -10,7 +10,7 @@ SST2_S=${2:-0}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s)
 log() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import sys, torch, transformers, pyarrow; print(sys.version.split()[0], torch.__version__, transformers.__version__, 'pyarrow', pyarrow.__version__)"
 
@@ -55,7 +55,7 @@ timeout 45 python3 benchmarks/latency_bench.py --model minilm --device cuda --ba
   --no-onnx --out-dir $OUT/lat_minilm 2>&1
 log "latency minilm done"
 
-# --- the suite's GPU-only task, then SST-2 at 0.5 / 0.6 as a CPU cross-check and GPU prune times
+# --- the suite's GPU-only task, then (optionally) SST-2 at 0.5: a cross-check of the CPU figures and GPU prune times
 S="python3 benchmarks/suite.py --device cuda --threads 16 --eval-batch-size 256 --data-dir .carry/data --output /tmp/devbench --workdir /tmp/devwork --resume"
 timeout $SQUAD_S $S --tasks squad 2>&1
 cp /tmp/devbench/results/suite.jsonl $OUT/suite.jsonl
