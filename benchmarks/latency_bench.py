@@ -27,7 +27,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from fastprune.common.arch import adapter_for  # noqa: E402
+from fastprune.common.arch import NEURON_MULTIPLE, adapter_for  # noqa: E402
+from fastprune.common.export import export_pruned  # noqa: E402
 from fastprune.common.latency import (  # noqa: E402
     LatencyTable,
     ProfileResult,
@@ -92,19 +93,6 @@ def importances(
     return head / head.mean() * h_cost, neuron / neuron.mean() * n_cost
 
 
-def prune_by_masks(model: nn.Module, masks: Masks) -> nn.Module:
-    """A physically smaller copy of ``model`` that keeps the heads and neurons whose mask is non-zero
-    (mask values are not folded in: binary masks only). Stand-in for the project's export step."""
-    pruned = copy.deepcopy(model)
-    adapter = adapter_for(pruned)
-    head_size = adapter.dims(pruned.config).head_size
-    for i, layer in enumerate(adapter.layer_modules(pruned)):
-        keep_heads = masks.head[i].nonzero().flatten().cpu()
-        keep_neurons = masks.neuron[i].nonzero().flatten().cpu()
-        adapter.slice_layer(layer, keep_heads, keep_neurons, head_size)
-    return pruned.eval()
-
-
 # ----- report ---------------------------------------------------------------------------------------
 class PrunedInfo(BaseModel):
     name: str
@@ -139,7 +127,7 @@ class BenchReport(BaseModel):
             f"importance {self.importance} (speed only, not accuracy), "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
             "",
-            f"LUT build: {self.lut_seconds:.1f} s ({len(self.lut.heads)} head points, "
+            f"LUT build ({self.lut.dtype}): {self.lut_seconds:.1f} s ({len(self.lut.heads)} head points, "
             f"{len(self.lut.neurons)} neuron points). Fit: attention block "
             f"{_fit_text(self.lut.head_fit)}; FFN block {_fit_text(self.lut.neuron_fit)}.",
             "",
@@ -190,6 +178,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lut-repeats", type=int, default=7)
     p.add_argument("--lut-warmup", type=int, default=2)
     p.add_argument("--dtypes", default="float32", help="comma list; float16/bfloat16 only on CUDA")
+    p.add_argument("--lut-dtype", default="float32", help="the dtype the latency table is measured in (the latency "
+                   "search's model of the device); results of another than float32 get it in their file name")
+    p.add_argument("--neuron-multiple", type=int, default=NEURON_MULTIPLE,
+                   help="export pads each FFN to a multiple of this many neurons (1: no padding)")
+    p.add_argument("--compare-unpadded", action="store_true",
+                   help="also measure the pruned models without the FFN padding (neuron multiple 1)")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     return p.parse_args(argv)
@@ -200,10 +194,10 @@ def _prune_all(model: nn.Module, table: LatencyTable, args) -> dict[str, tuple[M
     head_imp, neuron_imp = importances(model, args.importance, args.seq_len)
     flops_masks = search_flops(head_imp, neuron_imp, dims, args.seq_len, args.flops_constraint)
     latency_masks = search_latency(head_imp, neuron_imp, table, args.latency_target)
-    return {
-        f"flops-{args.flops_constraint:g}": (flops_masks, prune_by_masks(model, flops_masks)),
-        f"latency-{args.latency_target:g}": (latency_masks, prune_by_masks(model, latency_masks)),
-    }
+    searched = {f"flops-{args.flops_constraint:g}": flops_masks, f"latency-{args.latency_target:g}": latency_masks}
+    multiples = {"": args.neuron_multiple} | ({" unpadded": 1} if args.compare_unpadded else {})
+    return {name + suffix: (masks, export_pruned(model, masks, multiple).eval())  # binary masks: nothing to fold
+            for suffix, multiple in multiples.items() for name, masks in searched.items()}
 
 
 def _profile_onnx_all(models: dict[str, nn.Module], args) -> dict[str, dict[str, float]]:
@@ -223,8 +217,8 @@ def run(args: argparse.Namespace) -> BenchReport:
     model = load_model(args.model).to(device)
     print(f"device: {device_name(device)}; building the latency table ...", flush=True)
     started = time.perf_counter()
-    table = build_lut(model.config, device, args.batch_size, args.seq_len, repeats=args.lut_repeats,
-                      warmup=args.lut_warmup)
+    table = build_lut(model.config, device, args.batch_size, args.seq_len, dtype=args.lut_dtype,
+                      repeats=args.lut_repeats, warmup=args.lut_warmup)
     lut_seconds = time.perf_counter() - started
     print(f"LUT built in {lut_seconds:.1f} s", flush=True)
     pruned = _prune_all(model, table, args)
@@ -233,12 +227,12 @@ def run(args: argparse.Namespace) -> BenchReport:
     profile = profile_models(models, [args.batch_size], [args.seq_len], device, args.dtypes.split(","),
                              args.repeats, args.warmup, model.config.vocab_size)
     infos = []
-    for name, (masks, _) in pruned.items():
+    for name, (masks, net) in pruned.items():
         measured = profile.entry(name, "float32").p50_ms / profile.entry("original", "float32").p50_ms
         infos.append(PrunedInfo(
             name=name,
             heads_per_layer=masks.heads_per_layer(),
-            neurons_per_layer=masks.neurons_per_layer(),
+            neurons_per_layer=adapter_for(net).structure(net)["intermediate_size"],  # as exported (padded)
             flops_ratio=flops_ratio(masks, dims, args.seq_len),
             fitted_latency_ratio=latency_ratio(masks, table),
             measured_latency_ratio=measured,
@@ -265,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     text = report.to_markdown()
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"latency_{report.model}_{_slug(report.device)}"
+    stem = f"latency_{report.model}_{_slug(report.device)}" + ("" if args.lut_dtype == "float32" else
+                                                                 f"_lut-{args.lut_dtype}")
     (args.out_dir / f"{stem}.md").write_text(text, encoding="utf-8")
     payload = json.dumps(report.model_dump(mode="json"), indent=2)
     (args.out_dir / f"{stem}.json").write_text(payload, encoding="utf-8")

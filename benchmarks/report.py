@@ -12,6 +12,7 @@ import json
 import math
 import statistics
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -341,14 +342,32 @@ def machine_section(res: Results) -> list[str]:
         gpu = f"GPU {m['device']}; " if m["device"] != m["cpu"] else ""
         lines.append(f"- {gpu}CPU {m['cpu']}; torch {m['torch']}, transformers {m['transformers']}, "
                      f"Python {m['python']}, {m['platform']}")  # fmt: skip
-    sessions = res.of("session")
+    sessions = [(s, kept) for s in res.of("session") if (kept := _session_results(res, s))]
     rows = [[s["started"], s["mode"], " ".join(s["tasks"]), " ".join(map(str, s["seeds"])),
-             " ".join(f"{c:g}" for c in s["constraints"]), " ".join(s["methods"]), f"{s['seconds'] / 60:.1f}"]
-            for s in sessions]  # fmt: skip
-    lines += ["", *table(["started (UTC)", "mode", "tasks", "seeds", "FLOPs", "methods", "minutes"], rows)]
+             " ".join(f"{c:g}" for c in s["constraints"]), " ".join(s["methods"]), f"{s['seconds'] / 60:.1f}",
+             str(kept)] for s, kept in sessions]  # fmt: skip
+    lines += ["", *table(["started (UTC)", "mode", "tasks", "seeds", "FLOPs", "methods", "minutes", "results"], rows)]
     if not sessions:
         lines.append("(no finished session: the results are of a run still going or stopped)")
+    lines += ["", "`results`: the runs (method or baselines) of a session that this report still shows."]
+    replaced = len(res.of("session")) - len(sessions)
+    if replaced:
+        lines.append(f"Not listed: {replaced} earlier session(s) whose results were all replaced by reruns.")
+    orphans = sum(not any(_wrote(s, r) for s in res.of("session")) for r in res.runs + res.baselines)
+    if orphans:
+        lines.append(f"{orphans} run(s) come from sessions that did not finish (stopped, or cut off by a time limit).")
     return [*lines, ""]
+
+
+def _wrote(session: Record, run: Record) -> bool:
+    """Whether ``session`` wrote ``run``: one of its tasks, written while it ran."""
+    start = datetime.fromisoformat(session["started"])
+    end = start + timedelta(seconds=session["seconds"])
+    return run["task"] in session["tasks"] and start <= datetime.fromisoformat(run["time"]) <= end
+
+
+def _session_results(res: Results, session: Record) -> int:
+    return sum(_wrote(session, r) for r in res.runs + res.baselines)
 
 
 def notes_section(res: Results) -> list[str]:

@@ -19,6 +19,9 @@ from .errors import UnsupportedArchitectureError
 
 STRUCTURE_KEY = "fastprune_structure"
 """Key in ``config.json`` that holds the per-layer structure of a sliced model."""
+NEURON_MULTIPLE = 8
+"""Exported FFNs keep a multiple of this many neurons (padded with zero neurons): fp16/bf16 matrix products on a GPU
+need dimensions of a multiple of 8 (16 bytes) for their fast tensor-core kernels."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .arch import NEURON_MULTIPLE
 from .errors import ConfigError
 from .search import check_constraint
 from .tasks import get_task
@@ -105,6 +106,8 @@ class PruneConfig(BaseModel):
     eval_stages: bool = Field(True, description="also evaluate the masked model after search and rearrangement")
     latency_batch_size: int = Field(32, gt=0, description="batch size of the latency table (latency mode)")
     latency_seq_len: int = Field(128, gt=0, description="sequence length of the latency table (latency mode)")
+    latency_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype of the latency table (latency mode): the one the model will serve in")
     text_columns: list[str] | None = None
     label_column: str | None = None
     trust_remote_code: bool = False
@@ -187,6 +190,9 @@ class SearchParams(StageParams):
     device: str = Field("auto", description="device of the latency table (latency mode)")
     latency_batch_size: int = Field(32, gt=0)
     latency_seq_len: int = Field(128, gt=0)
+    latency_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="the dtype the model will serve in, which the latency table measures (latency mode; "
+        "float16 and bfloat16 on CUDA only)")
 
     _constraint = field_validator("constraint")(check_constraint)
 
@@ -201,7 +207,9 @@ class TuneParams(TuningConfig, StageParams):
 
 
 class ExportParams(StageParams):
-    pass
+    neuron_multiple: int = Field(
+        NEURON_MULTIPLE, ge=1, description="pad each layer's FFN with zero neurons to a multiple of this (fast fp16 "
+        "kernels on GPUs need multiples of 8); 1: no padding. Exact: the outputs do not change")
 
 
 class EvaluateParams(StageParams):

@@ -21,17 +21,23 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
-from .arch import STRUCTURE_KEY, adapter_for
+from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, adapter_for
 from .errors import ConfigError, IntegrityError
 from .masks import Masks, weight_targets
 
 WEIGHTS = "model.safetensors"
 
 
-def export_pruned(model: nn.Module, masks: Masks) -> nn.Module:
+def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_MULTIPLE) -> nn.Module:
     """A physically smaller copy of ``model``: each head's scale multiplies its columns of the
     attention output projection, each neuron's its column of the FFN output projection; pruned
-    units are sliced away (layers may keep zero heads or zero neurons)."""
+    units are sliced away (layers may keep zero heads or zero neurons).
+
+    Each layer's FFN is padded to a multiple of ``neuron_multiple`` neurons (1: no padding) with pruned neurons
+    whose weights are zeroed, so the model computes exactly what the masked one does; at most
+    ``neuron_multiple - 1`` neurons per layer, a fraction of a percent of the FLOPs."""
+    if neuron_multiple < 1:
+        raise ConfigError(f"neuron_multiple must be a positive integer (1: no padding), got {neuron_multiple}")
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     if tuple(masks.head.shape) != (dims.num_layers, dims.num_heads) or tuple(masks.neuron.shape) != (
@@ -53,9 +59,26 @@ def export_pruned(model: nn.Module, masks: Masks) -> nn.Module:
             w_o.mul_(head.to(w_o).repeat_interleave(dims.head_size)[None, :])
             w_2 = adapter.linear(layer, "ffn_out").weight
             w_2.mul_(neuron.to(w_2)[None, :])
-        adapter.slice_layer(layer, head.nonzero().flatten(), neuron.nonzero().flatten(), dims.head_size)
+            keep_neurons = _padded(neuron, neuron_multiple)
+            padding = keep_neurons[neuron[keep_neurons] == 0]
+            ffn_in = adapter.linear(layer, "ffn_in")  # padding neurons: zero in, zero out (w_2 masked above)
+            ffn_in.weight[padding.to(ffn_in.weight.device)] = 0.0
+            if ffn_in.bias is not None:
+                ffn_in.bias[padding.to(ffn_in.bias.device)] = 0.0
+        adapter.slice_layer(layer, head.nonzero().flatten(), keep_neurons, dims.head_size)
     setattr(pruned.config, STRUCTURE_KEY, adapter.structure(pruned))
     return pruned
+
+
+def _padded(mask: torch.Tensor, multiple: int) -> torch.Tensor:
+    """The indices of the kept units of ``mask`` (non-zero), with the first pruned ones added up to a multiple of
+    ``multiple`` (or to all units)."""
+    kept = mask != 0
+    count = int(kept.sum())
+    target = min(-(-count // multiple) * multiple, mask.numel())
+    padding = (~kept).nonzero().flatten()[: target - count]
+    kept[padding] = True
+    return kept.nonzero().flatten()
 
 
 def parameter_count(model: nn.Module) -> int:

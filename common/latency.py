@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import nn
 
-from .arch import ModelDims, adapter_for
+from .arch import NEURON_MULTIPLE, ModelDims, adapter_for
 from .errors import ConfigError
 from .masks import Masks
 from .search import check_constraint
@@ -344,14 +344,15 @@ class FFNBlock(nn.Module):
         return self.norm(self.out(F.gelu(self.inp(x))) + x)
 
 
-def default_neuron_grid(intermediate_size: int, points: int = 20) -> list[int]:
-    """About ``points`` neuron counts: half log-spaced (dense at small n), half evenly spaced, always
-    including 1 and ``intermediate_size``."""
+def default_neuron_grid(intermediate_size: int, points: int = 20, multiple: int = NEURON_MULTIPLE) -> list[int]:
+    """About ``points`` neuron counts: half log-spaced (dense at small n), half evenly spaced, always including
+    ``intermediate_size``; each rounded up to a multiple of ``multiple`` (capped at ``intermediate_size``), the
+    FFN sizes that export produces (see :data:`~fastprune.common.arch.NEURON_MULTIPLE`)."""
     half = max(2, points // 2)
     geo = np.geomspace(1, intermediate_size, half)
     lin = np.linspace(intermediate_size / half, intermediate_size, half)
-    grid = {int(round(v)) for v in np.concatenate([geo, lin])} | {1, intermediate_size}
-    return sorted(n for n in grid if 1 <= n <= intermediate_size)
+    grid = {min(-(-round(v) // multiple) * multiple, intermediate_size) for v in np.concatenate([geo, lin])}
+    return sorted(n for n in grid | {intermediate_size} if 1 <= n <= intermediate_size)
 
 
 def _validate_grid(grid: Sequence[int], limit: int, what: str) -> list[int]:

@@ -202,10 +202,13 @@ def neuron_macs(seq_len: float, dims: ModelDims) -> float:
     return 2 * seq_len * dims.hidden_size
 
 
-def masked_macs(masks: Masks, dims: ModelDims, seq_len: float) -> float:
-    heads = float((masks.head != 0).sum())
-    neurons = float((masks.neuron != 0).sum())
+def units_macs(heads: float, neurons: float, dims: ModelDims, seq_len: float) -> float:
+    """MACs of ``heads`` heads and ``neurons`` FFN neurons (in all layers together)."""
     return heads * head_macs(seq_len, dims) + neurons * neuron_macs(seq_len, dims)
+
+
+def masked_macs(masks: Masks, dims: ModelDims, seq_len: float) -> float:
+    return units_macs(float((masks.head != 0).sum()), float((masks.neuron != 0).sum()), dims, seq_len)
 
 
 def dense_macs(dims: ModelDims, seq_len: float) -> float:

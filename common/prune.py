@@ -49,7 +49,8 @@ def prune(cfg: PruneConfig, output: str | Path) -> dict:
                 metric=cfg.metric, seq_len=cfg.seq_len), model=model, sample=sample),
             "search": run_stage("search", searched, SearchParams(
                 constraint=cfg.constraint, metric=cfg.metric, seq_len=cfg.seq_len, device=cfg.device,
-                latency_batch_size=cfg.latency_batch_size, latency_seq_len=cfg.latency_seq_len),
+                latency_batch_size=cfg.latency_batch_size, latency_seq_len=cfg.latency_seq_len,
+                latency_dtype=cfg.latency_dtype),
                 model=model, grads=grads),
             "rearrange": run_stage("rearrange", rearranged, RearrangeParams(enabled=cfg.rearrange),
                                    grads=grads, masks=searched),
@@ -88,6 +89,7 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
         "constraint": cfg.constraint,
         "constraint_metric": cfg.metric,
         "flops_ratio": export["flops_ratio"],
+        "flops_ratio_exported": export.get("flops_ratio_exported", export["flops_ratio"]),  # with the FFN padding
         "seq_len": search["seq_len"],
         "params_before": export["params_before"],
         "params_after": export["params_after"],
@@ -112,10 +114,12 @@ def format_summary(summary: dict) -> str:
         f", {stage} {'kept' if check['accepted'] else 'rejected'} on held-out loss"
         for stage, check in summary["validation"].items()
     )
+    exported = summary.get("flops_ratio_exported", summary["flops_ratio"])
+    padded = f" ({exported:.3f} with the FFN padding)" if f"{exported:.3f}" != f"{summary['flops_ratio']:.3f}" else ""
     lines = [
         f"fastprune: {summary['model']} on {summary['task']} at {summary['constraint_metric']} "
         f"constraint {summary['constraint']}",
-        f"  FLOPs kept {summary['flops_ratio']:.3f}; parameters {summary['params_before']:,} -> "
+        f"  FLOPs kept {summary['flops_ratio']:.3f}{padded}; parameters {summary['params_before']:,} -> "
         f"{summary['params_after']:,}; heads/layer {summary['heads_per_layer']}",
         f"  blocks tuned {summary['layers_tuned']} of {len(summary['tuning'])}{checks}; "
         f"prune time {summary['prune_seconds']:.1f} s on {summary['device']}",

@@ -203,7 +203,9 @@ def run_report(stages: dict[str, dict], gate: dict, picture: Path | None, title:
     report.add("h2", "Before and after")
     metric = ev["metric"]
     rows = [[metric, _f(ev["metric_before"]), _f(ev["metric_after"]), f"{-ev['metric_drop']:+.2f} points"],
-            ["FLOPs kept", "1.000", _f(pruned.get("flops_ratio"), 3), ""],
+            ["FLOPs kept", "1.000", _f(pruned.get("flops_ratio"), 3),
+             f"{_f(pruned.get('flops_ratio_exported'), 3)} as exported (FFNs padded with zero neurons)"
+             if "flops_ratio_exported" in pruned else ""],
             ["parameters", f"{pruned['params_before']:,}", f"{pruned['params_after']:,}",
              f"{pruned['params_after'] / pruned['params_before']:.1%} kept"]]
     if profile:

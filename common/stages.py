@@ -39,7 +39,7 @@ from .errors import ConfigError, IntegrityError
 from .export import export_pruned, parameter_count, save_pruned
 from .fisher import MaskGradients
 from .iterative import iterative_fisher
-from .masks import Masks, flops_ratio, pruning_applied
+from .masks import Masks, dense_macs, flops_ratio, pruning_applied, units_macs
 from .models import load_model, resolve_device
 from .rearrange import rearrange_masks
 from .resplit import BudgetResplit
@@ -230,9 +230,13 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
     if p.metric == "latency":
         from .latency import build_lut, latency_ratio
 
+        device = resolve_device(p.device)
+        if p.latency_dtype != "float32" and device.type != "cuda":
+            raise ConfigError(f"latency_dtype {p.latency_dtype} is measured on CUDA devices only, not on {device}: "
+                              "use float32 there, or run the search step on a GPU")  # fmt: skip
         start = time.perf_counter()
-        table = build_lut(AutoConfig.from_pretrained(model), resolve_device(p.device), p.latency_batch_size,
-                          p.latency_seq_len)
+        table = build_lut(AutoConfig.from_pretrained(model), device, p.latency_batch_size, p.latency_seq_len,
+                          dtype=p.latency_dtype)
         table.save(out / LATENCY_TABLE_FILE)
         result["latency_table_seconds"] = round(time.perf_counter() - start, 3)
     masks = search_masks(MaskGradients.load(grads / GRADS_FILE), dims, p.constraint, seq_len, table)
@@ -294,12 +298,16 @@ def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
     """Fold the scales into the weights and slice the pruned units away: a physically smaller model."""
     net, tokenizer, task = _model(model, torch.device("cpu"))
     tuned = Masks.load(masks / MASKS_FILE)
-    pruned = export_pruned(net, tuned)
+    pruned = export_pruned(net, tuned, p.neuron_multiple)
     save_pruned(pruned, out, tokenizer, metadata={"source": stage_info(model)["source"], "task": task.name})
     before, after = parameter_count(net), parameter_count(pruned)
     dims, seq_len = adapter_for(net).dims(net.config), stage_info(masks)["seq_len"]
+    shape = adapter_for(pruned).structure(pruned)  # with the padding neurons
+    exported = units_macs(sum(shape["num_heads"]), sum(shape["intermediate_size"]), dims, seq_len)
     return {"task": task.name, "source": stage_info(model)["source"], "params_before": before, "params_after": after,
-            "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len)}
+            "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len),
+            "neurons_per_layer_exported": shape["intermediate_size"],
+            "flops_ratio_exported": exported / dense_macs(dims, seq_len)}
 
 
 _MASKED_METRICS = {"searched": "metric_search", "rearranged": "metric_rearranged", "tuned": "metric_tuned_masked"}

@@ -17,9 +17,10 @@ def profile_latency(
     batch_size: int = 32,
     seq_len: int = 128,
     repeats: int = 20,
+    dtype: str = "float32",
 ):
     """End-to-end latency of both models on the same inputs, timed interleaved; speedup of the pruned one."""
     from fastprune.components.runtime import run_component
 
-    params = {"device": device, "batch_size": batch_size, "seq_len": seq_len, "repeats": repeats}
+    params = {"device": device, "batch_size": batch_size, "seq_len": seq_len, "repeats": repeats, "dtype": dtype}
     run_component("profile", profile, metrics, params, report, model=model, pruned=pruned)

@@ -15,10 +15,11 @@ def search_masks(
     constraint: float = 0.6,
     metric: str = "flops",
     device: str = "auto",
+    latency_dtype: str = "float32",
 ):
     """Keep the heads and neurons of largest Fisher importance within ``constraint`` of the FLOPs (or latency,
     measured on this step's device)."""
     from fastprune.components.runtime import run_component
 
-    params = {"constraint": constraint, "metric": metric, "device": device}
+    params = {"constraint": constraint, "metric": metric, "device": device, "latency_dtype": latency_dtype}
     run_component("search", masks, metrics, params, model=model, grads=grads)

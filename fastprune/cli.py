@@ -32,6 +32,9 @@ def _add_prune(p) -> None:
     p.add_argument("--dev-file", help="dev data for evaluation")
     p.add_argument("--constraint", type=float, required=True, help="fraction of FLOPs/latency to keep, in (0, 1)")
     p.add_argument("--metric", choices=["flops", "latency"], default="flops")
+    p.add_argument("--latency-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="latency mode: the dtype the model will serve in, which the latency table measures "
+                   "(float16/bfloat16 on CUDA only)")
     p.add_argument("--num-samples", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-replace", action="store_true", help="sample without replacement")
@@ -82,6 +85,7 @@ def _prune(args) -> int:
         dev_file=args.dev_file,
         constraint=args.constraint,
         metric=args.metric,
+        latency_dtype=args.latency_dtype,
         seq_len=args.seq_len,
         sample=SampleConfig(
             num_samples=args.num_samples,

@@ -48,6 +48,9 @@ class PipelineParams(BaseModel):
     s3_secret: str | None = Field(None, description="Kubernetes secret with the S3 credentials")
     profile_batch_size: int | None = Field(None, gt=0)
     profile_seq_len: int | None = Field(None, gt=0)
+    serving_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="the dtype the model will serve in: the latency search's table and the profile step measure "
+        "it (float16/bfloat16 need GPU steps)")
 
     @field_validator("task")
     @classmethod

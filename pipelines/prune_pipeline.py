@@ -66,6 +66,7 @@ def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
         s3_secret: str = "fastprune-s3",
         profile_batch_size: int = 32,
         profile_seq_len: int = 128,
+        serving_dtype: str = "float32",
         fisher_steps: int = 1,
         fisher_labels: str = "",
         tuning_mode: str = "",
@@ -81,7 +82,7 @@ def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
                                 constraint=constraint, metric=constraint_metric)
         grads = fisher.outputs["grads"]
         searched = search_masks(model=source, grads=grads, constraint=constraint, metric=constraint_metric,
-                                device=device)
+                                device=device, latency_dtype=serving_dtype)
         rearranged = rearrange_masks(grads=grads, masks=searched.outputs["masks"])
         tuned = tune_masks(model=source, sample=sample, grads=grads, searched=searched.outputs["masks"],
                            masks=rearranged.outputs["rearranged"], device=device, mode=tuning_mode,
@@ -92,7 +93,7 @@ def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
                                     rearranged=rearranged.outputs["rearranged"], tuned=tuned.outputs["tuned"],
                                     dev_data=dev_data, device=device)
         profiled = profile_latency(model=source, pruned=pruned, device=device, batch_size=profile_batch_size,
-                                   seq_len=profile_seq_len)
+                                   seq_len=profile_seq_len, dtype=serving_dtype)
         registered = register_model(
             model=source, sample=sample, grads=grads, searched=searched.outputs["masks"],
             rearranged=rearranged.outputs["rearranged"], tuned=tuned.outputs["tuned"], pruned=pruned,

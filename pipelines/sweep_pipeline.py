@@ -55,6 +55,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
         s3_secret: str = "fastprune-s3",
         profile_batch_size: int = 32,
         profile_seq_len: int = 128,
+        serving_dtype: str = "float32",
         fisher_labels: str = "",
         tuning_mode: str = "",
         tuning_teacher: str = "",
@@ -69,7 +70,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
         grads = fisher.outputs["grads"]
         with dsl.ParallelFor(constraints, parallelism=parallelism, name="budgets") as constraint:
             searched = search_masks(model=source, grads=grads, constraint=constraint, metric=constraint_metric,
-                                    device=device)
+                                    device=device, latency_dtype=serving_dtype)
             rearranged = rearrange_masks(grads=grads, masks=searched.outputs["masks"])
             tuned = tune_masks(model=source, sample=sample, grads=grads, searched=searched.outputs["masks"],
                                masks=rearranged.outputs["rearranged"], device=device, mode=tuning_mode,
@@ -79,7 +80,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
                                         searched=searched.outputs["masks"], rearranged=rearranged.outputs["rearranged"],
                                         tuned=tuned.outputs["tuned"], dev_data=dev_data, device=device)
             profiled = profile_latency(model=source, pruned=exported.outputs["pruned"], device=device,
-                                       batch_size=profile_batch_size, seq_len=profile_seq_len)
+                                       batch_size=profile_batch_size, seq_len=profile_seq_len, dtype=serving_dtype)
         selected = select_candidate(
             searched=dsl.Collected(searched.outputs["masks"]),
             rearranged=dsl.Collected(rearranged.outputs["rearranged"]),

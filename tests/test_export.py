@@ -90,6 +90,33 @@ def test_layer_without_heads_never_calls_the_attention_kernel(family, tmp_path, 
         assert (_outputs(net, inputs, "classification") - masked).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_ffn_padding_is_exact_and_aligned(family, tmp_path):
+    """Each FFN is padded with zero neurons to a multiple of 8 (fast fp16 kernels on GPUs); the outputs do not change,
+    and without padding the kept counts are exactly the masks'."""
+    model = tiny_model(family)
+    dims = adapter_for(model).dims(model.config)
+    masks = _scaled_masks(dims)
+    masks.neuron[2, 3:] = 0.0  # a layer keeping at most 3 neurons: padded with at least 5
+    kept = masks.neurons_per_layer()
+    assert any(k % 8 for k in kept)
+    inputs = _inputs()
+    with masks_applied(model, masks.head, masks.neuron):
+        masked = _outputs(model, inputs, "classification")
+    exact = export_pruned(model, masks, neuron_multiple=1)
+    assert adapter_for(exact).structure(exact)["intermediate_size"] == kept
+    padded = export_pruned(model, masks)
+    sizes = adapter_for(padded).structure(padded)["intermediate_size"]
+    assert sizes == [min(-(-k // 8) * 8, dims.intermediate_size) for k in kept]
+    assert sizes[1] == 0 and sizes[2] == 8
+    save_pruned(padded, tmp_path / "m")
+    loaded, _ = load_pruned(tmp_path / "m")
+    for net in (exact, padded, loaded):
+        assert (_outputs(net, inputs, "classification") - masked).abs().max() < 1e-4
+    with pytest.raises(ConfigError, match="neuron_multiple"):
+        export_pruned(model, masks, neuron_multiple=0)
+
+
 def test_export_rejects_masks_of_another_shape():
     model = tiny_model("bert")
     with pytest.raises(ConfigError, match="do not fit"):

@@ -63,6 +63,9 @@ def test_parameters_and_defaults(compiled):
         assert params[name]["isOptional"], f"{name} has a default"
     assert params["alias"]["defaultValue"] == "pruned-candidate"
     assert params["gpu_limit"]["parameterType"] == "NUMBER_INTEGER"
+    assert params["serving_dtype"]["defaultValue"] == "float32"
+    for task, name in (("search-masks", "latency_dtype"), ("profile-latency", "dtype")):  # measure the serving dtype
+        assert _tasks(spec)[task]["inputs"]["parameters"][name] == {"componentInputParameter": "serving_dtype"}
 
 
 def test_gpu_requests_follow_pipeline_parameters(compiled):

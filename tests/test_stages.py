@@ -58,6 +58,9 @@ def test_steps_write_checked_folders(steps):
     assert stage_info(steps / "search")["flops_ratio"] <= 0.5 + 1e-9
     exported = stage_info(steps / "export")
     assert exported["params_after"] < exported["params_before"]
+    assert all(n % 8 == 0 for n in exported["neurons_per_layer_exported"])  # padded for fp16 kernels
+    assert exported["neurons_per_layer_exported"] != exported["neurons_per_layer"]
+    assert exported["flops_ratio"] < exported["flops_ratio_exported"] < exported["flops_ratio"] + 0.05
     evaluation = stage_info(steps / "evaluate")
     assert evaluation["dev_examples"] == 200
     assert evaluation["metric_after"] == pytest.approx(evaluation["metric_tuned_masked"], abs=0.6)
@@ -135,6 +138,10 @@ def test_step_errors_are_clear(steps, tmp_path, capsys):
     assert "between 0 and 1" in capsys.readouterr().err
     assert main([*argv, str(tmp_path / "nowhere"), "--constraint", "0.5"]) == 2
     assert "nowhere" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    fp16 = ["--constraint", "0.5", "--metric", "latency", "--latency-dtype", "float16", "--device", "cpu"]
+    assert main([*argv, str(steps / "fisher"), *fp16]) == 2
+    assert "latency_dtype float16 is measured on CUDA devices only" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_retried_register_reuses_its_version_and_finishes_it(steps, tmp_path):

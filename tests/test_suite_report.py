@@ -34,3 +34,22 @@ def test_accuracy_targets_are_judged_from_the_runs():
     assert "SST-2 @ 0.6: drop 0.33" in lines and "target ≤ 0.1: **missed**" in lines
     assert "mean 41.7 s" in lines and "target ≤ 40 s: **missed**" in lines
     assert "| MRPC | 0.5 | 74.00 ± 0.00 | 73.00 ± 0.00 | -1.00 ± 0.00 | **no** |" in lines
+
+
+def test_sessions_list_only_those_whose_runs_the_report_shows():
+    def session(started, minutes, tasks):
+        return {"kind": "session", "started": started, "seconds": minutes * 60.0, "tasks": tasks, "mode": "custom",
+                "seeds": [0], "constraints": [0.5], "methods": [report.DEFAULT]}  # fmt: skip
+
+    def run(task, time):
+        return {**_run(task, report.DEFAULT, 0, 0.5, 85.0), "time": time}
+
+    records = [session("2026-11-27T10:00:00+00:00", 10, ["sst2"]),  # its run was rerun later: not listed
+               session("2026-11-27T11:00:00+00:00", 10, ["sst2", "rte"]),
+               run("sst2", "2026-11-27T11:05:00+00:00"), run("rte", "2026-11-27T11:09:59+00:00"),
+               run("mrpc", "2026-11-27T11:06:00+00:00"),  # another task: written by a run that did not finish
+               run("rte", "2026-11-27T12:00:00+00:00")]  # fmt: skip
+    lines = "\n".join(report.machine_section(report.Results(records)))
+    assert "2026-11-27T10:00:00" not in lines and "Not listed: 1 earlier session(s)" in lines
+    assert "| 2026-11-27T11:00:00+00:00 | custom | sst2 rte | 0 | 0.5 | refit-resplit | 10.0 | 2 |" in lines
+    assert "2 run(s) come from sessions that did not finish" in lines

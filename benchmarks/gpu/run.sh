@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks, on a bare offline GPU machine with PyTorch (as lent to development sessions): fastprune set up
 # from the wheels and files that benchmarks/gpu/prepare.sh put in .whl/ and .carry/, then the latency benchmark on
-# BERT-base and MiniLM (fp32 and fp16), the suite's GPU-only task (SQuAD v1.1) and, optionally, SST-2 at FLOPs 0.5.
+# BERT-base and MiniLM (fp32 and fp16, exported with and without the FFN padding; BERT-base also with a latency table
+# measured in fp16), the suite's GPU-only task (SQuAD v1.1) and, optionally, SST-2 at FLOPs 0.5.
 # Results go to $OUT (suite.jsonl, latency_*.md/json, set OUT to any folder); each step has its own time limit.
 # Usage, from the repo root there: bash benchmarks/gpu/run.sh [SQuAD seconds (300)] [SST-2 seconds (0: skip)]
+# LATENCY=0 skips the latency benchmarks. The suite resumes from /tmp/devbench: a second call on the same (still
+# warm) machine goes on where the first stopped, on the same fine-tuned model.
 set -u
 SQUAD_S=${1:-300}
 SST2_S=${2:-0}
@@ -48,12 +51,15 @@ EOF
 log "setup done"
 
 # --- latency: BERT-base (random weights) and MiniLM, fp32 and fp16, torch on the GPU
-timeout 60 python3 benchmarks/latency_bench.py --model bert-base --device cuda --batch-size 128 --dtypes float32,float16 \
-  --no-onnx --out-dir $OUT/lat_bert 2>&1
-log "latency bert-base done"
-timeout 45 python3 benchmarks/latency_bench.py --model minilm --device cuda --batch-size 128 --dtypes float32,float16 \
-  --no-onnx --out-dir $OUT/lat_minilm 2>&1
-log "latency minilm done"
+if [ "${LATENCY:-1}" != 0 ]; then
+  L="python3 benchmarks/latency_bench.py --device cuda --batch-size 128 --no-onnx --compare-unpadded"
+  timeout 90 $L --model bert-base --dtypes float32,float16 --out-dir $OUT/lat_bert 2>&1
+  log "latency bert-base done"
+  timeout 60 $L --model minilm --dtypes float32,float16 --out-dir $OUT/lat_minilm 2>&1
+  log "latency minilm done"
+  timeout 60 $L --model bert-base --dtypes float16 --lut-dtype float16 --out-dir $OUT/lat_bert 2>&1
+  log "latency bert-base, fp16 table, done"
+fi
 
 # --- the suite's GPU-only task, then (optionally) SST-2 at 0.5: a cross-check of the CPU figures and GPU prune times
 S="python3 benchmarks/suite.py --device cuda --threads 16 --eval-batch-size 256 --data-dir .carry/data --output /tmp/devbench --workdir /tmp/devwork --resume"
