@@ -82,6 +82,13 @@ METHODS: dict[str, Method] = {
         Method("reselect-resplit", "reselect with the budget re-split before each layer: K-prune's loop of "
                "measure, split, prune and reconstruct one layer at a time", {"tune": {**REFIT, "mode": "reselect",
                                                                                      "resplit": True}}),
+        Method("refit-resplit-block", "refit-resplit, the budget split between layers (search and re-split) by the "
+               "block-diagonal Fisher cost of pruning within each layer",
+               {"search": {"allocation": "block"}, "tune": {**REFIT, "resplit": True}}),
+        Method("refit-resplit-uniform", "refit-resplit, every layer keeping the same number of heads and of neurons "
+               "(search and re-split)", {"search": {"allocation": "uniform"}, "tune": {**REFIT, "resplit": True}}),
+        Method("refit-uniform", "refit from uniform per-layer masks (no re-split)",
+               {"search": {"allocation": "uniform"}, "tune": REFIT}),
     )
 }  # fmt: skip
 DEFAULT_METHODS = ["paper", "refit-resplit"]  # the paper against fastprune's default

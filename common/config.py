@@ -193,8 +193,19 @@ class SearchParams(StageParams):
     latency_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="the dtype the model will serve in, which the latency table measures (latency mode; "
         "float16 and bfloat16 on CUDA only)")
+    allocation: Literal["global", "block", "uniform"] = Field(
+        "global", description="global: rank all units by diagonal Fisher importance (the paper); block: split the "
+        "budget between layers by the block-diagonal Fisher cost of pruning within each layer (FLOPs only); the "
+        "tuning's budget re-split follows the same choice")
 
     _constraint = field_validator("constraint")(check_constraint)
+
+    @model_validator(mode="after")
+    def _block_flops_only(self) -> SearchParams:
+        if self.allocation != "global" and self.metric != "flops":
+            raise ConfigError(f"allocation {self.allocation!r} supports the FLOPs constraint only; use allocation "
+                              "'global' with metric 'latency'")
+        return self
 
 
 class RearrangeParams(StageParams):

@@ -19,8 +19,9 @@ import logging
 import torch
 from torch import nn
 
+from .allocate import search_flops_block
 from .arch import adapter_for
-from .fisher import LabelSource, collect_mask_gradients
+from .fisher import LabelSource, MaskGradients, collect_mask_gradients
 from .latency import LatencyTable, masks_latency, search_latency
 from .masks import Masks, dense_macs, masked_macs
 from .search import search_flops
@@ -36,8 +37,9 @@ class BudgetResplit:
 
     def __init__(self, model: nn.Module, initial: Masks, seq_len: float, device: torch.device | str = "cpu",
                  labels: LabelSource = "data", available: Masks | None = None,
-                 table: LatencyTable | None = None) -> None:  # fmt: skip
+                 table: LatencyTable | None = None, allocation: str = "global") -> None:  # fmt: skip
         self.model, self.seq_len, self.device, self.labels = model, seq_len, device, labels
+        self.allocation = allocation
         self.dims = adapter_for(model).dims(model.config)
         self.table = table
         self.budget = self._cost(initial)
@@ -54,9 +56,10 @@ class BudgetResplit:
             return None
         return self.table.model_copy(update={"dims": dataclasses.replace(self.table.dims, num_layers=layers)})
 
-    def _split(self, heads: torch.Tensor, neurons: torch.Tensor, left: float) -> tuple[float, Masks]:
-        """The share of the top layers (``heads``/``neurons``: their importance) that ``left`` pays for, and the
-        units the search keeps there."""
+    def _split(self, grads: MaskGradients, layer: int, left: float) -> tuple[float, Masks]:
+        """The share of the layers from ``layer`` up that ``left`` pays for, and the units the search keeps there
+        (by the importance in ``grads``)."""
+        heads, neurons = grads.head_importance()[layer:], grads.neuron_importance()[layer:]
         top = self._top(len(heads))
         macs = dense_macs(dataclasses.replace(self.dims, num_layers=len(heads)), self.seq_len)
         share = left / (top.dense_ms() if top else macs)
@@ -66,6 +69,14 @@ class BudgetResplit:
             return share, Masks(torch.zeros(heads.shape), torch.zeros(neurons.shape))
         if top:
             return share, search_latency(heads, neurons, top, share)
+        if self.allocation == "uniform":
+            from .baselines import uniform_masks
+
+            dims = dataclasses.replace(self.dims, num_layers=len(heads))
+            return share, uniform_masks(heads, neurons, dims, self.seq_len, share)
+        if self.allocation == "block":
+            return share, search_flops_block(grads.head[:, layer:], grads.neuron[:, layer:], heads, neurons, self.dims,
+                                             self.seq_len, share)  # fmt: skip
         return share, search_flops(heads, neurons, self.dims, self.seq_len, share)
 
     def __call__(self, layer: int, masks: Masks, batches: list[dict], hidden: list[torch.Tensor]) -> None:
@@ -81,7 +92,7 @@ class BudgetResplit:
         with torch.inference_mode(False), torch.enable_grad():
             grads = collect_mask_gradients(self.model, batches, masks=measured, device=self.device, progress=False,
                                            labels=self.labels, start=(layer, hidden))  # fmt: skip
-        share, chosen = self._split(grads.head_importance()[layer:], grads.neuron_importance()[layer:], left)
+        share, chosen = self._split(grads, layer, left)
         before = (int((masks.head[layer] != 0).sum()), int((masks.neuron[layer] != 0).sum()))
         masks.head[layer:] = chosen.head.to(masks.head)
         masks.neuron[layer:] = chosen.neuron.to(masks.neuron)

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from torch import nn
 from transformers import AutoConfig
 
+from .allocate import search_flops_block
 from .arch import ModelDims, adapter_for
 from .config import (
     EvaluateParams,
@@ -134,23 +135,33 @@ def _masks_summary(masks: Masks, dims: ModelDims | None = None, seq_len: float |
 
 
 # ----- the method's building blocks ----------------------------------------------------------------
-def search_masks(grads: MaskGradients, dims: ModelDims, constraint: float, seq_len: float, latency_table=None) -> Masks:
-    """FLOPs-constrained search, or latency-constrained when a latency table is given."""
+def search_masks(grads: MaskGradients, dims: ModelDims, constraint: float, seq_len: float, latency_table=None,
+                 allocation: str = "global") -> Masks:  # fmt: skip
+    """FLOPs-constrained search (``allocation``: see :class:`~fastprune.common.config.SearchParams`), or
+    latency-constrained when a latency table is given."""
     if latency_table is not None:
         from .latency import search_latency
 
         return search_latency(grads.head_importance(), grads.neuron_importance(), latency_table, constraint)
+    if allocation == "block":
+        return search_flops_block(grads.head, grads.neuron, grads.head_importance(), grads.neuron_importance(), dims,
+                                  seq_len, constraint)  # fmt: skip
+    if allocation == "uniform":
+        from .baselines import uniform_masks
+
+        return uniform_masks(grads.head_importance(), grads.neuron_importance(), dims, seq_len, constraint)
     return search_flops(grads.head_importance(), grads.neuron_importance(), dims, seq_len, constraint)
 
 
 def teacher_masks(
-    grads: MaskGradients, dims: ModelDims, constraint: float, seq_len: float, kind: str, latency_table=None
+    grads: MaskGradients, dims: ModelDims, constraint: float, seq_len: float, kind: str, latency_table=None,
+    allocation: str = "global",
 ) -> Masks | None:
     """The tuning teacher: the model masked at the looser constraint sqrt(C) (the paper's schedule),
     or ``None`` for the dense model."""
     if kind == "dense":
         return None
-    loose = search_masks(grads, dims, math.sqrt(constraint), seq_len, latency_table)
+    loose = search_masks(grads, dims, math.sqrt(constraint), seq_len, latency_table, allocation)
     return rearrange_masks(loose, grads)
 
 
@@ -239,7 +250,7 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
                           dtype=p.latency_dtype)
         table.save(out / LATENCY_TABLE_FILE)
         result["latency_table_seconds"] = round(time.perf_counter() - start, 3)
-    masks = search_masks(MaskGradients.load(grads / GRADS_FILE), dims, p.constraint, seq_len, table)
+    masks = search_masks(MaskGradients.load(grads / GRADS_FILE), dims, p.constraint, seq_len, table, p.allocation)
     masks.save(out / MASKS_FILE)
     if table is not None:
         result["latency_ratio_fitted"] = latency_ratio(masks, table)
@@ -278,11 +289,13 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         fisher = MaskGradients.load(grads / GRADS_FILE)
         dims = adapter_for(net).dims(net.config)
         kind = p.teacher or DEFAULT_TEACHER[p.mode]
-        teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table)
+        allocation = search["params"].get("allocation", "global")  # the search stage's, for the teacher and re-split
+        teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation)
         batches = _sample_batches(sample, tokenizer, task)
         if p.resplit:
             labels = stage_info(grads)["params"].get("labels", "data")  # the Fisher stage's label source
-            resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table)
+            resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table,
+                                    allocation)  # fmt: skip
         tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
                                     progress=p.progress, num_samples=p.num_samples, mode=p.mode, resplit=resplit)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned

@@ -8,17 +8,19 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from fastprune.common.arch import adapter_for
 from fastprune.common.config import PruneConfig, SampleConfig
 from fastprune.common.errors import IntegrityError
 from fastprune.common.export import load_pruned
 from fastprune.common.fisher import MaskGradients
-from fastprune.common.masks import Masks
+from fastprune.common.masks import Masks, masked_macs
 from fastprune.common.prune import prune
 from fastprune.common.registry import predict_text
 from fastprune.common.stages import GRADS_FILE, MASKS_FILE, run_stage, stage_info
 from fastprune.common.storage import MANIFEST_NAME, verify_manifest
 from fastprune.common.tasks import get_task
 from tiny import SST2
+from transformers import AutoConfig
 
 from fastprune.cli import main
 
@@ -105,6 +107,26 @@ def test_iterative_fisher_stage_keeps_pruned_units_out(steps, tmp_path):
         run_stage("fisher", tmp_path / "bad", {"steps": 2}, model=w["prepare"], sample=w["sample"])
     with pytest.raises(Exception, match="FLOPs constraint only"):
         PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", fisher={"steps": 2})
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "block"])
+def test_search_allocation_reaches_the_tuning_re_split(steps, tmp_path, allocation):
+    """The search's allocation also decides the tuning's budget re-split: uniform masks stay uniform through it."""
+    w = {k: steps / k for k in ("prepare", "sample", "fisher")}
+    info = run_stage("search", tmp_path / "search", {"constraint": 0.4, "allocation": allocation},
+                     model=w["prepare"], grads=w["fisher"])  # fmt: skip
+    assert info["flops_ratio"] <= 0.4 + 1e-9
+    global_search = Masks.load(steps / "search" / MASKS_FILE)
+    assert not Masks.load(tmp_path / "search" / MASKS_FILE).equal(global_search)
+    run_stage("tune", tmp_path / "tune", {"device": "cpu"}, model=w["prepare"], sample=w["sample"], grads=w["fisher"],
+              searched=tmp_path / "search", masks=tmp_path / "search")  # fmt: skip
+    tuned = stage_info(tmp_path / "tune")
+    config = AutoConfig.from_pretrained(w["prepare"])
+    macs = [masked_macs(Masks.load(tmp_path / s / MASKS_FILE), adapter_for(config).dims(config), info["seq_len"])
+            for s in ("search", "tune")]  # fmt: skip
+    assert tuned["resplit"] and macs[1] <= macs[0] * (1 + 1e-9)
+    if allocation == "uniform":
+        assert len(set(tuned["heads_per_layer"])) == 1 and len(set(tuned["neurons_per_layer"])) == 1
 
 
 def _copy(src, dst):
