@@ -108,6 +108,8 @@ class PruneConfig(BaseModel):
     latency_seq_len: int = Field(128, gt=0, description="sequence length of the latency table (latency mode)")
     latency_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype of the latency table (latency mode): the one the model will serve in")
+    allocation: Literal["global", "block", "uniform"] = Field(
+        "global", description="how the search splits the budget between layers (see SearchParams)")
     text_columns: list[str] | None = None
     label_column: str | None = None
     trust_remote_code: bool = False
@@ -119,7 +121,14 @@ class PruneConfig(BaseModel):
     @model_validator(mode="after")
     def _iterative_flops_only(self) -> PruneConfig:
         _check_iterative(self.fisher.steps, self.metric)
+        _check_allocation(self.allocation, self.metric)
         return self
+
+
+def _check_allocation(allocation: str, metric: str) -> None:
+    if allocation != "global" and metric != "flops":
+        raise ConfigError(f"allocation {allocation!r} supports the FLOPs constraint only; use allocation 'global' "
+                          f"with metric {metric!r}")
 
 
 def _check_iterative(steps: int, metric: str) -> None:
@@ -201,10 +210,8 @@ class SearchParams(StageParams):
     _constraint = field_validator("constraint")(check_constraint)
 
     @model_validator(mode="after")
-    def _block_flops_only(self) -> SearchParams:
-        if self.allocation != "global" and self.metric != "flops":
-            raise ConfigError(f"allocation {self.allocation!r} supports the FLOPs constraint only; use allocation "
-                              "'global' with metric 'latency'")
+    def _flops_only(self) -> SearchParams:
+        _check_allocation(self.allocation, self.metric)
         return self
 
 

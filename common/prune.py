@@ -50,7 +50,7 @@ def prune(cfg: PruneConfig, output: str | Path) -> dict:
             "search": run_stage("search", searched, SearchParams(
                 constraint=cfg.constraint, metric=cfg.metric, seq_len=cfg.seq_len, device=cfg.device,
                 latency_batch_size=cfg.latency_batch_size, latency_seq_len=cfg.latency_seq_len,
-                latency_dtype=cfg.latency_dtype),
+                latency_dtype=cfg.latency_dtype, allocation=cfg.allocation),
                 model=model, grads=grads),
             "rearrange": run_stage("rearrange", rearranged, RearrangeParams(enabled=cfg.rearrange),
                                    grads=grads, masks=searched),

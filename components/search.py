@@ -16,10 +16,12 @@ def search_masks(
     metric: str = "flops",
     device: str = "auto",
     latency_dtype: str = "float32",
+    allocation: str = "global",
 ):
     """Keep the heads and neurons of largest Fisher importance within ``constraint`` of the FLOPs (or latency,
     measured on this step's device)."""
     from fastprune.components.runtime import run_component
 
-    params = {"constraint": constraint, "metric": metric, "device": device, "latency_dtype": latency_dtype}
+    params = {"constraint": constraint, "metric": metric, "device": device, "latency_dtype": latency_dtype,
+              "allocation": allocation}
     run_component("search", masks, metrics, params, model=model, grads=grads)

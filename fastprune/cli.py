@@ -32,6 +32,10 @@ def _add_prune(p) -> None:
     p.add_argument("--dev-file", help="dev data for evaluation")
     p.add_argument("--constraint", type=float, required=True, help="fraction of FLOPs/latency to keep, in (0, 1)")
     p.add_argument("--metric", choices=["flops", "latency"], default="flops")
+    p.add_argument("--allocation", choices=["global", "block", "uniform"], default="global",
+                   help="how the search splits the budget between layers: global (the paper: all units ranked by "
+                   "diagonal Fisher), block (by the block-diagonal Fisher cost of pruning within each layer) or "
+                   "uniform (the same counts in every layer); the tuning's re-split follows it (FLOPs only)")
     p.add_argument("--latency-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="latency mode: the dtype the model will serve in, which the latency table measures "
                    "(float16/bfloat16 on CUDA only)")
@@ -86,6 +90,7 @@ def _prune(args) -> int:
         constraint=args.constraint,
         metric=args.metric,
         latency_dtype=args.latency_dtype,
+        allocation=args.allocation,
         seq_len=args.seq_len,
         sample=SampleConfig(
             num_samples=args.num_samples,

@@ -67,6 +67,7 @@ def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
         profile_batch_size: int = 32,
         profile_seq_len: int = 128,
         serving_dtype: str = "float32",
+        search_allocation: str = "global",
         fisher_steps: int = 1,
         fisher_labels: str = "",
         tuning_mode: str = "",
@@ -82,7 +83,7 @@ def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
                                 constraint=constraint, metric=constraint_metric)
         grads = fisher.outputs["grads"]
         searched = search_masks(model=source, grads=grads, constraint=constraint, metric=constraint_metric,
-                                device=device, latency_dtype=serving_dtype)
+                                device=device, latency_dtype=serving_dtype, allocation=search_allocation)
         rearranged = rearrange_masks(grads=grads, masks=searched.outputs["masks"])
         tuned = tune_masks(model=source, sample=sample, grads=grads, searched=searched.outputs["masks"],
                            masks=rearranged.outputs["rearranged"], device=device, mode=tuning_mode,

@@ -56,6 +56,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
         profile_batch_size: int = 32,
         profile_seq_len: int = 128,
         serving_dtype: str = "float32",
+        search_allocation: str = "global",
         fisher_labels: str = "",
         tuning_mode: str = "",
         tuning_teacher: str = "",
@@ -70,7 +71,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
         grads = fisher.outputs["grads"]
         with dsl.ParallelFor(constraints, parallelism=parallelism, name="budgets") as constraint:
             searched = search_masks(model=source, grads=grads, constraint=constraint, metric=constraint_metric,
-                                    device=device, latency_dtype=serving_dtype)
+                                    device=device, latency_dtype=serving_dtype, allocation=search_allocation)
             rearranged = rearrange_masks(grads=grads, masks=searched.outputs["masks"])
             tuned = tune_masks(model=source, sample=sample, grads=grads, searched=searched.outputs["masks"],
                                masks=rearranged.outputs["rearranged"], device=device, mode=tuning_mode,

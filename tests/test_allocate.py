@@ -6,7 +6,7 @@ import pytest
 import torch
 from fastprune.common.allocate import allocate, removal_curve, search_flops_block
 from fastprune.common.arch import ModelDims
-from fastprune.common.config import SearchParams
+from fastprune.common.config import PruneConfig, SearchParams
 from fastprune.common.masks import dense_macs, flops_ratio, masked_macs
 from fastprune.common.search import search_flops
 
@@ -91,3 +91,5 @@ def test_block_allocation_is_for_the_flops_constraint():
     assert SearchParams(constraint=0.5, allocation="block").allocation == "block"
     with pytest.raises(ValueError, match="allocation 'block' supports the FLOPs constraint only"):
         SearchParams(constraint=0.5, allocation="block", metric="latency")
+    with pytest.raises(ValueError, match="allocation 'uniform' supports the FLOPs constraint only"):
+        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", allocation="uniform")

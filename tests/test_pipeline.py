@@ -64,8 +64,10 @@ def test_parameters_and_defaults(compiled):
     assert params["alias"]["defaultValue"] == "pruned-candidate"
     assert params["gpu_limit"]["parameterType"] == "NUMBER_INTEGER"
     assert params["serving_dtype"]["defaultValue"] == "float32"
-    for task, name in (("search-masks", "latency_dtype"), ("profile-latency", "dtype")):  # measure the serving dtype
-        assert _tasks(spec)[task]["inputs"]["parameters"][name] == {"componentInputParameter": "serving_dtype"}
+    for task, name, value in (("search-masks", "latency_dtype", "serving_dtype"),  # measure the serving dtype
+                              ("profile-latency", "dtype", "serving_dtype"),
+                              ("search-masks", "allocation", "search_allocation")):  # fmt: skip
+        assert _tasks(spec)[task]["inputs"]["parameters"][name] == {"componentInputParameter": value}
 
 
 def test_gpu_requests_follow_pipeline_parameters(compiled):
