@@ -1,4 +1,6 @@
-"""Budget allocation across layers with the block-diagonal Fisher (an option of the search).
+"""How the FLOPs search splits the budget between layers (``allocation``): ``global`` ranks every unit by its
+diagonal Fisher importance (the paper, :func:`~fastprune.common.search.search_flops`), ``uniform`` keeps the same
+counts in every layer (:func:`~fastprune.common.baselines.uniform_masks`), ``block`` uses the block-diagonal Fisher.
 
 The paper's search ranks every head and neuron by its diagonal Fisher importance, so the estimated loss of a
 pruned set is the sum of its units' importances: removing a whole layer's FFN costs no more than removing as many
@@ -12,11 +14,29 @@ bisected until the budget is spent), then the budget left filled greedily by the
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .arch import ModelDims
+from .baselines import uniform_masks
+from .fisher import MaskGradients
 from .masks import Masks, head_macs, neuron_macs
-from .search import check_constraint
+from .search import check_constraint, search_flops
+
+
+def search_by(allocation: str, grads: MaskGradients, dims: ModelDims, seq_len: float, constraint: float,
+              start: int = 0) -> Masks:  # fmt: skip
+    """The FLOPs search over the layers from ``start`` up (``constraint`` of their dense MACs), with the budget
+    split between them by ``allocation``: global, uniform or block."""
+    heads, neurons = grads.head_importance()[start:], grads.neuron_importance()[start:]
+    top = dataclasses.replace(dims, num_layers=len(heads))
+    if allocation == "block":
+        return search_flops_block(grads.head[:, start:], grads.neuron[:, start:], heads, neurons, top, seq_len,
+                                  constraint)  # fmt: skip
+    if allocation == "uniform":
+        return uniform_masks(heads, neurons, top, seq_len, constraint)
+    return search_flops(heads, neurons, top, seq_len, constraint)
 
 
 def removal_curve(rows: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

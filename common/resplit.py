@@ -19,12 +19,11 @@ import logging
 import torch
 from torch import nn
 
-from .allocate import search_flops_block
+from .allocate import search_by
 from .arch import adapter_for
 from .fisher import LabelSource, MaskGradients, collect_mask_gradients
 from .latency import LatencyTable, masks_latency, search_latency
 from .masks import Masks, dense_macs, masked_macs
-from .search import search_flops
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +68,7 @@ class BudgetResplit:
             return share, Masks(torch.zeros(heads.shape), torch.zeros(neurons.shape))
         if top:
             return share, search_latency(heads, neurons, top, share)
-        if self.allocation == "uniform":
-            from .baselines import uniform_masks
-
-            dims = dataclasses.replace(self.dims, num_layers=len(heads))
-            return share, uniform_masks(heads, neurons, dims, self.seq_len, share)
-        if self.allocation == "block":
-            return share, search_flops_block(grads.head[:, layer:], grads.neuron[:, layer:], heads, neurons, self.dims,
-                                             self.seq_len, share)  # fmt: skip
-        return share, search_flops(heads, neurons, self.dims, self.seq_len, share)
+        return share, search_by(self.allocation, grads, self.dims, self.seq_len, share, layer)
 
     def __call__(self, layer: int, masks: Masks, batches: list[dict], hidden: list[torch.Tensor]) -> None:
         if layer == 0:

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from torch import nn
 from transformers import AutoConfig
 
-from .allocate import search_flops_block
+from .allocate import search_by
 from .arch import ModelDims, adapter_for
 from .config import (
     EvaluateParams,
@@ -44,7 +44,6 @@ from .masks import Masks, dense_macs, flops_ratio, pruning_applied, units_macs
 from .models import load_model, resolve_device
 from .rearrange import rearrange_masks
 from .resplit import BudgetResplit
-from .search import search_flops
 from .storage import _sha256, _staging, fetch, is_remote, verify_manifest, write_manifest
 from .tasks import TaskSpec, get_task
 from .tuning import DEFAULT_TEACHER, tune_masks
@@ -143,14 +142,7 @@ def search_masks(grads: MaskGradients, dims: ModelDims, constraint: float, seq_l
         from .latency import search_latency
 
         return search_latency(grads.head_importance(), grads.neuron_importance(), latency_table, constraint)
-    if allocation == "block":
-        return search_flops_block(grads.head, grads.neuron, grads.head_importance(), grads.neuron_importance(), dims,
-                                  seq_len, constraint)  # fmt: skip
-    if allocation == "uniform":
-        from .baselines import uniform_masks
-
-        return uniform_masks(grads.head_importance(), grads.neuron_importance(), dims, seq_len, constraint)
-    return search_flops(grads.head_importance(), grads.neuron_importance(), dims, seq_len, constraint)
+    return search_by(allocation, grads, dims, seq_len, constraint)
 
 
 def teacher_masks(

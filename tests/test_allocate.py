@@ -4,9 +4,10 @@ import itertools
 
 import pytest
 import torch
-from fastprune.common.allocate import allocate, removal_curve, search_flops_block
+from fastprune.common.allocate import allocate, removal_curve, search_by, search_flops_block
 from fastprune.common.arch import ModelDims
 from fastprune.common.config import PruneConfig, SearchParams
+from fastprune.common.fisher import MaskGradients
 from fastprune.common.masks import dense_macs, flops_ratio, masked_macs
 from fastprune.common.search import search_flops
 
@@ -93,3 +94,18 @@ def test_block_allocation_is_for_the_flops_constraint():
         SearchParams(constraint=0.5, allocation="block", metric="latency")
     with pytest.raises(ValueError, match="allocation 'uniform' supports the FLOPs constraint only"):
         PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", allocation="uniform")
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform", "block"])
+def test_search_by_covers_the_layers_from_start(allocation):
+    g = torch.Generator().manual_seed(4)
+    grads = MaskGradients(torch.randn(16, 3, 4, generator=g), torch.randn(16, 3, 24, generator=g))
+    whole = search_by(allocation, grads, DIMS, SEQ, 0.5)
+    if allocation == "global":
+        assert whole.equal(search_flops(grads.head_importance(), grads.neuron_importance(), DIMS, SEQ, 0.5))
+    top = search_by(allocation, grads, DIMS, SEQ, 0.5, start=1)
+    top_dims = ModelDims(num_layers=2, num_heads=4, head_size=8, hidden_size=32, intermediate_size=24)
+    assert tuple(top.head.shape) == (2, 4) and tuple(top.neuron.shape) == (2, 24)
+    assert 0.4 < flops_ratio(top, top_dims, SEQ) <= 0.5 + 1e-9
+    if allocation == "uniform":
+        assert len(set(top.heads_per_layer())) == 1 and len(set(top.neurons_per_layer())) == 1
