@@ -122,6 +122,7 @@ class PruneConfig(BaseModel):
     def _iterative_flops_only(self) -> PruneConfig:
         _check_iterative(self.fisher.steps, self.metric)
         _check_allocation(self.allocation, self.metric)
+        _check_latency_dtype(self.metric, self.latency_dtype, self.device)
         return self
 
 
@@ -129,6 +130,18 @@ def _check_allocation(allocation: str, metric: str) -> None:
     if allocation != "global" and metric != "flops":
         raise ConfigError(f"allocation {allocation!r} supports the FLOPs constraint only; use allocation 'global' "
                           f"with metric {metric!r}")
+
+
+def _check_latency_dtype(metric: str, dtype: str, device: str) -> None:
+    """A half-precision latency table is timed on a GPU only (the latency mode times the search's device)."""
+    if metric != "latency" or dtype == "float32":
+        return
+    import torch
+
+    where = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if where.type != "cuda":
+        raise ConfigError(f"latency_dtype {dtype} is measured on CUDA devices only, not on {where}: use float32 "
+                          "there, or run the search on a GPU")
 
 
 def _check_iterative(steps: int, metric: str) -> None:
@@ -203,15 +216,16 @@ class SearchParams(StageParams):
         "float32", description="the dtype the model will serve in, which the latency table measures (latency mode; "
         "float16 and bfloat16 on CUDA only)")
     allocation: Literal["global", "block", "uniform"] = Field(
-        "global", description="global: rank all units by diagonal Fisher importance (the paper); block: split the "
-        "budget between layers by the block-diagonal Fisher cost of pruning within each layer (FLOPs only); the "
-        "tuning's budget re-split follows the same choice")
+        "global", description="global: rank all units by diagonal Fisher importance (the paper); uniform: the same "
+        "counts in every layer; block: split the budget between layers by the block-diagonal Fisher cost of pruning "
+        "within each layer. The tuning's budget re-split follows the same choice (FLOPs constraint only)")
 
     _constraint = field_validator("constraint")(check_constraint)
 
     @model_validator(mode="after")
-    def _flops_only(self) -> SearchParams:
+    def _consistent(self) -> SearchParams:
         _check_allocation(self.allocation, self.metric)
+        _check_latency_dtype(self.metric, self.latency_dtype, self.device)
         return self
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from fastprune.common import latency
 from fastprune.common.arch import ModelDims, adapter_for
+from fastprune.common.config import PruneConfig
 from fastprune.common.errors import ConfigError
 from fastprune.common.latency import (
     BlockFit,
@@ -280,3 +281,12 @@ def test_budget_resplit_under_a_latency_table_keeps_the_fitted_latency():
     assert [entry["layer"] for entry in resplit.log] == [1, 2]
     assert masks_latency(tuned, table) <= masks_latency(masks, table) + 1e-9
     assert masks_latency(tuned, table) > 0.5 * table.dense_ms()  # the budget is spent, not dropped
+
+
+
+def test_a_half_precision_latency_table_needs_a_gpu():
+    with pytest.raises(ValueError, match="latency_dtype float16 is measured on CUDA devices only, not on cpu"):
+        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", latency_dtype="float16",
+                    device="cpu")  # fmt: skip
+    assert PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, latency_dtype="float16", device="cpu")
+
