@@ -342,7 +342,8 @@ def machine_section(res: Results) -> list[str]:
         gpu = f"GPU {m['device']}; " if m["device"] != m["cpu"] else ""
         lines.append(f"- {gpu}CPU {m['cpu']}; torch {m['torch']}, transformers {m['transformers']}, "
                      f"Python {m['python']}, {m['platform']}")  # fmt: skip
-    sessions = [(s, kept) for s in res.of("session") if (kept := _session_results(res, s))]
+    every = res.of("session")
+    sessions = [(s, kept) for s in every if (kept := sum(_wrote(s, r) for r in res.runs + res.baselines))]
     rows = [[s["started"], s["mode"], " ".join(s["tasks"]), " ".join(map(str, s["seeds"])),
              " ".join(f"{c:g}" for c in s["constraints"]), " ".join(s["methods"]), f"{s['seconds'] / 60:.1f}",
              str(kept)] for s, kept in sessions]  # fmt: skip
@@ -350,10 +351,10 @@ def machine_section(res: Results) -> list[str]:
     if not sessions:
         lines.append("(no finished session: the results are of a run still going or stopped)")
     lines += ["", "`results`: the runs (method or baselines) of a session that this report still shows."]
-    replaced = len(res.of("session")) - len(sessions)
+    replaced = len(every) - len(sessions)
     if replaced:
         lines.append(f"Not listed: {replaced} earlier session(s) whose results were all replaced by reruns.")
-    orphans = sum(not any(_wrote(s, r) for s in res.of("session")) for r in res.runs + res.baselines)
+    orphans = sum(not any(_wrote(s, r) for s in every) for r in res.runs + res.baselines)
     if orphans:
         lines.append(f"{orphans} run(s) come from sessions that did not finish (stopped, or cut off by a time limit).")
     return [*lines, ""]
@@ -365,9 +366,6 @@ def _wrote(session: Record, run: Record) -> bool:
     end = start + timedelta(seconds=session["seconds"])
     return run["task"] in session["tasks"] and start <= datetime.fromisoformat(run["time"]) <= end
 
-
-def _session_results(res: Results, session: Record) -> int:
-    return sum(_wrote(session, r) for r in res.runs + res.baselines)
 
 
 def notes_section(res: Results) -> list[str]:

@@ -24,6 +24,11 @@ NEURON_MULTIPLE = 8
 need dimensions of a multiple of 8 (16 bytes) for their fast tensor-core kernels."""
 
 
+def padded_size(units: int, limit: int, multiple: int = NEURON_MULTIPLE) -> int:
+    """``units`` rounded up to a multiple of ``multiple``, at most ``limit`` (the dense size): an exported FFN's."""
+    return min(-(-units // multiple) * multiple, limit)
+
+
 @dataclass(frozen=True)
 class ModelDims:
     """The dense dimensions of a model family instance (from its config)."""

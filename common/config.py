@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .arch import NEURON_MULTIPLE
@@ -136,8 +137,6 @@ def _check_latency_dtype(metric: str, dtype: str, device: str) -> None:
     """A half-precision latency table is timed on a GPU only (the latency mode times the search's device)."""
     if metric != "latency" or dtype == "float32":
         return
-    import torch
-
     where = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if where.type != "cuda":
         raise ConfigError(f"latency_dtype {dtype} is measured on CUDA devices only, not on {where}: use float32 "

@@ -21,7 +21,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
-from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, adapter_for
+from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, adapter_for, padded_size
 from .errors import ConfigError, IntegrityError
 from .masks import Masks, weight_targets
 
@@ -75,7 +75,7 @@ def _padded(mask: torch.Tensor, multiple: int) -> torch.Tensor:
     ``multiple`` (or to all units)."""
     kept = mask != 0
     count = int(kept.sum())
-    target = min(-(-count // multiple) * multiple, mask.numel())
+    target = padded_size(count, mask.numel(), multiple)
     padding = (~kept).nonzero().flatten()[: target - count]
     kept[padding] = True
     return kept.nonzero().flatten()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import nn
 
-from .arch import NEURON_MULTIPLE, ModelDims, adapter_for
+from .arch import NEURON_MULTIPLE, ModelDims, adapter_for, padded_size
 from .errors import ConfigError
 from .masks import Masks
 from .search import check_constraint
@@ -351,7 +351,7 @@ def default_neuron_grid(intermediate_size: int, points: int = 20, multiple: int 
     half = max(2, points // 2)
     geo = np.geomspace(1, intermediate_size, half)
     lin = np.linspace(intermediate_size / half, intermediate_size, half)
-    grid = {min(-(-round(v) // multiple) * multiple, intermediate_size) for v in np.concatenate([geo, lin])}
+    grid = {padded_size(round(v), intermediate_size, multiple) for v in np.concatenate([geo, lin])}
     return sorted(n for n in grid | {intermediate_size} if 1 <= n <= intermediate_size)
 
 
