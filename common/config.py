@@ -241,6 +241,17 @@ class ExportParams(StageParams):
     neuron_multiple: int = Field(
         NEURON_MULTIPLE, ge=1, description="pad each layer's FFN with zero neurons to a multiple of this (fast fp16 "
         "kernels on GPUs need multiples of 8); 1: no padding. Exact: the outputs do not change")
+    onnx: Literal["none", "fp32", "int8"] = Field(
+        "none", description="also write an ONNX folder (model.onnx, config, tokenizer) in the model's onnx/ "
+        "sub-folder: fp32, or int8 (onnxruntime dynamic quantization, per channel)")
+
+
+class OnnxParams(StageParams):
+    """The ONNX folder of an exported model (``fastprune onnx``)."""
+
+    quantize: Literal["none", "int8"] = Field("none", description="none: fp32; int8: onnxruntime dynamic "
+                                              "quantization (per channel)")
+    opset: int = Field(17, ge=14, description="ONNX opset")
 
 
 class EvaluateParams(StageParams):

@@ -51,6 +51,9 @@ class PipelineParams(BaseModel):
     serving_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
         None, description="the dtype the model will serve in: the latency search's table and the profile step measure "
         "it (float16/bfloat16 need GPU steps)")
+    onnx: Literal["none", "fp32", "int8"] | None = Field(
+        None, description="the export step also writes an ONNX folder (fp32, or int8 by dynamic quantization), "
+        "registered with the model version; profiled (CPU) and used by the sweep's objective fastest")
 
     @field_validator("task")
     @classmethod

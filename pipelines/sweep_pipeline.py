@@ -62,6 +62,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
         tuning_teacher: str = "",
         tuning_ridge: str = "",
         tuning_resplit: bool = True,
+        onnx: str = "none",
     ) -> Artifact:
         fetched = fetch_model(source=model, task=task, tracking_uri=mlflow_uri, dev_data=dev_data)
         source = fetched.outputs["model"]
@@ -76,7 +77,7 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
             tuned = tune_masks(model=source, sample=sample, grads=grads, searched=searched.outputs["masks"],
                                masks=rearranged.outputs["rearranged"], device=device, mode=tuning_mode,
                                teacher=tuning_teacher, ridge=tuning_ridge, resplit=tuning_resplit)
-            exported = export_model(model=source, masks=tuned.outputs["tuned"])
+            exported = export_model(model=source, masks=tuned.outputs["tuned"], onnx=onnx)
             evaluated = evaluate_models(model=source, pruned=exported.outputs["pruned"],
                                         searched=searched.outputs["masks"], rearranged=rearranged.outputs["rearranged"],
                                         tuned=tuned.outputs["tuned"], dev_data=dev_data, device=device)
