@@ -41,8 +41,8 @@ RUNTIMES = {"torch": None, "onnx fp32": ("none", True), "onnx int8 per-channel":
 TARGET_SPEEDUP, TARGET_DROP = 3.0, 1.0
 
 
-def pruned_models(model: Path, constraints: list[float], work: Path) -> dict[str, Path]:
-    from fastprune.common.config import PruneConfig
+def pruned_models(model: Path, constraints: list[float], work: Path, num_samples: int) -> dict[str, Path]:
+    from fastprune.common.config import PruneConfig, SampleConfig
     from fastprune.common.prune import prune
 
     folders = {"dense": model}
@@ -51,7 +51,7 @@ def pruned_models(model: Path, constraints: list[float], work: Path) -> dict[str
         if not (out / "summary.json").is_file():
             start = time.perf_counter()
             prune(PruneConfig(model=str(model), task="sst2", train_file=str(SST2_TRAIN), constraint=c,
-                              device="cpu", progress=False), out)
+                              sample=SampleConfig(num_samples=num_samples), device="cpu", progress=False), out)
             print(f"pruned at FLOPs {c:g} in {time.perf_counter() - start:.0f} s", flush=True)
         folders[f"pruned {c:g}"] = out / "model"
     return folders
@@ -93,8 +93,8 @@ def accuracy(runs: dict, tokenizer, dev) -> dict[str, float]:
     return result
 
 
-def latency(runs: dict, batch: int, seq_len: int, repeats: int, warmup: int) -> list[timing.Timed]:
-    inputs = random_inputs(batch, seq_len, 30522)
+def latency(runs: dict, batch: int, seq_len: int, repeats: int, warmup: int, vocab: int) -> list[timing.Timed]:
+    inputs = random_inputs(batch, seq_len, vocab)
     inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
     calls = {key: (lambda m=module: m(**inputs)) for key, (module, _) in runs.items()}
     with torch.inference_mode():
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--dev", type=Path, default=DEV)
+    ap.add_argument("--model", type=Path, help="a fine-tuned SST-2 model folder (default: the demo's MiniLM)")
+    ap.add_argument("--num-samples", type=int, default=2048, help="the pruning sample (fastprune's default)")
     ap.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "results" / "runs" / "onnx_bench")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "onnx_minilm_cpu.md")
     args = ap.parse_args(argv)
@@ -145,8 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--repeats needs one value per batch size")
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
-    model = finetuned_minilm()
-    folders = pruned_models(model, args.constraints, args.workdir)
+    model = args.model or finetuned_minilm()
+    folders = pruned_models(model, args.constraints, args.workdir, args.num_samples)
     runs = variants(folders, args.workdir, args.threads)
     tokenizer = load_pruned(model)[1]
     dev = load_task_data(args.dev, get_task("sst2"), "validation")
@@ -155,14 +157,15 @@ def main(argv: list[str] | None = None) -> None:
     timed = {}
     for batch, repeats in zip(args.batch_sizes, args.repeats, strict=True):
         start = time.perf_counter()
-        timed[batch] = latency(runs, batch, args.seq_len, repeats, args.warmup)
+        timed[batch] = latency(runs, batch, args.seq_len, repeats, args.warmup, len(tokenizer))
         print(f"batch {batch}: {repeats} interleaved repeats in {time.perf_counter() - start:.0f} s", flush=True)
     load_after = os.getloadavg()
     rows = table(runs, acc, timed)
     lines = [f"# ONNX deployment: MiniLM on SST-2, {device_name('cpu')}", "",
              f"Model `{model}` (fine-tuned by `fastprune.defaults.finetuned_minilm`), pruned by `fastprune prune` "
-             f"defaults at FLOPs {', '.join(f'{c:g}' for c in args.constraints)}; accuracy on the {len(dev)} "
-             f"SST-2 dev examples; latency of random token ids, sequence length {args.seq_len}, "
+             f"defaults ({args.num_samples} sample examples) at FLOPs "
+             f"{', '.join(f'{c:g}' for c in args.constraints)}; accuracy on the {len(dev)} SST-2 dev examples; "
+             f"latency of random token ids, sequence length {args.seq_len}, "
              f"{args.threads} thread(s) for torch and onnxruntime, all variants interleaved, repeats "
              f"{dict(zip(args.batch_sizes, args.repeats, strict=True))} per batch size, medians with p10-p90; "
              "speedups against dense torch (median of per-repeat ratios).", "",
