@@ -7,8 +7,9 @@ quantization, per channel and per tensor): accuracy on the SST-2 dev set and lat
 
 All variants of one batch size are timed interleaved (one call of each in turn, repeated): medians, the p10-p90
 range over the repeats, and speedups as the median of per-repeat ratios to the dense torch model. The ONNX folders are
-the ones ``fastprune onnx`` writes (``common/onnx_folder.py``), run through onnxruntime's CPU provider. Pruned models
-and ONNX folders are cached under ``--workdir``. Writes ``benchmarks/results/onnx_minilm_cpu.md`` and a JSON beside it.
+the ones ``fastprune onnx`` writes (``common/model/onnx_folder.py``), run through onnxruntime's CPU provider.
+Pruned models and ONNX folders are cached under ``--workdir``. Writes ``benchmarks/results/onnx_minilm_cpu.md`` and a
+JSON beside it.
 Targets: pruned + int8 at least 3x faster than dense torch, at most 1 point of accuracy lost.
 """
 
@@ -24,34 +25,48 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see latency_bench.py: sle
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from fastprune.common import timing  # noqa: E402
-from fastprune.common.data import load_task_data  # noqa: E402
-from fastprune.common.evaluate import evaluate  # noqa: E402
-from fastprune.common.export import load_pruned  # noqa: E402
-from fastprune.common.latency import device_name, random_inputs  # noqa: E402
-from fastprune.common.onnx_folder import OrtModel, build_onnx_folder  # noqa: E402
-from fastprune.common.tasks import get_task  # noqa: E402
+from fastprune.common.model import spread as timing  # noqa: E402
+from fastprune.common.model.export import load_pruned  # noqa: E402
+from fastprune.common.model.onnx_folder import OrtModel, build_onnx_folder  # noqa: E402
+from fastprune.common.model.timing import device_name, random_inputs  # noqa: E402
+from fastprune.common.tasks.data import load_task_data  # noqa: E402
+from fastprune.common.tasks.evaluate import evaluate  # noqa: E402
+from fastprune.common.tasks.spec import get_task  # noqa: E402
 
 from fastprune.defaults import SST2_TRAIN, finetuned_minilm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "glue" / "SST-2" / "dev.tsv"
-RUNTIMES = {"torch": None, "onnx fp32": ("none", True), "onnx int8 per-channel": ("int8", True),
-            "onnx int8 per-tensor": ("int8", False)}
+RUNTIMES = {
+    "torch": None,
+    "onnx fp32": ("none", True),
+    "onnx int8 per-channel": ("int8", True),
+    "onnx int8 per-tensor": ("int8", False),
+}
 TARGET_SPEEDUP, TARGET_DROP = 3.0, 1.0
 
 
 def pruned_models(model: Path, constraints: list[float], work: Path, num_samples: int) -> dict[str, Path]:
-    from fastprune.common.config import PruneConfig, SampleConfig
-    from fastprune.common.prune import prune
+    from fastprune.common.stages.config import PruneConfig, SampleConfig
+    from fastprune.common.stages.prune import prune
 
     folders = {"dense": model}
     for c in constraints:
         out = work / f"pruned-{c:g}"
         if not (out / "summary.json").is_file():
             start = time.perf_counter()
-            prune(PruneConfig(model=str(model), task="sst2", train_file=str(SST2_TRAIN), constraint=c,
-                              sample=SampleConfig(num_samples=num_samples), device="cpu", progress=False), out)
+            prune(
+                PruneConfig(
+                    model=str(model),
+                    task="sst2",
+                    train_file=str(SST2_TRAIN),
+                    constraint=c,
+                    sample=SampleConfig(num_samples=num_samples),
+                    device="cpu",
+                    progress=False,
+                ),
+                out,
+            )
             print(f"pruned at FLOPs {c:g} in {time.perf_counter() - start:.0f} s", flush=True)
         folders[f"pruned {c:g}"] = out / "model"
     return folders
@@ -78,8 +93,10 @@ def variants(folders: dict[str, Path], work: Path, threads: int) -> dict[str, tu
             else:
                 onnx = onnx_folder(name, folder, *spec, work)
                 size = (onnx / "model.onnx").stat().st_size
-                out[f"{name}, {runtime}"] = (OrtModel(onnx, threads), {"model": name, "runtime": runtime,
-                                                                        "onnx_mb": round(size / 2**20, 1)})
+                out[f"{name}, {runtime}"] = (
+                    OrtModel(onnx, threads),
+                    {"model": name, "runtime": runtime, "onnx_mb": round(size / 2**20, 1)},
+                )
     return out
 
 
@@ -104,8 +121,11 @@ def latency(runs: dict, batch: int, seq_len: int, repeats: int, warmup: int, voc
 def table(runs: dict, acc: dict, timed: dict[int, list[timing.Timed]]) -> list[str]:
     base = acc["dense, torch"]
     batches = sorted(timed)
-    head = ["model", "runtime", "accuracy", "drop"] + [f"b{b} p50 ms (p10-p90)" for b in batches] + [
-        f"b{b} speedup (p10-p90)" for b in batches]
+    head = (
+        ["model", "runtime", "accuracy", "drop"]
+        + [f"b{b} p50 ms (p10-p90)" for b in batches]
+        + [f"b{b} speedup (p10-p90)" for b in batches]
+    )
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for key, (_, info) in runs.items():
         row = [info["model"], info["runtime"], f"{acc[key]:.2f}", f"{base - acc[key]:+.2f}"]
@@ -124,8 +144,11 @@ def targets(runs: dict, acc: dict, timed: dict[int, list[timing.Timed]]) -> list
         drop = acc["dense, torch"] - acc[key]
         speed = {b: next(t for t in timed[b] if t.name == key).speedup.median for b in sorted(timed)}
         ok = all(s >= TARGET_SPEEDUP for s in speed.values()) and drop <= TARGET_DROP
-        lines.append(f"- {key}: " + ", ".join(f"batch {b} {s:.2f}x" for b, s in speed.items()) +
-                     f", {drop:+.2f} points: **{'met' if ok else 'missed'}**")
+        lines.append(
+            f"- {key}: "
+            + ", ".join(f"batch {b} {s:.2f}x" for b, s in speed.items())
+            + f", {drop:+.2f} points: **{'met' if ok else 'missed'}**"
+        )
     return lines
 
 
@@ -161,27 +184,42 @@ def main(argv: list[str] | None = None) -> None:
         print(f"batch {batch}: {repeats} interleaved repeats in {time.perf_counter() - start:.0f} s", flush=True)
     load_after = os.getloadavg()
     rows = table(runs, acc, timed)
-    lines = [f"# ONNX deployment: MiniLM on SST-2, {device_name('cpu')}", "",
-             f"Model `{model}` (fine-tuned by `fastprune.defaults.finetuned_minilm`), pruned by `fastprune prune` "
-             f"defaults ({args.num_samples} sample examples) at FLOPs "
-             f"{', '.join(f'{c:g}' for c in args.constraints)}; accuracy on the {len(dev)} SST-2 dev examples; "
-             f"latency of random token ids, sequence length {args.seq_len}, "
-             f"{args.threads} thread(s) for torch and onnxruntime, all variants interleaved, repeats "
-             f"{dict(zip(args.batch_sizes, args.repeats, strict=True))} per batch size, medians with p10-p90; "
-             "speedups against dense torch (median of per-repeat ratios).", "",
-             f"Load average (1, 5, 15 min) before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, after: "
-             f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} on {os.cpu_count()} cores: "
-             + ("measured under load from other processes." if max(load[0], load_after[0]) > 1.0 else
-                "a quiet machine."), "", *rows, "",
-             f"Targets (pruned + int8 at least {TARGET_SPEEDUP:g}x faster than dense torch at every batch size, at "
-             f"most {TARGET_DROP:g} point lost):", "", *targets(runs, acc, timed), ""]
+    lines = [
+        f"# ONNX deployment: MiniLM on SST-2, {device_name('cpu')}",
+        "",
+        f"Model `{model}` (fine-tuned by `fastprune.defaults.finetuned_minilm`), pruned by `fastprune prune` "
+        f"defaults ({args.num_samples} sample examples) at FLOPs "
+        f"{', '.join(f'{c:g}' for c in args.constraints)}; accuracy on the {len(dev)} SST-2 dev examples; "
+        f"latency of random token ids, sequence length {args.seq_len}, "
+        f"{args.threads} thread(s) for torch and onnxruntime, all variants interleaved, repeats "
+        f"{dict(zip(args.batch_sizes, args.repeats, strict=True))} per batch size, medians with p10-p90; "
+        "speedups against dense torch (median of per-repeat ratios).",
+        "",
+        f"Load average (1, 5, 15 min) before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, after: "
+        f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} on {os.cpu_count()} cores: "
+        + ("measured under load from other processes." if max(load[0], load_after[0]) > 1.0 else "a quiet machine."),
+        "",
+        *rows,
+        "",
+        f"Targets (pruned + int8 at least {TARGET_SPEEDUP:g}x faster than dense torch at every batch size, at "
+        f"most {TARGET_DROP:g} point lost):",
+        "",
+        *targets(runs, acc, timed),
+        "",
+    ]
     text = "\n".join(lines)
     print("\n" + text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
-    record = {"load_before": load, "load_after": load_after, "threads": args.threads, "seq_len": args.seq_len,
-              "accuracy": acc, "variants": {k: info for k, (_, info) in runs.items()},
-              "latency": {b: [t.model_dump() for t in ts] for b, ts in timed.items()}}
+    record = {
+        "load_before": load,
+        "load_after": load_after,
+        "threads": args.threads,
+        "seq_len": args.seq_len,
+        "accuracy": acc,
+        "variants": {k: info for k, (_, info) in runs.items()},
+        "latency": {b: [t.model_dump() for t in ts] for b, ts in timed.items()},
+    }
     args.output.with_suffix(".json").write_text(json.dumps(record, indent=1))
 
 

@@ -10,16 +10,20 @@ import json
 def _add_onnx(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pruned", required=True, help="the model folder: model/ of fastprune prune, or the export step's")
     p.add_argument("--output", required=True, help="the ONNX folder to write (must not exist, unless --overwrite)")
-    p.add_argument("--quantize", default="none", metavar="none|int8",
-                   help="int8: onnxruntime dynamic quantization, per channel (default: none, fp32)")
+    p.add_argument(
+        "--quantize",
+        default="none",
+        metavar="none|int8",
+        help="int8: onnxruntime dynamic quantization, per channel (default: none, fp32)",
+    )
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.set_defaults(func=_onnx)
 
 
 def _onnx(args: argparse.Namespace) -> int:
-    from fastprune.common.onnx_folder import check_model_folder, check_output, check_quantize
-    from fastprune.common.stages import run_stage
+    from fastprune.common.model.onnx_folder import check_model_folder, check_output, check_quantize
+    from fastprune.common.stages.run import run_stage
 
     check_quantize(args.quantize)  # every check before any work: one line and exit 2 on bad input
     pruned = check_model_folder(args.pruned)
@@ -27,8 +31,10 @@ def _onnx(args: argparse.Namespace) -> int:
     info = run_stage("onnx", output, {"quantize": args.quantize, "opset": args.opset}, pruned=pruned)
     kind = "int8 (dynamic, per channel)" if info["quantization"] == "int8-dynamic" else "fp32"
     print(json.dumps({k: info[k] for k in ("quantization", "per_channel", "max_abs_diff_vs_torch", "seconds")}))
-    print(f"fastprune: {kind} ONNX model written to {output}/model.onnx (with config.json and the tokenizer); "
-          f"load it with onnxruntime.InferenceSession or optimum's ORTModelFor....from_pretrained('{output}')")
+    print(
+        f"fastprune: {kind} ONNX model written to {output}/model.onnx (with config.json and the tokenizer); "
+        f"load it with onnxruntime.InferenceSession or optimum's ORTModelFor....from_pretrained('{output}')"
+    )
     return 0
 
 

@@ -14,11 +14,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from fastprune.common.data import load_task_data
-from fastprune.common.export import load_pruned
-from fastprune.common.stages import run_stage, stage_info
-from fastprune.common.storage import verify_manifest
-from fastprune.common.tasks import get_task
+from fastprune.common.folders import stage_info, verify_manifest
+from fastprune.common.model.export import load_pruned
+from fastprune.common.stages.run import run_stage
+from fastprune.common.tasks.data import load_task_data
+from fastprune.common.tasks.spec import get_task
 from tiny import SST2
 from transformers import AutoConfig, AutoTokenizer
 
@@ -38,13 +38,32 @@ def chain(tiny_sst2_model, tmp_path_factory):
     run_stage("fisher", w / "grads", {"device": "cpu"}, model=w / "model", sample=w / "sample")
     run_stage("search", w / "searched", {"constraint": 0.5}, model=w / "model", grads=w / "grads")
     run_stage("rearrange", w / "rearranged", {}, grads=w / "grads", masks=w / "searched")
-    run_stage("tune", w / "tuned", {"device": "cpu"}, model=w / "model", sample=w / "sample", grads=w / "grads",
-              searched=w / "searched", masks=w / "rearranged")
+    run_stage(
+        "tune",
+        w / "tuned",
+        {"device": "cpu"},
+        model=w / "model",
+        sample=w / "sample",
+        grads=w / "grads",
+        searched=w / "searched",
+        masks=w / "rearranged",
+    )
     run_stage("export", w / "pruned", {"onnx": "int8"}, model=w / "model", masks=w / "tuned")
-    run_stage("evaluate", w / "evaluation", {"dev_file": str(dev), "device": "cpu"}, model=w / "model",
-              pruned=w / "pruned", tuned=w / "tuned")
-    run_stage("profile", w / "profile", {"device": "cpu", "batch_size": 2, "seq_len": 16, "repeats": 5, "warmup": 1},
-              model=w / "model", pruned=w / "pruned")
+    run_stage(
+        "evaluate",
+        w / "evaluation",
+        {"dev_file": str(dev), "device": "cpu"},
+        model=w / "model",
+        pruned=w / "pruned",
+        tuned=w / "tuned",
+    )
+    run_stage(
+        "profile",
+        w / "profile",
+        {"device": "cpu", "batch_size": 2, "seq_len": 16, "repeats": 5, "warmup": 1},
+        model=w / "model",
+        pruned=w / "pruned",
+    )
     return w
 
 
@@ -63,7 +82,8 @@ def test_onnx_command_writes_an_fp32_folder_onnxruntime_loads_with_dynamic_axes(
     out = tmp_path / "onnx"
     assert main(["onnx", "--pruned", str(chain / "pruned"), "--output", str(out)]) == 0
     assert {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "fastprune_onnx.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     verify_manifest(out)
     meta = json.loads((out / "fastprune_onnx.json").read_text())
     assert (meta["quantization"], meta["task"]) == ("none", "sst2") and meta["max_abs_diff_vs_torch"] < 1e-4
@@ -90,7 +110,7 @@ def test_onnx_command_int8_is_quantized_and_agrees_with_torch(chain, tmp_path):
     texts = list(dev["text_a"])[:200]
     session = ort.InferenceSession(str(int8 / "model.onnx"), providers=["CPUExecutionProvider"])
     inputs = _encoded(int8, texts, session)
-    agree = (session.run(["logits"], inputs)[0].argmax(-1) == _torch_logits(chain / "pruned", inputs).argmax(-1))
+    agree = session.run(["logits"], inputs)[0].argmax(-1) == _torch_logits(chain / "pruned", inputs).argmax(-1)
     assert agree.mean() >= 0.95
 
 
@@ -106,8 +126,9 @@ def test_onnx_command_refuses_bad_input_before_any_work(chain, tmp_path, capsys)
         return err
 
     (tmp_path / "empty").mkdir()
-    assert "not a model folder written by fastprune" in refused("--pruned", str(tmp_path / "empty"), "--output",
-                                                              str(tmp_path / "o"))
+    assert "not a model folder written by fastprune" in refused(
+        "--pruned", str(tmp_path / "empty"), "--output", str(tmp_path / "o")
+    )
     assert "give its model folder" in refused("--pruned", str(chain), "--output", str(tmp_path / "o"))  # no model/
     (tmp_path / "parent").mkdir()
     (tmp_path / "parent" / "model").mkdir()
@@ -159,8 +180,9 @@ def test_register_logs_the_onnx_folder_with_the_version_and_a_deploy_report(chai
     session = ort.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionProvider"])
     inputs = _encoded(folder, TEXTS, session)
     assert (session.run(["logits"], inputs)[0].argmax(-1) == _torch_logits(chain / "pruned", inputs).argmax(-1)).all()
-    model_dir = mlflow.artifacts.download_artifacts(f"models:/tiny-onnx/{result['version']}",
-                                                    dst_path=str(tmp_path / "m"))
+    model_dir = mlflow.artifacts.download_artifacts(
+        f"models:/tiny-onnx/{result['version']}", dst_path=str(tmp_path / "m")
+    )
     files = {p.relative_to(model_dir).as_posix() for p in __import__("pathlib").Path(model_dir).rglob("*")}
     assert "artifacts/model/model.safetensors" in files and not [f for f in files if "model.onnx" in f]
     loaded = mlflow.pyfunc.load_model(f"models:/tiny-onnx/{result['version']}")  # its manifest still checks
@@ -185,8 +207,20 @@ def test_register_logs_under_the_run_kubeflow_opened_for_the_step(chain, tmp_pat
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": step_run}
 
     def register(out, *extra):
-        argv = [sys.executable, "-m", "fastprune.cli", "step", "register", "--out", str(tmp_path / out),
-                "--model-name", "kf", "--max-drop", "100", *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "fastprune.cli",
+            "step",
+            "register",
+            "--out",
+            str(tmp_path / out),
+            "--model-name",
+            "kf",
+            "--max-drop",
+            "100",
+            *extra,
+        ]
         for name in ("pruned", "tuned", "evaluation", "profile"):
             argv += [f"--{name}", str(chain / name)]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
