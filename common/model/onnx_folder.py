@@ -125,7 +125,7 @@ def _max_diff(model: nn.Module, path: Path) -> float:
 
 def _config(model: nn.Module, meta: dict) -> dict:
     """The model's config as a stock one (no custom code: ``auto_map`` dropped) with how the ONNX file was made."""
-    config = model.config.to_dict()
+    config: dict = getattr(model, "config").to_dict()  # noqa: B009 - a transformers model's config
     config.pop("auto_map", None)
     config["architectures"] = [type(model).__name__]
     config["fastprune_onnx"] = meta
