@@ -70,6 +70,18 @@ def test_the_fastest_passing_candidate_is_chosen(candidates, tmp_path):
     assert info["chosen_constraint"] == 0.7
 
 
+def test_the_fastest_is_chosen_on_onnx_latency_when_the_export_made_onnx_models(candidates, tmp_path):
+    """Served as ONNX, C=0.5 is the fastest though C=0.7 is faster in torch: the ONNX latency decides."""
+    for folders, onnx_ms in zip(candidates, (1.0, 1.5, 2.5), strict=True):
+        info = json.loads((folders["profile"] / STAGE_FILE).read_text())
+        (folders["profile"] / STAGE_FILE).write_text(json.dumps({**info, "latency_after_onnx_ms": onnx_ms}))
+        write_manifest(folders["profile"])
+    info = select_stage(tmp_path / "sweep", {"objective": "fastest", "max_drop": 2.0}, candidates)
+    assert info["chosen_constraint"] == 0.5 and info["candidates"][1]["latency_onnx_ms"] == 1.5
+    markdown = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "lowest measured latency of its ONNX model" in markdown and "ONNX ms" in markdown
+
+
 def test_nothing_is_chosen_when_no_candidate_passes(candidates, tmp_path):
     info = select_stage(tmp_path / "sweep", {"objective": "smallest", "max_drop": 0.1}, candidates)
     assert info["chosen"] is None and info["registered"] is False
