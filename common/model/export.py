@@ -22,23 +22,26 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
 from ..errors import ConfigError, IntegrityError
-from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, adapter_for, padded_size
+from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
 from .masks import Masks, weight_targets
 
 WEIGHTS = "model.safetensors"
 
 
-def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_MULTIPLE) -> nn.Module:
+def export_pruned(
+    model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_MULTIPLE, adapter: ArchAdapter | None = None
+) -> nn.Module:
     """A physically smaller copy of ``model``: each head's scale multiplies its columns of the
     attention output projection, each neuron's its column of the FFN output projection; pruned
     units are sliced away (layers may keep zero heads or zero neurons).
 
     Each layer's FFN is padded to a multiple of ``neuron_multiple`` neurons (1: no padding) with pruned neurons
     whose weights are zeroed, so the model computes exactly what the masked one does; at most
-    ``neuron_multiple - 1`` neurons per layer, a fraction of a percent of the FLOPs."""
+    ``neuron_multiple - 1`` neurons per layer, a fraction of a percent of the FLOPs. ``adapter``: the model's
+    family (default: the registered one for its model type)."""
     if neuron_multiple < 1:
         raise ConfigError(f"neuron_multiple must be a positive integer (1: no padding), got {neuron_multiple}")
-    adapter = adapter_for(model)
+    adapter = adapter or adapter_for(model)
     dims = adapter.dims(model.config)
     if tuple(masks.head.shape) != (dims.num_layers, dims.num_heads) or tuple(masks.neuron.shape) != (
         dims.num_layers,
@@ -50,7 +53,7 @@ def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_
         )
     pruned = copy.deepcopy(model).eval()
     with torch.no_grad():  # the output projections refit by mask tuning (refit mode)
-        for param, value in weight_targets(pruned, masks.weights):
+        for param, value in weight_targets(pruned, masks.weights, adapter):
             param.copy_(value.to(param))
     for i, layer in enumerate(adapter.layer_modules(pruned)):
         head, neuron = masks.head[i].float(), masks.neuron[i].float()
@@ -61,10 +64,11 @@ def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_
             w_2.mul_(neuron.to(w_2)[None, :])
             keep_neurons = _padded(neuron, neuron_multiple)
             padding = keep_neurons[neuron[keep_neurons] == 0]
-            ffn_in = adapter.linear(layer, "ffn_in")  # padding neurons: zero in, zero out (w_2 masked above)
-            ffn_in.weight[padding.to(ffn_in.weight.device)] = 0.0
-            if ffn_in.bias is not None:
-                ffn_in.bias[padding.to(ffn_in.bias.device)] = 0.0
+            for name in adapter.ffn_inputs:  # padding neurons: zero in, zero out (w_2 masked above)
+                ffn_in = adapter.linear(layer, name)
+                ffn_in.weight[padding.to(ffn_in.weight.device)] = 0.0
+                if ffn_in.bias is not None:
+                    ffn_in.bias[padding.to(ffn_in.bias.device)] = 0.0
         adapter.slice_layer(layer, head.nonzero().flatten(), keep_neurons, dims.head_size)
     setattr(pruned.config, STRUCTURE_KEY, adapter.structure(pruned))
     return pruned

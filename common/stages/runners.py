@@ -38,7 +38,7 @@ from ..method.resplit import BudgetResplit
 from ..method.tuning import DEFAULT_TEACHER, tune_masks
 from ..method.validation import StageValidator
 from ..model.arch import ModelDims, adapter_for
-from ..model.cost import dense_macs, flops_ratio, units_macs
+from ..model.cost import dense_macs, flops_ratio, structure_macs
 from ..model.export import export_pruned, parameter_count, save_pruned
 from ..model.loading import load_model, resolve_device
 from ..model.masks import Masks, pruning_applied
@@ -294,7 +294,7 @@ def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
     before, after = parameter_count(net), parameter_count(pruned)
     dims, seq_len = adapter_for(net).dims(net.config), stage_info(masks)["seq_len"]
     shape = adapter_for(pruned).structure(pruned)  # with the padding neurons
-    exported = units_macs(sum(shape["num_heads"]), sum(shape["intermediate_size"]), dims, seq_len)
+    exported = structure_macs(shape, dims, seq_len)
     return {"task": task.name, "source": stage_info(model)["source"], "params_before": before, "params_after": after,
             "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len),
             "neurons_per_layer_exported": shape["intermediate_size"],
