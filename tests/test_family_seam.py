@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 from fastprune.common.errors import ConfigError
+from fastprune.common.method.tuning import tune_masks
 from fastprune.common.model.arch import ArchAdapter, ModelDims, adapter_for
 from fastprune.common.model.blocks import BlockStyle
 from fastprune.common.model.cost import (
@@ -21,7 +22,7 @@ from fastprune.common.model.cost import (
     structure_macs,
 )
 from fastprune.common.model.export import export_pruned
-from fastprune.common.model.masks import Masks, masks_applied
+from fastprune.common.model.masks import Masks, masks_applied, weights_applied
 from fastprune.common.model.slicing import KVExpandedLinear
 from tiny import tiny_config
 from torch import nn
@@ -105,8 +106,12 @@ def test_the_adapter_states_the_structure_as_data():
     assert LLAMA.ffn_inputs == ("ffn_gate", "ffn_in")
     assert [LLAMA.linear(layer, n).out_features for n in ("query", "key", "value")] == [32, 16, 16]
     assert LLAMA.linear(layer, "ffn_gate") is layer.mlp.gate_proj and LLAMA.linear(layer, "ffn_in") is layer.mlp.up_proj
-    assert LLAMA.structure(model) == {"num_heads": [4] * 3, "intermediate_size": [24] * 3,
-                                      "num_key_value_heads": [2] * 3, "head_groups": [[0, 0, 1, 1]] * 3}  # fmt: skip
+    assert LLAMA.structure(model) == {
+        "num_heads": [4] * 3,
+        "intermediate_size": [24] * 3,
+        "num_key_value_heads": [2] * 3,
+        "head_groups": [[0, 0, 1, 1]] * 3,
+    }
     # the registered families keep their data and their structure format
     bert = adapter_for(tiny_config("bert"))
     assert bert.ffn_inputs == ("ffn_in",) and bert.style.placement == "post" and bert.cfg_kv_heads is None
@@ -130,12 +135,14 @@ def test_residual_taps_read_the_residual_stream_of_a_pre_norm_block():
     def keep_output(name):
         return lambda _m, _a, out: seen.__setitem__(name, out[0] if isinstance(out, tuple) else out)
 
-    handles = [LLAMA.residual(layer, "attention").register_forward_pre_hook(keep_input("attn_res")),
-               LLAMA.residual(layer, "ffn").register_forward_pre_hook(keep_input("ffn_res")),
-               LLAMA.linear(layer, "query").register_forward_pre_hook(keep_input("query_in")),
-               LLAMA.linear(layer, "attn_out").register_forward_hook(keep_output("attn_out")),
-               LLAMA.linear(layer, "ffn_out").register_forward_hook(keep_output("ffn_out")),
-               layer.register_forward_hook(keep_output("layer_out"))]  # fmt: skip
+    handles = [
+        LLAMA.residual(layer, "attention").register_forward_pre_hook(keep_input("attn_res")),
+        LLAMA.residual(layer, "ffn").register_forward_pre_hook(keep_input("ffn_res")),
+        LLAMA.linear(layer, "query").register_forward_pre_hook(keep_input("query_in")),
+        LLAMA.linear(layer, "attn_out").register_forward_hook(keep_output("attn_out")),
+        LLAMA.linear(layer, "ffn_out").register_forward_hook(keep_output("ffn_out")),
+        layer.register_forward_hook(keep_output("layer_out")),
+    ]
     _logits(model, _inputs())
     for h in handles:
         h.remove()
@@ -192,6 +199,31 @@ def test_uneven_heads_per_group_expand_keys_and_values():
     torch.testing.assert_close(_logits(rebuilt, inputs), masked, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("mode", ["refit", "reselect"])
+def test_tuning_refits_a_bias_free_pre_norm_model(mode):
+    """Mask tuning reads the residual stream at the family's taps and refits output projections that have no bias
+    (none is added); the export folds the refit weights in and computes what the masked, refit model does."""
+    model = _llama()
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {"input_ids": torch.randint(0, 96, (4, 10), generator=g), "attention_mask": torch.ones(4, 10).long()}
+        for _ in range(3)
+    ]
+    masks = _masks().binary()
+    tuned, reports = tune_masks(
+        model, masks, None, batches, progress=False, mode=mode, adapter=LLAMA, cls_only_last_layer=False
+    )
+    assert [r.tuned for r in reports] == [True, True, True, True, False, False]  # layer 2 keeps nothing
+    assert all(r.error_after < r.error_before for r in reports if r.tuned)
+    assert tuned.weights and all(key.endswith(".weight") for key in tuned.weights)
+    inputs = _inputs()
+    with masks_applied(model, tuned.head, tuned.neuron, LLAMA), weights_applied(model, tuned.weights, LLAMA):
+        masked = _logits(model, inputs)
+    pruned = export_pruned(model, tuned, adapter=LLAMA)
+    torch.testing.assert_close(_logits(pruned, inputs), masked, atol=1e-5, rtol=0)
+    assert all(m.bias is None for m in pruned.modules() if isinstance(m, nn.Linear))
+
+
 @pytest.mark.parametrize("empty_layer", [2, 0])
 def test_generate_on_the_sliced_model_matches_the_masked_one(empty_layer):
     """Greedy tokens with the key/value cache; the layer without heads keeps nothing in the cache."""
@@ -218,8 +250,9 @@ def test_cost_model_against_a_hand_count():
     assert head_macs(s, dims) == 2 * s * 32 * 8 + 2 * s * s * 8
     assert group_macs(s, dims) == 2 * s * 32 * 8
     assert neuron_macs(s, dims) == 3 * s * 32
-    assert dims.cost.head(s, dims) == s * (dims.cost.head_projections_per_token(dims)
-                                           + dims.cost.attention_per_token(dims, s))  # fmt: skip
+    assert dims.cost.head(s, dims) == s * (
+        dims.cost.head_projections_per_token(dims) + dims.cost.attention_per_token(dims, s)
+    )
     assert dims.cost.neuron(s, dims) == s * dims.cost.neuron_per_token(dims)
     masks = _masks()
     pruned = export_pruned(model, masks, neuron_multiple=1, adapter=LLAMA)

@@ -357,7 +357,7 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
         note = f"ridge {ridge:g}, "
     fit = refit(stats, proj, mask_row, unit_size, ridge)
     if reselect and kept < len(mask_row):
-        chosen = reselect_units(stats, unit_size, kept, ridge).to(mask_row.dtype)
+        chosen = reselect_units(stats, unit_size, kept, ridge, full_proj.bias is not None).to(mask_row.dtype)
         other = refit(stats, proj, chosen, unit_size, ridge)
         moved = int(((chosen != 0) & (mask_row == 0)).sum())
         if other is not None and (fit is None or other[1] < fit[1]):
@@ -373,8 +373,9 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
         theta = torch.cat([theta.new_zeros(full_proj.in_features, theta.shape[1]).index_copy(0, cols, theta[:-1]),
                            theta[-1:]])  # fmt: skip
     full_row.copy_((full_row != 0).to(full_row.dtype))
-    params = {"weight": theta[:-1].T.to(full_proj.weight.dtype).contiguous(),  # pruned columns 0 (masks 0 too)
-              "bias": theta[-1].to(full_proj.bias.dtype)}  # fmt: skip
+    params = {"weight": theta[:-1].T.to(full_proj.weight.dtype).contiguous()}  # pruned columns 0 (masks 0 too)
+    if full_proj.bias is not None:  # a family without biases keeps none
+        params["bias"] = theta[-1].to(full_proj.bias.dtype)
     return BlockReport(layer, block, True, before, after, 1.0, f"{note}refit {kept} units"), params
 
 
