@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +33,8 @@ def padded_size(units: int, limit: int, multiple: int = NEURON_MULTIPLE) -> int:
     return min(-(-units // multiple) * multiple, limit)
 
 
-def _get(module: nn.Module, dotted: str) -> nn.Module:
+def _get(module: Any, dotted: str) -> Any:
+    """The submodule at a dotted path (typed Any: nn.Module's attribute access is typed Tensor | Module)."""
     for part in dotted.split("."):
         module = getattr(module, part)
     return module
@@ -238,7 +240,7 @@ def _heads_with_groups(head_groups: list[int], group_size: int) -> torch.Tensor:
     return torch.tensor(keep, dtype=torch.long)
 
 
-_BERT_LIKE = dict(
+_BERT_LIKE: dict[str, Any] = dict(
     layers="encoder.layer",
     attention="attention.self",
     query="attention.self.query",

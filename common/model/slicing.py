@@ -49,6 +49,8 @@ class KVExpandedLinear(nn.Linear):
     head, its group's head (``head_groups[j]``: the group of query head ``j``). Its state dict is a plain linear's
     (the index is not saved: the structure in ``config.json`` rebuilds it)."""
 
+    head_groups: torch.Tensor
+
     def __init__(self, linear: nn.Linear, head_groups: torch.Tensor, head_size: int):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -91,7 +93,7 @@ def no_heads_forward(self: nn.Module, hidden_states: torch.Tensor, *args, **kwar
     context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
     if not self.fastprune_out:
         return context, None
-    out = self
-    for part in self.fastprune_out.split("."):
+    out: nn.Module = self
+    for part in str(self.fastprune_out).split("."):
         out = getattr(out, part)
     return out(context), None
