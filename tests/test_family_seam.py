@@ -57,7 +57,7 @@ LLAMA = ArchAdapter(
 )
 
 
-def _llama(seed: int = 0) -> LlamaForCausalLM:
+def _llama(seed: int = 0, attention: str = "sdpa") -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=96,
@@ -71,7 +71,7 @@ def _llama(seed: int = 0) -> LlamaForCausalLM:
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
     )
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attention
     return LlamaForCausalLM(config).eval()
 
 
@@ -177,10 +177,11 @@ def test_masked_equals_sliced_with_grouped_query_attention_and_a_gated_mlp():
     torch.testing.assert_close(_logits(rebuilt, inputs), masked, atol=1e-5, rtol=0)
 
 
-def test_uneven_heads_per_group_expand_keys_and_values():
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_uneven_heads_per_group_expand_keys_and_values(attention):
     """Three query heads over two groups (2 + 1): the family's attention cannot repeat the keys evenly, so the
     key/value projections hand each query head its group's head."""
-    model = _llama()
+    model = _llama(attention=attention)
     head = torch.tensor([[1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
     masks = Masks(head, torch.ones(LAYERS, NEURONS))
     inputs = _inputs()
@@ -188,12 +189,12 @@ def test_uneven_heads_per_group_expand_keys_and_values():
         masked = _logits(model, inputs)
     pruned = export_pruned(model, masks, adapter=LLAMA)
     torch.testing.assert_close(_logits(pruned, inputs), masked, atol=1e-5, rtol=0)
-    attention = LLAMA.layer_modules(pruned)[0].self_attn
-    assert isinstance(attention.k_proj, KVExpandedLinear) and attention.num_key_value_groups == 1
-    assert attention.k_proj.weight.shape == (2 * HEAD_SIZE, HIDDEN)  # two groups' rows, three heads' keys
+    first = LLAMA.layer_modules(pruned)[0].self_attn
+    assert isinstance(first.k_proj, KVExpandedLinear) and first.num_key_value_groups == 1
+    assert first.k_proj.weight.shape == (2 * HEAD_SIZE, HIDDEN)  # two groups' rows, three heads' keys
     assert LLAMA.structure(pruned)["head_groups"] == [[0, 0, 1], [0, 1, 1], [0, 0, 1, 1]]
     assert set(pruned.state_dict()) == set(model.state_dict())  # the expansion index is not saved
-    rebuilt = _llama(seed=2)
+    rebuilt = _llama(seed=2, attention=attention)
     LLAMA.reshape_to(rebuilt, LLAMA.structure(pruned))
     rebuilt.load_state_dict(pruned.state_dict(), strict=True)
     torch.testing.assert_close(_logits(rebuilt, inputs), masked, atol=1e-5, rtol=0)
