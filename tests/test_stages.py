@@ -105,9 +105,10 @@ def test_iterative_fisher_stage_keeps_pruned_units_out(steps, tmp_path):
     assert not Masks.load(tmp_path / "one-shot" / MASKS_FILE).equal(Masks.load(tmp_path / "search" / MASKS_FILE))
     assert one_shot["flops_ratio"] <= 0.3 + 1e-9
     with pytest.raises(Exception, match="needs the search's constraint"):
-        run_stage("fisher", tmp_path / "bad", {"steps": 2}, model=w["prepare"], sample=w["sample"])
+        run_stage("fisher", tmp_path / "bad", {"fisher_steps": 2}, model=w["prepare"], sample=w["sample"])
     with pytest.raises(Exception, match="FLOPs constraint only"):
-        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", fisher={"steps": 2})
+        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, constraint_metric="latency",
+                    fisher={"fisher_steps": 2})
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "block"])
@@ -161,9 +162,9 @@ def test_step_errors_are_clear(steps, tmp_path, capsys):
     assert "between 0 and 1" in capsys.readouterr().err
     assert main([*argv, str(tmp_path / "nowhere"), "--constraint", "0.5"]) == 2
     assert "nowhere" in capsys.readouterr().err and not (tmp_path / "out").exists()
-    fp16 = ["--constraint", "0.5", "--metric", "latency", "--latency-dtype", "float16", "--device", "cpu"]
+    fp16 = ["--constraint", "0.5", "--constraint-metric", "latency", "--serving-dtype", "float16", "--device", "cpu"]
     assert main([*argv, str(steps / "fisher"), *fp16]) == 2
-    assert "latency_dtype float16 is measured on CUDA devices only" in capsys.readouterr().err
+    assert "serving_dtype float16 is measured on CUDA devices only" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
