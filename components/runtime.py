@@ -17,8 +17,8 @@ _REPORTS = {"profile": "profile.md", "register": "report.md"}
 _HTML_REPORTS = {"register": "report.html"}
 
 
-STAGE_NAMES = {"mlflow_uri": "tracking_uri", "dev_data": "dev_file", "train_data": "train_file",
-               "registered_model_name": "model_name", "max_metric_drop": "max_drop", "mlflow_experiment": "experiment"}
+STAGE_NAMES = {"mlflow_uri": "tracking_uri", "registered_model_name": "model_name", "max_metric_drop": "max_drop",
+               "mlflow_experiment": "experiment"}
 """The run parameters whose stage parameter has the library's name (component and pipeline name -> stage name)."""
 
 

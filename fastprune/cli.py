@@ -51,8 +51,8 @@ def _demo(args) -> int:
     cfg = PruneConfig(
         model=str(finetuned_minilm()),
         task="sst2",
-        train_file=str(SST2_TRAIN),
-        dev_file=str(SST2_DEV),
+        train_data=str(SST2_TRAIN),
+        dev_data=str(SST2_DEV),
         constraint=args.constraint,
         sample=SampleConfig(num_samples=args.num_samples),
     )

@@ -78,15 +78,16 @@ def add_fields(parser, model: type[BaseModel], skip: tuple[str, ...] = (), notes
                dest_prefix: str = "") -> list[str]:
     """One flag per field of ``model`` (see the module); returns the field names."""
     names = []
+    renames = _renames(model)
     for name, field, _ in leaves(model):
         if name in skip:
             continue
         names.append(name)
         kw = flag_options(field)
         parser.add_argument(f"--{name.replace('_', '-')}", dest=dest_prefix + name,
-                            required=field.is_required(), help=_help(field, (notes or {}).get(name)),
+                            required=field.is_required() and name not in renames.values(),  # or its old flag
+                            help=_help(field, (notes or {}).get(name)),
                             **kw)
-    renames = _renames(model)
     for old, new in renames.items():
         if new not in names or old in names:
             continue
@@ -137,3 +138,47 @@ def warn_deprecated(argv: list[str]) -> None:
         flag = token.split("=", 1)[0]
         if flag in DEPRECATED:
             print(f"fastprune: warning: {flag} is deprecated, use {DEPRECATED[flag]}", file=sys.stderr)
+
+
+# ----- the README's table of options -------------------------------------------------------------------------------
+TABLE_START, TABLE_END = "<!-- options table: python -m fastprune.flags -->", "<!-- end of the options table -->"
+
+
+def _type_name(field: FieldInfo) -> str:
+    literal = next((k for k in _kinds(field.annotation) if get_origin(k) is Literal), None)
+    words = [" \\| ".join(f"`{a}`" for a in get_args(literal))] if literal is not None else []
+    words += [k.__name__ for k in (int, float, bool) if k in _kinds(field.annotation)]
+    if any(get_origin(k) is list for k in _kinds(field.annotation)):
+        words.append("list")
+    return " or ".join(words) or "text"
+
+
+def options_table() -> str:
+    """Markdown: every option of :mod:`fastprune.common.stages.options`, with its type, default, description and the
+    surfaces that take it (``fastprune prune``, the stages of ``fastprune step``, the pipelines)."""
+    from fastprune.common.stages import options
+    from fastprune.common.stages.config import PruneConfig
+    from fastprune.common.stages.run import STAGES
+    from fastprune.pipelines.params import PruneRunParams, SweepRunParams
+
+    mixins = [m for m in vars(options).values() if isinstance(m, type) and issubclass(m, options.Options)
+              and m.__module__ == options.__name__ and m is not options.Options]
+    rows, seen = [], set()
+    for mixin in mixins:
+        for name, field in mixin.model_fields.items():
+            if name in seen or mixin.__name__ == "RunOptions":
+                continue
+            seen.add(name)
+            where = [f"`{label}`" for label, model in (("prune", PruneConfig), ("run", PruneRunParams),
+                                                       ("sweep", SweepRunParams))
+                     if name in dict(leaves_by_name(model))]
+            where += [f"`step {s}`" for s, stage in STAGES.items() if name in stage.params.model_fields]
+            default = "required" if field.is_required() else f"`{field.default}`"
+            text = (field.description or "").replace("|", "\\|")
+            rows.append(f"| `{name}` | {_type_name(field)} | {default} | {', '.join(where)} | {text} |")
+    head = ["| option (flag `--name-with-dashes`) | type | default | taken by | description |", "|---|---|---|---|---|"]
+    return "\n".join([TABLE_START, *head, *rows, TABLE_END])
+
+
+if __name__ == "__main__":
+    print(options_table())

@@ -93,7 +93,7 @@ def test_block_allocation_is_for_the_flops_constraint():
     with pytest.raises(ValueError, match="allocation 'block' supports the FLOPs constraint only"):
         SearchParams(constraint=0.5, allocation="block", constraint_metric="latency")
     with pytest.raises(ValueError, match="allocation 'uniform' supports the FLOPs constraint only"):
-        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, constraint_metric="latency",
+        PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, constraint_metric="latency",
                     allocation="uniform")
 
 

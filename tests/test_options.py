@@ -174,8 +174,8 @@ def test_old_flags_still_work_with_a_warning(capsys):
     argv = ["prune", "--model", "m", "--task", "sst2", "--train-file", "t", "--metric", "latency",
             "--latency-dtype", "float16", "--teacher", "dense", "--no-tuning", "--output", "o"]
     args = build_parser(argv).parse_args(argv)
-    assert (args.constraint_metric, args.serving_dtype, args.tuning_teacher, args.tune) == (
-        "latency", "float16", "dense", False)
+    assert (args.train_data, args.constraint_metric, args.serving_dtype, args.tuning_teacher, args.tune) == (
+        "t", "latency", "float16", "dense", False)
     step = ["step", "search", "--model", "m", "--grads", "g", "--out", "o", "--metric", "latency"]
     assert build_parser(step).parse_args(step).constraint_metric == "latency"
     assert main(["step", "profile", "--model", "/nonexistent", "--pruned", "/nonexistent", "--out", "o",
@@ -205,3 +205,12 @@ def test_a_ridge_travels_as_a_string_and_is_read_as_a_number():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PruneRunParams(tuning_ridge="auto", allocation="block")
+
+
+def test_the_readme_table_of_options_is_current():
+    from pathlib import Path
+
+    from fastprune.flags import options_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert options_table() in readme, "regenerate it: python -m fastprune.flags"

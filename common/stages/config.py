@@ -10,13 +10,15 @@ from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..model.arch import NEURON_MULTIPLE
-from ..tasks.spec import get_task
 from .options import (
     Allocation,
+    Columns,
     Constraint,
     ConstraintMetric,
     CostSeqLen,
+    DevData,
     Device,
+    EvalBatchSize,
     FisherLabels,
     FisherSteps,
     LatencyTable,
@@ -24,15 +26,14 @@ from .options import (
     Options,
     ProfileShape,
     Rearrange,
+    RemoteCode,
     Sampling,
     ServingDtype,
+    Task,
+    TrainData,
     TuningChoices,
     TuningExtras,
 )
-
-
-def _task_name(value: str) -> str:
-    return get_task(value).name
 
 
 class SampleConfig(Sampling):
@@ -54,24 +55,15 @@ class TuningConfig(TuningChoices, TuningExtras):
     """Mask tuning (layer-wise least squares)."""
 
 
-class PruneConfig(Rearrange, ServingDtype, LatencyTable, Device, Allocation, CostSeqLen, ConstraintMetric,
-                  Constraint, ModelSource):
+class PruneConfig(RemoteCode, Columns, EvalBatchSize, Rearrange, ServingDtype, LatencyTable, Device, Allocation,
+                  CostSeqLen, ConstraintMetric, Constraint, DevData, TrainData, Task, ModelSource):
     """Everything ``fastprune prune`` needs: the options of every stage (sample, fisher and tuning nested)."""
 
-    task: str = Field(description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
-    train_file: str = Field(description="training data (tsv/csv/json/jsonl/parquet, s3:// URI) or hub dataset id")
-    dev_file: str | None = Field(None, description="dev data for evaluation (None: no evaluation)")
     sample: SampleConfig = SampleConfig()
     fisher: FisherConfig = FisherConfig()
     tuning: TuningConfig = TuningConfig()
-    eval_batch_size: int = Field(64, gt=0, description="batch size of the evaluation")
     eval_stages: bool = Field(True, description="also evaluate the masked model after search and rearrangement")
-    text_columns: list[str] | None = Field(None, description="the text columns of the data (default: by task)")
-    label_column: str | None = Field(None, description="the label column of the data (default: by task)")
-    trust_remote_code: bool = Field(False, description="run the model repository's own code (off: refused)")
     progress: bool = Field(True, description="show progress bars")
-
-    _task = field_validator("task")(_task_name)
 
     @model_validator(mode="after")
     def _iterative_flops_only(self) -> PruneConfig:
@@ -113,27 +105,18 @@ def _optional(value: str | None) -> str | None:
     return value or None
 
 
-class PrepareParams(ModelSource, StageParams):
-    """Fetch the fine-tuned model and save it as a checked, self-contained folder."""
+class PrepareParams(StageParams, RemoteCode, DevData, Task, ModelSource):
+    """Fetch the fine-tuned model and save it as a checked, self-contained folder (the dev data and the MLflow
+    server, when given, are checked too: bad settings fail before any compute)."""
 
-    task: str = Field(description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
-    trust_remote_code: bool = Field(False, description="run the model repository's own code (off: refused)")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI to check before any compute")
-    dev_file: str | None = Field(None, description="dev data to check before any compute (read, columns found)")
 
-    _task = field_validator("task")(_task_name)
-    _uri = field_validator("tracking_uri", "dev_file")(_optional)
+    _uri = field_validator("tracking_uri", "dev_data")(_optional)
 
 
-class SampleParams(SampleConfig, StageParams):
+class SampleParams(StageParams, Columns, SampleConfig, TrainData, Task):
     """Draw the pruning sample from the training data (batch size and max length travel with it)."""
 
-    train_file: str = Field(description="training data: s3:// URI, local file or hub dataset id")
-    task: str = Field(description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
-    text_columns: list[str] | None = Field(None, description="the text columns of the data (default: by task)")
-    label_column: str | None = Field(None, description="the label column of the data (default: by task)")
-
-    _task = field_validator("task")(_task_name)
     _label = field_validator("label_column")(_optional)
 
 
@@ -178,11 +161,8 @@ class ExportParams(StageParams):
         "kernels on GPUs need multiples of 8); 1: no padding. Exact: the outputs do not change")
 
 
-class EvaluateParams(Device, StageParams):
-    dev_file: str = Field(description="dev data: s3:// URI, local file or hub dataset id")
-    eval_batch_size: int = Field(64, gt=0, description="batch size of the evaluation")
-    text_columns: list[str] | None = Field(None, description="the text columns of the data (default: by task)")
-    label_column: str | None = Field(None, description="the label column of the data (default: by task)")
+class EvaluateParams(StageParams, Columns, Device, EvalBatchSize):
+    dev_data: str = Field(description="dev data: s3:// URI, local file or hub dataset id")
 
     renamed: ClassVar[dict[str, str]] = {"batch_size": "eval_batch_size"}
     _label = field_validator("label_column")(_optional)

@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from ..errors import ConfigError
 from ..method.search import check_constraint
+from ..tasks.spec import get_task
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 BY_MODE = "by-mode"
@@ -41,6 +42,8 @@ RENAMED: dict[str, str] = {
     "policy": "tuning_policy",
     "resplit": "tuning_resplit",
     "scale_bound": "tuning_scale_bound",
+    "train_file": "train_data",
+    "dev_file": "dev_data",
 }
 """Old names of the options (old -> new), accepted by every model that has the new one (with a warning); an old
 name that meant different options in different places is declared by the mixin concerned (``renamed``)."""
@@ -123,6 +126,10 @@ class LatencyTable(Options):
                                  "constraint)")
 
 
+class EvalBatchSize(Options):
+    eval_batch_size: int = Field(64, gt=0, description="batch size of the evaluation")
+
+
 class ProfileShape(Options):
     profile_batch_size: int = Field(32, gt=0, description="batch size the profile times both models at")
     profile_seq_len: int = Field(128, gt=0, description="sequence length the profile times both models at")
@@ -200,8 +207,35 @@ class Rearrange(Options):
 
 
 # ----- where the model and data come from ------------------------------------------------------------------
+def _task_name(value: str) -> str:
+    return get_task(value).name
+
+
 class ModelSource(Options):
     model: str = Field(description="the fine-tuned model: s3:// URI, models:/NAME/VERSION, local folder or hub id")
+
+
+class Task(Options):
+    task: Annotated[str, AfterValidator(_task_name)] = Field(
+        description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
+
+
+class TrainData(Options):
+    train_data: str = Field(description="training data (tsv/csv/json/jsonl/parquet; s3:// URI) or hub dataset id")
+
+
+class DevData(Options):
+    dev_data: str | None = Field(None, description="dev data (tsv/csv/json/jsonl/parquet; s3:// URI) or hub dataset "
+                                 "id (none: not evaluated)")
+
+
+class Columns(Options):
+    text_columns: list[str] | None = Field(None, description="the text columns of the data (default: by task)")
+    label_column: str | None = Field(None, description="the label column of the data (default: by task)")
+
+
+class RemoteCode(Options):
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (off: refused)")
 
 
 # ----- a pipeline run: its inputs, the registration and the cluster ----------------------------------------------

@@ -42,7 +42,7 @@ def prune(cfg: PruneConfig, output: str | Path) -> dict:
         searched, rearranged, tuned = work / "searched", work / "rearranged", work / "tuned"
         flat = _flat(cfg)
         stages = {
-            "load": run_stage("prepare", model, _params(PrepareParams, flat, skip=("dev_file",))),
+            "load": run_stage("prepare", model, _params(PrepareParams, flat, skip=("dev_data",))),
             "sample": run_stage("sample", sample, _params(SampleParams, flat)),
             "fisher": run_stage("fisher", grads, _params(FisherParams, flat), model=model, sample=sample),
             "search": run_stage("search", searched, _params(SearchParams, flat), model=model, grads=grads),
@@ -56,7 +56,7 @@ def prune(cfg: PruneConfig, output: str | Path) -> dict:
             tuned = rearranged
         stages["export"] = run_stage("export", output / "model", ExportParams(), model=model, masks=tuned)
         shutil.copyfile(tuned / MASKS_FILE, output / "masks.safetensors")
-        if cfg.dev_file:
+        if cfg.dev_data:
             masked = {"searched": searched, "rearranged": rearranged} if cfg.eval_stages else {}
             stages["evaluate"] = run_stage("evaluate", work / "evaluation", _params(EvaluateParams, flat), model=model,
                                            pruned=output / "model", tuned=tuned, **masked)

@@ -164,10 +164,10 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
     task = get_task(p.task)
     local, source = resolve_source(p.model, p.tracking_uri)
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
-    if p.dev_file:
+    if p.dev_data:
         from ..tasks.data import load_task_data
 
-        load_task_data(resolve_source(p.dev_file)[0], task, "validation")
+        load_task_data(resolve_source(p.dev_data)[0], task, "validation")
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
     return {"task": task.name, "source": source, "architecture": type(model).__name__,
@@ -180,7 +180,7 @@ def run_sample(p: SampleParams, out: Path) -> dict:
     from ..tasks.data import load_task_data, sample_dataset, split_holdout
 
     task = get_task(p.task)
-    local, source = resolve_source(p.train_file)
+    local, source = resolve_source(p.train_data)
     train = load_task_data(local, task, "train", p.text_columns, p.label_column)
     sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
     if p.holdout:
@@ -314,7 +314,7 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
 
     device = resolve_device(p.device)
     net, tokenizer, task = _model(model, device)
-    dev = load_task_data(resolve_source(p.dev_file)[0], task, "validation", p.text_columns, p.label_column)
+    dev = load_task_data(resolve_source(p.dev_data)[0], task, "validation", p.text_columns, p.label_column)
 
     def run(m: nn.Module, mask: Masks | None = None) -> dict:
         return evaluate_masked(m, mask, tokenizer, task, dev, device, p.eval_batch_size)
