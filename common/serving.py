@@ -87,7 +87,7 @@ def hf_load_snippet(folder: str, task: str) -> str:
     imports = f"{auto}, AutoTokenizer" + ("" if spec.is_qa else ", pipeline")
     return (f"from transformers import {imports}\n\n"
             f'model = {auto}.from_pretrained("{folder}", trust_remote_code=True)  # its own modeling code\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{folder}")\n{use}\n')  # fmt: skip
+            f'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n{use}\n')  # fmt: skip
 
 
 def mlflow_serve_snippet(model_uri: str, task: str, tracking_uri: str = "http://mlflow.example.com",

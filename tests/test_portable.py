@@ -91,6 +91,8 @@ for name, case in saved["cases"].items():
     got = torch.cat([out.start_logits, out.end_logits], -1) if qa else out.logits
     result["max_diff"] = float((got - case["expected"]).abs().max())
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    result["tokenizers_agree"] = tokenizer(saved["texts"]) == AutoTokenizer.from_pretrained(
+        folder, trust_remote_code=True)(saved["texts"])
     if not qa:
         with torch.no_grad():
             logits = model(**tokenizer(saved["texts"], padding=True, return_tensors="pt")).logits
@@ -142,6 +144,7 @@ def test_pruned_folder_loads_with_transformers_alone(loaded_without_fastprune, f
     result = results[f"{family}-{task}"]
     assert result["max_diff"] < 1e-4, result
     assert result["class"].startswith("Fastprune") and result["dtype"] == "torch.float32"
+    assert result["tokenizers_agree"]
     assert (root / f"{family}-{task}" / MODELING_FILE).is_file()
     # a plain load (even asking to ignore the mismatched sizes) refuses, saying that the folder's code must run
     assert "plain_loaded" not in result, result
