@@ -31,6 +31,7 @@ from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClas
 MODELING_FILE = "modeling_fastprune.py"  # the folder's own modeling code, when no stock config describes it
 MANIFEST = "MANIFEST.json"
 QA_COLUMNS = ["answer", "start", "end", "score"]
+# Text columns are plain Python objects: pandas 3's string dtype is unknown to MLServer's V2 encoder (1.7.1).
 
 
 def check_manifest(folder: Path) -> None:
@@ -81,7 +82,8 @@ def classify(model, tokenizer, frame: pd.DataFrame, kind: str, max_length: int, 
         return pd.DataFrame({"score": logits[:, 0].double().numpy()})
     probabilities = logits.softmax(-1).double()
     names = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
-    return pd.DataFrame({"label": [names.get(int(i), str(int(i))) for i in probabilities.argmax(-1)],
+    labels = pd.Series([names.get(int(i), str(int(i))) for i in probabilities.argmax(-1)], dtype=object)
+    return pd.DataFrame({"label": labels,
                          "score": probabilities.max(-1).values.numpy(),
                          "probabilities": probabilities.numpy().tolist()})  # fmt: skip
 
@@ -144,7 +146,7 @@ def answer(model, tokenizer, frame: pd.DataFrame, max_length: int, doc_stride: i
             rows.append({"answer": "", "start": -1, "end": -1, "score": float("nan")})
         else:
             rows.append({"answer": context[best[1] : best[2]], "start": best[1], "end": best[2], "score": best[0]})
-    return pd.DataFrame(rows, columns=QA_COLUMNS)
+    return pd.DataFrame(rows, columns=QA_COLUMNS).astype({"answer": object})
 
 
 class PortableTextModel(mlflow.pyfunc.PythonModel):
