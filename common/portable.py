@@ -11,6 +11,7 @@ model type, custom code to run) rather than loading it into the wrong shapes.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,11 +20,12 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import modeling_fastprune
 from .arch import STRUCTURE_KEY, ArchAdapter
-from .errors import IntegrityError, UnsupportedArchitectureError
+from .errors import IntegrityError
 
 MODELING_FILE = "modeling_fastprune.py"
 PREFIX = modeling_fastprune.MODEL_TYPE_PREFIX
 CLASS_PREFIX = "Fastprune"
+log = logging.getLogger(__name__)
 _AUTO_CLASSES = {"ForSequenceClassification": "AutoModelForSequenceClassification",
                  "ForQuestionAnswering": "AutoModelForQuestionAnswering"}  # fmt: skip
 
@@ -31,16 +33,6 @@ _AUTO_CLASSES = {"ForSequenceClassification": "AutoModelForSequenceClassificatio
 def fits_stock_config(structure: dict[str, list[int]], dense_heads: int) -> bool:
     """Whether a stock config describes the structure: every head kept in every layer, one FFN size."""
     return all(h == dense_heads for h in structure["num_heads"]) and len(set(structure["intermediate_size"])) <= 1
-
-
-def _template_class(name: str) -> type:
-    found = getattr(modeling_fastprune, name, None)
-    if not isinstance(found, type):
-        supported = sorted(n for n, c in vars(modeling_fastprune).items()
-                           if isinstance(c, type) and n.startswith(CLASS_PREFIX) and not n.endswith("Config"))
-        raise UnsupportedArchitectureError(
-            f"no portable modeling code for {name[len(CLASS_PREFIX):]}; supported: {', '.join(supported)}")
-    return found
 
 
 def make_portable(folder: Path, adapter: ArchAdapter, dense_heads: int) -> bool:
@@ -58,10 +50,12 @@ def make_portable(folder: Path, adapter: ArchAdapter, dense_heads: int) -> bool:
         return False
     base_type, architecture = config["model_type"], config["architectures"][0]
     auto_class = next((auto for suffix, auto in _AUTO_CLASSES.items() if architecture.endswith(suffix)), None)
-    model_class = _template_class(CLASS_PREFIX + architecture)
+    model_class = getattr(modeling_fastprune, CLASS_PREFIX + architecture, None)
+    if auto_class is None or model_class is None or model_class.base_model_type != base_type:
+        log.warning("%s (%s) has no portable modeling code (sequence classification and question answering models "
+                    "have): the exported folder loads with fastprune's load_pruned only", architecture, base_type)
+        return False
     config_class = model_class.config_class
-    if auto_class is None or model_class.base_model_type != base_type:
-        raise UnsupportedArchitectureError(f"no portable modeling code for {architecture} ({base_type})")
     module = MODELING_FILE.removesuffix(".py")
     config.update(model_type=PREFIX + base_type, architectures=[model_class.__name__],
                   auto_map={"AutoConfig": f"{module}.{config_class.__name__}",

@@ -208,3 +208,19 @@ def test_modeling_file_knows_every_supported_family():
             assert layout[:9] == (adapter.layers, adapter.attention, adapter.query, adapter.key, adapter.value,
                                   adapter.attn_out, adapter.ffn_in, adapter.ffn_out, adapter.heads_attrs[0])
             assert layout[9:] == (adapter.cfg_hidden, adapter.cfg_heads)
+
+
+def test_an_architecture_without_portable_code_keeps_the_previous_folder(tmp_path, caplog):
+    """A bare encoder (no task head) has no class in modeling_fastprune.py: its folder is written as before (stock
+    model type, the structure beside it), loads with load_pruned, and a warning says so."""
+    from transformers import AutoModel
+
+    head = tiny_model("bert")
+    masks = _masks(adapter_for(head).dims(head.config))
+    encoder = AutoModel.from_config(head.config).eval()
+    folder = save_pruned(export_pruned(encoder, masks), tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "bert" and "auto_map" not in config and not (folder / MODELING_FILE).exists()
+    assert "no portable modeling code" in caplog.text
+    loaded, _ = load_pruned(folder)
+    assert adapter_for(loaded).structure(loaded) == config[STRUCTURE_KEY]
