@@ -21,7 +21,8 @@ def run_component(stage: str, output: Any, metrics: Any, params: dict, report: A
                   **inputs: Any) -> dict:
     """Run ``stage`` with the input artifacts' folders, writing the output artifact's folder (and its Markdown /
     HTML report to ``report`` / ``html``, which the Kubeflow UI shows)."""
-    from fastprune.common.stages import numeric_results, run_stage
+    from fastprune.common.folders import numeric_results
+    from fastprune.common.stages.run import run_stage
 
     try:
         info = run_stage(stage, output.path, params, **{name: a.path for name, a in inputs.items()})
@@ -62,7 +63,7 @@ def run_select(candidates: dict[str, list], chosen: dict[str, Any], sweep: Any, 
                params: dict) -> bool:
     """The sweep's selection over the collected candidate artifacts (one list per part, in constraint order):
     write the sweep folder, copy the chosen candidate's folders to the ``chosen`` outputs; True if one passed."""
-    from fastprune.common.sweep import select_stage
+    from fastprune.common.stages.sweep import select_stage
 
     counts = {part: len(artifacts) for part, artifacts in candidates.items()}
     if len(set(counts.values())) != 1:

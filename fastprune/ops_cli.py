@@ -194,7 +194,7 @@ def _local_defaults(arguments: dict, pipeline_root: str) -> dict:
 
 
 def _sweep(args) -> int:
-    from fastprune.common.stages import stage_info
+    from fastprune.common.folders import stage_info
     from fastprune.pipelines.local import run_local
 
     params = _params(args, "sweep")
@@ -267,8 +267,8 @@ def _trigger(args) -> int:
 
     from mlflow import MlflowClient
 
-    from fastprune.common.registry import _redacted
-    from fastprune.common.trigger import summary, trigger
+    from fastprune.common.ops.registry import redacted
+    from fastprune.common.ops.trigger import summary, trigger
     from fastprune.pipelines.launchers import ClusterLauncher, LocalLauncher
 
     params = _params(args, args.pipeline)
@@ -284,7 +284,7 @@ def _trigger(args) -> int:
         launcher = LocalLauncher(args.pipeline, args.pipeline_root)
     else:
         launcher = ClusterLauncher(_cluster(args), _options(args, args.pipeline))
-    print(f"fastprune: versions of {args.registered_model} in MLflow at {_redacted(tracking_uri)} "
+    print(f"fastprune: versions of {args.registered_model} in MLflow at {redacted(tracking_uri)} "
           f"-> {target}, {launcher.where}" + (" (dry run)" if args.dry_run else ""))
 
     def show(o) -> None:

@@ -31,14 +31,26 @@ class CleanVenv:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a process in this venv: its bin first on PATH, no PYTHONPATH, offline hub."""
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        env.update(PATH=f"{self.bin}{os.pathsep}/usr/bin:/bin", VIRTUAL_ENV=str(self.root), HF_HUB_OFFLINE="1",
-                   PYTHONNOUSERSITE="1", **extra)
+        env.update(
+            PATH=f"{self.bin}{os.pathsep}/usr/bin:/bin",
+            VIRTUAL_ENV=str(self.root),
+            HF_HUB_OFFLINE="1",
+            PYTHONNOUSERSITE="1",
+            **extra,
+        )
         return env
 
     def run(self, args: list[str], cwd: Path, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
         """Run ``python ARGS`` in this venv, from ``cwd`` (never the repository: its ``fastprune/`` would import)."""
-        return subprocess.run([str(self.python), *args], cwd=cwd, env=self.env(**extra), capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [str(self.python), *args],
+            cwd=cwd,
+            env=self.env(**extra),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 _UVICORN = """#!{python}
@@ -55,8 +67,13 @@ def clean_venv(root: Path) -> CleanVenv:
     ``mlflow models serve`` runs from PATH)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
     venv = CleanVenv(root)
-    purelib = subprocess.run([str(venv.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    purelib = subprocess.run(
+        [str(venv.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     ours = [p for p in site.getsitepackages() if Path(p).is_dir()]
     Path(purelib, "fastprune_test_packages.pth").write_text("".join(f"{p}\n" for p in ours))
     uvicorn = venv.bin / "uvicorn"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from cleanenv import clean_venv
-from fastprune.common import modeling_fastprune
-from fastprune.common.arch import ADAPTERS, STRUCTURE_KEY, SUPPORTED_MODEL_TYPES, adapter_for
-from fastprune.common.export import export_pruned, load_pruned, save_pruned
-from fastprune.common.masks import Masks
-from fastprune.common.portable import MODELING_FILE, read_config
+from fastprune.common.model import modeling_fastprune
+from fastprune.common.model.arch import ADAPTERS, STRUCTURE_KEY, SUPPORTED_MODEL_TYPES, adapter_for
+from fastprune.common.model.export import export_pruned, load_pruned, save_pruned
+from fastprune.common.model.masks import Masks
+from fastprune.common.model.portable import MODELING_FILE, read_config
 from safetensors.torch import save_model
 from tiny import tiny_model, tiny_tokenizer
 
@@ -63,7 +63,7 @@ def _export(family: str, task: str, folder: Path, stock: bool = False) -> Path:
     return save_pruned(export_pruned(model, _stock_masks(dims) if stock else _masks(dims)), folder, tiny_tokenizer())
 
 
-_CHECK = r'''
+_CHECK = r"""
 import json, sys
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer, pipeline
@@ -105,7 +105,7 @@ try:
 except ImportError:
     results["fastprune_imported"] = False
 print("RESULTS" + json.dumps(results))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +192,12 @@ def test_load_pruned_reads_folders_of_the_previous_version(tmp_path):
 
 def test_modeling_file_imports_only_torch_and_transformers():
     tree = ast.parse(Path(modeling_fastprune.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert imported - set(sys.stdlib_module_names) == {"torch", "transformers"}
 
 
@@ -205,8 +207,17 @@ def test_modeling_file_knows_every_supported_family():
     for adapter in ADAPTERS:
         for model_type in adapter.model_types:
             layout = modeling_fastprune.LAYOUTS[model_type]
-            assert layout[:9] == (adapter.layers, adapter.attention, adapter.query, adapter.key, adapter.value,
-                                  adapter.attn_out, adapter.ffn_in, adapter.ffn_out, adapter.heads_attrs[0])
+            assert layout[:9] == (
+                adapter.layers,
+                adapter.attention,
+                adapter.query,
+                adapter.key,
+                adapter.value,
+                adapter.attn_out,
+                adapter.ffn_in,
+                adapter.ffn_out,
+                adapter.heads_attrs[0],
+            )
             assert layout[9:] == (adapter.cfg_hidden, adapter.cfg_heads)
 
 

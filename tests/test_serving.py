@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 from cleanenv import clean_venv
-from fastprune.common.arch import adapter_for
-from fastprune.common.export import export_pruned, load_pruned, save_pruned
-from fastprune.common.masks import Masks
-from fastprune.common.registry import _MODEL_CODE, predict_text
-from fastprune.common.serving import ENTRY_FILE, SERVED_PACKAGES, log_portable_model
-from fastprune.common.storage import write_manifest
-from fastprune.common.tasks import get_task
+from fastprune.common.folders import write_manifest
+from fastprune.common.model.arch import adapter_for
+from fastprune.common.model.export import export_pruned, load_pruned, save_pruned
+from fastprune.common.model.masks import Masks
+from fastprune.common.ops.registry import predict_text
+from fastprune.common.ops.serving import ENTRY_FILE, SERVED_PACKAGES, log_portable_model
+from fastprune.common.tasks.spec import get_task
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from servers import mlflow_model_server, mlflow_server, post_json
@@ -95,8 +95,9 @@ def test_regression_and_question_answering(folders, tracking, tmp_path):
     pairs = pd.DataFrame({"text": TEXTS, "text_pair": TEXTS[::-1]})
     scores = regressor.predict(pairs)
     assert list(scores.columns) == ["score"]
-    assert scores["score"].tolist() == pytest.approx(_expected(folders["stsb"], "stsb", pairs)["score"].tolist(),
-                                                     abs=1e-5)
+    assert scores["score"].tolist() == pytest.approx(
+        _expected(folders["stsb"], "stsb", pairs)["score"].tolist(), abs=1e-5
+    )
     answers = mlflow.pyfunc.load_model(qa_info.model_uri).predict(QUESTIONS)
     pd.testing.assert_frame_equal(answers, _expected(folders["squad"], "squad", QUESTIONS), check_dtype=False)
     assert answers["answer"].dtype == object  # not pandas 3's str, which MLServer 1.7.1 cannot encode
@@ -118,13 +119,30 @@ def test_a_corrupted_folder_is_refused(folders, tracking, tmp_path):
         mlflow.pyfunc.load_model(str(local))
 
 
+# The entry point that the versions registered before the models that serve without fastprune carry.
+LEGACY_ENTRY_POINT = '''"""MLflow entry point of a model registered by fastprune (a model from code: nothing \
+pickled)."""
+
+from mlflow.models import set_model
+
+from fastprune.common.registry import PrunedTextModel
+
+set_model(PrunedTextModel())
+'''
+
+
 def test_versions_registered_earlier_still_load(folders, tracking, tmp_path):
     """Versions registered before this change run fastprune's PrunedTextModel (their code imports it)."""
     entry = tmp_path / "pyfunc_model.py"
-    entry.write_text(_MODEL_CODE)
+    entry.write_text(LEGACY_ENTRY_POINT)
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(entry), artifacts={"model": str(folders["sst2"])},
-                                       model_config={"task": "sst2"}, pip_requirements=["fastprune==0.1.0"])
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(entry),
+            artifacts={"model": str(folders["sst2"])},
+            model_config={"task": "sst2"},
+            pip_requirements=["fastprune==0.1.0"],
+        )
     got = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"text": TEXTS}))
     assert got.equals(_expected(folders["sst2"], "sst2", pd.DataFrame({"text": TEXTS})))
 
@@ -168,5 +186,6 @@ def test_mlflow_models_serve_without_fastprune(folders, tmp_path):
     expected_qa = _expected(folders["squad"], "squad", QUESTIONS)
     got_qa = qa_answer["predictions"]
     assert [(p["answer"], p["start"], p["end"]) for p in got_qa] == list(
-        zip(expected_qa["answer"], expected_qa["start"], expected_qa["end"], strict=True))
+        zip(expected_qa["answer"], expected_qa["start"], expected_qa["end"], strict=True)
+    )
     assert all(c[p["start"] : p["end"]] == p["answer"] for p, c in zip(got_qa, QUESTIONS["context"], strict=True))

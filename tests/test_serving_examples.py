@@ -15,11 +15,11 @@ import onnxruntime
 import pytest
 import torch
 import yaml
-from fastprune.common.arch import adapter_for
-from fastprune.common.export import export_pruned
-from fastprune.common.masks import Masks
-from fastprune.common.onnx_export import export_onnx
-from fastprune.common.triton import triton_config
+from fastprune.common.model.arch import adapter_for
+from fastprune.common.model.export import export_pruned
+from fastprune.common.model.masks import Masks
+from fastprune.common.model.onnx_export import export_onnx
+from fastprune.common.ops.triton import triton_config
 from google.protobuf import text_format
 from tiny import tiny_model, tiny_tokenizer
 
@@ -84,8 +84,14 @@ def test_kserve_triton_inference_service():
 
 
 def _onnx_tensors(values) -> list[tuple[str, int, list[int]]]:
-    return [(v.name, v.type.tensor_type.elem_type,
-             [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]) for v in values]
+    return [
+        (
+            v.name,
+            v.type.tensor_type.elem_type,
+            [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
+        )
+        for v in values
+    ]
 
 
 def test_triton_config_matches_the_onnx_export(onnx_export):
@@ -97,7 +103,8 @@ def test_triton_config_matches_the_onnx_export(onnx_export):
     onnx_to_triton = {onnx.TensorProto.INT64: proto.TYPE_INT64, onnx.TensorProto.FLOAT: proto.TYPE_FP32}
     for declared, actual in ((config.input, graph.input), (config.output, graph.output)):
         assert [(t.name, t.data_type, list(t.dims)) for t in declared] == [
-            (name, onnx_to_triton[kind], dims) for name, kind, dims in _onnx_tensors(actual)]
+            (name, onnx_to_triton[kind], dims) for name, kind, dims in _onnx_tensors(actual)
+        ]
     generated = text_format.Parse(triton_config(path, "fastprune-sst2"), proto.ModelConfig())
     assert generated == config
 
@@ -134,6 +141,15 @@ def test_mlserver_dockerfile_lints_clean():
 
 def test_readme_names_every_file_and_command():
     readme = (EXAMPLES / "README.md").read_text()
-    for name in ("kserve-mlflow.yaml", "mlserver-runtime.yaml", "Dockerfile.mlserver", "kserve-triton-onnx.yaml",
-                 "config.pbtxt", "triton_client.py", "mlflow models serve", "kubectl apply", "tritonserver"):
+    for name in (
+        "kserve-mlflow.yaml",
+        "mlserver-runtime.yaml",
+        "Dockerfile.mlserver",
+        "kserve-triton-onnx.yaml",
+        "config.pbtxt",
+        "triton_client.py",
+        "mlflow models serve",
+        "kubectl apply",
+        "tritonserver",
+    ):
         assert name in readme, name

@@ -33,8 +33,10 @@ def labels(response: dict, id2label: dict) -> list[tuple[str, float]]:
     logits = np.asarray(output["data"], dtype=np.float64).reshape(output["shape"])
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     probabilities /= probabilities.sum(-1, keepdims=True)
-    return [(str(id2label.get(str(int(i)), int(i))), float(p.max())) for i, p in zip(probabilities.argmax(-1),
-                                                                                   probabilities, strict=True)]
+    return [
+        (str(id2label.get(str(int(i)), int(i))), float(p.max()))
+        for i, p in zip(probabilities.argmax(-1), probabilities, strict=True)
+    ]
 
 
 def main() -> None:
