@@ -153,7 +153,7 @@ def test_mlflow_models_serve_without_fastprune(folders, tmp_path):
     """Registered on a real MLflow server, served by ``mlflow models serve --env-manager local`` from a venv where
     fastprune does not import, queried over HTTP."""
     venv = clean_venv(tmp_path / "venv")
-    with mlflow_server(tmp_path / "tracking") as uri:
+    with mlflow_server(tmp_path / "tracking", timeout_s=300) as uri:  # a busy shared machine: slow starts
         client = mlflow.MlflowClient(uri)
         experiment = client.create_experiment("serving")
         versions = {}
