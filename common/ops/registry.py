@@ -32,7 +32,6 @@ from ..tasks.spec import TaskSpec, get_task
 log = logging.getLogger(__name__)
 
 
-
 class RegistryError(FastpruneError):
     """The MLflow tracking server is unreachable or refused a request."""
 
