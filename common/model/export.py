@@ -19,11 +19,12 @@ import torch
 import transformers
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ..errors import ConfigError, IntegrityError
 from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
 from .masks import Masks, weight_targets
+from .portable import make_portable, read_config
 
 WEIGHTS = "model.safetensors"
 
@@ -91,7 +92,8 @@ def parameter_count(model: nn.Module) -> int:
 
 def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: dict | None = None) -> Path:
     """Write the model (safetensors + config with its structure) and tokenizer to ``path``,
-    atomically: the folder appears complete or not at all."""
+    atomically: the folder appears complete or not at all. The folder loads without fastprune too (see
+    :mod:`.portable`): with a stock config where one fits, else with its own modeling code."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -101,6 +103,7 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
         if not hasattr(config, STRUCTURE_KEY):
             setattr(config, STRUCTURE_KEY, adapter_for(model).structure(model))
         config.save_pretrained(tmp)
+        make_portable(tmp, adapter_for(model), adapter_for(model).dims(config).num_heads)
         save_model(model, str(tmp / WEIGHTS))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -116,12 +119,13 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
 
 
 def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True):
-    """Rebuild a model saved by :func:`save_pruned` (or any dense model folder saved the same way).
-    Returns ``(model, tokenizer)``; the tokenizer is None when the folder has none."""
+    """Rebuild a model saved by :func:`save_pruned` (or any dense model folder saved the same way), as the stock
+    transformers class (a portable folder's own code is not run). Returns ``(model, tokenizer)``; the tokenizer is
+    None when the folder has none."""
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
         raise IntegrityError(f"{path} is not a saved model: it needs config.json and {WEIGHTS}")
-    config = AutoConfig.from_pretrained(path)
+    config = read_config(path)
     architectures = getattr(config, "architectures", None) or []
     if not architectures or not hasattr(transformers, architectures[0]):
         raise IntegrityError(f"{path}/config.json names no known architecture: {architectures}")
@@ -136,5 +140,5 @@ def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_token
     model.to(device).eval()
     tokenizer = None
     if with_tokenizer and any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)  # a portable folder's code not run
     return model, tokenizer
