@@ -114,6 +114,7 @@ class PruneConfig(BaseModel):
     text_columns: list[str] | None = None
     label_column: str | None = None
     trust_remote_code: bool = False
+    allow_pickle: bool = Field(False, description="also load pickle weights when the model has no safetensors")
     progress: bool = True
 
     _constraint = field_validator("constraint")(check_constraint)
@@ -165,6 +166,8 @@ class PrepareParams(StageParams):
     source: str = Field(description="the fine-tuned model: s3:// URI, local folder or hub id")
     task: str
     trust_remote_code: bool = False
+    allow_pickle: bool = Field(False, description="also load pickle weights (pytorch_model.bin, *.pt, *.pth) when the "
+                               "model has no safetensors: only for files you trust")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI to check before any compute")
     dev_file: str | None = Field(None, description="dev data to check before any compute (read, columns found)")
 

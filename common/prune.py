@@ -40,7 +40,8 @@ def prune(cfg: PruneConfig, output: str | Path) -> dict:
         searched, rearranged, tuned = work / "searched", work / "rearranged", work / "tuned"
         stages = {
             "load": run_stage("prepare", model, PrepareParams(source=cfg.model, task=cfg.task,
-                                                              trust_remote_code=cfg.trust_remote_code)),
+                                                              trust_remote_code=cfg.trust_remote_code,
+                                                              allow_pickle=cfg.allow_pickle)),
             "sample": run_stage("sample", sample, SampleParams(
                 train_file=cfg.train_file, task=cfg.task, text_columns=cfg.text_columns,
                 label_column=cfg.label_column, **cfg.sample.model_dump())),

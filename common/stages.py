@@ -44,6 +44,7 @@ from .masks import Masks, dense_macs, flops_ratio, pruning_applied, units_macs
 from .models import load_model, resolve_device
 from .rearrange import rearrange_masks
 from .resplit import BudgetResplit
+from .stage_kinds import check_input_kinds
 from .storage import _sha256, _staging, fetch, is_remote, verify_manifest, write_manifest
 from .tasks import TaskSpec, get_task
 from .tuning import DEFAULT_TEACHER, tune_masks
@@ -173,7 +174,7 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
     local, source = resolve_source(p.source, p.tracking_uri)
-    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
+    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code, allow_pickle=p.allow_pickle)
     if p.dev_file:
         from .data import load_task_data
 
@@ -406,6 +407,7 @@ def run_stage(name: str, out: str | Path, params: BaseModel | dict, **inputs: st
     for folder in folders.values():
         if folder is not None:
             verify_manifest(folder)
+    check_input_kinds(name, folders)
     start = time.perf_counter()
     with _staging(Path(out)) as staging:
         result = stage.func(p, staging, **folders)

@@ -15,6 +15,7 @@ def fetch_model(
     tracking_uri: str = "",
     trust_remote_code: bool = False,
     dev_data: str = "",
+    allow_pickle: bool = False,
 ):
     """Fetch the model, check it is fine-tuned for the task, save it as a checked folder; also check that the
     MLflow tracking server answers and the dev data is readable for the task, so bad settings fail before any
@@ -22,5 +23,5 @@ def fetch_model(
     from fastprune.components.runtime import run_component
 
     params = {"source": source, "task": task, "tracking_uri": tracking_uri, "trust_remote_code": trust_remote_code,
-              "dev_file": dev_data}
+              "dev_file": dev_data, "allow_pickle": allow_pickle}
     run_component("prepare", model, metrics, params)
