@@ -11,6 +11,7 @@ from typing import Literal, get_args, get_origin
 from pydantic import ValidationError
 
 from fastprune.common.errors import FastpruneError
+from fastprune.common.remote import apply_remote_timeouts, redact, secure_logging
 from fastprune.ops_cli import COMMANDS as OPS_COMMANDS
 
 log = logging.getLogger("fastprune")
@@ -74,6 +75,8 @@ def _add_prune(p) -> None:
     p.add_argument("--text-columns", nargs="+")
     p.add_argument("--label-column")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true", help="also load pickle weights (pytorch_model.bin, *.pt) "
+                   "when the model has no safetensors: only for files you trust")
     p.add_argument("--output", required=True, help="output folder: model/, masks.safetensors, summary.json")
     p.set_defaults(func=_prune)
 
@@ -109,6 +112,7 @@ def _prune(args) -> int:
         text_columns=args.text_columns,
         label_column=args.label_column,
         trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
     )
     summary = prune(cfg, args.output)
     print(format_summary(summary))
@@ -338,14 +342,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        apply_remote_timeouts()  # FASTPRUNE_REMOTE_TIMEOUT, before the parser imports MLflow or the hub client
+    except FastpruneError as e:
+        print(f"fastprune: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    secure_logging()  # no credentials at any verbosity: third-party loggers stay at INFO, secrets redacted
     try:
         return args.func(args)
     except (FastpruneError, ValidationError) as e:
-        print(f"fastprune: error: {e}", file=sys.stderr)
+        print(f"fastprune: error: {redact(str(e))}", file=sys.stderr)
         return 2
 
 

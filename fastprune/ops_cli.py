@@ -266,8 +266,9 @@ def _trigger(args) -> int:
     from datetime import timedelta
 
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    from fastprune.common.registry import _redacted
+    from fastprune.common.registry import _redacted, check_tracking_uri, mlflow_error
     from fastprune.common.trigger import summary, trigger
     from fastprune.pipelines.launchers import ClusterLauncher, LocalLauncher
 
@@ -277,6 +278,7 @@ def _trigger(args) -> int:
         from fastprune.common.errors import ConfigError
 
         raise ConfigError("which MLflow holds the source model? Set MLFLOW_TRACKING_URI or pass --tracking-uri")
+    check_tracking_uri(tracking_uri)  # answers, and accepts the credentials, before anything else
     target = params.registered_model_name or f"{args.registered_model}-pruned"
     params = params.model_copy(update={"registered_model_name": target,
                                        "mlflow_uri": params.mlflow_uri or tracking_uri})
@@ -291,10 +293,13 @@ def _trigger(args) -> int:
         link = f"  {o.url}" if o.url else ""
         print(f"  version {o.version.version:>4}  {o.action:<11} {o.reason}{link}", flush=True)
 
-    outcomes = trigger(MlflowClient(tracking_uri), args.registered_model, launcher, params.arguments(),
-                       alias=args.source_alias, stage=args.source_stage, max_attempts=args.max_attempts,
-                       stale_after=timedelta(hours=args.stale_after_hours), limit=args.limit, dry_run=args.dry_run,
-                       report=show)
+    try:
+        outcomes = trigger(MlflowClient(tracking_uri), args.registered_model, launcher, params.arguments(),
+                           alias=args.source_alias, stage=args.source_stage, max_attempts=args.max_attempts,
+                           stale_after=timedelta(hours=args.stale_after_hours), limit=args.limit,
+                           dry_run=args.dry_run, report=show)
+    except MlflowException as e:
+        raise mlflow_error(e, _redacted(tracking_uri), f"reading the versions of {args.registered_model}") from None
     print(f"fastprune: {summary(outcomes)}")
     return 1 if any(o.action == "failed" for o in outcomes) else 0
 
