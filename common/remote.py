@@ -1,9 +1,10 @@
 """Bounded waits for every remote call (S3, MLflow, the Kubeflow Pipelines API, the Hugging Face hub), and the
 secrets kept out of what fastprune prints.
 
-One setting bounds them all: ``FASTPRUNE_REMOTE_TIMEOUT`` (seconds, default 10), the connect and read timeout of
+One setting bounds them all: ``FASTPRUNE_REMOTE_TIMEOUT`` (seconds, default 15), the connect and read timeout of
 each request. Each remote call makes at most :data:`ATTEMPTS` attempts with a short backoff, so an unreachable or
-hung service is reported within ``ATTEMPTS * timeout`` plus a few seconds (about 35 s by default, under a minute).
+hung service is reported within ``ATTEMPTS * timeout`` plus a few seconds of backoff (about 50 s by default, under
+a minute; large uploads over a slow link may need more).
 MLflow's own variables (``MLFLOW_HTTP_REQUEST_TIMEOUT``, ``..._MAX_RETRIES``, ``..._BACKOFF_FACTOR``) and the hub's
 (``HF_HUB_DOWNLOAD_TIMEOUT``, ``HF_HUB_ETAG_TIMEOUT``) are derived from it unless set explicitly.
 """
@@ -17,7 +18,7 @@ import re
 from .errors import ConfigError
 
 TIMEOUT_ENV = "FASTPRUNE_REMOTE_TIMEOUT"
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 15.0
 ATTEMPTS = 3
 """Attempts per remote call (the first and two retries)."""
 BACKOFF = 0.5
@@ -25,7 +26,7 @@ BACKOFF = 0.5
 
 
 def remote_timeout() -> float:
-    """The connect and read timeout of one request, in seconds (``FASTPRUNE_REMOTE_TIMEOUT``, default 10)."""
+    """The connect and read timeout of one request, in seconds (``FASTPRUNE_REMOTE_TIMEOUT``, default 15)."""
     text = os.environ.get(TIMEOUT_ENV, "").strip()
     if not text:
         return DEFAULT_TIMEOUT
@@ -50,7 +51,7 @@ def boto_config(**options):
     from botocore.config import Config
 
     t = remote_timeout()
-    return Config(connect_timeout=t, read_timeout=t, retries={"max_attempts": ATTEMPTS, "mode": "standard"},
+    return Config(connect_timeout=t, read_timeout=t, retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
                   **options)
 
 

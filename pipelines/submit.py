@@ -192,10 +192,10 @@ def _reason(error: Exception) -> str:
             message = json.loads(body).get("message")
         except (ValueError, AttributeError):
             message = str(body)[:300]
-    if status in (401, 403):
+    if status == 401:
         from .kfp_client import AUTH_HINT
 
-        return f"HTTP {status}: authentication failed: {AUTH_HINT}"
+        return f"HTTP 401: authentication failed: {AUTH_HINT}"
     if status:
         return f"HTTP {status} {getattr(error, 'reason', '') or ''}".strip() + (f": {message}" if message else "")
     lines = str(error).strip().splitlines()

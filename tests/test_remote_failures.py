@@ -152,6 +152,24 @@ def test_an_s3_fetch_from_a_hung_endpoint_fails_within_the_bound(monkeypatch, tm
     _one_line_error(capsys, "did not answer", "timed out after")
 
 
+def test_one_setting_bounds_every_client(monkeypatch):
+    from fastprune.common.remote import ATTEMPTS, DEFAULT_TIMEOUT, apply_remote_timeouts
+    from fastprune.common.storage import s3_client
+
+    assert ATTEMPTS * DEFAULT_TIMEOUT + 5 < 60  # a hung service is reported within a minute by default
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any-secret-value")
+    config = s3_client().meta.config
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (BOUND_S, BOUND_S, 3)
+    apply_remote_timeouts()
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == str(BOUND_S)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")  # the user's own MLflow setting wins
+    monkeypatch.setenv("_FASTPRUNE_DERIVED", "")
+    apply_remote_timeouts()
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+
+
 def test_a_bad_timeout_setting_is_named(monkeypatch, capsys, params):
     monkeypatch.setenv("FASTPRUNE_REMOTE_TIMEOUT", "soon")
     assert main(["trigger", "--registered-model", "bert", "--local", "--dry-run", "--tracking-uri",
