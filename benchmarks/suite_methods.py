@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastprune.common.stages import STAGES
+from fastprune.common.stages.run import STAGES
 
 OVERRIDABLE = ("sample", "fisher", "search", "rearrange", "tune", "export")
 

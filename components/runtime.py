@@ -21,8 +21,9 @@ def run_component(stage: str, output: Any, metrics: Any, params: dict, report: A
                   **inputs: Any) -> dict:
     """Run ``stage`` with the input artifacts' folders, writing the output artifact's folder (and its Markdown /
     HTML report to ``report`` / ``html``, which the Kubeflow UI shows)."""
-    from fastprune.common.remote import apply_remote_timeouts, secure_logging
-    from fastprune.common.stages import numeric_results, run_stage
+    from fastprune.common.folders import numeric_results
+    from fastprune.common.ops.remote import apply_remote_timeouts, secure_logging
+    from fastprune.common.stages.run import run_stage
 
     secure_logging()
     try:
@@ -52,7 +53,7 @@ def lineage(info: dict, folder: Path, inputs: dict[str, str]) -> dict:
 def _record_failure(output: Path, stage: str, error: Exception) -> None:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        from fastprune.common.remote import redact
+        from fastprune.common.ops.remote import redact
 
         (output.parent / FAILURE_FILE).write_text(json.dumps({"stage": stage, "error": redact(str(error)),
                                                              "type": type(error).__name__}))
@@ -67,7 +68,7 @@ def run_select(candidates: dict[str, list], chosen: dict[str, Any], sweep: Any, 
                params: dict) -> bool:
     """The sweep's selection over the collected candidate artifacts (one list per part, in constraint order):
     write the sweep folder, copy the chosen candidate's folders to the ``chosen`` outputs; True if one passed."""
-    from fastprune.common.sweep import select_stage
+    from fastprune.common.stages.sweep import select_stage
 
     counts = {part: len(artifacts) for part, artifacts in candidates.items()}
     if len(set(counts.values())) != 1:

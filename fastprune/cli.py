@@ -11,7 +11,7 @@ from typing import Literal, get_args, get_origin
 from pydantic import ValidationError
 
 from fastprune.common.errors import FastpruneError
-from fastprune.common.remote import apply_remote_timeouts, redact, secure_logging
+from fastprune.common.ops.remote import apply_remote_timeouts, redact, secure_logging
 from fastprune.ops_cli import COMMANDS as OPS_COMMANDS
 
 log = logging.getLogger("fastprune")
@@ -82,8 +82,8 @@ def _add_prune(p) -> None:
 
 
 def _prune(args) -> int:
-    from fastprune.common.config import FisherConfig, PruneConfig, SampleConfig, TuningConfig
-    from fastprune.common.prune import format_summary, prune
+    from fastprune.common.stages.config import FisherConfig, PruneConfig, SampleConfig, TuningConfig
+    from fastprune.common.stages.prune import format_summary, prune
 
     cfg = PruneConfig(
         model=args.model,
@@ -133,8 +133,8 @@ def _add_demo(p) -> None:
 
 
 def _demo(args) -> int:
-    from fastprune.common.config import PruneConfig, SampleConfig
-    from fastprune.common.prune import format_summary, prune
+    from fastprune.common.stages.config import PruneConfig, SampleConfig
+    from fastprune.common.stages.prune import format_summary, prune
     from fastprune.defaults import SST2_DEV, SST2_TRAIN, finetuned_minilm
 
     cfg = PruneConfig(
@@ -179,9 +179,9 @@ def _profile(args) -> int:
     import json
     from pathlib import Path
 
-    from fastprune.common.export import load_pruned
-    from fastprune.common.latency import profile_models
-    from fastprune.common.models import resolve_device
+    from fastprune.common.model.export import load_pruned
+    from fastprune.common.model.loading import resolve_device
+    from fastprune.common.model.timing import profile_models
 
     device = resolve_device(args.device)
     models = {"original": load_pruned(args.model, device, with_tokenizer=False)[0]}
@@ -275,7 +275,7 @@ def _run_local(args, arguments: dict) -> int:
 
 
 def _add_step(p) -> None:
-    from fastprune.common.stages import STAGES
+    from fastprune.common.stages.run import STAGES
 
     stages = p.add_subparsers(dest="stage", required=True)
     for name, stage in STAGES.items():
@@ -306,7 +306,7 @@ def _add_fields(parser, model) -> None:
 def _step(args) -> int:
     import json
 
-    from fastprune.common.stages import STAGES, run_stage
+    from fastprune.common.stages.run import STAGES, run_stage
 
     stage = STAGES[args.stage]
     params = {k: v for k, v in vars(args).items() if k in stage.params.model_fields and v is not None}

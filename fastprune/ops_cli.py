@@ -194,7 +194,7 @@ def _local_defaults(arguments: dict, pipeline_root: str) -> dict:
 
 
 def _sweep(args) -> int:
-    from fastprune.common.stages import stage_info
+    from fastprune.common.folders import stage_info
     from fastprune.pipelines.local import run_local
 
     params = _params(args, "sweep")
@@ -268,8 +268,8 @@ def _trigger(args) -> int:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from fastprune.common.registry import _redacted, check_tracking_uri, mlflow_error
-    from fastprune.common.trigger import summary, trigger
+    from fastprune.common.ops.registry import check_tracking_uri, mlflow_error, redacted
+    from fastprune.common.ops.trigger import summary, trigger
     from fastprune.pipelines.launchers import ClusterLauncher, LocalLauncher
 
     params = _params(args, args.pipeline)
@@ -286,7 +286,7 @@ def _trigger(args) -> int:
         launcher = LocalLauncher(args.pipeline, args.pipeline_root)
     else:
         launcher = ClusterLauncher(_cluster(args), _options(args, args.pipeline))
-    print(f"fastprune: versions of {args.registered_model} in MLflow at {_redacted(tracking_uri)} "
+    print(f"fastprune: versions of {args.registered_model} in MLflow at {redacted(tracking_uri)} "
           f"-> {target}, {launcher.where}" + (" (dry run)" if args.dry_run else ""))
 
     def show(o) -> None:
@@ -299,7 +299,7 @@ def _trigger(args) -> int:
                            stale_after=timedelta(hours=args.stale_after_hours), limit=args.limit,
                            dry_run=args.dry_run, report=show)
     except MlflowException as e:
-        raise mlflow_error(e, _redacted(tracking_uri), f"reading the versions of {args.registered_model}") from None
+        raise mlflow_error(e, redacted(tracking_uri), f"reading the versions of {args.registered_model}") from None
     print(f"fastprune: {summary(outcomes)}")
     return 1 if any(o.action == "failed" for o in outcomes) else 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..common.errors import FastpruneError
-from ..common.remote import ATTEMPTS, BACKOFF, bound_description, redact, remote_timeout
+from ..common.ops.remote import ATTEMPTS, BACKOFF, bound_description, redact, remote_timeout
 
 AUTH_HINT = "set a valid bearer token (KFP_TOKEN or --token-file / KFP_TOKEN_FILE) or session cookies (KFP_COOKIES)"
 

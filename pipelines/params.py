@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from ..common.errors import ConfigError
-from ..common.search import check_constraint
-from ..common.tasks import get_task
+from ..common.method.search import check_constraint
+from ..common.tasks.spec import get_task
 
 
 class PipelineParams(BaseModel):

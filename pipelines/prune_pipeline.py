@@ -7,7 +7,7 @@ credentials from a Kubernetes secret, retries, and no caching; the pure compute 
 profit from a GPU ask for ``gpu_limit`` accelerators of ``accelerator_type`` (``gpu_limit=0``: CPU only).
 """
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 from kfp.dsl import Artifact
 
 from ..components import BASE_IMAGE
@@ -21,25 +21,9 @@ from ..components.register import register_model
 from ..components.sample import sample_data
 from ..components.search import search_masks
 from ..components.tune import tune_masks
+from .steps import accelerated, external_io
 
 PIPELINE_NAME = "fastprune"
-S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                  "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL")
-"""Keys read from the secret (each optional) into the environment variables of the same name."""
-
-
-def _external_io(task: dsl.PipelineTask, secret: str, retries: int) -> None:
-    if retries:
-        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
-    task.set_caching_options(enable_caching=False)
-    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={k: k for k in S3_SECRET_KEYS},
-                                 optional=True)
-
-
-def _accelerated(task: dsl.PipelineTask, accelerator_type: str, gpu_limit: int) -> None:
-    task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpu_limit)
-
-
 def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
     """The pipeline with every step running ``image``; steps reaching external storage are retried ``retries``
     times (kfp.local honours retries too: local runs use 0, so that a bad input fails at once)."""
@@ -103,12 +87,12 @@ def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
             experiment=mlflow_experiment, pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
         for step in (fetched, sampled, evaluated, registered):
-            _external_io(step, s3_secret, retries)
+            external_io(step, s3_secret, retries)
         for step in (fisher, searched, rearranged, tuned, exported):
             step.set_caching_options(enable_caching=True)
         profiled.set_caching_options(enable_caching=False)  # a measurement of this run's device
         for step in (fisher, searched, tuned, evaluated, profiled):
-            _accelerated(step, accelerator_type, gpu_limit)
+            accelerated(step, accelerator_type, gpu_limit)
         for step in (fetched, sampled, fisher, searched, rearranged, tuned, exported, evaluated, profiled, registered):
             step.container_spec.image = image
         return registered.outputs["registration"]
@@ -126,11 +110,3 @@ def compile_pipeline(output: str, image: str = BASE_IMAGE) -> str:
     compiler.Compiler().compile(build_pipeline(image), output)
     return output
 
-
-def submit(host: str, arguments: dict, experiment: str = PIPELINE_NAME, image: str = BASE_IMAGE) -> str:
-    """Start a run on the Kubeflow Pipelines server at ``host`` (auth from the environment); returns the run's id.
-    ``pipelines/submit.py`` has the rest: pipeline versions, recurring runs, namespaces, links."""
-    from .submit import ClusterConfig, SubmitOptions
-    from .submit import submit as submit_run
-
-    return submit_run(ClusterConfig.from_env(host), arguments, SubmitOptions(experiment=experiment, image=image)).id

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ..common.errors import ConfigError, FastpruneError
-from ..common.remote import redact
+from ..common.ops.remote import redact
 from .params import PipelineParams, PruneRunParams, SweepRunParams, params_model, validate_params
 
 log = logging.getLogger(__name__)

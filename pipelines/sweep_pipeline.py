@@ -22,7 +22,7 @@ from ..components.sample import sample_data
 from ..components.search import search_masks
 from ..components.select import select_candidate
 from ..components.tune import tune_masks
-from .prune_pipeline import _accelerated, _external_io
+from .steps import accelerated, external_io
 
 SWEEP_PIPELINE_NAME = "fastprune-sweep"
 
@@ -99,13 +99,13 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
                 pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
         for step in (fetched, sampled, evaluated, registered):
-            _external_io(step, s3_secret, retries)
+            external_io(step, s3_secret, retries)
         for step in (fisher, searched, rearranged, tuned, exported):
             step.set_caching_options(enable_caching=True)
         for step in (profiled, selected):
             step.set_caching_options(enable_caching=False)
         for step in (fisher, searched, tuned, evaluated, profiled) if accelerators else ():
-            _accelerated(step, accelerator_type, gpu_limit)
+            accelerated(step, accelerator_type, gpu_limit)
         steps = (fetched, sampled, fisher, searched, rearranged, tuned, exported, evaluated, profiled, selected,
                  registered)
         for step in steps:

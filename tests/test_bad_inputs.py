@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastprune.common.arch import STRUCTURE_KEY, adapter_for
-from fastprune.common.checkpoint import read_header
 from fastprune.common.errors import IntegrityError
-from fastprune.common.export import export_pruned, load_pruned, save_pruned
-from fastprune.common.masks import Masks
+from fastprune.common.model.arch import STRUCTURE_KEY, adapter_for
+from fastprune.common.model.checkpoint import read_header
+from fastprune.common.model.export import export_pruned, load_pruned, save_pruned
+from fastprune.common.model.masks import Masks
 from tiny import tiny_model, tiny_tokenizer
 
 from fastprune.cli import main

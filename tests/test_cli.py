@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-from fastprune.common.export import load_pruned
-from fastprune.common.masks import Masks
+from fastprune.common.model.export import load_pruned
+from fastprune.common.model.masks import Masks
 from tiny import SST2, tiny_model, tiny_tokenizer
 
 from fastprune.cli import main

@@ -3,7 +3,7 @@ Kubernetes secret, images; and ``fastprune run --host`` submitting it."""
 
 import pytest
 import yaml
-from fastprune.pipelines.prune_pipeline import S3_SECRET_KEYS
+from fastprune.pipelines.steps import S3_SECRET_KEYS
 
 from fastprune.cli import main
 

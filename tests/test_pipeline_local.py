@@ -11,8 +11,8 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from fastprune.common.export import load_pruned
-from fastprune.common.storage import upload_dir, upload_file
+from fastprune.common.model.export import load_pruned
+from fastprune.common.ops.storage import upload_dir, upload_file
 from fastprune.pipelines.local import PipelineFailed, run_local
 from mlflow import MlflowClient
 from servers import S3Server, closed_port, mlflow_server, seaweedfs

@@ -8,17 +8,18 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from fastprune.common.arch import adapter_for
-from fastprune.common.config import PruneConfig, SampleConfig
 from fastprune.common.errors import IntegrityError
-from fastprune.common.export import load_pruned
-from fastprune.common.fisher import MaskGradients
-from fastprune.common.masks import Masks, masked_macs
-from fastprune.common.prune import prune
-from fastprune.common.registry import predict_text
-from fastprune.common.stages import GRADS_FILE, MASKS_FILE, run_stage, stage_info
-from fastprune.common.storage import MANIFEST_NAME, verify_manifest
-from fastprune.common.tasks import get_task
+from fastprune.common.folders import GRADS_FILE, MANIFEST_NAME, MASKS_FILE, stage_info, verify_manifest
+from fastprune.common.method.fisher import MaskGradients
+from fastprune.common.model.arch import adapter_for
+from fastprune.common.model.cost import masked_macs
+from fastprune.common.model.export import load_pruned
+from fastprune.common.model.masks import Masks
+from fastprune.common.ops.registry import predict_text
+from fastprune.common.stages.config import PruneConfig, SampleConfig
+from fastprune.common.stages.prune import prune
+from fastprune.common.stages.run import run_stage
+from fastprune.common.tasks.spec import get_task
 from tiny import SST2
 from transformers import AutoConfig
 

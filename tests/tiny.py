@@ -104,9 +104,9 @@ def tiny_model(family: str = "bert", task: str = "classification", num_labels: i
 
 def trained_tiny_model(path: Path, steps: int = 150, family: str = "bert") -> Path:
     """A tiny model trained briefly on the bundled SST-2 subset (well above chance), saved to ``path``."""
-    from fastprune.common.data import load_task_data
-    from fastprune.common.finetune import finetune, save_finetuned
-    from fastprune.common.tasks import get_task
+    from fastprune.common.tasks.data import load_task_data
+    from fastprune.common.tasks.finetune import finetune, save_finetuned
+    from fastprune.common.tasks.spec import get_task
 
     task = get_task("sst2")
     tokenizer = tiny_tokenizer()

@@ -1,0 +1,99 @@
+"""Load a fine-tuned model and its tokenizer, and check that they fit the task and each other."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
+from ..errors import ModelTaskMismatchError
+from ..tasks.spec import TaskSpec
+from .arch import STRUCTURE_KEY, adapter_for
+from .checkpoint import CONVERT_HINT, PickleCheckpointError, check_local_weights
+from .export import load_pruned
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _head_suffix(task: TaskSpec) -> str:
+    return "ForQuestionAnswering" if task.is_qa else "ForSequenceClassification"
+
+
+def check_model_for_task(config, task: TaskSpec, where: str) -> None:
+    """The model must carry the task's head (fine-tuned for it) with the task's number of labels."""
+    adapter_for(config)  # unsupported architectures fail here, naming the supported ones
+    suffix = _head_suffix(task)
+    architectures = getattr(config, "architectures", None) or []
+    if not any(a.endswith(suffix) for a in architectures):
+        raise ModelTaskMismatchError(
+            f"{where} is not fine-tuned for task {task.name}: its architectures are {architectures or 'unset'}, "
+            f"expected a *{suffix} model (fine-tune it on the task first)"
+        )
+    if not task.is_qa and config.num_labels != task.num_labels:
+        raise ModelTaskMismatchError(
+            f"{where} has {config.num_labels} labels but task {task.name} needs {task.num_labels}"
+        )
+
+
+def check_tokenizer(tokenizer, config, where: str) -> None:
+    """Every id the tokenizer can produce must exist in the model's embedding table."""
+    vocab = getattr(config, "vocab_size", None)
+    ids = tokenizer("fastprune checks the tokenizer")["input_ids"]
+    if vocab is not None and (len(tokenizer) > vocab or max(ids) >= vocab):
+        raise ModelTaskMismatchError(
+            f"the tokenizer of {where} ({len(tokenizer)} tokens) does not match the model's vocabulary "
+            f"({vocab} embeddings): use the tokenizer the model was fine-tuned with"
+        )
+
+
+def load_model(
+    source: str | Path,
+    task: TaskSpec,
+    device: torch.device | str = "cpu",
+    trust_remote_code: bool = False,
+    tokenizer_source: str | Path | None = None,
+    allow_pickle: bool = False,
+):
+    """A fine-tuned model (local folder, or a hub id when the hub is reachable) and its tokenizer,
+    checked against the task. A folder written by fastprune's export is rebuilt with its structure.
+    Weights are read from safetensors only, unless ``allow_pickle`` (``pytorch_model.bin``...)."""
+    where = str(source)
+    check_local_weights(source, allow_pickle)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelTaskMismatchError(f"cannot read a model config from {where}: {e}") from e
+    check_model_for_task(config, task, where)
+    if getattr(config, STRUCTURE_KEY, None):
+        model, tokenizer = load_pruned(source, device)
+    else:
+        cls = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
+        try:
+            model = cls.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                        use_safetensors=None if allow_pickle else True).to(device).eval()
+        except OSError as e:
+            if allow_pickle or Path(source).is_dir():
+                raise ModelTaskMismatchError(f"cannot load the model weights of {where}: {e}") from e
+            raise PickleCheckpointError(f"cannot load safetensors weights of {where} ({str(e).splitlines()[0]}): "
+                                        "fastprune reads safetensors only; if the model has pickle weights only, "
+                                        f"either {CONVERT_HINT}, or pass --allow-pickle (allow_pickle=True) if you "
+                                        "trust the file") from e
+        tokenizer = None
+    if tokenizer_source is not None or tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or source, trust_remote_code=trust_remote_code)
+    check_tokenizer(tokenizer, config, where)
+    log.info("loaded %s (%s) on %s", where, type(model).__name__, device)
+    return model, tokenizer

@@ -1,0 +1,266 @@
+"""MLflow: record a pruning run, register the pruned model as a new model version, move an alias to it only
+when the accuracy gate passes, and load it back as a pyfunc that predicts from raw text (answers from questions
+and contexts for a question-answering model).
+
+The registered model is a custom ``mlflow.pyfunc`` model (:class:`PrunedTextModel`) whose one artifact is the
+exported model folder (safetensors, config with the per-layer structure, tokenizer; checked against its
+manifest on load). Loading it needs nothing but fastprune installed::
+
+    mlflow.pyfunc.load_model("models:/NAME@pruned-candidate").predict(pd.DataFrame({"text": ["a fine movie"]}))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from ..errors import ConfigError, FastpruneError
+from ..folders import verify_manifest
+from ..model.export import load_pruned
+from ..tasks.spec import TaskSpec, get_task
+from .remote import TIMEOUT_ENV, apply_remote_timeouts, bound_description, redact, remote_timeout
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "text"), ColSpec("string", "text_pair", required=False)]))
+QA_SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]))
+
+
+class RegistryError(FastpruneError):
+    """The MLflow tracking server is unreachable or refused a request."""
+
+
+def redacted(uri: str) -> str:
+    return redact(uri)
+
+
+_AUTH_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, naming the URI, when an MLflow tracking server does not answer within the remote timeout
+    (``FASTPRUNE_REMOTE_TIMEOUT``) or refuses the credentials (an authenticated call: search one experiment)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    apply_remote_timeouts()
+    where, timeout = redacted(uri), remote_timeout()
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.Timeout as e:
+        raise RegistryError(f"the MLflow tracking server at {where} did not answer within {timeout:g} s "
+                            f"({TIMEOUT_ENV}): is it running and reachable? Check --mlflow-uri (the pipeline's "
+                            "mlflow_uri)") from e
+    except requests.RequestException as e:
+        raise RegistryError(
+            f"cannot reach the MLflow tracking server at {where} ({type(e).__name__}): is it running? "
+            "Check --mlflow-uri (the pipeline's mlflow_uri)"
+        ) from e
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as e:
+        raise mlflow_error(e, where, "listing experiments") from None
+
+
+def mlflow_error(error: MlflowException, where: str, action: str) -> RegistryError:
+    """A one-line error for an MLflow refusal: an authentication failure says so and names the variables to set; a
+    timeout says after how long; never a password."""
+    message = redact(error.message).splitlines()[0] if error.message else type(error).__name__
+    if error.error_code in _AUTH_CODES or re.search(r"\b40[13]\b", message):
+        return RegistryError(f"MLflow at {where} refused the credentials while {action} (authentication failed): "
+                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, to "
+                             "an account the server accepts")
+    if re.search(r"timed? ?out|Max retries exceeded", message, re.IGNORECASE):
+        return RegistryError(f"MLflow at {where} did not answer while {action}: timed out after "
+                             f"{bound_description()}: {message[:300]}")
+    return RegistryError(f"MLflow at {where} refused {action}: {message[:500]}")
+
+
+def accuracy_gate(before: float, after: float, max_drop: float, metric: str) -> tuple[bool, str]:
+    """Whether the task metric dropped by at most ``max_drop`` points, and a sentence saying so."""
+    drop = before - after
+    passed = drop <= max_drop
+    verdict = "within" if passed else "more than"
+    return passed, (f"{metric} {before:.2f} -> {after:.2f}: a drop of {drop:.2f} points, "
+                    f"{verdict} the allowed {max_drop:g}")
+
+
+# ----- the pyfunc ------------------------------------------------------------------------------------------
+def predict_text(model, tokenizer, task: TaskSpec, frame: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
+    """Predictions for a DataFrame: a sequence classifier's ``label``, ``score`` and ``probabilities`` (a regressor's
+    ``score``) from ``text`` (and ``text_pair``); a question-answering model's ``answer``, its character ``start``
+    and ``end`` in the context and its ``score`` from ``question`` and ``context``."""
+    frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+    if task.is_qa:
+        return _predict_answers(model, tokenizer, task, frame)
+    if "text" not in frame.columns:
+        raise ValueError(f"the input needs a 'text' column (and optionally 'text_pair'); got {list(frame.columns)}")
+    texts = frame["text"].astype(str).tolist()
+    pairs = frame["text_pair"].fillna("").astype(str).tolist() if "text_pair" in frame.columns else None
+    pairs = pairs if pairs and any(pairs) else None
+    chunks = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            encoded = tokenizer(texts[i : i + batch_size], pairs[i : i + batch_size] if pairs else None,
+                                truncation=True, max_length=task.max_length, padding=True, return_tensors="pt")
+            chunks.append(model(**encoded).logits.float())
+    logits = torch.cat(chunks) if chunks else torch.zeros(0, task.num_labels)
+    if task.kind == "regression":
+        return pd.DataFrame({"score": logits[:, 0].numpy()})
+    probabilities = logits.softmax(-1)
+    return pd.DataFrame({"label": probabilities.argmax(-1).numpy(), "score": probabilities.max(-1).values.numpy(),
+                         "probabilities": probabilities.numpy().tolist()})
+
+
+def _predict_answers(model, tokenizer, task: TaskSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    from ..tasks.qa import answer_questions
+
+    missing = [c for c in ("question", "context") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"a question-answering model needs 'question' and 'context' columns; missing {missing}, "
+                         f"got {list(frame.columns)}")  # fmt: skip
+    if frame.empty:
+        return pd.DataFrame({"answer": [], "start": [], "end": [], "score": []})
+    spans = answer_questions(model, tokenizer, frame["question"].astype(str).tolist(),
+                             frame["context"].astype(str).tolist(), max_length=task.max_length,
+                             version_2=task.name == "squad_v2")  # fmt: skip
+    none = {"answer": "", "start": -1, "end": -1, "score": float("nan")}
+    return pd.DataFrame([span or none for span in spans], columns=["answer", "start", "end", "score"])
+
+
+class PrunedTextModel(mlflow.pyfunc.PythonModel):
+    """A pruned model rebuilt with :func:`load_pruned` from its artifact folder; predicts from raw text."""
+
+    def load_context(self, context) -> None:
+        folder = Path(context.artifacts["model"])
+        verify_manifest(folder)
+        self.model, self.tokenizer = load_pruned(folder)
+        self.task = get_task(context.model_config["task"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return predict_text(self.model, self.tokenizer, self.task, model_input)
+
+
+_MODEL_CODE = """\"\"\"MLflow entry point of a model registered by fastprune (a model from code: nothing pickled).\"\"\"
+
+from mlflow.models import set_model
+
+from fastprune.common.ops.registry import PrunedTextModel
+
+set_model(PrunedTextModel())
+"""
+
+
+def log_pruned_model(pruned: Path, task: str, workdir: Path):
+    """Log the exported model folder as a :class:`PrunedTextModel` in the active run (its entry point, a
+    three-line file, is written to ``workdir``)."""
+    from ... import __version__
+
+    code = workdir / "pyfunc_model.py"
+    code.write_text(_MODEL_CODE)
+    if get_task(task).is_qa:
+        signature = QA_SIGNATURE
+        example = pd.DataFrame({"question": ["Who wrote it?"], "context": ["It was written by Ann Lee in 1990."]})
+    else:
+        signature, example = SIGNATURE, pd.DataFrame({"text": ["a fine movie"]})  # MLflow runs the example
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(code), artifacts={"model": str(pruned)}, model_config={"task": task},
+        signature=signature, input_example=example, pip_requirements=[f"fastprune=={__version__}"],
+    )
+
+
+# ----- registration ------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# ----- registered models as a source -------------------------------------------------------------------------------
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))/?$")
+
+
+def parse_models_uri(uri: str) -> tuple[str, int | None, str | None]:
+    """(name, version, alias) of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    match = _MODELS_URI.match(uri)
+    if not match:
+        raise ConfigError(f"bad registered model URI {uri!r}: use models:/NAME/VERSION (e.g. models:/bert-sst2/3) "
+                          "or models:/NAME@ALIAS")
+    version = match["version"]
+    return match["name"], int(version) if version else None, match["alias"]
+
+
+def fetch_registered_model(uri: str, cache_dir: Path, tracking_uri: str | None = None) -> tuple[Path, str]:
+    """Download a registered model version (its artifacts: a Hugging Face model folder, or an MLflow
+    ``transformers`` model) into ``cache_dir`` once; returns the model folder and the exact
+    ``models:/NAME/VERSION`` (an alias resolved)."""
+    from mlflow.artifacts import download_artifacts
+
+    from ..folders import staged_folder
+
+    name, version, alias = parse_models_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    where = redacted(tracking_uri or mlflow.get_tracking_uri())
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as e:
+        raise RegistryError(f"MLflow at {where} has no {uri}: {e.message}") from None
+    exact = f"models:/{name}/{found.version}"
+    key = hashlib.sha256(f"{where}\n{exact}\n{found.source}\n{found.creation_timestamp}".encode()).hexdigest()[:16]
+    destination = cache_dir / "mlflow" / key / f"{name}-{found.version}"
+    if not destination.is_dir():
+        with staged_folder(destination) as staging:
+            try:
+                download_artifacts(artifact_uri=exact, dst_path=str(staging), tracking_uri=tracking_uri)
+            except MlflowException as e:
+                raise RegistryError(f"cannot download {exact} from MLflow at {where}: {e.message}") from None
+        log.info("downloaded %s to %s", exact, destination)
+    return _model_folder(destination, exact), exact
+
+
+def _model_folder(root: Path, uri: str) -> Path:
+    """The Hugging Face model folder inside a downloaded model version: the root, the ``model/`` of an MLflow
+    ``transformers`` model (its tokenizer from ``components/tokenizer`` copied beside it), or the one sub-folder
+    holding a ``config.json`` and weights."""
+    import shutil
+
+    if (root / "config.json").is_file():
+        return root
+    flavour_model, tokenizer = root / "model", root / "components" / "tokenizer"
+    if (flavour_model / "config.json").is_file() and tokenizer.is_dir():
+        for file in tokenizer.iterdir():
+            if file.is_file() and not (flavour_model / file.name).exists():
+                shutil.copyfile(file, flavour_model / file.name)
+        return flavour_model
+    weights = ("*.safetensors", "pytorch_model*.bin")
+    found = sorted(c.parent for c in root.rglob("config.json")
+                   if any(next(c.parent.glob(w), None) for w in weights))
+    if len(found) == 1:
+        return found[0]
+    listing = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())[:20]
+    what = "several model folders: " + ", ".join(str(f.relative_to(root)) for f in found) if found else (
+        "no Hugging Face model folder (a config.json beside safetensors or pytorch_model.bin weights)")
+    raise RegistryError(f"{uri} holds {what}; its files: {listing}")
