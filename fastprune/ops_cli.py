@@ -148,6 +148,7 @@ def _submit(args) -> int:
     import json
     import tempfile
 
+    from fastprune.common.ops.remote import redact
     from fastprune.pipelines.submit import compile_package, kfp_cron, spec_version_name, submit
 
     params = _params(args, args.pipeline)
@@ -158,7 +159,7 @@ def _submit(args) -> int:
                                                                               args.image))
         what = f"a recurring run, cron '{cron}'" if cron else "a run"
         print(f"fastprune: would create {what} of pipeline {args.pipeline} version {version} in experiment "
-              f"{args.experiment} with\n{json.dumps(params.arguments(), indent=2)}")
+              f"{args.experiment} with\n{redact(json.dumps(params.arguments(), indent=2))}")
         return 0
     _print_submitted(submit(_cluster(args), params, _options(args, args.pipeline)))
     return 0

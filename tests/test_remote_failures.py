@@ -215,6 +215,13 @@ def test_a_password_in_the_host_never_shows(params, capsys):
     assert "http://***@127.0.0.1" in captured.err.splitlines()[-1]
 
 
+def test_a_password_in_the_mlflow_uri_never_shows(params, capsys):
+    uri = "https://someone:hunter2-secret@mlflow.example.com"
+    assert main(["submit", "--dry-run", "--params", str(params), "--mlflow-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2-secret" not in out and "https://***@mlflow.example.com" in out
+
+
 @pytest.mark.server
 def test_verbose_output_never_shows_the_s3_credentials(tmp_path):
     """The real command line, -v, against the real SeaweedFS: the debug output of fastprune shows, botocore's (which

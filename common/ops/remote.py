@@ -6,7 +6,9 @@ each request. Each remote call makes at most :data:`ATTEMPTS` attempts with a sh
 hung service is reported within ``ATTEMPTS * timeout`` plus a few seconds of backoff (about 50 s by default, under
 a minute; large uploads over a slow link may need more).
 MLflow's own variables (``MLFLOW_HTTP_REQUEST_TIMEOUT``, ``..._MAX_RETRIES``, ``..._BACKOFF_FACTOR``) and the hub's
-(``HF_HUB_DOWNLOAD_TIMEOUT``, ``HF_HUB_ETAG_TIMEOUT``) are derived from it unless set explicitly.
+(``HF_HUB_DOWNLOAD_TIMEOUT``, ``HF_HUB_ETAG_TIMEOUT``) are derived from it unless set explicitly, and so is
+``AWS_MAX_ATTEMPTS`` for boto3 clients fastprune does not make (MLflow's S3 artifact store; their timeouts stay
+botocore's 60 s).
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def apply_remote_timeouts() -> None:
                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(ATTEMPTS - 1),
                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an integer for MLflow
                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-               "HF_HUB_DOWNLOAD_TIMEOUT": whole, "HF_HUB_ETAG_TIMEOUT": whole}
+               "HF_HUB_DOWNLOAD_TIMEOUT": whole, "HF_HUB_ETAG_TIMEOUT": whole,
+               "AWS_MAX_ATTEMPTS": str(ATTEMPTS)}  # boto3 clients made by others (MLflow's S3 artifact store)
     ours = os.environ.get("_FASTPRUNE_DERIVED", "")
     for name, value in derived.items():
         if name not in os.environ or name in ours.split(","):
