@@ -279,8 +279,8 @@ def test_budget_resplit_under_a_latency_table_keeps_the_fitted_latency():
 
 
 def test_a_half_precision_latency_table_needs_a_gpu():
-    with pytest.raises(ValueError, match="latency_dtype float16 is measured on CUDA devices only, not on cpu"):
-        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", latency_dtype="float16",
-                    device="cpu")  # fmt: skip
-    assert PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, latency_dtype="float16", device="cpu")
+    with pytest.raises(ValueError, match="serving_dtype float16 is measured on CUDA devices only, not on cpu"):
+        PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, constraint_metric="latency",
+                    serving_dtype="float16", device="cpu")  # fmt: skip
+    assert PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, serving_dtype="float16", device="cpu")
 

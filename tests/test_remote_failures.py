@@ -93,7 +93,7 @@ def test_the_mlflow_preflight_checks_the_credentials(auth_mlflow, monkeypatch, t
         check_tracking_uri(uri)
 
     # the fetch step fails before it loads anything
-    assert main(["step", "prepare", "--source", str(tmp_path / "nowhere"), "--task", "sst2", "--tracking-uri", uri,
+    assert main(["step", "prepare", "--model", str(tmp_path / "nowhere"), "--task", "sst2", "--tracking-uri", uri,
                  "--out", str(tmp_path / "model")]) == 2
     line = _one_line_error(capsys, "authentication failed")
     assert "wrong-password-0815" not in line
@@ -147,7 +147,7 @@ def test_an_s3_fetch_from_a_hung_endpoint_fails_within_the_bound(monkeypatch, tm
         with pytest.raises(StorageError) as info:
             fetch("s3://bucket/data/train.tsv", tmp_path / "cache")
         elapsed = time.monotonic() - start
-        assert main(["step", "sample", "--train-file", "s3://bucket/data/train.tsv", "--task", "sst2",
+        assert main(["step", "sample", "--train-data", "s3://bucket/data/train.tsv", "--task", "sst2",
                      "--out", str(tmp_path / "sample")]) == 2
     assert elapsed < 3 * BOUND_S + SLACK_S, elapsed
     message = str(info.value)
@@ -234,7 +234,7 @@ def test_verbose_output_never_shows_the_s3_credentials(tmp_path):
                "OMP_NUM_THREADS": "1"}
         env.pop("FASTPRUNE_REMOTE_TIMEOUT", None)
         result = subprocess.run([str(Path(sys.executable).parent / "fastprune"), "-v", "step", "sample",
-                                 "--train-file", f"s3://{bucket}/sst2/train.tsv", "--task", "sst2", "--num-samples",
+                                 "--train-data", f"s3://{bucket}/sst2/train.tsv", "--task", "sst2", "--num-samples",
                                  "8", "--out", str(tmp_path / "sample")], env=env, capture_output=True, text=True,
                                 timeout=300)
     shown = result.stdout + result.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FastpruneError, IntegrityError, UnsupportedArchitectureError
-from .arch import STRUCTURE_KEY, ArchAdapter, adapter_for
+from .arch import STRUCTURE_KEY, adapter_for
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                 "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -130,12 +130,6 @@ def model_class(config, where: str):
     return allowed[name]
 
 
-def _layer_tensor(tensors: dict[str, TensorInfo], adapter: ArchAdapter, layer: int, which: str) -> TensorInfo | None:
-    suffix = f"{adapter.layers}.{layer}.{getattr(adapter, which)}.weight"
-    found = [info for name, info in tensors.items() if name == suffix or name.endswith("." + suffix)]
-    return found[0] if len(found) == 1 else None
-
-
 def _counts(structure: dict, key: str, layers: int, limit: int, where: str) -> list[int]:
     values = structure.get(key)
     if not isinstance(values, list) or len(values) != layers or not all(
@@ -146,42 +140,37 @@ def _counts(structure: dict, key: str, layers: int, limit: int, where: str) -> l
 
 
 def check_pruned_config(config, tensors: dict[str, TensorInfo], where: str) -> None:
-    """Check a model folder's config against its weights' shapes (from the safetensors header), before anything is
-    allocated: the per-layer structure of a pruned model (integers, one per layer, within the config's dense sizes,
-    equal to the weights'), or the dense sizes of an unpruned one."""
+    """Check a model folder's config before anything is built: its dense sizes are positive integers, and the
+    per-layer structure of a pruned model lists one integer per layer within them (every tensor's shape is then
+    checked against the weights by :func:`check_shapes`)."""
     adapter = adapter_for(config)
     try:
         dims = adapter.dims(config)
-    except (TypeError, ZeroDivisionError, AttributeError) as e:
+    except (TypeError, ZeroDivisionError, AttributeError, ValueError) as e:
         raise IntegrityError(f"{where}/config.json has unusable dimensions: {e}") from None
-    for name in ("num_layers", "num_heads", "hidden_size", "intermediate_size"):
+    for name in ("num_layers", "num_heads", "head_size", "hidden_size", "intermediate_size"):
         value = getattr(dims, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise IntegrityError(f"{where}/config.json: {name} must be a positive integer, got {value!r}")
-    if dims.hidden_size % dims.num_heads:
+    if not adapter.cfg_head_size and dims.hidden_size % dims.num_heads:
         raise IntegrityError(f"{where}/config.json: hidden size {dims.hidden_size} is not a multiple of the "
                              f"{dims.num_heads} heads")
     structure = getattr(config, STRUCTURE_KEY, None)
-    if structure is not None and not isinstance(structure, dict):
+    if structure is None:
+        return
+    if not isinstance(structure, dict) or not structure:
         raise IntegrityError(f"{where}/config.json: {STRUCTURE_KEY} must be an object with num_heads and "
                              f"intermediate_size lists, got {str(structure)[:200]}")
-    if structure:
-        heads = _counts(structure, "num_heads", dims.num_layers, dims.num_heads, where)
-        neurons = _counts(structure, "intermediate_size", dims.num_layers, dims.intermediate_size, where)
-    else:
-        heads, neurons = [dims.num_heads] * dims.num_layers, [dims.intermediate_size] * dims.num_layers
-    for layer in range(dims.num_layers):
-        expected = {"query": (heads[layer] * dims.head_size, dims.hidden_size),
-                    "attn_out": (dims.hidden_size, heads[layer] * dims.head_size),
-                    "ffn_in": (neurons[layer], dims.hidden_size),
-                    "ffn_out": (dims.hidden_size, neurons[layer])}
-        for which, shape in expected.items():
-            found = _layer_tensor(tensors, adapter, layer, which)
-            if found is None or found.shape != shape:
-                got = "no such tensor" if found is None else f"shape {list(found.shape)}"
-                raise IntegrityError(
-                    f"{where}: the weights do not match config.json: layer {layer} {getattr(adapter, which)} should "
-                    f"be {list(shape)} ({heads[layer]} heads, {neurons[layer]} neurons per the config), {got}")
+    _counts(structure, "num_heads", dims.num_layers, dims.num_heads, where)
+    _counts(structure, "intermediate_size", dims.num_layers, dims.intermediate_size, where)
+    if "num_key_value_heads" in structure:
+        _counts(structure, "num_key_value_heads", dims.num_layers, dims.kv_heads, where)
+    groups = structure.get("head_groups")
+    if groups is not None and not (isinstance(groups, list) and len(groups) == dims.num_layers and all(
+            isinstance(g, list) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < dims.kv_heads
+                                        for i in g) for g in groups)):
+        raise IntegrityError(f"{where}/config.json: {STRUCTURE_KEY}.head_groups must list, per layer, the key/value "
+                             f"group (0 to {dims.kv_heads - 1}) of each kept head, got {str(groups)[:200]}")
 
 
 def check_shapes(expected: dict, tensors: dict[str, TensorInfo], where: str) -> None:

@@ -18,27 +18,31 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ..errors import ConfigError, IntegrityError
-from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, adapter_for, padded_size
+from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
 from .checkpoint import check_pruned_config, check_shapes, model_class, read_header
 from .masks import Masks, weight_targets
+from .portable import make_portable, read_config
 
 WEIGHTS = "model.safetensors"
 
 
-def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_MULTIPLE) -> nn.Module:
+def export_pruned(
+    model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_MULTIPLE, adapter: ArchAdapter | None = None
+) -> nn.Module:
     """A physically smaller copy of ``model``: each head's scale multiplies its columns of the
     attention output projection, each neuron's its column of the FFN output projection; pruned
     units are sliced away (layers may keep zero heads or zero neurons).
 
     Each layer's FFN is padded to a multiple of ``neuron_multiple`` neurons (1: no padding) with pruned neurons
     whose weights are zeroed, so the model computes exactly what the masked one does; at most
-    ``neuron_multiple - 1`` neurons per layer, a fraction of a percent of the FLOPs."""
+    ``neuron_multiple - 1`` neurons per layer, a fraction of a percent of the FLOPs. ``adapter``: the model's
+    family (default: the registered one for its model type)."""
     if neuron_multiple < 1:
         raise ConfigError(f"neuron_multiple must be a positive integer (1: no padding), got {neuron_multiple}")
-    adapter = adapter_for(model)
+    adapter = adapter or adapter_for(model)
     dims = adapter.dims(model.config)
     if tuple(masks.head.shape) != (dims.num_layers, dims.num_heads) or tuple(masks.neuron.shape) != (
         dims.num_layers,
@@ -50,7 +54,7 @@ def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_
         )
     pruned = copy.deepcopy(model).eval()
     with torch.no_grad():  # the output projections refit by mask tuning (refit mode)
-        for param, value in weight_targets(pruned, masks.weights):
+        for param, value in weight_targets(pruned, masks.weights, adapter):
             param.copy_(value.to(param))
     for i, layer in enumerate(adapter.layer_modules(pruned)):
         head, neuron = masks.head[i].float(), masks.neuron[i].float()
@@ -61,10 +65,11 @@ def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_
             w_2.mul_(neuron.to(w_2)[None, :])
             keep_neurons = _padded(neuron, neuron_multiple)
             padding = keep_neurons[neuron[keep_neurons] == 0]
-            ffn_in = adapter.linear(layer, "ffn_in")  # padding neurons: zero in, zero out (w_2 masked above)
-            ffn_in.weight[padding.to(ffn_in.weight.device)] = 0.0
-            if ffn_in.bias is not None:
-                ffn_in.bias[padding.to(ffn_in.bias.device)] = 0.0
+            for name in adapter.ffn_inputs:  # padding neurons: zero in, zero out (w_2 masked above)
+                ffn_in = adapter.linear(layer, name)
+                ffn_in.weight[padding.to(ffn_in.weight.device)] = 0.0
+                if ffn_in.bias is not None:
+                    ffn_in.bias[padding.to(ffn_in.bias.device)] = 0.0
         adapter.slice_layer(layer, head.nonzero().flatten(), keep_neurons, dims.head_size)
     setattr(pruned.config, STRUCTURE_KEY, adapter.structure(pruned))
     return pruned
@@ -87,7 +92,8 @@ def parameter_count(model: nn.Module) -> int:
 
 def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: dict | None = None) -> Path:
     """Write the model (safetensors + config with its structure) and tokenizer to ``path``,
-    atomically: the folder appears complete or not at all."""
+    atomically: the folder appears complete or not at all. The folder loads without fastprune too (see
+    :mod:`.portable`): with a stock config where one fits, else with its own modeling code."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -97,6 +103,7 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
         if not hasattr(config, STRUCTURE_KEY):
             setattr(config, STRUCTURE_KEY, adapter_for(model).structure(model))
         config.save_pretrained(tmp)
+        make_portable(tmp, adapter_for(model), adapter_for(model).dims(config).num_heads)
         save_model(model, str(tmp / WEIGHTS))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -112,8 +119,9 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
 
 
 def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True):
-    """Rebuild a model saved by :func:`save_pruned` (or any dense model folder saved the same way).
-    Returns ``(model, tokenizer)``; the tokenizer is None when the folder has none.
+    """Rebuild a model saved by :func:`save_pruned` (or any dense model folder saved the same way), as the stock
+    transformers class (a portable folder's own code is not run). Returns ``(model, tokenizer)``; the tokenizer is
+    None when the folder has none.
 
     Nothing is trusted before it is checked: the weights' header (a complete safetensors file), the architecture
     (a sequence classifier or question-answering model of a supported family, never any other class), and the
@@ -122,17 +130,17 @@ def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_token
     if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
         raise IntegrityError(f"{path} is not a saved model: it needs config.json and {WEIGHTS}")
     tensors = read_header(path / WEIGHTS)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as e:
-        raise IntegrityError(f"{path}/config.json cannot be read as a model config: {e}") from None
+    config = read_config(path)
     cls = model_class(config, str(path))
     check_pruned_config(config, tensors, str(path))
     structure = getattr(config, STRUCTURE_KEY, None)
     with torch.device("meta"):  # every shape checked against the file before a byte is allocated
         skeleton = cls(config)
     if structure:
-        adapter_for(skeleton).reshape_to(skeleton, structure)
+        try:
+            adapter_for(skeleton).reshape_to(skeleton, structure)
+        except (ValueError, IndexError, RuntimeError, TypeError) as e:
+            raise IntegrityError(f"{path}/config.json: its {STRUCTURE_KEY} does not fit the model: {e}") from None
     check_shapes(skeleton.state_dict(), tensors, str(path))
     model = _build(cls, config, structure)
     try:
@@ -142,7 +150,7 @@ def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_token
     model.to(device).eval()
     tokenizer = None
     if with_tokenizer and any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)  # a portable folder's code not run
     return model, tokenizer
 
 

@@ -38,7 +38,7 @@ from ..method.resplit import BudgetResplit
 from ..method.tuning import DEFAULT_TEACHER, tune_masks
 from ..method.validation import StageValidator
 from ..model.arch import ModelDims, adapter_for
-from ..model.cost import dense_macs, flops_ratio, units_macs
+from ..model.cost import dense_macs, flops_ratio, structure_macs
 from ..model.export import export_pruned, parameter_count, save_pruned
 from ..model.loading import load_model, resolve_device
 from ..model.masks import Masks, pruning_applied
@@ -55,6 +55,7 @@ from .config import (
     SearchParams,
     TuneParams,
 )
+from .options import BY_MODE
 
 # The data and evaluation modules (datasets, scipy) are imported by the stages that use them: every pipeline step
 # is a fresh process, and these imports cost seconds.
@@ -161,12 +162,12 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
-    local, source = resolve_source(p.source, p.tracking_uri)
+    local, source = resolve_source(p.model, p.tracking_uri)
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code, allow_pickle=p.allow_pickle)
-    if p.dev_file:
+    if p.dev_data:
         from ..tasks.data import load_task_data
 
-        load_task_data(resolve_source(p.dev_file)[0], task, "validation")
+        load_task_data(resolve_source(p.dev_data)[0], task, "validation")
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
     return {"task": task.name, "source": source, "architecture": type(model).__name__,
@@ -179,7 +180,7 @@ def run_sample(p: SampleParams, out: Path) -> dict:
     from ..tasks.data import load_task_data, sample_dataset, split_holdout
 
     task = get_task(p.task)
-    local, source = resolve_source(p.train_file)
+    local, source = resolve_source(p.train_data)
     train = load_task_data(local, task, "train", p.text_columns, p.label_column)
     sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
     if p.holdout:
@@ -206,7 +207,8 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
         return search_masks(g, dims, constraint, seq_len)
 
     seed = stage_info(sample)["params"]["seed"]
-    grads = iterative_fisher(net, batches, p.constraint or 1.0, p.steps, search, device, p.progress, p.labels, seed)
+    grads = iterative_fisher(net, batches, p.constraint, p.fisher_steps, search, device, p.progress, p.fisher_labels,
+                             seed)
     grads.save(out / GRADS_FILE)
     result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
     if grads.available is not None:
@@ -217,15 +219,15 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
 def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
     """The masks of largest Fisher importance within the FLOPs (or latency) budget."""
     dims, seq_len = _dims(model), p.seq_len or stage_info(grads)["seq_len"]
-    result: dict = {"constraint": p.constraint, "metric": p.metric, "seq_len": seq_len}
+    result: dict = {"constraint": p.constraint, "metric": p.constraint_metric, "seq_len": seq_len}
     table = None
-    if p.metric == "latency":
+    if p.constraint_metric == "latency":
         from ..method.latency_search import latency_ratio
         from ..method.latency_table import build_lut
 
         start = time.perf_counter()
         table = build_lut(AutoConfig.from_pretrained(model), resolve_device(p.device), p.latency_batch_size,
-                          p.latency_seq_len, dtype=p.latency_dtype)
+                          p.latency_seq_len, dtype=p.serving_dtype)
         table.save(out / LATENCY_TABLE_FILE)
         result["latency_table_seconds"] = round(time.perf_counter() - start, 3)
     masks = search_masks(MaskGradients.load(grads / GRADS_FILE), dims, p.constraint, seq_len, table, p.allocation)
@@ -238,7 +240,7 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
 def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> dict:
     """Re-choose which units each layer prunes with the block-diagonal Fisher (per-layer counts unchanged)."""
     searched = Masks.load(masks / MASKS_FILE)
-    new = rearrange_masks(searched, MaskGradients.load(grads / GRADS_FILE)) if p.enabled else searched.clone()
+    new = rearrange_masks(searched, MaskGradients.load(grads / GRADS_FILE)) if p.rearrange else searched.clone()
     new.save(out / MASKS_FILE)
     moved = int((new.head != searched.head).sum() + (new.neuron != searched.neuron).sum()) // 2
     return {"seq_len": stage_info(masks)["seq_len"], "units_moved": moved, **_masks_summary(new)}
@@ -251,13 +253,13 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
     chosen = Masks.load(masks / MASKS_FILE)
     reports, validation, validator, resplit = [], {}, None, None
     holdout = (sample / HOLDOUT_FILE).exists()
-    if p.enabled or holdout:
+    if p.tune or holdout:
         device = resolve_device(p.device)
         net, tokenizer, task = _model(model, device)
         if holdout:
             validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device)
             chosen = validator.choose("rearrange", Masks.load(searched / MASKS_FILE), chosen)
-    if p.enabled:
+    if p.tune:
         table_file = searched / LATENCY_TABLE_FILE
         table = None
         if table_file.exists():
@@ -266,16 +268,18 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             table = LatencyTable.load(table_file)
         fisher = MaskGradients.load(grads / GRADS_FILE)
         dims = adapter_for(net).dims(net.config)
-        kind = p.teacher or DEFAULT_TEACHER[p.mode]
+        kind = DEFAULT_TEACHER[p.tuning_mode] if p.tuning_teacher == BY_MODE else p.tuning_teacher
         allocation = search["params"].get("allocation", "global")  # the search stage's, for the teacher and re-split
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation)
         batches = _sample_batches(sample, tokenizer, task)
-        if p.resplit:
-            labels = stage_info(grads)["params"].get("labels", "data")  # the Fisher stage's label source
+        if p.tuning_resplit:
+            made = stage_info(grads)["params"]
+            labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
             resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table,
                                     allocation)  # fmt: skip
-        tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
-                                    progress=p.progress, num_samples=p.num_samples, mode=p.mode, resplit=resplit)
+        tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge(), p.tuning_scale_bound,
+                                    p.tuning_policy, progress=p.progress, num_samples=p.tuning_samples or None,
+                                    mode=p.tuning_mode, resplit=resplit)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
         validation = validator.report
@@ -294,7 +298,7 @@ def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
     before, after = parameter_count(net), parameter_count(pruned)
     dims, seq_len = adapter_for(net).dims(net.config), stage_info(masks)["seq_len"]
     shape = adapter_for(pruned).structure(pruned)  # with the padding neurons
-    exported = units_macs(sum(shape["num_heads"]), sum(shape["intermediate_size"]), dims, seq_len)
+    exported = structure_macs(shape, dims, seq_len)
     return {"task": task.name, "source": stage_info(model)["source"], "params_before": before, "params_after": after,
             "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len),
             "neurons_per_layer_exported": shape["intermediate_size"],
@@ -310,10 +314,10 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
 
     device = resolve_device(p.device)
     net, tokenizer, task = _model(model, device)
-    dev = load_task_data(resolve_source(p.dev_file)[0], task, "validation", p.text_columns, p.label_column)
+    dev = load_task_data(resolve_source(p.dev_data)[0], task, "validation", p.text_columns, p.label_column)
 
     def run(m: nn.Module, mask: Masks | None = None) -> dict:
-        return evaluate_masked(m, mask, tokenizer, task, dev, device, p.batch_size)
+        return evaluate_masked(m, mask, tokenizer, task, dev, device, p.eval_batch_size)
 
     before = run(net)
     result = {"task": task.name, "metric": task.metric, "dev_examples": len(dev), "metric_before": before[task.metric]}
@@ -321,7 +325,7 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
         if folder is not None:
             result[_MASKED_METRICS[name]] = run(net, Masks.load(folder / MASKS_FILE))[task.metric]
     pruned_net, pruned_tokenizer, _ = _model(pruned, device)
-    after = evaluate_masked(pruned_net, None, pruned_tokenizer, task, dev, device, p.batch_size)
+    after = evaluate_masked(pruned_net, None, pruned_tokenizer, task, dev, device, p.eval_batch_size)
     result["metric_after"] = after[task.metric]
     result["metric_drop"] = result["metric_before"] - result["metric_after"]
     return {**result, "metrics_before": before, "metrics_after": after, "device": str(device)}
@@ -334,10 +338,10 @@ def run_profile(p: ProfileParams, out: Path, model: Path, pruned: Path) -> dict:
     device = resolve_device(p.device)
     original, _, _ = _model(model, device)
     small, _, _ = _model(pruned, device)
-    profile = profile_models({"original": original, "pruned": small}, (p.batch_size,), (p.seq_len,), device,
-                             (p.dtype,), p.repeats, p.warmup, vocab_size=original.config.vocab_size)
+    profile = profile_models({"original": original, "pruned": small}, (p.profile_batch_size,), (p.profile_seq_len,),
+                             device, (p.serving_dtype,), p.repeats, p.warmup, vocab_size=original.config.vocab_size)
     if not profile.entries:
-        raise ConfigError(f"dtype {p.dtype} is measured on CUDA devices only, not on {device}")
+        raise ConfigError(f"serving_dtype {p.serving_dtype} is measured on CUDA devices only, not on {device}")
     (out / PROFILE_FILE).write_text(profile.to_markdown())
     first, second = profile.entries
     return {"device": profile.device, "latency_before_ms": first.p50_ms, "latency_after_ms": second.p50_ms,
