@@ -225,9 +225,9 @@ def _set_structure(key: str, values):
     (lambda c: c.update(num_attention_heads=5), "hidden size 32 is not a multiple of the 5 heads"),
     (lambda c: c.update(vocab_size=10**12), "word_embeddings.weight should be [1000000000000, 32]"),
     (lambda c: c.update(architectures=["pipeline"]), "expected exactly one of ['BertForQuestionAnswering', "
-                                                     "'BertForSequenceClassification']"),
+                                                     "'BertForSequenceClassification', 'BertModel']"),
     (lambda c: c.update(architectures=["Trainer"]), "names architectures ['Trainer']"),
-    (lambda c: c.update(architectures=["BertModel"]), "names architectures ['BertModel']"),
+    (lambda c: c.update(architectures=["BertForMaskedLM"]), "names architectures ['BertForMaskedLM']"),
     (lambda c: c.update(model_type="gpt2"), "unsupported architecture"),
 ])
 def test_a_tampered_pruned_config_is_refused_before_allocating(change, expected, tmp_path, capsys):

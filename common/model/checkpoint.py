@@ -107,16 +107,17 @@ def check_weights_format(folder: str | Path, allow_pickle: bool = False) -> None
 
 # ----- pruned configs ---------------------------------------------------------------------------------------
 def model_class(config, where: str):
-    """The transformers class ``config.architectures`` names, if it is a sequence classifier or a question-answering
-    model of a supported family (nothing else is ever instantiated: no ``pipeline``, ``Trainer``...)."""
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    """The transformers class ``config.architectures`` names, if it is a sequence classifier, a question-answering
+    model or the bare encoder of a supported family (nothing else is ever instantiated: no ``pipeline``,
+    ``Trainer``...)."""
+    from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     try:
         adapter_for(config)
     except UnsupportedArchitectureError as e:
         raise IntegrityError(f"{where}/config.json: {e}") from None
     allowed: dict[str, Any] = {}
-    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering):
+    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModel):
         try:
             cls: Any = auto._model_mapping[type(config)]
         except KeyError:
