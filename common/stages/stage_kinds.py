@@ -11,7 +11,7 @@ from ..errors import ConfigError, IntegrityError
 _MASKS = ("search", "rearrange", "tune")
 _MODELS = ("prepare", "export")
 EXPECTED: dict[str, tuple[str, ...]] = {
-    "model": _MODELS, "pruned": ("export",), "sample": ("sample",), "grads": ("fisher",), "masks": _MASKS,
+    "model": _MODELS, "pruned": _MODELS, "sample": ("sample",), "grads": ("fisher",), "masks": _MASKS,
     "searched": _MASKS, "rearranged": _MASKS, "tuned": _MASKS, "evaluation": ("evaluate",), "profile": ("profile",),
 }
 
