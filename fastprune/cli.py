@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from fastprune.common.errors import FastpruneError
+from fastprune.onnx_cli import COMMANDS as ONNX_COMMANDS
 from fastprune.ops_cli import COMMANDS as OPS_COMMANDS
 
 log = logging.getLogger("fastprune")
@@ -208,6 +209,7 @@ _COMMANDS = {
     "step": (_add_step, "run one stage of the pipeline on folders, as the pipeline's steps do"),
 }
 _COMMANDS.update(OPS_COMMANDS)  # submit, sweep, trigger (fastprune/ops_cli.py)
+_COMMANDS.update(ONNX_COMMANDS)  # onnx (fastprune/onnx_cli.py)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

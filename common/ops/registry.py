@@ -2,9 +2,11 @@
 when the accuracy gate passes, and load it back as a pyfunc that predicts from raw text (answers from questions
 and contexts for a question-answering model).
 
-The registered model is a custom ``mlflow.pyfunc`` model (:class:`PrunedTextModel`) whose one artifact is the
-exported model folder (safetensors, config with the per-layer structure, tokenizer; checked against its
-manifest on load). Loading it needs nothing but fastprune installed::
+The registered model is a custom ``mlflow.pyfunc`` model whose code (:mod:`.pyfunc_portable`) is logged with it and
+imports no fastprune, and whose one artifact is the exported model folder (safetensors, config, the folder's own
+modeling code, tokenizer; checked against its manifest on load). It serves wherever its pinned requirements (mlflow,
+torch, transformers, tokenizers, safetensors) are installed; versions registered earlier load through
+:class:`PrunedTextModel`, which needs fastprune::
 
     mlflow.pyfunc.load_model("models:/NAME@pruned-candidate").predict(pd.DataFrame({"text": ["a fine movie"]}))
 """
@@ -21,8 +23,6 @@ import mlflow
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 
 from ..errors import ConfigError, FastpruneError
 from ..folders import verify_manifest
@@ -30,9 +30,6 @@ from ..model.export import load_pruned
 from ..tasks.spec import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
-
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "text"), ColSpec("string", "text_pair", required=False)]))
-QA_SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]))
 
 
 class RegistryError(FastpruneError):
@@ -124,32 +121,13 @@ class PrunedTextModel(mlflow.pyfunc.PythonModel):
         return predict_text(self.model, self.tokenizer, self.task, model_input)
 
 
-_MODEL_CODE = """\"\"\"MLflow entry point of a model registered by fastprune (a model from code: nothing pickled).\"\"\"
-
-from mlflow.models import set_model
-
-from fastprune.common.ops.registry import PrunedTextModel
-
-set_model(PrunedTextModel())
-"""
-
-
 def log_pruned_model(pruned: Path, task: str, workdir: Path):
-    """Log the exported model folder as a :class:`PrunedTextModel` in the active run (its entry point, a
-    three-line file, is written to ``workdir``)."""
-    from ... import __version__
+    """Log the exported model folder in the active run as a model that serves without fastprune (its own code,
+    :mod:`.pyfunc_portable`, logged with it; see :mod:`.serving`). :class:`PrunedTextModel` is what the versions
+    registered before it run."""
+    from .serving import log_portable_model
 
-    code = workdir / "pyfunc_model.py"
-    code.write_text(_MODEL_CODE)
-    if get_task(task).is_qa:
-        signature = QA_SIGNATURE
-        example = pd.DataFrame({"question": ["Who wrote it?"], "context": ["It was written by Ann Lee in 1990."]})
-    else:
-        signature, example = SIGNATURE, pd.DataFrame({"text": ["a fine movie"]})  # MLflow runs the example
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=str(code), artifacts={"model": str(pruned)}, model_config={"task": task},
-        signature=signature, input_example=example, pip_requirements=[f"fastprune=={__version__}"],
-    )
+    return log_portable_model(pruned, task, workdir)
 
 
 # ----- registration ------------------------------------------------------------------------------------------

@@ -287,6 +287,13 @@ class RunOptions(Options):
     s3_secret: str = Field("fastprune-s3", description="Kubernetes secret with the S3 credentials")
 
 
+class OnnxExport(Options):
+    onnx: Literal["none", "fp32", "int8"] = Field(
+        "none", description="also write the exported model's ONNX folder (model.onnx, config, tokenizer; its onnx/ "
+        "sub-folder), evaluated, profiled and registered with it: fp32, or int8 (onnxruntime dynamic quantization, "
+        "per channel)")
+
+
 class Objective(Options):
     objective: Literal["smallest", "fastest"] = Field(
         "smallest", description="which passing candidate to register: fewest parameters, or lowest measured latency"
