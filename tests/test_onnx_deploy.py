@@ -60,7 +60,7 @@ def chain(tiny_sst2_model, tmp_path_factory):
     run_stage(
         "profile",
         w / "profile",
-        {"device": "cpu", "batch_size": 2, "seq_len": 16, "repeats": 5, "warmup": 1},
+        {"device": "cpu", "profile_batch_size": 2, "profile_seq_len": 16, "repeats": 5, "warmup": 1},
         model=w / "model",
         pruned=w / "pruned",
     )
