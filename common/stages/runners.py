@@ -10,6 +10,7 @@ destination, renaming it into place only when complete, so a corrupted or partia
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ from ..model.export import export_pruned, parameter_count, save_pruned
 from ..model.loading import load_model, resolve_device
 from ..model.masks import Masks, pruning_applied
 from ..ops.storage import fetch, is_remote
-from ..tasks.spec import TaskSpec, get_task
+from ..tasks.spec import Task, get_task
 from .config import (
     EvaluateParams,
     ExportParams,
@@ -56,6 +57,8 @@ from .config import (
     TuneParams,
 )
 
+log = logging.getLogger(__name__)
+
 # The data and evaluation modules (datasets, scipy) are imported by the stages that use them: every pipeline step
 # is a fresh process, and these imports cost seconds.
 
@@ -66,7 +69,7 @@ from .config import (
 
 
 
-def _task(folder: Path) -> TaskSpec:
+def _task(folder: Path) -> Task:
     return get_task(stage_info(folder)["task"])
 
 
@@ -91,20 +94,18 @@ def resolve_source(source: str, tracking_uri: str | None = None) -> tuple[str | 
     return source, source
 
 
-def _sample_batches(sample: Path, tokenizer, task: TaskSpec, file: str = SAMPLE_FILE) -> list[dict]:
+def _sample_batches(sample: Path, tokenizer, task: Task, file: str = SAMPLE_FILE) -> list[dict]:
     """The pruning sample (or its held-out part) of a sample folder, tokenized and batched as its stage says."""
     import pyarrow.parquet as pq
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
-    from ..tasks.data import task_batches
-
     params = stage_info(sample)["params"]
     ds = Dataset(InMemoryTable(pq.read_table(sample / file)))
-    return task_batches(ds, tokenizer, task, params["batch_size"], params["max_length"])
+    return task.batches(ds, tokenizer, params["batch_size"], params["max_length"])
 
 
-def _model(folder: Path, device: torch.device) -> tuple[nn.Module, object, TaskSpec]:
+def _model(folder: Path, device: torch.device) -> tuple[nn.Module, object, Task]:
     task = _task(folder)
     model, tokenizer = load_model(folder, task, device)
     return model, tokenizer, task
@@ -146,11 +147,9 @@ def teacher_masks(
     return rearrange_masks(loose, grads)
 
 
-def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task, dev, device, batch_size) -> dict:
-    from ..tasks.evaluate import evaluate
-
+def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task: Task, dev, device, batch_size) -> dict:
     with pruning_applied(model, masks, device):
-        return evaluate(model, tokenizer, task, dev, device, batch_size)
+        return task.evaluate(model, tokenizer, dev, device, batch_size)
 
 
 # ----- the stages: each writes its files into ``out`` and returns its results --------------------------
@@ -164,9 +163,7 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
     local, source = resolve_source(p.source, p.tracking_uri)
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
     if p.dev_file:
-        from ..tasks.data import load_task_data
-
-        load_task_data(resolve_source(p.dev_file)[0], task, "validation")
+        task.load_data(resolve_source(p.dev_file)[0], "validation")
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
     return {"task": task.name, "source": source, "architecture": type(model).__name__,
@@ -176,11 +173,11 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
 def run_sample(p: SampleParams, out: Path) -> dict:
     """Draw the pruning sample from the training data; record the data's sha256."""
-    from ..tasks.data import load_task_data, sample_dataset, split_holdout
+    from ..tasks.data import sample_dataset, split_holdout
 
     task = get_task(p.task)
     local, source = resolve_source(p.train_file)
-    train = load_task_data(local, task, "train", p.text_columns, p.label_column)
+    train = task.load_data(local, "train", p.text_columns, p.label_column)
     sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
     if p.holdout:
         sample, held_out = split_holdout(sample, p.holdout, p.seed)
@@ -206,7 +203,8 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
         return search_masks(g, dims, constraint, seq_len)
 
     seed = stage_info(sample)["params"]["seed"]
-    grads = iterative_fisher(net, batches, p.constraint or 1.0, p.steps, search, device, p.progress, p.labels, seed)
+    grads = iterative_fisher(net, batches, p.constraint or 1.0, p.steps, search, device, p.progress, p.labels, seed,
+                             task)
     grads.save(out / GRADS_FILE)
     result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
     if grads.available is not None:
@@ -255,7 +253,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         device = resolve_device(p.device)
         net, tokenizer, task = _model(model, device)
         if holdout:
-            validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device)
+            validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device, task)
             chosen = validator.choose("rearrange", Masks.load(searched / MASKS_FILE), chosen)
     if p.enabled:
         table_file = searched / LATENCY_TABLE_FILE
@@ -273,9 +271,10 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         if p.resplit:
             labels = stage_info(grads)["params"].get("labels", "data")  # the Fisher stage's label source
             resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table,
-                                    allocation)  # fmt: skip
+                                    allocation, task)  # fmt: skip
         tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
-                                    progress=p.progress, num_samples=p.num_samples, mode=p.mode, resplit=resplit)
+                                    progress=p.progress, num_samples=p.num_samples, mode=p.mode, resplit=resplit,
+                                    task=task)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
         validation = validator.report
@@ -306,24 +305,28 @@ _MASKED_METRICS = {"searched": "metric_search", "rearranged": "metric_rearranged
 
 def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **masks: Path | None) -> dict:
     """The task metric on the dev set: original, masked (after search / rearrangement / tuning) and pruned."""
-    from ..tasks.data import load_task_data
-
     device = resolve_device(p.device)
     net, tokenizer, task = _model(model, device)
-    dev = load_task_data(resolve_source(p.dev_file)[0], task, "validation", p.text_columns, p.label_column)
+    dev = task.load_data(resolve_source(p.dev_file)[0], "validation", p.text_columns, p.label_column)
 
     def run(m: nn.Module, mask: Masks | None = None) -> dict:
         return evaluate_masked(m, mask, tokenizer, task, dev, device, p.batch_size)
 
     before = run(net)
-    result = {"task": task.name, "metric": task.metric, "dev_examples": len(dev), "metric_before": before[task.metric]}
+    result = {"task": task.name, "metric": task.metric, "higher_is_better": task.higher_is_better,
+              "dev_examples": len(dev), "metric_before": before[task.metric]}
+    if not task.better_than_chance(result["metric_before"]):
+        log.warning("the original model's dev %s (%.2f) is no better than chance (%.2f) for task %s: is it fine-tuned "
+                    "for this task, and are the dev labels right?", task.metric, result["metric_before"], task.chance,
+                    task.name)
+        result["warning"] = f"the original model is no better than chance ({task.metric} {task.chance:g})"
     for name, folder in masks.items():
         if folder is not None:
             result[_MASKED_METRICS[name]] = run(net, Masks.load(folder / MASKS_FILE))[task.metric]
     pruned_net, pruned_tokenizer, _ = _model(pruned, device)
     after = evaluate_masked(pruned_net, None, pruned_tokenizer, task, dev, device, p.batch_size)
     result["metric_after"] = after[task.metric]
-    result["metric_drop"] = result["metric_before"] - result["metric_after"]
+    result["metric_drop"] = task.metric_drop(result["metric_before"], result["metric_after"])
     return {**result, "metrics_before": before, "metrics_after": after, "device": str(device)}
 
 
