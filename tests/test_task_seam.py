@@ -17,12 +17,13 @@ from fastprune.common.method.fisher import collect_mask_gradients
 from fastprune.common.method.search import search_flops
 from fastprune.common.model.arch import adapter_for
 from fastprune.common.model.cost import flops_ratio
+from fastprune.common.model.export import load_pruned
 from fastprune.common.model.masks import Masks, masks_applied
-from fastprune.common.ops.registry import accuracy_gate, evaluation_gate
+from fastprune.common.ops.registry import accuracy_gate, evaluation_gate, predict_text
 from fastprune.common.stages.sweep import Candidate, choose
 from fastprune.common.tasks.base import LabelSource, Task
-from fastprune.common.tasks.spec import get_task, register_task
-from tiny import tiny_config, tiny_tokenizer
+from fastprune.common.tasks.spec import get_task, register_task, task_for_model
+from tiny import tiny_config, tiny_model, tiny_tokenizer
 from torch import nn
 from transformers import AutoModel
 
@@ -175,6 +176,35 @@ def test_stages_run_a_registered_task(encoder, sentences, tmp_path):
     searched = run_stage("search", tmp_path / "searched", {"constraint": 0.5}, model=model, grads=grads)
     assert searched["flops_ratio"] <= 0.5 + 1e-6
     assert sum(searched["heads_per_layer"]) < 3 * 4
+    pruned = tmp_path / "pruned"
+    run_stage("export", pruned, {}, model=model, masks=tmp_path / "searched")
+    ev = run_stage(
+        "evaluate",
+        tmp_path / "evaluation",
+        {"dev_file": str(sentences), "device": "cpu"},
+        model=model,
+        pruned=pruned,
+        searched=tmp_path / "searched",
+    )
+    assert ev["metric"] == "mean_norm" and ev["higher_is_better"] is False and "warning" not in ev
+    assert ev["metric_drop"] == pytest.approx(ev["metric_after"] - ev["metric_before"])  # a rise is the loss
+    assert ev["metric_search"] == pytest.approx(ev["metric_after"], rel=1e-4)  # masked == sliced, via the task
+
+    net, tokenizer = load_pruned(pruned)
+    got = predict_text(net, tokenizer, TOY, pd.DataFrame({"text": SENTENCES[:3]}))
+    assert list(got.columns) == ["norm"] and len(got) == 3
+
+
+def test_built_in_tasks_state_direction_chance_and_head():
+    sst2, stsb, squad = get_task("sst2"), get_task("stsb"), get_task("squad_v2")
+    assert sst2.higher_is_better and sst2.chance == 50.0 and not sst2.better_than_chance(50.0)
+    assert get_task("mnli").better_than_chance(34.0) and not get_task("mnli").better_than_chance(33.0)
+    assert not TOY.better_than_chance(2e9) and TOY.metric_drop(3.0, 4.0) == 1.0
+    assert (sst2.reads_first_token, stsb.reads_first_token, squad.reads_first_token) == (True, True, False)
+    assert squad.version_2 and get_task("squad2") is squad
+    assert [name for name, _ in squad.serving_inputs] == ["question", "context"]
+    assert task_for_model(tiny_model(task="qa")).name == "squad"
+    assert task_for_model(tiny_model(num_labels=1)).name == "stsb"
 
 
 def test_the_gate_and_the_sweep_follow_the_metric_direction():
