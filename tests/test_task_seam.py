@@ -75,7 +75,7 @@ class OutputNormTask(Task):
         enc = tokenizer(list(ds["text"]), truncation=True, max_length=max_length or self.max_length)
         return [{k: enc[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(ds))]
 
-    def auto_model_class(self) -> type:
+    def auto_model_class(self) -> Any:
         return AutoModel
 
     def check_model(self, config: Any, where: str) -> None:

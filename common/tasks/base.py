@@ -103,7 +103,7 @@ class Task(ABC):
 
     # ----- the model -------------------------------------------------------------------------------------------
     @abstractmethod
-    def auto_model_class(self) -> type:
+    def auto_model_class(self) -> Any:
         """The ``transformers`` auto class that loads a model fine-tuned for the task."""
 
     @abstractmethod

@@ -62,7 +62,7 @@ class ClassificationTask(Task):
         return encode_texts(ds, tokenizer, max_length or self.max_length)
 
     # the model
-    def auto_model_class(self) -> type:
+    def auto_model_class(self) -> Any:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification

@@ -54,7 +54,7 @@ class ExtractiveQATask(Task):
         max_length = max_length or self.max_length
         return prepare_train_features(ds, tokenizer, max_length=max_length, doc_stride=min(128, max_length // 3))
 
-    def auto_model_class(self) -> type:
+    def auto_model_class(self) -> Any:
         from transformers import AutoModelForQuestionAnswering
 
         return AutoModelForQuestionAnswering
