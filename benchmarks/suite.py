@@ -313,7 +313,7 @@ class Suite:
         spec = get_task(t.name)
         files = t.files(self.args.data_dir)
         model_dir = t.model(self.args.data_dir, str(self.device))
-        prepared = self.cache.run("prepare", {"source": str(model_dir), "task": t.name}, (t.name,))
+        prepared = self.cache.run("prepare", {"model": str(model_dir), "task": t.name}, (t.name,))
         net, tokenizer = load_model(prepared.folder, spec, self.device)
         dev = load_task_data(files[1], spec, "validation")
         run = TaskRun(t, spec, files, model_dir, prepared, net, tokenizer, dev, self.device, self.args.eval_batch_size)

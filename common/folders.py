@@ -131,7 +131,8 @@ def swap_into_place(staging: Path, destination: Path) -> None:
 
 # ----- stage folders ---------------------------------------------------------------------------------------------
 STAGE_ORDER = (
-    "prepare", "sample", "fisher", "search", "rearrange", "tune", "export", "evaluate", "profile", "register",
+    "prepare", "sample", "fisher", "search", "rearrange", "tune", "export", "evaluate", "profile", "onnx",
+    "register",
 )
 """The stages in pipeline order (each stage folder's ``stage.json`` names one)."""
 STAGE_FILE = "stage.json"

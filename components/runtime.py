@@ -17,12 +17,31 @@ _REPORTS = {"profile": "profile.md", "register": "report.md"}
 _HTML_REPORTS = {"register": "report.html"}
 
 
-def run_component(stage: str, output: Any, metrics: Any, params: dict, report: Any = None, html: Any = None,
-                  **inputs: Any) -> dict:
-    """Run ``stage`` with the input artifacts' folders, writing the output artifact's folder (and its Markdown /
-    HTML report to ``report`` / ``html``, which the Kubeflow UI shows)."""
+STAGE_NAMES = {"mlflow_uri": "tracking_uri", "registered_model_name": "model_name", "max_metric_drop": "max_drop",
+               "mlflow_experiment": "experiment"}
+"""The run parameters whose stage parameter has the library's name (component and pipeline name -> stage name)."""
+
+
+def stage_arguments(stage: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A component's arguments (its ``locals()``) split into the stage's parameters and its input artifacts."""
+    from fastprune.common.stages.run import STAGES
+
+    spec = STAGES[stage]
+    params = {STAGE_NAMES.get(k, k): v for k, v in arguments.items()
+              if STAGE_NAMES.get(k, k) in spec.params.model_fields}
+    inputs = {k: v for k, v in arguments.items() if k in spec.inputs + spec.optional}
+    return params, inputs
+
+
+def run_component(stage: str, output: Any, metrics: Any, arguments: dict[str, Any], report: Any = None,
+                  html: Any = None) -> dict:
+    """Run ``stage`` with the component's ``arguments`` (its parameters, named as the stage's options, and its input
+    artifacts, whose folders the stage reads), writing the output artifact's folder (and its Markdown / HTML report
+    to ``report`` / ``html``, which the Kubeflow UI shows)."""
     from fastprune.common.folders import numeric_results
     from fastprune.common.stages.run import run_stage
+
+    params, inputs = stage_arguments(stage, arguments)
 
     try:
         info = run_stage(stage, output.path, params, **{name: a.path for name, a in inputs.items()})

@@ -91,9 +91,10 @@ def test_correlated_units_of_a_layer_are_not_all_pruned():
 def test_block_allocation_is_for_the_flops_constraint():
     assert SearchParams(constraint=0.5, allocation="block").allocation == "block"
     with pytest.raises(ValueError, match="allocation 'block' supports the FLOPs constraint only"):
-        SearchParams(constraint=0.5, allocation="block", metric="latency")
+        SearchParams(constraint=0.5, allocation="block", constraint_metric="latency")
     with pytest.raises(ValueError, match="allocation 'uniform' supports the FLOPs constraint only"):
-        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", allocation="uniform")
+        PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, constraint_metric="latency",
+                    allocation="uniform")
 
 
 @pytest.mark.parametrize("allocation", ["global", "uniform", "block"])

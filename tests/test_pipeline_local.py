@@ -109,7 +109,7 @@ def test_pipeline_registers_the_pruned_model_behind_the_gate(world, tmp_path):
     model, tokenizer = load_pruned(passed.artifact("export-model", "pruned"))
     with torch.no_grad():
         logits = model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
-    assert got["label"].tolist() == logits.argmax(-1).tolist()
+    assert got["label"].tolist() == [model.config.id2label[int(i)] for i in logits.argmax(-1)]  # label names
     assert torch.allclose(torch.tensor(got["probabilities"].tolist()), logits.softmax(-1), atol=1e-5)
 
 

@@ -167,10 +167,10 @@ def test_stages_run_a_registered_task(encoder, sentences, tmp_path):
     source = tmp_path / "encoder"
     save_pruned(encoder, source, tiny_tokenizer())
     model = tmp_path / "model"
-    prepared = run_stage("prepare", model, {"source": str(source), "task": "toy-norm", "dev_file": str(sentences)})
+    prepared = run_stage("prepare", model, {"model": str(source), "task": "toy-norm", "dev_data": str(sentences)})
     assert prepared["task"] == "toy-output-norm" and prepared["architecture"] == "BertModel"
     sample = tmp_path / "sample"
-    run_stage("sample", sample, {"train_file": str(sentences), "task": "toy-output-norm", "num_samples": 12})
+    run_stage("sample", sample, {"train_data": str(sentences), "task": "toy-output-norm", "num_samples": 12})
     grads = tmp_path / "grads"
     run_stage("fisher", grads, {"device": "cpu"}, model=model, sample=sample)
     searched = run_stage("search", tmp_path / "searched", {"constraint": 0.5}, model=model, grads=grads)
@@ -181,7 +181,7 @@ def test_stages_run_a_registered_task(encoder, sentences, tmp_path):
     ev = run_stage(
         "evaluate",
         tmp_path / "evaluation",
-        {"dev_file": str(sentences), "device": "cpu"},
+        {"dev_data": str(sentences), "device": "cpu"},
         model=model,
         pruned=pruned,
         searched=tmp_path / "searched",
@@ -221,7 +221,9 @@ def test_the_gate_and_the_sweep_follow_the_metric_direction():
     assert evaluation_gate({**ev, "task": "sst2"}, 0.1)[0]  # read as accuracy, the same figures got better
 
     def candidate(i: int, after: float, higher: bool) -> Candidate:
-        return Candidate(i, 0.5, "flops", "m", 10.0, after, 0.5, 100, 50, None, None, None, True, "ok", higher)
+        return Candidate(
+            i, 0.5, "flops", "m", 10.0, after, 0.5, 100, 50, None, None, None, True, "ok", higher_is_better=higher
+        )
 
     # equal size: ties go to the better metric, whichever way "better" points
     assert choose([candidate(0, 9.0, False), candidate(1, 8.0, False)], "smallest").index == 1

@@ -13,9 +13,11 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertTokenizer,
+    CamembertConfig,
     DistilBertConfig,
     ElectraConfig,
     RobertaConfig,
+    XLMRobertaConfig,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +69,9 @@ def tiny_config(
             intermediate_size=intermediate,
             **common,
         )
-    if family == "roberta":
-        return RobertaConfig(
+    if family in ("roberta", "xlm-roberta", "camembert"):
+        config_class = {"roberta": RobertaConfig, "xlm-roberta": XLMRobertaConfig, "camembert": CamembertConfig}
+        return config_class[family](
             hidden_size=hidden,
             num_hidden_layers=layers,
             num_attention_heads=heads,

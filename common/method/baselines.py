@@ -62,16 +62,20 @@ def random_masks(dims: ModelDims, seq_len: float, constraint: float, seed: int) 
 @torch.no_grad()
 def magnitude_importance(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(head [L, H], neuron [L, F]) L2 norms of each unit's weights: a head's rows of the query, key and value
-    projections and its columns of the attention output projection; a neuron's row of the FFN input projection
-    and its column of the FFN output projection (biases are not counted)."""
+    projections (under grouped-query attention, its group's key and value rows) and its columns of the attention
+    output projection; a neuron's rows of the MLP input projection(s) and its column of the output projection
+    (biases are not counted)."""
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     heads, neurons = [], []
     for layer in adapter.layer_modules(model):
-        rows = [adapter.linear(layer, name).weight.float() for name in ("query", "key", "value")]
-        squares = sum(w.pow(2).sum(1) for w in rows) + adapter.linear(layer, "attn_out").weight.float().pow(2).sum(0)
+        rows = [adapter.linear(layer, name).weight.float().pow(2).sum(1) for name in ("query", "key", "value")]
+        if dims.grouped:  # a group's key and value rows count for each of its query heads
+            per_head = adapter.head_groups(layer, dims.head_size)
+            rows[1:] = [r.view(-1, dims.head_size)[per_head].flatten() for r in rows[1:]]
+        squares = sum(rows) + adapter.linear(layer, "attn_out").weight.float().pow(2).sum(0)
         heads.append(squares.view(dims.num_heads, dims.head_size).sum(1).sqrt())
-        ffn_in = adapter.linear(layer, "ffn_in").weight.float().pow(2).sum(1)
+        ffn_in = sum(adapter.linear(layer, name).weight.float().pow(2).sum(1) for name in adapter.ffn_inputs)
         ffn_out = adapter.linear(layer, "ffn_out").weight.float().pow(2).sum(0)
         neurons.append((ffn_in + ffn_out).sqrt())
     return torch.stack(heads).double().cpu(), torch.stack(neurons).double().cpu()

@@ -3,7 +3,8 @@ device, its piecewise-linear fit, the latency-constrained mask search, and an en
 that compares whole models like with like.
 
 The table times ONE attention block with h = 1..H heads and ONE FFN block with n neurons (a coarse
-grid of n) at the target batch size and sequence length. Each block kind is fitted by
+grid of n), built as the model's family computes them (``ArchAdapter.timed_block``), at the target batch
+size and sequence length. Each block kind is fitted by
 
     latency(0) = 0                                   (the block is dropped)
     latency(n) = flat_ms                             for 0 < n <= threshold
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import nn
 
@@ -196,6 +196,8 @@ class LatencyTable(BaseModel):
             f"H{d.num_heads}x{d.head_size}",
             f"d{d.hidden_size}",
             f"F{d.intermediate_size}",
+            *((f"G{d.kv_heads}",) if d.grouped else ()),
+            *(("gated",) if d.mlp_inputs == 2 else ()),
         )
         return "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", part).strip("-") for part in parts)
 
@@ -228,48 +230,7 @@ class LatencyTable(BaseModel):
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
 
-# ----- the timed blocks ---------------------------------------------------------------------------
-class AttentionBlock(nn.Module):
-    """What one BERT-style attention block computes with ``heads`` heads: Q/K/V projections, scaled
-    dot-product attention, output projection, residual and LayerNorm (no padding mask: the models
-    skip it for unpadded batches too)."""
-
-    def __init__(self, hidden: int, heads: int, head_size: int, eps: float = 1e-12):
-        super().__init__()
-        inner = heads * head_size
-        self.heads, self.head_size = heads, head_size
-        self.query = nn.Linear(hidden, inner)
-        self.key = nn.Linear(hidden, inner)
-        self.value = nn.Linear(hidden, inner)
-        self.out = nn.Linear(inner, hidden)
-        self.norm = nn.LayerNorm(hidden, eps=eps)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        batch, seq, _ = x.shape
-        return x.view(batch, seq, self.heads, self.head_size).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, seq, _ = x.shape
-        ctx = F.scaled_dot_product_attention(
-            self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
-        )
-        ctx = ctx.transpose(1, 2).reshape(batch, seq, self.heads * self.head_size)
-        return self.norm(self.out(ctx) + x)
-
-
-class FFNBlock(nn.Module):
-    """One FFN block with ``neurons`` intermediate units: linear, GELU, linear, residual, LayerNorm."""
-
-    def __init__(self, hidden: int, neurons: int, eps: float = 1e-12):
-        super().__init__()
-        self.inp = nn.Linear(hidden, neurons)
-        self.out = nn.Linear(neurons, hidden)
-        self.norm = nn.LayerNorm(hidden, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.out(F.gelu(self.inp(x))) + x)
-
-
+# ----- the timed blocks: the family's (``ArchAdapter.timed_block``, :mod:`fastprune.common.model.blocks`) -------
 def default_neuron_grid(intermediate_size: int, points: int = 20, multiple: int = NEURON_MULTIPLE) -> list[int]:
     """About ``points`` neuron counts: half log-spaced (dense at small n), half evenly spaced, always including
     ``intermediate_size``; each rounded up to a multiple of ``multiple`` (capped at ``intermediate_size``), the
@@ -307,7 +268,8 @@ def build_lut(
     of shape (batch_size, seq_len, hidden), and fit the piecewise-linear curves. Each block is
     warmed up, then all blocks are timed round-robin ``repeats`` times; the median is kept."""
     config = getattr(config, "config", config)
-    dims = adapter_for(config).dims(config)
+    adapter = adapter_for(config)
+    dims = adapter.dims(config)
     device, torch_dtype = torch.device(device), to_dtype(dtype)
     if batch_size < 1 or seq_len < 1:
         raise ConfigError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
@@ -315,11 +277,10 @@ def build_lut(
     neurons = _validate_grid(
         neuron_grid or default_neuron_grid(dims.intermediate_size), dims.intermediate_size, "neuron"
     )
-    eps = float(getattr(config, "layer_norm_eps", 1e-12))
     started = now()
     torch.manual_seed(seed)
-    blocks: list[nn.Module] = [AttentionBlock(dims.hidden_size, h, dims.head_size, eps) for h in heads]
-    blocks += [FFNBlock(dims.hidden_size, n, eps) for n in neurons]
+    blocks: list[nn.Module] = [adapter.timed_block(config, "head", h) for h in heads]
+    blocks += [adapter.timed_block(config, "neuron", n) for n in neurons]
     blocks = [b.to(device=device, dtype=torch_dtype).eval() for b in blocks]
     x = torch.randn(batch_size, seq_len, dims.hidden_size, device=device, dtype=torch_dtype)
     with torch.inference_mode():

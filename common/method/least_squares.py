@@ -54,23 +54,27 @@ class Columns:
     """Some input columns of a projection (``weight`` [out, cols] and the ``bias``), refit in its stead."""
 
     weight: torch.Tensor
-    bias: torch.Tensor
+    bias: torch.Tensor | None
 
 
 def current_map(proj: nn.Linear | Columns, mask_row: torch.Tensor, unit_size: int) -> torch.Tensor:
-    """The block's current output map [in + 1, out]: masked weights (pruned columns 0) and the bias."""
+    """The block's current output map [in + 1, out]: masked weights (pruned columns 0) and the bias (0 when the
+    projection has none)."""
     scale = mask_row.float().repeat_interleave(unit_size)
-    return torch.cat([(proj.weight * scale).T, proj.bias[None]]).double()
+    bias = proj.bias if proj.bias is not None else proj.weight.new_zeros(proj.weight.shape[0])
+    return torch.cat([(proj.weight * scale).T, bias[None]]).double()
 
 
 def refit(stats, proj, mask_row, unit_size, ridge) -> tuple[torch.Tensor, float] | None:
-    """The kept columns and bias refit by ridge least squares around the current map; (full map, its error)."""
+    """The kept columns and bias refit by ridge least squares around the current map; (full map, its error). A
+    projection without a bias keeps none (its bias row stays 0)."""
     full = current_map(proj, mask_row, unit_size)
+    bias = proj.bias is not None
     cols = (mask_row != 0).repeat_interleave(unit_size)
-    cols = torch.cat([cols, cols.new_ones(1)]).nonzero().flatten()
+    cols = torch.cat([cols, cols.new_full((1,), bias)]).nonzero().flatten()
     gram, cross, theta0 = stats.gram[cols][:, cols], stats.cross[cols], full[cols]
     try:
-        theta = theta0 + torch.linalg.solve(gram + _damping(gram, ridge), cross - gram @ theta0)
+        theta = theta0 + torch.linalg.solve(gram + _damping(gram, ridge, bias), cross - gram @ theta0)
     except RuntimeError:
         return None
     if not torch.isfinite(theta).all():
@@ -80,12 +84,14 @@ def refit(stats, proj, mask_row, unit_size, ridge) -> tuple[torch.Tensor, float]
     return result, stats.error(result)
 
 
-def _damping(gram: torch.Tensor, ridge: float) -> torch.Tensor:
-    """The ridge term of a system over weight columns with a bias column last: ``ridge`` times the mean diagonal
-    of the weight columns, and nothing on the bias (it is not pulled back)."""
-    damp = torch.full((len(gram),), ridge * float(gram.diagonal()[:-1].mean().clamp(min=1e-12)), dtype=gram.dtype,
+def _damping(gram: torch.Tensor, ridge: float, bias: bool = True) -> torch.Tensor:
+    """The ridge term of a system over weight columns with a bias column last (``bias``; else weight columns only):
+    ``ridge`` times the mean diagonal of the weight columns, and nothing on the bias (it is not pulled back)."""
+    weights = gram.diagonal()[:-1] if bias else gram.diagonal()
+    damp = torch.full((len(gram),), ridge * float(weights.mean().clamp(min=1e-12)), dtype=gram.dtype,
                       device=gram.device)  # fmt: skip
-    damp[-1] = 0.0
+    if bias:
+        damp[-1] = 0.0
     return torch.diag(damp)
 
 
@@ -139,13 +145,15 @@ def cross_validated_ridge(folds: list[LeastSquares], proj: nn.Linear, mask_row: 
     return min(grid, key=held_out)
 
 
-def reselect_units(stats: LeastSquares, unit_size: int, keep: int, ridge: float) -> torch.Tensor:
+def reselect_units(stats: LeastSquares, unit_size: int, keep: int, ridge: float, bias: bool = True) -> torch.Tensor:
     """Which ``keep`` units of a block to keep (bool [units]): start from the ridge least-squares fit with every
     unit, then repeatedly remove the units whose removal (with the others refit, an optimal-brain-surgeon update
-    of the inverse Gram matrix) raises the error least. Units leave in chunks of up to 1/64 of those to remove."""
+    of the inverse Gram matrix) raises the error least. Units leave in chunks of up to 1/64 of those to remove.
+    Without a ``bias`` the fits have none."""
+    gram, cross = (stats.gram, stats.cross) if bias else (stats.gram[:-1, :-1], stats.cross[:-1])
     units = (stats.gram.shape[0] - 1) // unit_size
-    inv = torch.linalg.inv(stats.gram + _damping(stats.gram, ridge))
-    theta = inv @ stats.cross
+    inv = torch.linalg.inv(gram + _damping(gram, ridge, bias))
+    theta = inv @ cross
     alive = torch.ones(units, dtype=torch.bool, device=stats.gram.device)
     chunk = max(1, (units - keep) // 64)
     while int(alive.sum()) > keep:

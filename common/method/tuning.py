@@ -174,6 +174,7 @@ def tune_masks(
     num_samples: int | None = None,
     mode: TuningMode = "scales",
     resplit: Callable[[int, Masks, list[dict], list[torch.Tensor]], None] | None = None,
+    adapter: ArchAdapter | None = None,
     task: Task | None = None,
 ) -> tuple[Masks, list[BlockReport]]:
     """Real-valued scales for the kept units of ``masks`` (binary or already scaled) so that each
@@ -187,13 +188,14 @@ def tune_masks(
     with it, ``ridge="auto"`` chooses each block's ridge by two-fold cross-validation over the tuning batches.
     ``resplit(i, masks, batches, hidden)``, when given, may re-choose the units of layers ``i`` and above before
     layer ``i`` is tuned, from the tuning batches and the pruned model's hidden states entering layer ``i``
-    (:class:`~fastprune.common.method.resplit.BudgetResplit`). Returns the tuned masks and a report per block."""
+    (:class:`~fastprune.common.method.resplit.BudgetResplit`). ``adapter``: the model's family (default: the
+    registered one for its model type). Returns the tuned masks and a report per block."""
     task = task or task_for_model(model)
     batches = spread_batches(batches, num_samples)
     ridge = DEFAULT_RIDGE[mode] if ridge is None else ridge
     if ridge == "auto" and mode == "scales":
         raise ValueError("ridge='auto' (cross-validated) needs mode 'refit' or 'reselect', not 'scales'")
-    adapter = adapter_for(model)
+    adapter = adapter or adapter_for(model)
     dims = adapter.dims(model.config)
     layers = adapter.layer_modules(model)
     device = torch.device(device)
@@ -271,12 +273,13 @@ def _tune_block(eq, mask_row, layer, block, ridge, bound, policy, stopped) -> tu
 
 
 def _teacher_targets(adapter, layer, teacher: Masks, i, hidden, calls, head_size):
-    """Per batch, the teacher's pre-LayerNorm block outputs (projection output + residual), and the
-    teacher's next hidden states."""
+    """Per batch, the teacher's block outputs before any post-norm (projection output + the residual stream read
+    where the family reads it, :meth:`~fastprune.common.model.arch.ArchAdapter.residual`), and the teacher's next
+    hidden states."""
     cap = _Capture()
-    cap.input(adapter.linear(layer, "query"), "attn_res")
+    cap.input(adapter.residual(layer, "attention"), "attn_res")
     cap.output(adapter.linear(layer, "attn_out"), "attn_out")
-    cap.input(adapter.linear(layer, "ffn_in"), "ffn_res")
+    cap.input(adapter.residual(layer, "ffn"), "ffn_res")
     cap.output(adapter.linear(layer, "ffn_out"), "ffn_out")
     targets, next_h = [], []
     try:
@@ -295,7 +298,7 @@ def _block_data(adapter, layer, student: Masks, i, block, hidden, calls, keeps, 
     projection's input before masking ``act`` [T, in] and what the projection must produce, ``r`` = the
     teacher's pre-LayerNorm output minus the student's residual [T, d]."""
     cap = _Capture()
-    cap.input(adapter.linear(layer, "query" if block == "attention" else "ffn_in"), "res")
+    cap.input(adapter.residual(layer, block), "res")
     cap.input(adapter.linear(layer, _PROJECTION[block]), "act", stop=True)
     try:
         with layer_masks_applied(adapter, layer, dims.head_size, student.head[i], student.neuron[i]):
@@ -351,7 +354,7 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
         note = f"ridge {ridge:g}, "
     fit = refit(stats, proj, mask_row, unit_size, ridge)
     if reselect and kept < len(mask_row):
-        chosen = reselect_units(stats, unit_size, kept, ridge).to(mask_row.dtype)
+        chosen = reselect_units(stats, unit_size, kept, ridge, full_proj.bias is not None).to(mask_row.dtype)
         other = refit(stats, proj, chosen, unit_size, ridge)
         moved = int(((chosen != 0) & (mask_row == 0)).sum())
         if other is not None and (fit is None or other[1] < fit[1]):
@@ -367,8 +370,9 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
         theta = torch.cat([theta.new_zeros(full_proj.in_features, theta.shape[1]).index_copy(0, cols, theta[:-1]),
                            theta[-1:]])  # fmt: skip
     full_row.copy_((full_row != 0).to(full_row.dtype))
-    params = {"weight": theta[:-1].T.to(full_proj.weight.dtype).contiguous(),  # pruned columns 0 (masks 0 too)
-              "bias": theta[-1].to(full_proj.bias.dtype)}  # fmt: skip
+    params = {"weight": theta[:-1].T.to(full_proj.weight.dtype).contiguous()}  # pruned columns 0 (masks 0 too)
+    if full_proj.bias is not None:  # a family without biases keeps none
+        params["bias"] = theta[-1].to(full_proj.bias.dtype)
     return BlockReport(layer, block, True, before, after, 1.0, f"{note}refit {kept} units"), params
 
 

@@ -19,26 +19,30 @@ import torch
 import transformers
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ..errors import ConfigError, IntegrityError
-from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, adapter_for, padded_size
+from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
 from .masks import Masks, weight_targets
+from .portable import make_portable, read_config
 
 WEIGHTS = "model.safetensors"
 
 
-def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_MULTIPLE) -> nn.Module:
+def export_pruned(
+    model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_MULTIPLE, adapter: ArchAdapter | None = None
+) -> nn.Module:
     """A physically smaller copy of ``model``: each head's scale multiplies its columns of the
     attention output projection, each neuron's its column of the FFN output projection; pruned
     units are sliced away (layers may keep zero heads or zero neurons).
 
     Each layer's FFN is padded to a multiple of ``neuron_multiple`` neurons (1: no padding) with pruned neurons
     whose weights are zeroed, so the model computes exactly what the masked one does; at most
-    ``neuron_multiple - 1`` neurons per layer, a fraction of a percent of the FLOPs."""
+    ``neuron_multiple - 1`` neurons per layer, a fraction of a percent of the FLOPs. ``adapter``: the model's
+    family (default: the registered one for its model type)."""
     if neuron_multiple < 1:
         raise ConfigError(f"neuron_multiple must be a positive integer (1: no padding), got {neuron_multiple}")
-    adapter = adapter_for(model)
+    adapter = adapter or adapter_for(model)
     dims = adapter.dims(model.config)
     if tuple(masks.head.shape) != (dims.num_layers, dims.num_heads) or tuple(masks.neuron.shape) != (
         dims.num_layers,
@@ -50,7 +54,7 @@ def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_
         )
     pruned = copy.deepcopy(model).eval()
     with torch.no_grad():  # the output projections refit by mask tuning (refit mode)
-        for param, value in weight_targets(pruned, masks.weights):
+        for param, value in weight_targets(pruned, masks.weights, adapter):
             param.copy_(value.to(param))
     for i, layer in enumerate(adapter.layer_modules(pruned)):
         head, neuron = masks.head[i].float(), masks.neuron[i].float()
@@ -61,10 +65,11 @@ def export_pruned(model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_
             w_2.mul_(neuron.to(w_2)[None, :])
             keep_neurons = _padded(neuron, neuron_multiple)
             padding = keep_neurons[neuron[keep_neurons] == 0]
-            ffn_in = adapter.linear(layer, "ffn_in")  # padding neurons: zero in, zero out (w_2 masked above)
-            ffn_in.weight[padding.to(ffn_in.weight.device)] = 0.0
-            if ffn_in.bias is not None:
-                ffn_in.bias[padding.to(ffn_in.bias.device)] = 0.0
+            for name in adapter.ffn_inputs:  # padding neurons: zero in, zero out (w_2 masked above)
+                ffn_in = adapter.linear(layer, name)
+                ffn_in.weight[padding.to(ffn_in.weight.device)] = 0.0
+                if ffn_in.bias is not None:
+                    ffn_in.bias[padding.to(ffn_in.bias.device)] = 0.0
         adapter.slice_layer(layer, head.nonzero().flatten(), keep_neurons, dims.head_size)
     setattr(pruned.config, STRUCTURE_KEY, adapter.structure(pruned))
     return pruned
@@ -87,7 +92,8 @@ def parameter_count(model: nn.Module) -> int:
 
 def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: dict | None = None) -> Path:
     """Write the model (safetensors + config with its structure) and tokenizer to ``path``,
-    atomically: the folder appears complete or not at all."""
+    atomically: the folder appears complete or not at all. The folder loads without fastprune too (see
+    :mod:`.portable`): with a stock config where one fits, else with its own modeling code."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -97,6 +103,7 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
         if not hasattr(config, STRUCTURE_KEY):
             setattr(config, STRUCTURE_KEY, adapter_for(model).structure(model))
         config.save_pretrained(tmp)
+        make_portable(tmp, adapter_for(model), adapter_for(model).dims(config).num_heads)
         save_model(model, str(tmp / WEIGHTS))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -112,12 +119,13 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
 
 
 def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True):
-    """Rebuild a model saved by :func:`save_pruned` (or any dense model folder saved the same way).
-    Returns ``(model, tokenizer)``; the tokenizer is None when the folder has none."""
+    """Rebuild a model saved by :func:`save_pruned` (or any dense model folder saved the same way), as the stock
+    transformers class (a portable folder's own code is not run). Returns ``(model, tokenizer)``; the tokenizer is
+    None when the folder has none."""
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
         raise IntegrityError(f"{path} is not a saved model: it needs config.json and {WEIGHTS}")
-    config = AutoConfig.from_pretrained(path)
+    config = read_config(path)
     architectures = getattr(config, "architectures", None) or []
     if not architectures or not hasattr(transformers, architectures[0]):
         raise IntegrityError(f"{path}/config.json names no known architecture: {architectures}")
@@ -132,5 +140,5 @@ def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_token
     model.to(device).eval()
     tokenizer = None
     if with_tokenizer and any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)  # a portable folder's code not run
     return model, tokenizer

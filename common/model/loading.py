@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from ..errors import ModelTaskMismatchError
+from ..errors import IntegrityError, ModelTaskMismatchError
 from ..tasks.spec import Task
 from .arch import STRUCTURE_KEY, adapter_for
 from .export import load_pruned
+from .portable import is_portable_folder, read_config
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,11 @@ def load_model(
     checked against the task. A folder written by fastprune's export is rebuilt with its structure."""
     where = str(source)
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+        if is_portable_folder(source):  # fastprune's own export: read as the stock config, its code not run
+            config = read_config(source)
+        else:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, IntegrityError) as e:
         raise ModelTaskMismatchError(f"cannot read a model config from {where}: {e}") from e
     check_model_for_task(config, task, where)
     if getattr(config, STRUCTURE_KEY, None):
@@ -60,7 +64,8 @@ def load_model(
         model = task.auto_model_class().from_pretrained(source, trust_remote_code=trust_remote_code).to(device).eval()
         tokenizer = None
     if tokenizer_source is not None or tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or source, trust_remote_code=trust_remote_code,
+                                                  **({"config": config} if tokenizer_source is None else {}))
     check_tokenizer(tokenizer, config, where)
     log.info("loaded %s (%s) on %s", where, type(model).__name__, device)
     return model, tokenizer

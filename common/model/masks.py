@@ -1,4 +1,7 @@
-"""Head and neuron masks, applying them with hooks, and the paper's MAC cost model."""
+"""Head and neuron masks and applying them with hooks (the MAC cost model is the family's: :mod:`.dims`).
+
+The head mask is over query heads: under grouped-query attention a key/value group goes when all its query heads
+are masked, and the slicing removes its key and value rows."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from .arch import ArchAdapter, ModelDims, adapter_for
 
 @dataclass
 class Masks:
-    """Per-layer mask values: ``head`` is [L, H], ``neuron`` is [L, F]. 1 keeps a unit unchanged,
+    """Per-layer mask values: ``head`` is [L, H] (query heads), ``neuron`` is [L, F]. 1 keeps a unit unchanged,
     0 removes it, any other value scales it (after mask tuning).
 
     ``weights`` optionally replaces output-projection parameters (mask tuning's refit mode), keyed

@@ -2,9 +2,11 @@
 when the accuracy gate passes, and load it back as a pyfunc that predicts from raw text (answers from questions
 and contexts for a question-answering model).
 
-The registered model is a custom ``mlflow.pyfunc`` model (:class:`PrunedTextModel`) whose one artifact is the
-exported model folder (safetensors, config with the per-layer structure, tokenizer; checked against its
-manifest on load). Loading it needs nothing but fastprune installed::
+The registered model is a custom ``mlflow.pyfunc`` model whose code (:mod:`.pyfunc_portable`) is logged with it and
+imports no fastprune, and whose one artifact is the exported model folder (safetensors, config, the folder's own
+modeling code, tokenizer; checked against its manifest on load). It serves wherever its pinned requirements (mlflow,
+torch, transformers, tokenizers, safetensors) are installed; versions registered earlier load through
+:class:`PrunedTextModel`, which needs fastprune::
 
     mlflow.pyfunc.load_model("models:/NAME@pruned-candidate").predict(pd.DataFrame({"text": ["a fine movie"]}))
 """
@@ -20,8 +22,6 @@ from urllib.parse import urlsplit
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 
 from ..errors import ConfigError, FastpruneError
 from ..folders import verify_manifest
@@ -29,11 +29,6 @@ from ..model.export import load_pruned
 from ..tasks.spec import Task, get_task
 
 log = logging.getLogger(__name__)
-
-
-def signature(task: Task) -> ModelSignature:
-    """The pyfunc's input schema: the task's serving columns, as strings."""
-    return ModelSignature(inputs=Schema([ColSpec("string", name, required=req) for name, req in task.serving_inputs]))
 
 
 class RegistryError(FastpruneError):
@@ -109,29 +104,13 @@ class PrunedTextModel(mlflow.pyfunc.PythonModel):
         return predict_text(self.model, self.tokenizer, self.task, model_input)
 
 
-_MODEL_CODE = """\"\"\"MLflow entry point of a model registered by fastprune (a model from code: nothing pickled).\"\"\"
-
-from mlflow.models import set_model
-
-from fastprune.common.ops.registry import PrunedTextModel
-
-set_model(PrunedTextModel())
-"""
-
-
 def log_pruned_model(pruned: Path, task: str, workdir: Path):
-    """Log the exported model folder as a :class:`PrunedTextModel` in the active run (its entry point, a
-    three-line file, is written to ``workdir``)."""
-    from ... import __version__
+    """Log the exported model folder in the active run as a model that serves without fastprune (its own code,
+    :mod:`.pyfunc_portable`, logged with it; see :mod:`.serving`). :class:`PrunedTextModel` is what the versions
+    registered before it run."""
+    from .serving import log_portable_model
 
-    code = workdir / "pyfunc_model.py"
-    code.write_text(_MODEL_CODE)
-    spec = get_task(task)
-    example = pd.DataFrame({column: [value] for column, value in spec.serving_example})  # MLflow runs the example
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=str(code), artifacts={"model": str(pruned)}, model_config={"task": task},
-        signature=signature(spec), input_example=example, pip_requirements=[f"fastprune=={__version__}"],
-    )
+    return log_portable_model(pruned, task, workdir)
 
 
 # ----- registration ------------------------------------------------------------------------------------------

@@ -33,8 +33,11 @@ UPDATED = "fastprune.updated"
 GATE = "fastprune.gate"
 ERROR = "fastprune.error"
 STAGES = ("None", "Staging", "Production", "Archived")
-_RUNNING_STATES = frozenset({"PENDING", "RUNNING", "CANCELING", "PAUSED"})
-_FAILED_STATES = frozenset({"FAILED", "CANCELED", "SKIPPED"})
+RUNNING_STATES = frozenset({"PENDING", "RUNNING", "CANCELING", "PAUSED"})
+"""Kubeflow run states of a run in flight (``RUNTIME_STATE_UNSPECIFIED`` is not one: such a run is judged by the
+age of its status, and retried once stale)."""
+FAILED_STATES = frozenset({"FAILED", "CANCELED", "SKIPPED"})
+"""Kubeflow run states of a run that ended without success (retried)."""
 
 
 class TriggerError(ConfigError):
@@ -183,9 +186,9 @@ def decide(version: SourceVersion, state: Callable[[str], str | None], max_attem
         current = state(run_id) if run_id else None
         if current == "SUCCEEDED":
             return Decision("done", f"run {run_id} succeeded")
-        if current in _RUNNING_STATES:
+        if current in RUNNING_STATES:
             return Decision("skip", f"run {run_id} is {current.lower()}")
-        if current in _FAILED_STATES:
+        if current in FAILED_STATES:
             status, error = "failed", f"run {run_id} ended {current.lower()}"
         else:
             age = _age(tags, now)

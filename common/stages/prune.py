@@ -23,6 +23,7 @@ from .config import (
     RearrangeParams,
     SampleParams,
     SearchParams,
+    StageParams,
     TuneParams,
 )
 from .run import run_stage
@@ -39,40 +40,43 @@ def prune(cfg: PruneConfig, output: str | Path) -> dict:
         work = Path(tmp)
         model, sample, grads = work / "model", work / "sample", work / "grads"
         searched, rearranged, tuned = work / "searched", work / "rearranged", work / "tuned"
+        flat = _flat(cfg)
         stages = {
-            "load": run_stage("prepare", model, PrepareParams(source=cfg.model, task=cfg.task,
-                                                              trust_remote_code=cfg.trust_remote_code)),
-            "sample": run_stage("sample", sample, SampleParams(
-                train_file=cfg.train_file, task=cfg.task, text_columns=cfg.text_columns,
-                label_column=cfg.label_column, **cfg.sample.model_dump())),
-            "fisher": run_stage("fisher", grads, FisherParams(
-                **cfg.fisher.model_dump(), device=cfg.device, progress=cfg.progress, constraint=cfg.constraint,
-                metric=cfg.metric, seq_len=cfg.seq_len), model=model, sample=sample),
-            "search": run_stage("search", searched, SearchParams(
-                constraint=cfg.constraint, metric=cfg.metric, seq_len=cfg.seq_len, device=cfg.device,
-                latency_batch_size=cfg.latency_batch_size, latency_seq_len=cfg.latency_seq_len,
-                latency_dtype=cfg.latency_dtype, allocation=cfg.allocation),
-                model=model, grads=grads),
-            "rearrange": run_stage("rearrange", rearranged, RearrangeParams(enabled=cfg.rearrange),
-                                   grads=grads, masks=searched),
+            "load": run_stage("prepare", model, _params(PrepareParams, flat, skip=("dev_data",))),
+            "sample": run_stage("sample", sample, _params(SampleParams, flat)),
+            "fisher": run_stage("fisher", grads, _params(FisherParams, flat), model=model, sample=sample),
+            "search": run_stage("search", searched, _params(SearchParams, flat), model=model, grads=grads),
+            "rearrange": run_stage("rearrange", rearranged, _params(RearrangeParams, flat), grads=grads,
+                                   masks=searched),
         }
-        if cfg.tuning.enabled:
-            params = TuneParams(**cfg.tuning.model_dump(), device=cfg.device, progress=cfg.progress)
-            stages["tune"] = run_stage("tune", tuned, params, model=model, sample=sample, grads=grads,
-                                       searched=searched, masks=rearranged)
+        if cfg.tuning.tune:
+            stages["tune"] = run_stage("tune", tuned, _params(TuneParams, flat), model=model, sample=sample,
+                                       grads=grads, searched=searched, masks=rearranged)
         else:
             tuned = rearranged
         stages["export"] = run_stage("export", output / "model", ExportParams(), model=model, masks=tuned)
         shutil.copyfile(tuned / MASKS_FILE, output / "masks.safetensors")
-        if cfg.dev_file:
+        if cfg.dev_data:
             masked = {"searched": searched, "rearranged": rearranged} if cfg.eval_stages else {}
-            params = EvaluateParams(dev_file=cfg.dev_file, batch_size=cfg.eval_batch_size, device=cfg.device,
-                                    text_columns=cfg.text_columns, label_column=cfg.label_column)
-            stages["evaluate"] = run_stage("evaluate", work / "evaluation", params, model=model,
+            stages["evaluate"] = run_stage("evaluate", work / "evaluation", _params(EvaluateParams, flat), model=model,
                                            pruned=output / "model", tuned=tuned, **masked)
     summary = _summary(cfg, task, stages)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _flat(cfg: PruneConfig) -> dict:
+    """The options of ``cfg``, the nested sample, Fisher and tuning ones included (their names are distinct)."""
+    nested = {"sample": cfg.sample, "fisher": cfg.fisher, "tuning": cfg.tuning}
+    flat = {name: getattr(cfg, name) for name in PruneConfig.model_fields if name not in nested}
+    for options in nested.values():
+        flat.update({name: getattr(options, name) for name in type(options).model_fields})
+    return flat
+
+
+def _params(model: type[StageParams], flat: dict, skip: tuple[str, ...] = ()) -> StageParams:
+    """A stage's parameters: the options of the one-shot prune that the stage takes (the same names)."""
+    return model.model_validate({name: flat[name] for name in model.model_fields if name in flat and name not in skip})
 
 
 def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
@@ -88,7 +92,7 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
         "metric": task.metric,
         **{key: evaluation[key] for key in _METRICS if key in evaluation},
         "constraint": cfg.constraint,
-        "constraint_metric": cfg.metric,
+        "constraint_metric": cfg.constraint_metric,
         "flops_ratio": export["flops_ratio"],
         "flops_ratio_exported": export.get("flops_ratio_exported", export["flops_ratio"]),  # with the FFN padding
         "seq_len": search["seq_len"],

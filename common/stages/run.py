@@ -16,6 +16,7 @@ from .config import (
     EvaluateParams,
     ExportParams,
     FisherParams,
+    OnnxParams,
     PrepareParams,
     ProfileParams,
     RearrangeParams,
@@ -28,6 +29,7 @@ from .runners import (
     run_evaluate,
     run_export,
     run_fisher,
+    run_onnx,
     run_prepare,
     run_profile,
     run_rearrange,
@@ -66,6 +68,7 @@ STAGES: dict[str, Stage] = {
     "export": Stage(run_export, ExportParams, ("model", "masks")),
     "evaluate": Stage(run_evaluate, EvaluateParams, ("model", "pruned"), ("searched", "rearranged", "tuned")),
     "profile": Stage(run_profile, ProfileParams, ("model", "pruned")),
+    "onnx": Stage(run_onnx, OnnxParams, ("pruned",)),
     "register": Stage(_run_register, RegisterParams, ("pruned", "tuned", "evaluation"),
                       ("model", "sample", "grads", "searched", "rearranged", "profile")),
 }

@@ -39,7 +39,7 @@ from ..method.resplit import BudgetResplit
 from ..method.tuning import DEFAULT_TEACHER, tune_masks
 from ..method.validation import StageValidator
 from ..model.arch import ModelDims, adapter_for
-from ..model.cost import dense_macs, flops_ratio, units_macs
+from ..model.cost import dense_macs, flops_ratio, structure_macs
 from ..model.export import export_pruned, parameter_count, save_pruned
 from ..model.loading import load_model, resolve_device
 from ..model.masks import Masks, pruning_applied
@@ -49,6 +49,7 @@ from .config import (
     EvaluateParams,
     ExportParams,
     FisherParams,
+    OnnxParams,
     PrepareParams,
     ProfileParams,
     RearrangeParams,
@@ -56,6 +57,7 @@ from .config import (
     SearchParams,
     TuneParams,
 )
+from .options import BY_MODE
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +162,10 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
-    local, source = resolve_source(p.source, p.tracking_uri)
+    local, source = resolve_source(p.model, p.tracking_uri)
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
-    if p.dev_file:
-        task.load_data(resolve_source(p.dev_file)[0], "validation")
+    if p.dev_data:
+        task.load_data(resolve_source(p.dev_data)[0], "validation")
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
     return {"task": task.name, "source": source, "architecture": type(model).__name__,
@@ -176,7 +178,7 @@ def run_sample(p: SampleParams, out: Path) -> dict:
     from ..tasks.data import sample_dataset, split_holdout
 
     task = get_task(p.task)
-    local, source = resolve_source(p.train_file)
+    local, source = resolve_source(p.train_data)
     train = task.load_data(local, "train", p.text_columns, p.label_column)
     sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
     if p.holdout:
@@ -203,8 +205,8 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
         return search_masks(g, dims, constraint, seq_len)
 
     seed = stage_info(sample)["params"]["seed"]
-    grads = iterative_fisher(net, batches, p.constraint or 1.0, p.steps, search, device, p.progress, p.labels, seed,
-                             task)
+    grads = iterative_fisher(net, batches, p.constraint, p.fisher_steps, search, device, p.progress, p.fisher_labels,
+                             seed, task)
     grads.save(out / GRADS_FILE)
     result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
     if grads.available is not None:
@@ -215,15 +217,15 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
 def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
     """The masks of largest Fisher importance within the FLOPs (or latency) budget."""
     dims, seq_len = _dims(model), p.seq_len or stage_info(grads)["seq_len"]
-    result: dict = {"constraint": p.constraint, "metric": p.metric, "seq_len": seq_len}
+    result: dict = {"constraint": p.constraint, "metric": p.constraint_metric, "seq_len": seq_len}
     table = None
-    if p.metric == "latency":
+    if p.constraint_metric == "latency":
         from ..method.latency_search import latency_ratio
         from ..method.latency_table import build_lut
 
         start = time.perf_counter()
         table = build_lut(AutoConfig.from_pretrained(model), resolve_device(p.device), p.latency_batch_size,
-                          p.latency_seq_len, dtype=p.latency_dtype)
+                          p.latency_seq_len, dtype=p.serving_dtype)
         table.save(out / LATENCY_TABLE_FILE)
         result["latency_table_seconds"] = round(time.perf_counter() - start, 3)
     masks = search_masks(MaskGradients.load(grads / GRADS_FILE), dims, p.constraint, seq_len, table, p.allocation)
@@ -236,7 +238,7 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
 def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> dict:
     """Re-choose which units each layer prunes with the block-diagonal Fisher (per-layer counts unchanged)."""
     searched = Masks.load(masks / MASKS_FILE)
-    new = rearrange_masks(searched, MaskGradients.load(grads / GRADS_FILE)) if p.enabled else searched.clone()
+    new = rearrange_masks(searched, MaskGradients.load(grads / GRADS_FILE)) if p.rearrange else searched.clone()
     new.save(out / MASKS_FILE)
     moved = int((new.head != searched.head).sum() + (new.neuron != searched.neuron).sum()) // 2
     return {"seq_len": stage_info(masks)["seq_len"], "units_moved": moved, **_masks_summary(new)}
@@ -249,13 +251,13 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
     chosen = Masks.load(masks / MASKS_FILE)
     reports, validation, validator, resplit = [], {}, None, None
     holdout = (sample / HOLDOUT_FILE).exists()
-    if p.enabled or holdout:
+    if p.tune or holdout:
         device = resolve_device(p.device)
         net, tokenizer, task = _model(model, device)
         if holdout:
             validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device, task)
             chosen = validator.choose("rearrange", Masks.load(searched / MASKS_FILE), chosen)
-    if p.enabled:
+    if p.tune:
         table_file = searched / LATENCY_TABLE_FILE
         table = None
         if table_file.exists():
@@ -264,17 +266,18 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             table = LatencyTable.load(table_file)
         fisher = MaskGradients.load(grads / GRADS_FILE)
         dims = adapter_for(net).dims(net.config)
-        kind = p.teacher or DEFAULT_TEACHER[p.mode]
+        kind = DEFAULT_TEACHER[p.tuning_mode] if p.tuning_teacher == BY_MODE else p.tuning_teacher
         allocation = search["params"].get("allocation", "global")  # the search stage's, for the teacher and re-split
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation)
         batches = _sample_batches(sample, tokenizer, task)
-        if p.resplit:
-            labels = stage_info(grads)["params"].get("labels", "data")  # the Fisher stage's label source
+        if p.tuning_resplit:
+            made = stage_info(grads)["params"]
+            labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
             resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table,
                                     allocation, task)  # fmt: skip
-        tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge, p.scale_bound, p.policy,
-                                    progress=p.progress, num_samples=p.num_samples, mode=p.mode, resplit=resplit,
-                                    task=task)
+        tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge(), p.tuning_scale_bound,
+                                    p.tuning_policy, progress=p.progress, num_samples=p.tuning_samples or None,
+                                    mode=p.tuning_mode, resplit=resplit, task=task)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
         validation = validator.report
@@ -293,9 +296,14 @@ def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
     before, after = parameter_count(net), parameter_count(pruned)
     dims, seq_len = adapter_for(net).dims(net.config), stage_info(masks)["seq_len"]
     shape = adapter_for(pruned).structure(pruned)  # with the padding neurons
-    exported = units_macs(sum(shape["num_heads"]), sum(shape["intermediate_size"]), dims, seq_len)
+    exported = structure_macs(shape, dims, seq_len)
+    onnx = {}
+    if p.onnx != "none":
+        from ..model.onnx_folder import ONNX_SUBFOLDER, build_onnx_folder
+
+        onnx = {"onnx": build_onnx_folder(out, out / ONNX_SUBFOLDER, "int8" if p.onnx == "int8" else "none")}
     return {"task": task.name, "source": stage_info(model)["source"], "params_before": before, "params_after": after,
-            "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len),
+            **onnx, "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len),
             "neurons_per_layer_exported": shape["intermediate_size"],
             "flops_ratio_exported": exported / dense_macs(dims, seq_len)}
 
@@ -307,10 +315,10 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
     """The task metric on the dev set: original, masked (after search / rearrangement / tuning) and pruned."""
     device = resolve_device(p.device)
     net, tokenizer, task = _model(model, device)
-    dev = task.load_data(resolve_source(p.dev_file)[0], "validation", p.text_columns, p.label_column)
+    dev = task.load_data(resolve_source(p.dev_data)[0], "validation", p.text_columns, p.label_column)
 
     def run(m: nn.Module, mask: Masks | None = None) -> dict:
-        return evaluate_masked(m, mask, tokenizer, task, dev, device, p.batch_size)
+        return evaluate_masked(m, mask, tokenizer, task, dev, device, p.eval_batch_size)
 
     before = run(net)
     result = {"task": task.name, "metric": task.metric, "higher_is_better": task.higher_is_better,
@@ -324,27 +332,50 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
         if folder is not None:
             result[_MASKED_METRICS[name]] = run(net, Masks.load(folder / MASKS_FILE))[task.metric]
     pruned_net, pruned_tokenizer, _ = _model(pruned, device)
-    after = evaluate_masked(pruned_net, None, pruned_tokenizer, task, dev, device, p.batch_size)
+    after = evaluate_masked(pruned_net, None, pruned_tokenizer, task, dev, device, p.eval_batch_size)
     result["metric_after"] = after[task.metric]
     result["metric_drop"] = task.metric_drop(result["metric_before"], result["metric_after"])
+    if (pruned / "onnx" / "model.onnx").is_file():  # the export step's ONNX folder, on onnxruntime (CPU)
+        from ..model.onnx_folder import OrtModel
+
+        onnx = evaluate_masked(OrtModel(pruned / "onnx"), None, pruned_tokenizer, task, dev, "cpu",
+                               p.eval_batch_size)
+        result["metric_after_onnx"] = onnx[task.metric]
     return {**result, "metrics_before": before, "metrics_after": after, "device": str(device)}
+
+
+def run_onnx(p: OnnxParams, out: Path, pruned: Path) -> dict:
+    """The ONNX folder of an exported model: model.onnx, config.json and the tokenizer (fp32 or int8)."""
+    from ..model.onnx_folder import build_onnx_folder, check_model_folder
+
+    return build_onnx_folder(check_model_folder(pruned), out, p.quantize, opset=p.opset)
 
 
 def run_profile(p: ProfileParams, out: Path, model: Path, pruned: Path) -> dict:
     """End-to-end latency of the original and the pruned model on this step's device, same inputs."""
+    from ..model.onnx_folder import onnx_candidate
     from ..model.timing import profile_models
 
     device = resolve_device(p.device)
     original, _, _ = _model(model, device)
     small, _, _ = _model(pruned, device)
-    profile = profile_models({"original": original, "pruned": small}, (p.batch_size,), (p.seq_len,), device,
-                             (p.dtype,), p.repeats, p.warmup, vocab_size=original.config.vocab_size)
+    models = {"original": original, "pruned": small}
+    onnx = onnx_candidate(pruned, device, p.serving_dtype)  # the export step's ONNX folder, on onnxruntime (CPU)
+    if onnx is not None:
+        models[onnx[0]] = onnx[1]
+    profile = profile_models(models, (p.profile_batch_size,), (p.profile_seq_len,), device, (p.serving_dtype,),
+                             p.repeats, p.warmup, vocab_size=original.config.vocab_size)
     if not profile.entries:
-        raise ConfigError(f"dtype {p.dtype} is measured on CUDA devices only, not on {device}")
+        raise ConfigError(f"serving_dtype {p.serving_dtype} is measured on CUDA devices only, not on {device}")
     (out / PROFILE_FILE).write_text(profile.to_markdown())
-    first, second = profile.entries
-    return {"device": profile.device, "latency_before_ms": first.p50_ms, "latency_after_ms": second.p50_ms,
-            "speedup": second.speedup, "profile": profile.to_dict()}
+    first, second = profile.entries[:2]
+    result = {"device": profile.device, "latency_before_ms": first.p50_ms, "latency_after_ms": second.p50_ms,
+              "speedup": second.speedup, "speedup_p10": second.speedup_p10, "speedup_p90": second.speedup_p90,
+              "noisy": any(e.noisy for e in profile.entries), "repeats": p.repeats}
+    if onnx is not None:
+        third = profile.entries[2]
+        result.update(latency_after_onnx_ms=third.p50_ms, speedup_onnx=third.speedup, onnx_model=third.model)
+    return {**result, "profile": profile.to_dict()}
 
 
 

@@ -129,4 +129,3 @@ def task_for_model(model: Any) -> Task:
     if "QuestionAnswering" in type(model).__name__:
         return TASKS["squad"]
     return TASKS["stsb"] if getattr(model.config, "num_labels", 2) == 1 else TASKS["sst2"]
-
