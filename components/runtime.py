@@ -39,11 +39,14 @@ def run_component(stage: str, output: Any, metrics: Any, arguments: dict[str, An
     artifacts, whose folders the stage reads), writing the output artifact's folder (and its Markdown / HTML report
     to ``report`` / ``html``, which the Kubeflow UI shows)."""
     from fastprune.common.folders import numeric_results
+    from fastprune.common.ops.remote import apply_remote_timeouts, secure_logging
     from fastprune.common.stages.run import run_stage
 
+    secure_logging()
     params, inputs = stage_arguments(stage, arguments)
 
     try:
+        apply_remote_timeouts()
         info = run_stage(stage, output.path, params, **{name: a.path for name, a in inputs.items()})
     except Exception as e:
         _record_failure(Path(output.path), stage, e)
@@ -69,7 +72,9 @@ def lineage(info: dict, folder: Path, inputs: dict[str, str]) -> dict:
 def _record_failure(output: Path, stage: str, error: Exception) -> None:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        (output.parent / FAILURE_FILE).write_text(json.dumps({"stage": stage, "error": str(error),
+        from fastprune.common.ops.remote import redact
+
+        (output.parent / FAILURE_FILE).write_text(json.dumps({"stage": stage, "error": redact(str(error)),
                                                              "type": type(error).__name__}))
     except OSError:  # reporting must never hide the error itself
         pass

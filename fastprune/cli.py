@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from fastprune.common.errors import FastpruneError
+from fastprune.common.ops.remote import apply_remote_timeouts, redact, secure_logging
 from fastprune.onnx_cli import COMMANDS as ONNX_COMMANDS
 from fastprune.ops_cli import COMMANDS as OPS_COMMANDS
 
@@ -226,6 +227,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        apply_remote_timeouts()  # FASTPRUNE_REMOTE_TIMEOUT, before the parser imports MLflow or the hub client
+    except FastpruneError as e:
+        print(f"fastprune: error: {e}", file=sys.stderr)
+        return 2
     from fastprune.flags import warn_deprecated
 
     args = build_parser(argv).parse_args(argv)
@@ -233,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    secure_logging()  # no credentials at any verbosity: third-party loggers stay at INFO, secrets redacted
     try:
         return args.func(args)
     except (FastpruneError, ValidationError) as e:
-        print(f"fastprune: error: {e}", file=sys.stderr)
+        print(f"fastprune: error: {redact(str(e))}", file=sys.stderr)
         return 2
 
 

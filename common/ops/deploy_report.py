@@ -4,27 +4,17 @@ and MLflow pyfunc."""
 
 from __future__ import annotations
 
+from ..tasks.spec import get_task
 from .report import Report
+from .serving import hf_load_snippet, mlflow_serve_snippet
 
 
-def _hf(task_is_qa: bool, model_uri: str, folder: str) -> str:
-    auto, kind = (
-        ("AutoModelForQuestionAnswering", "question-answering")
-        if task_is_qa
-        else ("AutoModelForSequenceClassification", "text-classification")
-    )
-    call = (
-        'nlp(question="Who wrote it?", context="It was written by Ann Lee.")'
-        if task_is_qa
-        else ('nlp(["a fine movie"])')
-    )
+def _hf(task: str, model_uri: str, folder: str) -> str:
+    """:func:`~.serving.hf_load_snippet` on the exported folder inside the registered model's artifacts."""
+    load = hf_load_snippet("__FOLDER__", task).replace('"__FOLDER__"', "folder")
     return (
-        f"from mlflow.artifacts import download_artifacts\n"
-        f"from transformers import {auto}, AutoTokenizer, pipeline\n\n"
-        f'folder = download_artifacts("{model_uri}") + "/{folder}"  # the exported model folder\n'
-        f"model = {auto}.from_pretrained(folder, trust_remote_code=True)  # the pruned shapes: custom code\n"
-        f'nlp = pipeline("{kind}", model=model, tokenizer=AutoTokenizer.from_pretrained(folder))\n'
-        f"{call}"
+        "from mlflow.artifacts import download_artifacts\n"
+        f'folder = download_artifacts("{model_uri}") + "/{folder}"  # the exported model folder\n{load}'
     )
 
 
@@ -55,27 +45,27 @@ def _pyfunc(task_is_qa: bool, model_uri: str) -> str:
         else 'pd.DataFrame({"text": ["a fine movie"]})'
     )
     return (
-        "import mlflow\nimport pandas as pd\n\n"
-        f'model = mlflow.pyfunc.load_model("{model_uri}")\n'
-        f"model.predict({frame})\n"
-        f"# as a REST service: mlflow models serve -m {model_uri} -p 5000"
+        f'import mlflow\nimport pandas as pd\n\nmodel = mlflow.pyfunc.load_model("{model_uri}")\nmodel.predict({frame})'
     )
 
 
 def add_deploy_section(
-    report: Report, model_uri: str, run_id: str, task_is_qa: bool, model_folder: str, onnx: dict | None
+    report: Report, model_uri: str, run_id: str, task: str, model_folder: str, onnx: dict | None
 ) -> Report:
     """Append the section. ``model_folder``: where the exported folder lies inside the MLflow model's artifacts;
     ``onnx``: the ONNX folder's metadata and ``artifact_path`` in the run, or None when none was made."""
     report.add("h2", "How to deploy this version")
     report.add("p", "**MLflow pyfunc** (raw text in, labels and scores out):")
+    task_is_qa = get_task(task).kind == "qa"  # the snippets of an extractive-QA model
     report.add("pre", _pyfunc(task_is_qa, model_uri))
+    report.add("p", "As a REST service, from a fresh environment without fastprune:")
+    report.add("pre", mlflow_serve_snippet(model_uri, task))
     report.add(
         "p",
         "**Hugging Face transformers** (torch and transformers; the pruned per-layer shapes load through "
         "the modeling file shipped in the folder, hence `trust_remote_code=True`):",
     )
-    report.add("pre", _hf(task_is_qa, model_uri, model_folder))
+    report.add("pre", _hf(task, model_uri, model_folder))
     if onnx:
         quantized = onnx.get("quantization") == "int8-dynamic"
         kind = (

@@ -76,10 +76,7 @@ def _write_report(p: RegisterParams, stages: dict[str, dict], tags: dict, versio
     report = run_report(stages, gate, picture, f"{p.model_name} version {version}", p.alias)
     if deploy is not None:
         from ..ops.deploy_report import add_deploy_section
-        from ..tasks.spec import get_task
-
-        add_deploy_section(report, f"models:/{p.model_name}/{version}", task_is_qa=get_task(tags["task"]).kind == "qa",
-                           **deploy)
+        add_deploy_section(report, f"models:/{p.model_name}/{version}", task=tags["task"], **deploy)
     markdown, page = report.write(out)
     return [markdown, page, picture]
 

@@ -37,6 +37,7 @@ from .runners import (
     run_search,
     run_tune,
 )
+from .stage_kinds import check_input_kinds
 
 
 def _run_register(p: RegisterParams, out: Path, **inputs: Path | None) -> dict:
@@ -94,6 +95,7 @@ def run_stage(name: str, out: str | Path, params: BaseModel | dict, **inputs: st
     for folder in folders.values():
         if folder is not None:
             verify_manifest(folder)
+    check_input_kinds(name, folders)
     start = time.perf_counter()
     with staged_folder(Path(out)) as staging:
         result = stage.func(p, staging, **folders)

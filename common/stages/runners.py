@@ -163,7 +163,7 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
     local, source = resolve_source(p.model, p.tracking_uri)
-    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
+    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code, allow_pickle=p.allow_pickle)
     if p.dev_data:
         task.load_data(resolve_source(p.dev_data)[0], "validation")
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})

@@ -20,6 +20,7 @@ from datasets import Dataset
 
 from ..errors import DataError
 from .base import LABEL_KEYS, Task
+from .data_files import read_guarded
 
 if TYPE_CHECKING:
     from .glue import ClassificationTask
@@ -132,7 +133,7 @@ def load_table(
     if path.exists():
         if path.is_dir() or path.suffix.lower() not in _TABLE_SUFFIXES:
             raise DataError(f"{path}: expected a file ending in one of {sorted(_TABLE_SUFFIXES)}")
-        records, where = _read_records(path, task), str(path)
+        records, where = read_guarded(path, lambda: _read_records(path, task)), str(path)
     elif path.suffix.lower() in _TABLE_SUFFIXES or "/" in str(source) and path.parent.exists():
         raise DataError(f"data file {source} does not exist")
     else:

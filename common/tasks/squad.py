@@ -42,11 +42,13 @@ class ExtractiveQATask(Task):
         label_column: str | None = None,
     ) -> Dataset:
         from .data import load_hub
+        from .data_files import read_guarded
         from .qa import load_squad
 
-        if not Path(source).exists():
+        path = Path(source)
+        if not path.exists():
             return load_squad(load_hub(str(source), self, split), version_2=self.version_2)
-        return load_squad(Path(source), version_2=self.version_2)
+        return read_guarded(path, lambda: load_squad(path, version_2=self.version_2))
 
     def encode(self, ds: Dataset, tokenizer: Any, max_length: int | None = None) -> list[dict]:
         from .qa import prepare_train_features
