@@ -17,6 +17,13 @@ def _task_name(value: str) -> str:
     return get_task(value).name
 
 
+def _device_here(value: str) -> str:
+    """An unknown or unavailable device is refused before anything else, naming the devices available here."""
+    from .models import check_device
+
+    return check_device(value)
+
+
 class SampleConfig(BaseModel):
     """How the pruning sample is drawn from the task's training data."""
 
@@ -103,6 +110,7 @@ class PruneConfig(BaseModel):
     tuning: TuningConfig = TuningConfig()
     rearrange: bool = True
     device: str = "auto"
+    _device = field_validator("device")(_device_here)
     eval_batch_size: int = Field(64, gt=0)
     eval_stages: bool = Field(True, description="also evaluate the masked model after search and rearrangement")
     latency_batch_size: int = Field(32, gt=0, description="batch size of the latency table (latency mode)")
@@ -189,6 +197,7 @@ class FisherParams(FisherConfig, StageParams):
     ``seq_len``) must be those of the search stage."""
 
     device: str = "auto"
+    _device = field_validator("device")(_device_here)
     progress: bool = False
     constraint: float | None = Field(None, description="the search's constraint (needed when steps > 1)")
     metric: Literal["flops", "latency"] = "flops"
@@ -209,6 +218,7 @@ class SearchParams(StageParams):
     metric: Literal["flops", "latency"] = "flops"
     seq_len: float | None = Field(None, gt=0, description="sequence length of the cost model (default: sample mean)")
     device: str = Field("auto", description="device of the latency table (latency mode)")
+    _device = field_validator("device")(_device_here)
     latency_batch_size: int = Field(32, gt=0)
     latency_seq_len: int = Field(128, gt=0)
     latency_dtype: Literal["float32", "float16", "bfloat16"] = Field(
@@ -234,6 +244,7 @@ class RearrangeParams(StageParams):
 
 class TuneParams(TuningConfig, StageParams):
     device: str = "auto"
+    _device = field_validator("device")(_device_here)
     progress: bool = False
 
 
@@ -247,6 +258,7 @@ class EvaluateParams(StageParams):
     dev_file: str = Field(description="dev data: s3:// URI, local file or hub dataset id")
     batch_size: int = Field(64, gt=0)
     device: str = "auto"
+    _device = field_validator("device")(_device_here)
     text_columns: list[str] | None = None
     label_column: str | None = None
 
@@ -255,6 +267,7 @@ class EvaluateParams(StageParams):
 
 class ProfileParams(StageParams):
     device: str = "auto"
+    _device = field_validator("device")(_device_here)
     batch_size: int = Field(32, gt=0)
     seq_len: int = Field(128, gt=0)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

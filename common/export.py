@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,6 +21,7 @@ from transformers import AutoConfig, AutoTokenizer
 from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, adapter_for, padded_size
 from .errors import ConfigError, IntegrityError
 from .masks import Masks, weight_targets
+from .outputs import staging
 
 WEIGHTS = "model.safetensors"
 
@@ -89,9 +87,7 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
     """Write the model (safetensors + config with its structure) and tokenizer to ``path``,
     atomically: the folder appears complete or not at all."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staging(path) as tmp:
         config = model.config
         config.architectures = [type(model).__name__]
         if not hasattr(config, STRUCTURE_KEY):
@@ -102,12 +98,6 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
             tokenizer.save_pretrained(tmp)
         if metadata:
             (tmp / "fastprune.json").write_text(json.dumps(metadata, indent=2, default=str))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from .config import (
@@ -23,6 +22,8 @@ from .config import (
     TuneParams,
 )
 from .models import resolve_device
+from .outputs import scratch_dir, staging
+from .preflight import check_prune_inputs
 from .stages import MASKS_FILE, run_stage
 from .tasks import get_task
 
@@ -30,20 +31,23 @@ _PRUNE_STAGES = ("fisher", "search", "rearrange", "tune", "export")
 _METRICS = ("metric_before", "metric_search", "metric_rearranged", "metric_tuned_masked", "metric_after")
 
 
-def prune(cfg: PruneConfig, output: str | Path) -> dict:
-    """Prune ``cfg.model`` end to end; write ``output/model``, ``output/masks.safetensors``, ``output/summary.json``."""
-    output = Path(output)
+def prune(cfg: PruneConfig, output: str | Path, overwrite: bool = False) -> dict:
+    """Prune ``cfg.model`` end to end; write ``output/model``, ``output/masks.safetensors``, ``output/summary.json``.
+
+    Every input and the output are checked first (:func:`check_prune_inputs`): a non-empty ``output`` is refused
+    unless ``overwrite``. The result is built in a staging folder beside ``output`` and renamed into place whole
+    once complete (replacing an earlier result only then); scratch and staging are removed on every exit path."""
+    output = check_prune_inputs(cfg, output, overwrite)
     task = get_task(cfg.task)
-    with tempfile.TemporaryDirectory(prefix="fastprune-") as tmp:
-        work = Path(tmp)
+    with scratch_dir() as work, staging(output) as result:
         model, sample, grads = work / "model", work / "sample", work / "grads"
         searched, rearranged, tuned = work / "searched", work / "rearranged", work / "tuned"
-        stages = {
-            "load": run_stage("prepare", model, PrepareParams(source=cfg.model, task=cfg.task,
-                                                              trust_remote_code=cfg.trust_remote_code)),
+        stages = {  # the sample first: a bad training file fails before the model is loaded
             "sample": run_stage("sample", sample, SampleParams(
                 train_file=cfg.train_file, task=cfg.task, text_columns=cfg.text_columns,
                 label_column=cfg.label_column, **cfg.sample.model_dump())),
+            "load": run_stage("prepare", model, PrepareParams(source=cfg.model, task=cfg.task,
+                                                              trust_remote_code=cfg.trust_remote_code)),
             "fisher": run_stage("fisher", grads, FisherParams(
                 **cfg.fisher.model_dump(), device=cfg.device, progress=cfg.progress, constraint=cfg.constraint,
                 metric=cfg.metric, seq_len=cfg.seq_len), model=model, sample=sample),
@@ -61,16 +65,16 @@ def prune(cfg: PruneConfig, output: str | Path) -> dict:
                                        searched=searched, masks=rearranged)
         else:
             tuned = rearranged
-        stages["export"] = run_stage("export", output / "model", ExportParams(), model=model, masks=tuned)
-        shutil.copyfile(tuned / MASKS_FILE, output / "masks.safetensors")
+        stages["export"] = run_stage("export", result / "model", ExportParams(), model=model, masks=tuned)
+        shutil.copyfile(tuned / MASKS_FILE, result / "masks.safetensors")
         if cfg.dev_file:
             masked = {"searched": searched, "rearranged": rearranged} if cfg.eval_stages else {}
             params = EvaluateParams(dev_file=cfg.dev_file, batch_size=cfg.eval_batch_size, device=cfg.device,
                                     text_columns=cfg.text_columns, label_column=cfg.label_column)
             stages["evaluate"] = run_stage("evaluate", work / "evaluation", params, model=model,
-                                           pruned=output / "model", tuned=tuned, **masked)
-    summary = _summary(cfg, task, stages)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+                                           pruned=result / "model", tuned=tuned, **masked)
+        summary = _summary(cfg, task, stages)
+        (result / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -105,6 +109,7 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
     }
     if "latency_ratio_fitted" in search:
         summary["latency_ratio_fitted"] = search["latency_ratio_fitted"]
+    summary["warnings"] = [w for info in stages.values() for w in info.get("warnings", [])]
     return summary
 
 
@@ -138,4 +143,5 @@ def format_summary(summary: dict) -> str:
         ]
         parts = [f"{name} {summary[key]:.2f}" for name, key in stages if summary.get(key) is not None]
         lines.append(f"  {summary['metric']}: " + ", ".join(parts))
+    lines += [f"  WARNING: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)

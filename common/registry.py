@@ -314,7 +314,7 @@ def fetch_registered_model(uri: str, cache_dir: Path, tracking_uri: str | None =
     ``models:/NAME/VERSION`` (an alias resolved)."""
     from mlflow.artifacts import download_artifacts
 
-    from .storage import _staging
+    from .outputs import staging
 
     name, version, alias = parse_models_uri(uri)
     client = mlflow.MlflowClient(tracking_uri)
@@ -327,7 +327,7 @@ def fetch_registered_model(uri: str, cache_dir: Path, tracking_uri: str | None =
     key = hashlib.sha256(f"{where}\n{exact}\n{found.source}\n{found.creation_timestamp}".encode()).hexdigest()[:16]
     destination = cache_dir / "mlflow" / key / f"{name}-{found.version}"
     if not destination.is_dir():
-        with _staging(destination) as staging:
+        with staging(destination) as staging:
             try:
                 download_artifacts(artifact_uri=exact, dst_path=str(staging), tracking_uri=tracking_uri)
             except MlflowException as e:

@@ -40,11 +40,14 @@ from .errors import ConfigError, IntegrityError
 from .export import export_pruned, parameter_count, save_pruned
 from .fisher import MaskGradients
 from .iterative import iterative_fisher
+from .lineage import inherited_lineage, own_lineage
 from .masks import Masks, dense_macs, flops_ratio, pruning_applied, units_macs
 from .models import load_model, resolve_device
+from .outputs import staging
 from .rearrange import rearrange_masks
 from .resplit import BudgetResplit
-from .storage import _sha256, _staging, fetch, is_remote, verify_manifest, write_manifest
+from .sanity import budget_warnings, chance_warning, sampling_warning
+from .storage import _sha256, fetch, is_remote, verify_manifest, write_manifest
 from .tasks import TaskSpec, get_task
 from .tuning import DEFAULT_TEACHER, tune_masks
 from .validation import StageValidator
@@ -172,12 +175,12 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
-    local, source = resolve_source(p.source, p.tracking_uri)
-    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
-    if p.dev_file:
+    if p.dev_file:  # read and its labels parsed before the model is loaded
         from .data import load_task_data
 
         load_task_data(resolve_source(p.dev_file)[0], task, "validation")
+    local, source = resolve_source(p.source, p.tracking_uri)
+    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
     return {"task": task.name, "source": source, "architecture": type(model).__name__,
@@ -193,13 +196,14 @@ def run_sample(p: SampleParams, out: Path) -> dict:
     local, source = resolve_source(p.train_file)
     train = load_task_data(local, task, "train", p.text_columns, p.label_column)
     sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
+    warnings = [w for w in [sampling_warning(p.num_samples, len(train), p.replace)] if w]
     if p.holdout:
         sample, held_out = split_holdout(sample, p.holdout, p.seed)
         held_out.to_parquet(str(out / HOLDOUT_FILE))
     sample.to_parquet(str(out / SAMPLE_FILE))
     checksum = _sha256(local) if isinstance(local, Path) and local.is_file() else None
     return {"task": task.name, "train_file": source, "train_sha256": checksum, "train_examples": len(train),
-            "num_examples": len(sample)}
+            "num_examples": len(sample), **({"warnings": warnings} if warnings else {})}
 
 
 def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
@@ -242,7 +246,9 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
     masks.save(out / MASKS_FILE)
     if table is not None:
         result["latency_ratio_fitted"] = latency_ratio(masks, table)
-    return {**result, **_masks_summary(masks, dims, seq_len)}
+    warnings = budget_warnings(p.constraint, p.metric, masks.heads_per_layer(), masks.neurons_per_layer(),
+                               dims.num_layers * dims.num_heads, dims.num_layers * dims.intermediate_size)
+    return {**result, **_masks_summary(masks, dims, seq_len), **({"warnings": warnings} if warnings else {})}
 
 
 def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> dict:
@@ -318,15 +324,18 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
     """The task metric on the dev set: original, masked (after search / rearrangement / tuning) and pruned."""
     from .data import load_task_data
 
-    device = resolve_device(p.device)
-    net, tokenizer, task = _model(model, device)
+    device, task = resolve_device(p.device), _task(model)
     dev = load_task_data(resolve_source(p.dev_file)[0], task, "validation", p.text_columns, p.label_column)
+    net, tokenizer, _ = _model(model, device)  # after the dev data: a bad file fails before the model loads
 
     def run(m: nn.Module, mask: Masks | None = None) -> dict:
         return evaluate_masked(m, mask, tokenizer, task, dev, device, p.batch_size)
 
     before = run(net)
     result = {"task": task.name, "metric": task.metric, "dev_examples": len(dev), "metric_before": before[task.metric]}
+    chance = chance_warning(task, [] if task.is_qa else list(dev["label"]), before)
+    if chance:
+        result["warnings"] = [chance]
     for name, folder in masks.items():
         if folder is not None:
             result[_MASKED_METRICS[name]] = run(net, Masks.load(folder / MASKS_FILE))[task.metric]
@@ -406,11 +415,12 @@ def run_stage(name: str, out: str | Path, params: BaseModel | dict, **inputs: st
     for folder in folders.values():
         if folder is not None:
             verify_manifest(folder)
+    lineage = inherited_lineage(name, folders)  # inputs of one task, model and sample, or refused
     start = time.perf_counter()
-    with _staging(Path(out)) as staging:
-        result = stage.func(p, staging, **folders)
+    with staging(Path(out)) as staged:
+        result = stage.func(p, staged, **folders)
         info = {"stage": name, "params": p.model_dump(mode="json"), "seconds": round(time.perf_counter() - start, 3),
-                **result}
-        (staging / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
-        write_manifest(staging)
+                **lineage, **result, **own_lineage(name, staged)}
+        (staged / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
+        write_manifest(staged)
     return info

@@ -12,8 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,6 +28,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .errors import IntegrityError, StorageError
+from .outputs import staged_file, staging
 
 logger = logging.getLogger(__name__)
 
@@ -258,15 +257,8 @@ def download_file(uri: str, local_path: str | Path, client: Any = None) -> Path:
         raise StorageError(f"{uri!r} names a bucket, not an object key")
     client = client or s3_client()
     target = Path(local_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(handle)
-    try:
-        with _s3_errors(client, "downloading", bucket, key):
-            client.download_file(bucket, key, tmp_name)
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    with staged_file(target) as tmp_name, _s3_errors(client, "downloading", bucket, key):
+        client.download_file(bucket, key, str(tmp_name))
     return target
 
 
@@ -330,11 +322,11 @@ def download_dir(uri: str, local_dir: str | Path, client: Any = None) -> Path:
     if raw is None:
         raise IntegrityError(f"{uri} has no {MANIFEST_NAME}: incomplete or not a fastprune artifact")
     manifest = parse_manifest(raw, uri)
-    with _staging(Path(local_dir)) as staging:
+    with staging(Path(local_dir)) as staged:
         for rel in manifest["files"]:
-            _download_into(client, bucket, join_key(prefix, rel), staging, rel)
-        (staging / MANIFEST_NAME).write_bytes(raw)
-        _verify_staged(staging, uri)
+            _download_into(client, bucket, join_key(prefix, rel), staged, rel)
+        (staged / MANIFEST_NAME).write_bytes(raw)
+        _verify_staged(staged, uri)
     logger.info("downloaded %d verified files from %s to %s", len(manifest["files"]), uri, local_dir)
     return Path(local_dir)
 
@@ -355,38 +347,13 @@ def _download_into(client: Any, bucket: str, key: str, root: Path, rel: str) -> 
         client.download_file(bucket, key, str(target))
 
 
-@contextlib.contextmanager
-def _staging(destination: Path) -> Iterator[Path]:
-    """A temp folder beside destination, renamed onto it when the block succeeds, removed otherwise."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    if destination.exists() and not destination.is_dir():
-        raise StorageError(f"cannot download into {destination}: it exists and is not a folder")
-    parent = destination.parent
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=parent))
-    try:
-        yield staging
-        _swap_into_place(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _swap_into_place(staging: Path, destination: Path) -> None:
-    if not destination.exists():
-        os.rename(staging, destination)
-        return
-    old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-    os.rename(destination, old)
-    os.rename(staging, destination)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _download_raw_dir(client: Any, bucket: str, prefix: str, objects: dict[str, str], dest: Path) -> Path:
     """Download a folder without a manifest (e.g. a model uploaded by hand) as it is."""
     for rel in objects:
         _check_relative(rel, what=f"key {join_key(prefix, rel)!r}")
-    with _staging(dest) as staging:
+    with staging(dest) as staged:
         for rel in objects:
-            _download_into(client, bucket, join_key(prefix, rel), staging, rel)
+            _download_into(client, bucket, join_key(prefix, rel), staged, rel)
     return dest
 
 

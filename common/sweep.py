@@ -17,9 +17,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ConfigError
+from .outputs import staging
 from .report import PARETO_PNG, ParetoPoint, Report, pareto_front, pareto_picture
 from .stages import STAGE_FILE, stage_info
-from .storage import _staging, verify_manifest, write_manifest
+from .storage import verify_manifest, write_manifest
 
 CANDIDATE_PARTS = ("searched", "rearranged", "tuned", "pruned", "evaluation", "profile")
 """The folders of one candidate: the outputs of search, rearrange, tune, export, evaluate and profile."""
@@ -152,9 +153,9 @@ def select_stage(out: str | Path, params: SelectParams | dict, candidates: list[
     if len(befores) > 1:
         raise ConfigError(f"the candidates were evaluated on different data (metric before pruning: {befores})")
     chosen = choose(judged, p.objective)
-    with _staging(Path(out)) as staging:
-        report = sweep_report(judged, chosen, p, staging)
-        report.write(staging, "sweep")
+    with staging(Path(out)) as staged:
+        report = sweep_report(judged, chosen, p, staged)
+        report.write(staged, "sweep")
         info = {"stage": "select", "params": p.model_dump(mode="json"),
                 "seconds": round(time.perf_counter() - start, 3), "chosen": None if chosen is None else chosen.index,
                 "chosen_constraint": None if chosen is None else chosen.constraint, "registered": chosen is not None,
@@ -164,6 +165,6 @@ def select_stage(out: str | Path, params: SelectParams | dict, candidates: list[
         if chosen is not None:
             info.update(metric_after=chosen.metric_after, flops_ratio=chosen.flops_ratio,
                         params_after=chosen.params_after)
-        (staging / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
-        write_manifest(staging)
+        (staged / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
+        write_manifest(staged)
     return info

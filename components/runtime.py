@@ -21,8 +21,10 @@ def run_component(stage: str, output: Any, metrics: Any, params: dict, report: A
                   **inputs: Any) -> dict:
     """Run ``stage`` with the input artifacts' folders, writing the output artifact's folder (and its Markdown /
     HTML report to ``report`` / ``html``, which the Kubeflow UI shows)."""
+    from fastprune.common.interrupts import install_signal_handlers
     from fastprune.common.stages import numeric_results, run_stage
 
+    install_signal_handlers()  # a deleted pod's SIGTERM removes the step's staging folder on the way out
     try:
         info = run_stage(stage, output.path, params, **{name: a.path for name, a in inputs.items()})
     except Exception as e:

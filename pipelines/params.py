@@ -57,6 +57,17 @@ class PipelineParams(BaseModel):
     def _task(cls, value: str | None) -> str | None:
         return None if value is None else get_task(value).name
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        """The spelling only: whether the steps' machines have the device is checked by each step (and here,
+        before a local run, by :func:`fastprune.common.preflight.check_pipeline_inputs`)."""
+        if value is None:
+            return None
+        from ..common.models import check_device
+
+        return check_device(value, available=False)
+
     def arguments(self) -> dict[str, Any]:
         """The pipeline's arguments: only the parameters that were set."""
         return self.model_dump(exclude_none=True)
