@@ -137,8 +137,8 @@ def _add_demo(p) -> None:
 
 def _demo(args) -> int:
     from fastprune.common.config import PruneConfig, SampleConfig
-    from fastprune.common.prune import format_summary, prune
     from fastprune.common.outputs import check_output
+    from fastprune.common.prune import format_summary, prune
     from fastprune.defaults import SST2_DEV, SST2_TRAIN, finetuned_minilm
 
     check_output(args.output, args.overwrite)  # before the default model is fine-tuned (minutes, once)
