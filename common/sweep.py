@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ConfigError
+from .lineage import inherited_lineage
 from .outputs import staging
 from .report import PARETO_PNG, ParetoPoint, Report, pareto_front, pareto_picture
 from .stages import STAGE_FILE, stage_info
@@ -146,6 +147,8 @@ def select_stage(out: str | Path, params: SelectParams | dict, candidates: list[
         for folder in folders.values():
             if folder is not None:
                 verify_manifest(folder)
+    inherited_lineage("select", {f"{part} of candidate {i}": Path(folder) for i, folders in enumerate(candidates)
+                                 for part, folder in folders.items() if folder is not None})  # one model and task
     start = time.perf_counter()
     judged = [load_candidate(i, {k: Path(v) for k, v in f.items() if v is not None}, p.max_drop)
               for i, f in enumerate(candidates)]

@@ -128,3 +128,11 @@ def test_a_sample_larger_than_the_data_says_what_was_done(tmp_path, caplog):
     assert "without replacement" in capped["warnings"][0] and "capped at 160" in caplog.text
     exact = run_stage("sample", tmp_path / "exact", {"train_file": str(train), "task": "mrpc", "num_samples": 160})
     assert "warnings" not in exact
+
+
+def test_the_sweep_refuses_candidates_of_different_runs(runs, tmp_path):
+    from fastprune.common.sweep import select_stage
+
+    with pytest.raises(ConfigError, match="'mrpc'.*'sst2'|'sst2'.*'mrpc'"):
+        select_stage(tmp_path / "sweep", {}, [{"searched": runs / "searched"}, {"searched": runs / "mrpc_model"}])
+    assert not (tmp_path / "sweep").exists()
