@@ -27,20 +27,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from fastprune.common.arch import NEURON_MULTIPLE, adapter_for  # noqa: E402
-from fastprune.common.export import export_pruned  # noqa: E402
-from fastprune.common.latency import (  # noqa: E402
-    LatencyTable,
-    ProfileResult,
-    build_lut,
-    device_name,
-    latency_ratio,
-    profile_models,
-    search_latency,
-)
-from fastprune.common.masks import Masks, flops_ratio, head_macs, neuron_macs  # noqa: E402
-from fastprune.common.onnx_export import export_onnx, profile_onnx  # noqa: E402
-from fastprune.common.search import search_flops  # noqa: E402
+from fastprune.common.method.latency_search import latency_ratio, search_latency
+from fastprune.common.method.latency_table import LatencyTable, build_lut
+from fastprune.common.method.search import search_flops
+from fastprune.common.model.arch import NEURON_MULTIPLE, adapter_for
+from fastprune.common.model.cost import flops_ratio, head_macs, neuron_macs
+from fastprune.common.model.export import export_pruned
+from fastprune.common.model.masks import Masks
+from fastprune.common.model.onnx_export import export_onnx, profile_onnx
+from fastprune.common.model.timing import ProfileResult, device_name, profile_models
 from pydantic import BaseModel  # noqa: E402
 from torch import nn  # noqa: E402
 

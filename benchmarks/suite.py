@@ -40,16 +40,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # fairer on a shared CPU; o
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from fastprune.common.arch import ModelDims, adapter_for  # noqa: E402
-from fastprune.common.baselines import magnitude_masks, random_masks, uniform_masks  # noqa: E402
-from fastprune.common.data import load_task_data  # noqa: E402
-from fastprune.common.export import WEIGHTS  # noqa: E402
-from fastprune.common.fisher import MaskGradients  # noqa: E402
-from fastprune.common.latency import device_name  # noqa: E402
-from fastprune.common.masks import Masks, flops_ratio  # noqa: E402
-from fastprune.common.models import load_model, resolve_device  # noqa: E402
-from fastprune.common.stages import GRADS_FILE, MASKS_FILE, evaluate_masked, run_stage  # noqa: E402
-from fastprune.common.tasks import TaskSpec, get_task  # noqa: E402
+from fastprune.common.folders import GRADS_FILE, MASKS_FILE
+from fastprune.common.method.baselines import magnitude_masks, random_masks, uniform_masks
+from fastprune.common.method.fisher import MaskGradients
+from fastprune.common.model.arch import ModelDims, adapter_for
+from fastprune.common.model.cost import flops_ratio
+from fastprune.common.model.export import WEIGHTS
+from fastprune.common.model.loading import load_model, resolve_device
+from fastprune.common.model.masks import Masks
+from fastprune.common.model.timing import device_name
+from fastprune.common.stages.run import run_stage
+from fastprune.common.stages.runners import evaluate_masked
+from fastprune.common.tasks.data import load_task_data
+from fastprune.common.tasks.spec import TaskSpec, get_task
 from report import BASELINES, PRUNE_STAGES, load_records, write_report  # noqa: E402
 from suite_methods import DEFAULT_METHODS, TUNE_BASE, Method, describe_methods, get_methods  # noqa: E402
 from suite_tasks import TASKS, SuiteTask  # noqa: E402
@@ -310,7 +313,7 @@ class Suite:
         spec = get_task(t.name)
         files = t.files(self.args.data_dir)
         model_dir = t.model(self.args.data_dir, str(self.device))
-        prepared = self.cache.run("prepare", {"source": str(model_dir), "task": t.name}, (t.name,))
+        prepared = self.cache.run("prepare", {"model": str(model_dir), "task": t.name}, (t.name,))
         net, tokenizer = load_model(prepared.folder, spec, self.device)
         dev = load_task_data(files[1], spec, "validation")
         run = TaskRun(t, spec, files, model_dir, prepared, net, tokenizer, dev, self.device, self.args.eval_batch_size)

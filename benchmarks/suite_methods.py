@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastprune.common.stages import STAGES
+from fastprune.common.stages.run import STAGES
 
 OVERRIDABLE = ("sample", "fisher", "search", "rearrange", "tune", "export")
 
@@ -20,8 +20,9 @@ class Method:
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # stage -> {parameter: value}
 
     def params(self, stage: str, base: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters of ``stage`` for this method: the suite's ``base`` with the method's overrides."""
-        return {**base, **self.overrides.get(stage, {})}
+        """The parameters of ``stage`` for this method: the suite's ``base`` with the method's overrides. The
+        overrides keep the names the recorded runs were keyed by; the stage gets today's names of the options."""
+        return _current({**base, **self.overrides.get(stage, {})}, stage)
 
     @property
     def fisher_per_constraint(self) -> bool:
@@ -36,11 +37,18 @@ class Method:
         for stage, overrides in self.overrides.items():
             if stage not in OVERRIDABLE:
                 return f"stage {stage!r} cannot be overridden (only {', '.join(OVERRIDABLE)})"
-            missing = sorted(set(overrides) - set(STAGES[stage].params.model_fields))
+            missing = sorted(set(_current(dict(overrides), stage)) - set(STAGES[stage].params.model_fields))
             if missing:
                 return f"the {stage} stage has no parameter {', '.join(missing)} in this fastprune"
         return None
 
+
+
+def _current(params: dict[str, Any], stage: str) -> dict[str, Any]:
+    """``params`` with the old names of options (see ``fastprune.common.stages.options.RENAMED``) renamed."""
+    model = STAGES[stage].params
+    renames = model.renames() if hasattr(model, "renames") else {}
+    return {(k if k in model.model_fields else renames.get(k, k)): v for k, v in params.items()}
 
 # A method's tuning overrides apply on top of TUNE_BASE, which keeps the budget re-split off: the methods (and their
 # recorded runs) predate it as the default, so "refit" stays refit alone and "refit-resplit" is fastprune's default.

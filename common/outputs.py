@@ -2,11 +2,12 @@
 unasked.
 
 Every output is built beside its destination in a hidden staging folder (or file) named after the destination and
-the process that builds it (``.NAME.p<pid>.<host>.<random>.partial``) and renamed into place only when complete.
-:func:`check_output` refuses, before any work, an output path that cannot be written or that already holds
-something (unless ``overwrite``). Scratch folders in the temp dir are named the same way (``fastprune-p<pid>.<host>.
-<random>``). Both are removed on every exit path Python can catch (see :mod:`interrupts` for SIGTERM); those left
-by a process that no longer exists (SIGKILL, power loss) are swept by the next run that stages or scratches.
+the process that builds it (``.NAME.p<pid>.<host>.<random>.partial``) and renamed into place only when complete
+(:func:`staged_folder`, :func:`staged_file`). :func:`check_output` refuses, before any work, an output path that
+cannot be written or that already holds something (unless ``overwrite``). Scratch folders in the temp dir are named
+the same way (``fastprune-p<pid>.<host>.<random>``). Both are removed on every exit path Python can catch (see
+:mod:`interrupts` for SIGTERM); those left by a process that no longer exists (SIGKILL, power loss) are swept by
+the next run that stages or scratches.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def _mkdtemp(destination: Path) -> Path:
 
 
 @contextlib.contextmanager
-def staging(destination: str | Path) -> Iterator[Path]:
+def staged_folder(destination: str | Path) -> Iterator[Path]:
     """A hidden folder beside ``destination``, renamed onto it when the block succeeds (replacing what was there),
     removed otherwise, whatever the exception (KeyboardInterrupt and SIGTERM included)."""
     destination = Path(destination)

@@ -1,12 +1,11 @@
 """Step: evaluate the original, masked and pruned models on the dev set."""
 
-from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from . import BASE_IMAGE
+from . import component
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def evaluate_models(
     model: Input[Model],
     pruned: Input[Model],
@@ -17,9 +16,9 @@ def evaluate_models(
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
     device: str = "auto",
+    eval_batch_size: int = 64,
 ):
     """The task metric before pruning, after each stage (masked) and of the exported model."""
     from fastprune.components.runtime import run_component
 
-    run_component("evaluate", evaluation, metrics, {"dev_file": dev_data, "device": device}, model=model,
-                  pruned=pruned, searched=searched, rearranged=rearranged, tuned=tuned)
+    run_component("evaluate", evaluation, metrics, locals())

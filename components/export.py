@@ -1,19 +1,19 @@
 """Step: export the physically pruned model."""
 
-from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from . import BASE_IMAGE
+from . import component
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def export_model(
     model: Input[Model],
     masks: Input[Artifact],
     pruned: Output[Model],
     metrics: Output[Metrics],
+    neuron_multiple: int = 8,
 ):
     """Fold the tuned scales into the weights and slice the pruned heads and neurons away."""
     from fastprune.components.runtime import run_component
 
-    run_component("export", pruned, metrics, {}, model=model, masks=masks)
+    run_component("export", pruned, metrics, locals())

@@ -1,26 +1,23 @@
-"""Step: fetch the fine-tuned model (s3:// URI, local folder or hub id) into the pipeline."""
+"""Step: fetch the fine-tuned model (s3:// URI, models:/ URI, local folder or hub id) into the pipeline."""
 
-from kfp import dsl
 from kfp.dsl import Metrics, Model, Output
 
-from . import BASE_IMAGE
+from . import component
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def fetch_model(
-    source: str,
+    model: str,
     task: str,
-    model: Output[Model],
+    fetched: Output[Model],
     metrics: Output[Metrics],
-    tracking_uri: str = "",
+    mlflow_uri: str = "",
     trust_remote_code: bool = False,
     dev_data: str = "",
 ):
     """Fetch the model, check it is fine-tuned for the task, save it as a checked folder; also check that the
-    MLflow tracking server answers and the dev data is readable for the task, so bad settings fail before any
-    compute."""
+    MLflow tracking server answers and the dev data is readable for the task (each when given), so bad settings
+    fail before any compute."""
     from fastprune.components.runtime import run_component
 
-    params = {"source": source, "task": task, "tracking_uri": tracking_uri, "trust_remote_code": trust_remote_code,
-              "dev_file": dev_data}
-    run_component("prepare", model, metrics, params)
+    run_component("prepare", fetched, metrics, locals())

@@ -1,12 +1,11 @@
 """Step: measure the latency of the original and the pruned model on this step's device."""
 
-from kfp import dsl
 from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
 
-from . import BASE_IMAGE
+from . import component
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def profile_latency(
     model: Input[Model],
     pruned: Input[Model],
@@ -14,13 +13,13 @@ def profile_latency(
     metrics: Output[Metrics],
     report: Output[Markdown],
     device: str = "auto",
-    batch_size: int = 32,
-    seq_len: int = 128,
+    profile_batch_size: int = 32,
+    profile_seq_len: int = 128,
+    serving_dtype: str = "float32",
     repeats: int = 20,
-    dtype: str = "float32",
+    warmup: int = 5,
 ):
     """End-to-end latency of both models on the same inputs, timed interleaved; speedup of the pruned one."""
     from fastprune.components.runtime import run_component
 
-    params = {"device": device, "batch_size": batch_size, "seq_len": seq_len, "repeats": repeats, "dtype": dtype}
-    run_component("profile", profile, metrics, params, report, model=model, pruned=pruned)
+    run_component("profile", profile, metrics, locals(), report)

@@ -17,14 +17,34 @@ _REPORTS = {"profile": "profile.md", "register": "report.md"}
 _HTML_REPORTS = {"register": "report.html"}
 
 
-def run_component(stage: str, output: Any, metrics: Any, params: dict, report: Any = None, html: Any = None,
-                  **inputs: Any) -> dict:
-    """Run ``stage`` with the input artifacts' folders, writing the output artifact's folder (and its Markdown /
-    HTML report to ``report`` / ``html``, which the Kubeflow UI shows)."""
+STAGE_NAMES = {"mlflow_uri": "tracking_uri", "registered_model_name": "model_name", "max_metric_drop": "max_drop",
+               "mlflow_experiment": "experiment"}
+"""The run parameters whose stage parameter has the library's name (component and pipeline name -> stage name)."""
+
+
+def stage_arguments(stage: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A component's arguments (its ``locals()``) split into the stage's parameters and its input artifacts."""
+    from fastprune.common.stages.run import STAGES
+
+    spec = STAGES[stage]
+    params = {STAGE_NAMES.get(k, k): v for k, v in arguments.items()
+              if STAGE_NAMES.get(k, k) in spec.params.model_fields}
+    inputs = {k: v for k, v in arguments.items() if k in spec.inputs + spec.optional}
+    return params, inputs
+
+
+def run_component(stage: str, output: Any, metrics: Any, arguments: dict[str, Any], report: Any = None,
+                  html: Any = None) -> dict:
+    """Run ``stage`` with the component's ``arguments`` (its parameters, named as the stage's options, and its input
+    artifacts, whose folders the stage reads), writing the output artifact's folder (and its Markdown / HTML report
+    to ``report`` / ``html``, which the Kubeflow UI shows)."""
+    from fastprune.common.folders import numeric_results
     from fastprune.common.interrupts import install_signal_handlers
-    from fastprune.common.stages import numeric_results, run_stage
+    from fastprune.common.stages.run import run_stage
 
     install_signal_handlers()  # a deleted pod's SIGTERM removes the step's staging folder on the way out
+    params, inputs = stage_arguments(stage, arguments)
+
     try:
         info = run_stage(stage, output.path, params, **{name: a.path for name, a in inputs.items()})
     except Exception as e:
@@ -64,7 +84,7 @@ def run_select(candidates: dict[str, list], chosen: dict[str, Any], sweep: Any, 
                params: dict) -> bool:
     """The sweep's selection over the collected candidate artifacts (one list per part, in constraint order):
     write the sweep folder, copy the chosen candidate's folders to the ``chosen`` outputs; True if one passed."""
-    from fastprune.common.sweep import select_stage
+    from fastprune.common.stages.sweep import select_stage
 
     counts = {part: len(artifacts) for part, artifacts in candidates.items()}
     if len(set(counts.values())) != 1:

@@ -1,12 +1,11 @@
 """Step: draw the pruning sample from the task's training data."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
-from . import BASE_IMAGE
+from . import component
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def sample_data(
     train_data: str,
     task: str,
@@ -18,5 +17,4 @@ def sample_data(
     """Fetch the training data (s3:// URI, local file or hub id), record its sha256, draw ``num_samples``."""
     from fastprune.components.runtime import run_component
 
-    params = {"train_file": train_data, "task": task, "num_samples": num_samples, "seed": seed}
-    run_component("sample", sample, metrics, params)
+    run_component("sample", sample, metrics, locals())

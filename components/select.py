@@ -1,13 +1,12 @@
 """Step (budget sweep): judge every candidate by the accuracy gate, choose the smallest or fastest that passes, and
 hand its folders on to registration; attach the Pareto plot as an HTML page the Kubeflow UI renders."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Metrics, Model, Output
 
-from . import BASE_IMAGE
+from . import component
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def select_candidate(
     searched: Input[list[Artifact]],
     rearranged: Input[list[Artifact]],
@@ -25,7 +24,7 @@ def select_candidate(
     chosen_evaluation: Output[Artifact],
     chosen_profile: Output[Artifact],
     objective: str = "smallest",
-    max_drop: float = 1.0,
+    max_metric_drop: float = 1.0,
 ) -> bool:
     """True when a candidate passed the gate; its folders are then copied to the chosen_* outputs."""
     from fastprune.components.runtime import run_select
@@ -34,4 +33,4 @@ def select_candidate(
                   "evaluation": evaluation, "profile": profile}
     chosen = {"searched": chosen_searched, "rearranged": chosen_rearranged, "tuned": chosen_tuned,
               "pruned": chosen_pruned, "evaluation": chosen_evaluation, "profile": chosen_profile}
-    return run_select(candidates, chosen, sweep, report, metrics, {"objective": objective, "max_drop": max_drop})
+    return run_select(candidates, chosen, sweep, report, metrics, {"objective": objective, "max_drop": max_metric_drop})

@@ -1,12 +1,11 @@
 """Step: tune the mask values by layer-wise least squares."""
 
-from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-from . import BASE_IMAGE
+from . import component
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def tune_masks(
     model: Input[Model],
     sample: Input[Dataset],
@@ -16,19 +15,17 @@ def tune_masks(
     tuned: Output[Artifact],
     metrics: Output[Metrics],
     device: str = "auto",
-    enabled: bool = True,
-    mode: str = "",
-    teacher: str = "",
-    policy: str = "",
-    ridge: str = "",
-    resplit: bool = True,
+    tune: bool = True,
+    tuning_mode: str = "refit",
+    tuning_teacher: str = "by-mode",
+    tuning_ridge: str = "by-mode",
+    tuning_resplit: bool = True,
+    tuning_policy: str = "stop",
+    tuning_scale_bound: float = 10.0,
+    tuning_samples: int = 512,
 ):
     """Real-valued scales for the kept units (or refit output projections) so that each block reproduces the
     teacher."""
     from fastprune.components.runtime import run_component
 
-    chosen = {"mode": mode, "teacher": teacher, "policy": policy, "ridge": ridge}
-    params = {"device": device, "enabled": enabled, "resplit": resplit,
-              **{k: v for k, v in chosen.items() if v}}  # "": the default
-    run_component("tune", tuned, metrics, params, model=model, sample=sample, grads=grads, searched=searched,
-                  masks=masks)
+    run_component("tune", tuned, metrics, locals())

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import torch
 
+from fastprune.common.folders import cache_dir
+
 log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SST2_TRAIN = DATA_DIR / "sst2" / "train.tsv"
 SST2_DEV = DATA_DIR / "sst2" / "dev.tsv"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FASTPRUNE_CACHE", Path.home() / ".cache" / "fastprune"))
 
 
 def minilm_dir() -> Path:
@@ -39,9 +37,9 @@ def finetuned_minilm(
     fine-tuned model instead of the pretrained one (intermediate-task transfer; its head is kept when it fits)."""
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
-    from fastprune.common.data import load_task_data
-    from fastprune.common.finetune import finetune, save_finetuned
-    from fastprune.common.tasks import get_task
+    from fastprune.common.tasks.data import load_task_data
+    from fastprune.common.tasks.finetune import finetune, save_finetuned
+    from fastprune.common.tasks.spec import get_task
 
     path = cache_dir() / "models" / (name or f"minilm-{task_name}-{steps}steps-seed{seed}")
     if (path / "config.json").exists():

@@ -7,54 +7,37 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
 
 # ----- shared flags ----------------------------------------------------------------------------------------------
 
 
-def _pipeline_defaults(kind: str) -> dict[str, Any]:
-    from fastprune.pipelines.submit import pipeline_factory
-
-    build, _, _ = pipeline_factory(kind)  # type: ignore[arg-type]
-    return {name: spec.default for name, spec in build().component_spec.inputs.items()}
+_EMBEDDED = ("model", "train_data", "dev_data")
 
 
-def _add_param_flags(parser: argparse.ArgumentParser, kinds: tuple[str, ...]) -> None:
-    """``--params FILE`` and one flag per pipeline parameter (of every pipeline in ``kinds``); flags override the
-    file; unset ones keep the pipeline's default."""
+def add_param_flags(parser: argparse.ArgumentParser, kinds: tuple[str, ...]) -> None:
+    """``--params FILE`` and one flag per pipeline parameter (of every pipeline in ``kinds``), generated from the
+    parameter models; flags override the file; unset ones keep the pipeline's default."""
+    from fastprune.flags import add_fields
     from fastprune.pipelines.submit import pipeline_factory
 
     group = parser.add_argument_group("pipeline parameters (flags override --params; unset: the pipeline default)")
     group.add_argument("--params", metavar="FILE", help="YAML or JSON file of pipeline parameters")
     models = {kind: pipeline_factory(kind)[1] for kind in kinds}  # type: ignore[arg-type]
-    defaults = {kind: _pipeline_defaults(kind) for kind in kinds}
-    seen: set[str] = set()
+    seen: tuple[str, ...] = ()
     for kind, model in models.items():
-        for name, field in model.model_fields.items():
-            if name in seen:
-                continue
-            seen.add(name)
-            kw: dict[str, Any] = {"dest": f"param_{name}", "default": None}
-            inner = next((a for a in get_args(field.annotation) if a is not type(None)), field.annotation)
-            if get_origin(inner) is list:
-                kw.update(nargs="+", type=get_args(inner)[0], metavar="X")
-            elif get_origin(inner) is Literal:
-                kw["choices"] = get_args(inner)
-            else:
-                kw.update(type=inner, metavar=name.upper())
-            owners = [k for k, m in models.items() if name in m.model_fields]
-            notes = [field.description, f"default {defaults[kind][name]!r}" if name in defaults[kind] else None,
-                     f"{owners[0]} pipeline only" if len(owners) < len(models) else None]
-            kw["help"] = "; ".join(n for n in notes if n)
-            group.add_argument(f"--{name.replace('_', '-')}", **kw)
+        notes = {name: f"{kind} pipeline only" for name in model.model_fields
+                 if any(name not in other.model_fields for other in models.values())}
+        notes.update({name: "with --local: the embedded SST-2 default" for name in _EMBEDDED})
+        seen += tuple(add_fields(group, model, skip=seen, notes=notes, dest_prefix="param_"))
 
 
-def _params(args, kind: str):
+def pipeline_params(args, kind: str):
     """The validated parameters of pipeline ``kind``: the file's, with the flags on top."""
     from fastprune.pipelines.params import load_params, validate_params
     from fastprune.pipelines.submit import pipeline_factory
 
     model = pipeline_factory(kind)[1]  # type: ignore[arg-type]
+    # every pipeline's flags that were given: one the pipeline does not take is refused by name
     flags = {k.removeprefix("param_"): v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
     return load_params(args.params, model, flags) if args.params else validate_params(model, flags, "the flags")
 
@@ -140,7 +123,7 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
                    "and print what would be sent, without contacting the cluster")
     _add_cluster_flags(p)
     _add_submit_flags(p)
-    _add_param_flags(p, ("prune", "sweep"))
+    add_param_flags(p, ("prune", "sweep"))
     p.set_defaults(func=_submit)
 
 
@@ -150,7 +133,7 @@ def _submit(args) -> int:
 
     from fastprune.pipelines.submit import compile_package, kfp_cron, spec_version_name, submit
 
-    params = _params(args, args.pipeline)
+    params = pipeline_params(args, args.pipeline)
     if args.dry_run:
         cron = kfp_cron(args.schedule) if args.schedule else None
         with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +157,7 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
     where.add_argument("--local", action="store_true", help="run every step here with kfp.local")
     where.add_argument("--host", help="start a run on the Kubeflow Pipelines server at this URL (auth: environment)")
     p.add_argument("--pipeline-root", default="runs/sweep", help="local artifacts (default: %(default)s)")
-    _add_param_flags(p, ("sweep",))
+    add_param_flags(p, ("sweep",))
     p.set_defaults(func=_sweep)
 
 
@@ -194,13 +177,13 @@ def _local_defaults(arguments: dict, pipeline_root: str) -> dict:
 
 
 def _sweep(args) -> int:
-    from fastprune.common.stages import stage_info
+    from fastprune.common.folders import stage_info
     from fastprune.pipelines.local import run_local
 
-    params = _params(args, "sweep")
+    params = pipeline_params(args, "sweep")
     if args.host:
         return submit_now(args.host, params.arguments(), "sweep")
-    from fastprune.common.preflight import check_pipeline_inputs
+    from fastprune.common.stages.preflight import check_pipeline_inputs
 
     check_pipeline_inputs(params.arguments(), args.pipeline_root)  # before the default model is fine-tuned
     run = run_local(_local_defaults(params.arguments(), args.pipeline_root), args.pipeline_root, "sweep")
@@ -261,7 +244,7 @@ def _add_trigger(p: argparse.ArgumentParser) -> None:
     cluster.add_argument("--ssl-ca-cert")
     cluster.add_argument("--no-verify-ssl", action="store_true")
     _add_submit_flags(p, one_run=False)
-    _add_param_flags(p, ("prune", "sweep"))
+    add_param_flags(p, ("prune", "sweep"))
     p.set_defaults(func=_trigger)
 
 
@@ -270,27 +253,28 @@ def _trigger(args) -> int:
 
     from mlflow import MlflowClient
 
-    from fastprune.common.registry import _redacted
-    from fastprune.common.trigger import summary, trigger
+    from fastprune.common.ops.registry import redacted
+    from fastprune.common.ops.trigger import summary, trigger
     from fastprune.pipelines.launchers import ClusterLauncher, LocalLauncher
 
-    params = _params(args, args.pipeline)
+    params = pipeline_params(args, args.pipeline)
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow_uri
     if not tracking_uri:
         from fastprune.common.errors import ConfigError
 
         raise ConfigError("which MLflow holds the source model? Set MLFLOW_TRACKING_URI or pass --tracking-uri")
-    target = params.registered_model_name or f"{args.registered_model}-pruned"
-    params = params.model_copy(update={"registered_model_name": target,
-                                       "mlflow_uri": params.mlflow_uri or tracking_uri})
+    given = params.model_fields_set
+    target = params.registered_model_name if "registered_model_name" in given else f"{args.registered_model}-pruned"
+    params = type(params).model_validate({**params.arguments(), "registered_model_name": target,
+                                          "mlflow_uri": params.mlflow_uri or tracking_uri})
     if args.local:
-        from fastprune.common.preflight import check_pipeline_inputs
+        from fastprune.common.stages.preflight import check_pipeline_inputs
 
         check_pipeline_inputs(params.arguments(), args.pipeline_root)
         launcher = LocalLauncher(args.pipeline, args.pipeline_root)
     else:
         launcher = ClusterLauncher(_cluster(args), _options(args, args.pipeline))
-    print(f"fastprune: versions of {args.registered_model} in MLflow at {_redacted(tracking_uri)} "
+    print(f"fastprune: versions of {args.registered_model} in MLflow at {redacted(tracking_uri)} "
           f"-> {target}, {launcher.where}" + (" (dry run)" if args.dry_run else ""))
 
     def show(o) -> None:

@@ -8,7 +8,7 @@ import logging
 import re
 from pathlib import Path
 
-from ..common.trigger import Launched, SourceVersion
+from ..common.ops.trigger import Launched, SourceVersion
 from .params import validate_params
 from .submit import ClusterConfig, SubmitError, SubmitOptions, Target, prepare, run_state
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.errors import FastpruneError
-from ..common.stages import stage_info
+from ..common.folders import stage_info
 from ..components.runtime import FAILURE_FILE
 from .prune_pipeline import PIPELINE_NAME
 

@@ -1,6 +1,7 @@
-"""The parameters of a pipeline run, validated before anything is sent to a cluster or run locally.
+"""The parameters of a pipeline run, validated before anything is sent to a cluster or run locally. They are the
+pipelines' declaration: both pipelines' signatures are generated from these models.
 
-Every field is optional: an unset one keeps the pipeline's default. They come from a YAML or JSON file
+Every field has a default: an unset one keeps it (and is not sent). They come from a YAML or JSON file
 (``--params run.yaml``), from command-line flags (which override the file) or both::
 
     model: s3://models/bert-sst2
@@ -15,88 +16,88 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic.fields import FieldInfo
 
 from ..common.errors import ConfigError
-from ..common.search import check_constraint
-from ..common.tasks import get_task
+from ..common.method.search import check_constraint
+from ..common.stages.options import (
+    Allocation,
+    Constraint,
+    ConstraintMetric,
+    Device,
+    FisherLabels,
+    FisherSteps,
+    Objective,
+    ProfileShape,
+    RunOptions,
+    Sampling,
+    ServingDtype,
+    TuningChoices,
+)
+from ..common.tasks.spec import get_task
+
+KFP_TYPES: dict[str, type] = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list,
+                               "Dict": dict}
+"""The Python type of each KFP parameter type (``component_spec.inputs[name].type``)."""
 
 
-class PipelineParams(BaseModel):
-    """Parameters shared by the pruning pipeline and the budget sweep."""
+def kfp_annotation(field: FieldInfo) -> type:
+    """The type a KFP signature gives a field: ``bool``, ``int``, ``float``, ``list``, ``dict`` or ``str`` (a
+    ``Literal`` of strings, or a union of a number and strings, travels as a string; an optional string as a
+    string, empty for None)."""
+    annotation = field.annotation
+    if annotation == str | None:
+        return str
+    if annotation in (bool, int, float, str, list, dict):
+        return annotation  # type: ignore[return-value]
+    origin = get_origin(annotation)
+    if origin in (list, dict):
+        return origin  # type: ignore[return-value]
+    if origin is Literal and all(isinstance(a, str) for a in get_args(annotation)):
+        return str
+    if origin in (Union, UnionType) and type(None) not in get_args(annotation):
+        return str
+    raise TypeError(f"{annotation} has no KFP parameter type")
 
-    model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="fine-tuned model: s3:// URI, models:/NAME/VERSION, folder or hub id")
-    task: str | None = Field(None, description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
-    train_data: str | None = Field(None, description="training data: s3:// URI, file or hub dataset id")
-    dev_data: str | None = Field(None, description="dev data: s3:// URI, file or hub dataset id")
-    constraint_metric: Literal["flops", "latency"] | None = None
-    num_samples: int | None = Field(None, gt=0, description="examples in the pruning sample")
-    seed: int | None = Field(None, ge=0)
-    registered_model_name: str | None = Field(None, min_length=1, description="MLflow model the result registers as")
-    max_metric_drop: float | None = Field(None, description="the accuracy gate: largest drop in metric points")
-    alias: str | None = Field(None, min_length=1, description="MLflow alias moved to a version that passes the gate")
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI the steps use (empty: their environment)")
-    mlflow_experiment: str | None = None
-    device: str | None = Field(None, description="auto, cpu, cuda, ...")
-    accelerator_type: str | None = None
-    gpu_limit: int | None = Field(None, ge=0, description="accelerators per GPU step (0: CPU only)")
-    s3_secret: str | None = Field(None, description="Kubernetes secret with the S3 credentials")
-    profile_batch_size: int | None = Field(None, gt=0)
-    profile_seq_len: int | None = Field(None, gt=0)
-    serving_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
-        None, description="the dtype the model will serve in: the latency search's table and the profile step measure "
-        "it (float16/bfloat16 need GPU steps)")
+class PipelineParams(TuningChoices, FisherLabels, Allocation, ServingDtype, ProfileShape, Device, Sampling,
+                     ConstraintMetric, RunOptions):
+    """Parameters shared by the pruning pipeline and the budget sweep: the pipelines' signatures are generated from
+    these fields (:mod:`fastprune.pipelines.wiring`). A parameter that is not set keeps its default."""
+
+    device_here: ClassVar[bool] = False  # the steps' machines have the device (checked by each step)
 
     @field_validator("task")
     @classmethod
-    def _task(cls, value: str | None) -> str | None:
-        return None if value is None else get_task(value).name
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str | None) -> str | None:
-        """The spelling only: whether the steps' machines have the device is checked by each step (and here,
-        before a local run, by :func:`fastprune.common.preflight.check_pipeline_inputs`)."""
-        if value is None:
-            return None
-        from ..common.models import check_device
-
-        return check_device(value, available=False)
+    def _task(cls, value: str) -> str:
+        return get_task(value).name
 
     def arguments(self) -> dict[str, Any]:
-        """The pipeline's arguments: only the parameters that were set."""
-        return self.model_dump(exclude_none=True)
+        """The pipeline's arguments: only the parameters that were set, each of its KFP type."""
+        values = self.model_dump(exclude_unset=True)
+        for name, value in values.items():
+            if kfp_annotation(type(self).model_fields[name]) is str and not isinstance(value, str):
+                values[name] = str(value)
+        return values
 
 
-class PruneRunParams(PipelineParams):
+class PruneRunParams(FisherSteps, Constraint, PipelineParams):
     """A run of the pruning pipeline (``pipelines/prune_pipeline.py``)."""
 
-    constraint: float | None = Field(None, description="fraction of FLOPs (or latency) to keep, in (0, 1)")
 
-    @field_validator("constraint")
-    @classmethod
-    def _constraint(cls, value: float | None) -> float | None:
-        return None if value is None else check_constraint(value)
-
-
-class SweepRunParams(PipelineParams):
+class SweepRunParams(Objective, PipelineParams):
     """A run of the budget sweep (``pipelines/sweep_pipeline.py``)."""
 
-    constraints: list[float] | None = Field(None, description="the budgets to try, each in (0, 1)")
-    objective: Literal["smallest", "fastest"] | None = Field(
-        None, description="which passing candidate to register: fewest parameters, or lowest measured latency"
-    )
+    constraints: list[float] = Field([0.4, 0.5, 0.6, 0.7], description="the budgets to try, each in (0, 1)")
 
     @field_validator("constraints")
     @classmethod
-    def _constraints(cls, value: list[float] | None) -> list[float] | None:
-        if value is None:
-            return None
+    def _constraints(cls, value: list[float]) -> list[float]:
         if not value:
             raise ConfigError("constraints must list at least one budget, e.g. [0.4, 0.5, 0.6]")
         checked = [check_constraint(c) for c in value]
@@ -105,17 +106,13 @@ class SweepRunParams(PipelineParams):
         return checked
 
 
-_KFP_TYPES: dict[str, type] = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list,
-                                "Dict": dict}
-
-
 def params_model(base: type[PipelineParams], inputs: dict[str, str]) -> type[PipelineParams]:
     """``base`` with an optional field (of the input's KFP type) for every pipeline input that ``base`` does not
     declare, so that a parameter added to a pipeline can be set at once (its range checked by its step)."""
     stale = sorted(set(base.model_fields) - set(inputs))
     if stale:
         raise ConfigError(f"{base.__name__} declares {stale}, which the pipeline does not take")
-    extra: dict[str, Any] = {name: (_KFP_TYPES.get(kind, str) | None, Field(None, description=f"({kind})"))
+    extra: dict[str, Any] = {name: (KFP_TYPES.get(kind, str) | None, Field(None, description=f"({kind})"))
                              for name, kind in inputs.items() if name not in base.model_fields}
     return create_model(base.__name__, __base__=base, **extra) if extra else base
 

@@ -376,12 +376,9 @@ def _default_run_name(pipeline: str, arguments: dict, recurring: bool) -> str:
 
 
 # ----- a run's state, for the CI trigger -----------------------------------------------------------------------------
-RUNNING_STATES = frozenset({"PENDING", "RUNNING", "CANCELING", "PAUSED", "RUNTIME_STATE_UNSPECIFIED"})
-FAILED_STATES = frozenset({"FAILED", "CANCELED", "SKIPPED"})
-
-
 def run_state(client, run_id: str) -> str:
-    """The run's state as KFP reports it: PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED, ..."""
+    """The run's state as KFP reports it: PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED, ... (the trigger's
+    :data:`~fastprune.common.ops.trigger.RUNNING_STATES` and ``FAILED_STATES`` sort them)."""
     with _quiet(f"reading run {run_id}"):
         state = client.get_run(run_id).state
     return str(getattr(state, "value", state) or "RUNTIME_STATE_UNSPECIFIED").upper()

@@ -239,3 +239,36 @@ def mlflow_server(tmp_path: Path, artifacts_destination: str | None = None, env:
         yield uri
     finally:
         _stop(process)
+
+
+# ------------------------------------------------------------------------------------ MLflow model serving
+
+
+@contextlib.contextmanager
+def mlflow_model_server(python: Path, model_uri: str, root: Path, env: dict[str, str],
+                        timeout_s: float = 300.0) -> Iterator[str]:
+    """``python -m mlflow models serve -m MODEL_URI --env-manager local`` on a free 127.0.0.1 port, run with ``env``
+    (which must put a ``uvicorn`` on PATH) from ``root``; yields its base URL once ``/ping`` answers."""
+    root = _fresh_dir(Path(root))
+    port = free_ports(1)[0]
+    log_path = root / "serve.log"
+    command = [str(python), "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "-p", str(port), "-h", "127.0.0.1"]
+    process = _spawn(command, log_path, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until(lambda: _http_ok(f"{url}/ping"), process, log_path, "mlflow models serve", timeout_s)
+        yield url
+    finally:
+        _stop(process)
+
+
+def post_json(url: str, payload: Any, timeout_s: float = 60.0) -> tuple[int, Any]:
+    """POST a JSON payload; (HTTP status, decoded JSON answer)."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")

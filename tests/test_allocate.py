@@ -4,12 +4,12 @@ import itertools
 
 import pytest
 import torch
-from fastprune.common.allocate import allocate, removal_curve, search_by, search_flops_block
-from fastprune.common.arch import ModelDims
-from fastprune.common.config import PruneConfig, SearchParams
-from fastprune.common.fisher import MaskGradients
-from fastprune.common.masks import dense_macs, flops_ratio, masked_macs
-from fastprune.common.search import search_flops
+from fastprune.common.method.allocate import allocate, removal_curve, search_by, search_flops_block
+from fastprune.common.method.fisher import MaskGradients
+from fastprune.common.method.search import search_flops
+from fastprune.common.model.arch import ModelDims
+from fastprune.common.model.cost import dense_macs, flops_ratio, masked_macs
+from fastprune.common.stages.config import PruneConfig, SearchParams
 
 DIMS = ModelDims(num_layers=3, num_heads=4, head_size=8, hidden_size=32, intermediate_size=24)
 SEQ = 10.0
@@ -91,9 +91,10 @@ def test_correlated_units_of_a_layer_are_not_all_pruned():
 def test_block_allocation_is_for_the_flops_constraint():
     assert SearchParams(constraint=0.5, allocation="block").allocation == "block"
     with pytest.raises(ValueError, match="allocation 'block' supports the FLOPs constraint only"):
-        SearchParams(constraint=0.5, allocation="block", metric="latency")
+        SearchParams(constraint=0.5, allocation="block", constraint_metric="latency")
     with pytest.raises(ValueError, match="allocation 'uniform' supports the FLOPs constraint only"):
-        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", allocation="uniform")
+        PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, constraint_metric="latency",
+                    allocation="uniform")
 
 
 @pytest.mark.parametrize("allocation", ["global", "uniform", "block"])

@@ -2,15 +2,15 @@
 
 import pytest
 import torch
-from fastprune.common.arch import ModelDims, adapter_for
-from fastprune.common.baselines import (
+from fastprune.common.method.baselines import (
     magnitude_importance,
     magnitude_masks,
     random_masks,
     uniform_masks,
     uniform_split,
 )
-from fastprune.common.masks import dense_macs, flops_ratio, head_macs, neuron_macs
+from fastprune.common.model.arch import ModelDims, adapter_for
+from fastprune.common.model.cost import dense_macs, flops_ratio, head_macs, neuron_macs
 from tiny import tiny_model
 
 DIMS = ModelDims(num_layers=4, num_heads=6, head_size=8, hidden_size=48, intermediate_size=96)

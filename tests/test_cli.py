@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-from fastprune.common.export import load_pruned
-from fastprune.common.masks import Masks
+from fastprune.common.model.export import load_pruned
+from fastprune.common.model.masks import Masks
 from tiny import SST2, tiny_model, tiny_tokenizer
 
 from fastprune.cli import main
@@ -23,9 +23,9 @@ def _prune(model, out, *extra, constraint="0.5", samples="256"):
             str(model),
             "--task",
             "sst2",
-            "--train-file",
+            "--train-data",
             TRAIN,
-            "--dev-file",
+            "--dev-data",
             DEV,
             "--constraint",
             constraint,
@@ -75,7 +75,7 @@ def test_prune_end_to_end(tiny_sst2_model, tmp_path, capsys):
 def test_prune_with_the_accuracy_options_end_to_end(tiny_sst2_model, tmp_path, capsys):
     """Iterative label-free Fisher, refit tuning with a cross-validated ridge and the budget re-split travel
     through every stage into the exported model."""
-    extra = ("--fisher-steps", "2", "--fisher-labels", "model", "--tuning-mode", "refit", "--teacher", "dense",
+    extra = ("--fisher-steps", "2", "--fisher-labels", "model", "--tuning-mode", "refit", "--tuning-teacher", "dense",
              "--tuning-ridge", "auto", "--tuning-resplit")
     assert _prune(tiny_sst2_model, tmp_path / "out", *extra, samples="96") == 0
     printed = capsys.readouterr().out
@@ -103,10 +103,10 @@ def test_a_cross_validated_ridge_needs_a_refit(tiny_sst2_model, tmp_path, capsys
 
 def test_same_seed_same_masks(tiny_sst2_model, tmp_path):
     for name in ("a", "b"):
-        assert _prune(tiny_sst2_model, tmp_path / name, "--no-tuning", constraint="0.4", samples="64") == 0
+        assert _prune(tiny_sst2_model, tmp_path / name, "--no-tune", constraint="0.4", samples="64") == 0
     a, b = (Masks.load(tmp_path / n / "masks.safetensors") for n in ("a", "b"))
     assert a.equal(b)
-    assert _prune(tiny_sst2_model, tmp_path / "c", "--no-tuning", "--seed", "3", constraint="0.4", samples="64") == 0
+    assert _prune(tiny_sst2_model, tmp_path / "c", "--no-tune", "--seed", "3", constraint="0.4", samples="64") == 0
 
 
 @pytest.mark.parametrize("bad", ["0", "1", "1.5", "-0.1"])
@@ -151,7 +151,7 @@ def test_empty_dataset(tiny_sst2_model, tmp_path, capsys):
             str(tiny_sst2_model),
             "--task",
             "sst2",
-            "--train-file",
+            "--train-data",
             str(empty),
             "--constraint",
             "0.5",
@@ -183,7 +183,7 @@ def test_holdout_validation_reports_each_stage(tiny_sst2_model, tmp_path, mode):
 
 
 def test_profile_compares_original_and_pruned(tiny_sst2_model, tmp_path, capsys):
-    assert _prune(tiny_sst2_model, tmp_path / "out", "--no-tuning", samples="64") == 0
+    assert _prune(tiny_sst2_model, tmp_path / "out", "--no-tune", samples="64") == 0
     code = main(["profile", "--model", str(tiny_sst2_model), "--pruned", str(tmp_path / "out" / "model"),
                  "--batch-size", "4", "--seq-len", "16", "--repeats", "3", "--warmup", "1", "--device", "cpu",
                  "--output", str(tmp_path / "lat.json")])  # fmt: skip
@@ -200,8 +200,8 @@ def test_prune_question_answering_end_to_end(tmp_path):
     model.save_pretrained(tmp_path / "qa")
     tiny_tokenizer().save_pretrained(tmp_path / "qa")
     squad = str(DATA / "squad_small.json")
-    code = main(["prune", "--model", str(tmp_path / "qa"), "--task", "squad", "--train-file", squad,
-                 "--dev-file", squad, "--constraint", "0.5", "--num-samples", "24", "--max-length", "128",
+    code = main(["prune", "--model", str(tmp_path / "qa"), "--task", "squad", "--train-data", squad,
+                 "--dev-data", squad, "--constraint", "0.5", "--num-samples", "24", "--max-length", "128",
                  "--output", str(tmp_path / "out")])  # fmt: skip
     assert code == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

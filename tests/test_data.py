@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from fastprune.common.data import average_length, load_task_data, sample_dataset, task_batches
 from fastprune.common.errors import ConfigError, DataError
-from fastprune.common.evaluate import classification_metrics, regression_metrics
-from fastprune.common.tasks import get_task
+from fastprune.common.tasks.data import average_length, load_task_data, sample_dataset, task_batches
+from fastprune.common.tasks.evaluate import classification_metrics, regression_metrics
+from fastprune.common.tasks.spec import get_task
 from tiny import DATA, SST2, tiny_tokenizer
 
 

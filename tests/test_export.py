@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
-from fastprune.common.arch import STRUCTURE_KEY, adapter_for
 from fastprune.common.errors import ConfigError, IntegrityError, UnsupportedArchitectureError
-from fastprune.common.export import export_pruned, load_pruned, parameter_count, save_pruned
-from fastprune.common.masks import Masks, masks_applied
+from fastprune.common.model.arch import STRUCTURE_KEY, adapter_for
+from fastprune.common.model.export import export_pruned, load_pruned, parameter_count, save_pruned
+from fastprune.common.model.masks import Masks, masks_applied
 from tiny import tiny_model, tiny_tokenizer
 
 

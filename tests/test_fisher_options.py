@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from fastprune.common.data import load_task_data, sample_dataset, task_batches
-from fastprune.common.fisher import collect_mask_gradients
-from fastprune.common.models import load_model
-from fastprune.common.tasks import get_task
+from fastprune.common.method.fisher import collect_mask_gradients
+from fastprune.common.model.loading import load_model
+from fastprune.common.tasks.data import load_task_data, sample_dataset, task_batches
+from fastprune.common.tasks.spec import get_task
 from scipy.stats import spearmanr
 from tiny import SST2, tiny_model
 

@@ -6,23 +6,17 @@ import copy
 
 import pytest
 import torch
-from fastprune.common import latency
-from fastprune.common.arch import ModelDims, adapter_for
-from fastprune.common.config import PruneConfig
 from fastprune.common.errors import ConfigError
-from fastprune.common.latency import (
-    BlockFit,
-    LatencyTable,
-    build_lut,
-    fit_piecewise,
-    latency_ratio,
-    masks_latency,
-    profile_models,
-    search_latency,
-)
-from fastprune.common.masks import Masks, flops_ratio, head_macs, neuron_macs
-from fastprune.common.onnx_export import check_onnx, export_onnx, profile_onnx
-from fastprune.common.search import search_flops
+from fastprune.common.method.latency_search import latency_ratio, masks_latency, search_latency
+from fastprune.common.method.latency_table import BlockFit, LatencyTable, build_lut, default_neuron_grid, fit_piecewise
+from fastprune.common.method.search import search_flops
+from fastprune.common.model import timing
+from fastprune.common.model.arch import ModelDims, adapter_for
+from fastprune.common.model.cost import flops_ratio, head_macs, neuron_macs
+from fastprune.common.model.masks import Masks
+from fastprune.common.model.onnx_export import check_onnx, export_onnx, profile_onnx
+from fastprune.common.model.timing import profile_models
+from fastprune.common.stages.config import PruneConfig
 from tiny import tiny_config, tiny_model
 from torch import nn
 
@@ -39,7 +33,7 @@ def _table(head_fit: Fit, neuron_fit: Fit, dims: ModelDims = DIMS) -> LatencyTab
         curve = BlockFit(threshold=fit[0], flat_ms=fit[1], slope_ms_per_unit=fit[2])
         return [(n, curve.predict(n)) for n in grid]
 
-    neuron_grid = latency.default_neuron_grid(dims.intermediate_size, 16) + [neuron_fit[0]]
+    neuron_grid = default_neuron_grid(dims.intermediate_size, 16) + [neuron_fit[0]]
     return LatencyTable.from_measurements(
         device="test-device",
         dtype="float32",
@@ -198,13 +192,13 @@ class _Recorder(nn.Module):
 
 def test_profiler_feeds_identical_inputs_warms_up_and_interleaves(monkeypatch):
     log: list = []
-    real_now = latency._now
+    real_now = timing.now
 
     def ticking_now() -> float:
         log.append(("tick",))
         return real_now()
 
-    monkeypatch.setattr(latency, "_now", ticking_now)
+    monkeypatch.setattr(timing, "now", ticking_now)
     base = tiny_model()
     pruned = _slice(base, [[0], [], [1, 2]], [8, 64, 0])
     models = {"a": _Recorder("a", base, log), "b": _Recorder("b", pruned, log)}
@@ -264,8 +258,8 @@ def test_onnx_other_inputs_and_outputs(tmp_path, family, task):
 def test_budget_resplit_under_a_latency_table_keeps_the_fitted_latency():
     """With a latency constraint the re-split spends the latency the lower layers left (under the table's fitted
     curves), not MACs: the tuned masks never cost more latency than the search's."""
-    from fastprune.common.resplit import BudgetResplit
-    from fastprune.common.tuning import tune_masks
+    from fastprune.common.method.resplit import BudgetResplit
+    from fastprune.common.method.tuning import tune_masks
 
     model = tiny_model("bert")
     dims = adapter_for(model).dims(model.config)
@@ -285,8 +279,8 @@ def test_budget_resplit_under_a_latency_table_keeps_the_fitted_latency():
 
 
 def test_a_half_precision_latency_table_needs_a_gpu():
-    with pytest.raises(ValueError, match="latency_dtype float16 is measured on CUDA devices only, not on cpu"):
-        PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, metric="latency", latency_dtype="float16",
-                    device="cpu")  # fmt: skip
-    assert PruneConfig(model="m", task="sst2", train_file="t", constraint=0.5, latency_dtype="float16", device="cpu")
+    with pytest.raises(ValueError, match="serving_dtype float16 is measured on CUDA devices only, not on cpu"):
+        PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, constraint_metric="latency",
+                    serving_dtype="float16", device="cpu")  # fmt: skip
+    assert PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, serving_dtype="float16", device="cpu")
 

@@ -8,7 +8,8 @@ import logging
 import pytest
 import torch
 from fastprune.common.errors import ConfigError
-from fastprune.common.stages import run_stage, stage_info
+from fastprune.common.folders import stage_info
+from fastprune.common.stages.run import run_stage
 from tiny import DATA, SST2, tiny_model, tiny_tokenizer
 
 from fastprune.cli import main
@@ -20,9 +21,9 @@ TRAIN, DEV = SST2 / "train.tsv", SST2 / "dev.tsv"
 def runs(tiny_sst2_model, tmp_path_factory):
     """One SST-2 run's folders (model, sample, grads, search, rearrange) and an MRPC preparation of the same model."""
     w = tmp_path_factory.mktemp("lineage")
-    run_stage("prepare", w / "model", {"source": str(tiny_sst2_model), "task": "sst2"})
-    run_stage("prepare", w / "mrpc_model", {"source": str(tiny_sst2_model), "task": "mrpc"})
-    run_stage("sample", w / "sample", {"train_file": str(TRAIN), "task": "sst2", "num_samples": 32, "seed": 0})
+    run_stage("prepare", w / "model", {"model": str(tiny_sst2_model), "task": "sst2"})
+    run_stage("prepare", w / "mrpc_model", {"model": str(tiny_sst2_model), "task": "mrpc"})
+    run_stage("sample", w / "sample", {"train_data": str(TRAIN), "task": "sst2", "num_samples": 32, "seed": 0})
     run_stage("fisher", w / "grads", {"device": "cpu"}, model=w / "model", sample=w / "sample")
     run_stage("search", w / "searched", {"constraint": 0.5}, model=w / "model", grads=w / "grads")
     run_stage("rearrange", w / "rearranged", {}, grads=w / "grads", masks=w / "searched")
@@ -54,7 +55,7 @@ def test_grads_of_another_model_are_refused(runs, tmp_path):
     other = tiny_model("bert", layers=2, hidden=64, intermediate=128, seed=7)
     other.save_pretrained(tmp_path / "other")
     tiny_tokenizer().save_pretrained(tmp_path / "other")
-    run_stage("prepare", tmp_path / "prepared", {"source": str(tmp_path / "other"), "task": "sst2"})
+    run_stage("prepare", tmp_path / "prepared", {"model": str(tmp_path / "other"), "task": "sst2"})
     first = stage_info(runs / "model")["model_fingerprint"][:12]
     second = stage_info(tmp_path / "prepared")["model_fingerprint"][:12]
     with pytest.raises(ConfigError, match=f"model \\(fingerprint\\) {second}.*model \\(fingerprint\\) {first}"):
@@ -65,7 +66,7 @@ def test_grads_of_another_model_are_refused(runs, tmp_path):
 
 
 def test_grads_of_another_sample_are_refused(runs, tmp_path):
-    run_stage("sample", tmp_path / "sample", {"train_file": str(TRAIN), "task": "sst2", "num_samples": 32,
+    run_stage("sample", tmp_path / "sample", {"train_data": str(TRAIN), "task": "sst2", "num_samples": 32,
                                               "seed": 5})
     with pytest.raises(ConfigError, match="sample \\(fingerprint\\)"):
         run_stage("tune", tmp_path / "tuned", {"device": "cpu"}, model=runs / "model", sample=tmp_path / "sample",
@@ -80,8 +81,8 @@ def test_a_model_at_chance_before_pruning_is_warned_about(tmp_path, caplog, caps
     model.save_pretrained(tmp_path / "m")
     tiny_tokenizer().save_pretrained(tmp_path / "m")
     with caplog.at_level(logging.WARNING):
-        assert main(["prune", "--model", str(tmp_path / "m"), "--task", "sst2", "--train-file", str(TRAIN),
-                     "--dev-file", str(DEV), "--constraint", "0.5", "--num-samples", "32", "--no-tuning",
+        assert main(["prune", "--model", str(tmp_path / "m"), "--task", "sst2", "--train-data", str(TRAIN),
+                     "--dev-data", str(DEV), "--constraint", "0.5", "--num-samples", "32", "--no-tune",
                      "--device", "cpu", "--output", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [w for w in summary["warnings"] if "at or below chance" in w and "wrong model" in w]
@@ -89,14 +90,14 @@ def test_a_model_at_chance_before_pruning_is_warned_about(tmp_path, caplog, caps
 
 
 def test_a_model_above_chance_gets_no_warning(runs, tmp_path):
-    info = run_stage("evaluate", tmp_path / "evaluation", {"dev_file": str(DEV), "device": "cpu"},
+    info = run_stage("evaluate", tmp_path / "evaluation", {"dev_data": str(DEV), "device": "cpu"},
                      model=runs / "model", pruned=runs / "model")
     assert info["metric_before"] > 60 and "warnings" not in info
 
 
 def test_stsb_and_qa_chance_levels():
-    from fastprune.common.sanity import chance_warning
-    from fastprune.common.tasks import get_task
+    from fastprune.common.stages.sanity import chance_warning
+    from fastprune.common.tasks.spec import get_task
 
     assert chance_warning(get_task("stsb"), [], {"spearman": -3.0, "pearson": -2.0})
     assert chance_warning(get_task("stsb"), [], {"spearman": 40.0, "pearson": 41.0}) is None
@@ -119,19 +120,19 @@ def test_a_budget_that_removes_every_head_is_warned_about(runs, tmp_path, caplog
 def test_a_sample_larger_than_the_data_says_what_was_done(tmp_path, caplog):
     train = DATA / "mrpc_train.tsv"  # 160 examples
     with caplog.at_level(logging.WARNING):
-        drawn = run_stage("sample", tmp_path / "with", {"train_file": str(train), "task": "mrpc",
+        drawn = run_stage("sample", tmp_path / "with", {"train_data": str(train), "task": "mrpc",
                                                          "num_samples": 528, "replace": True})
-        capped = run_stage("sample", tmp_path / "without", {"train_file": str(train), "task": "mrpc",
+        capped = run_stage("sample", tmp_path / "without", {"train_data": str(train), "task": "mrpc",
                                                              "num_samples": 528, "replace": False})
     assert drawn["num_examples"] == 528 and "oversampled" in drawn["warnings"][0] and "3.3x" in drawn["warnings"][0]
     assert capped["num_examples"] == 160 and "capped at 160" in capped["warnings"][0]
     assert "without replacement" in capped["warnings"][0] and "capped at 160" in caplog.text
-    exact = run_stage("sample", tmp_path / "exact", {"train_file": str(train), "task": "mrpc", "num_samples": 160})
+    exact = run_stage("sample", tmp_path / "exact", {"train_data": str(train), "task": "mrpc", "num_samples": 160})
     assert "warnings" not in exact
 
 
 def test_the_sweep_refuses_candidates_of_different_runs(runs, tmp_path):
-    from fastprune.common.sweep import select_stage
+    from fastprune.common.stages.sweep import select_stage
 
     with pytest.raises(ConfigError, match="'mrpc'.*'sst2'|'sst2'.*'mrpc'"):
         select_stage(tmp_path / "sweep", {}, [{"searched": runs / "searched"}, {"searched": runs / "mrpc_model"}])

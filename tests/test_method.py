@@ -4,24 +4,15 @@ import math
 
 import pytest
 import torch
-from fastprune.common.arch import ModelDims, adapter_for
 from fastprune.common.errors import ConfigError
-from fastprune.common.export import export_pruned
-from fastprune.common.fisher import MaskGradients, collect_mask_gradients
-from fastprune.common.masks import (
-    Masks,
-    dense_macs,
-    flops_ratio,
-    head_macs,
-    masked_macs,
-    masks_applied,
-    neuron_macs,
-    pruning_applied,
-    weights_applied,
-)
-from fastprune.common.rearrange import pruned_set_cost, rearrange_masks
-from fastprune.common.search import search_flops
-from fastprune.common.tuning import tune_masks
+from fastprune.common.method.fisher import MaskGradients, collect_mask_gradients
+from fastprune.common.method.rearrange import pruned_set_cost, rearrange_masks
+from fastprune.common.method.search import search_flops
+from fastprune.common.method.tuning import tune_masks
+from fastprune.common.model.arch import ModelDims, adapter_for
+from fastprune.common.model.cost import dense_macs, flops_ratio, head_macs, masked_macs, neuron_macs
+from fastprune.common.model.export import export_pruned
+from fastprune.common.model.masks import Masks, masks_applied, pruning_applied, weights_applied
 from tiny import tiny_model
 
 
@@ -249,7 +240,7 @@ def test_tuning_lowers_each_tuned_blocks_error(family, policy):
 
 @pytest.mark.parametrize("family", ["bert", "distilbert"])
 def test_refit_tuning_lowers_every_blocks_error_and_exports_exactly(family):
-    from fastprune.common.export import export_pruned
+    from fastprune.common.model.export import export_pruned
 
     model = tiny_model(family, layers=3, hidden=32, heads=4, intermediate=64)
     g = torch.Generator().manual_seed(3)
@@ -298,25 +289,25 @@ def test_reselect_keeps_per_layer_counts_and_beats_refit_on_the_first_block():
 
 
 def test_reselect_units_finds_the_units_that_carry_the_target():
-    from fastprune.common.tuning import _LeastSquares, reselect_units
+    from fastprune.common.method.least_squares import LeastSquares, reselect_units
 
     g = torch.Generator().manual_seed(0)
     act = torch.randn(400, 12, generator=g)
     weight = torch.zeros(3, 12)
     weight[:, [2, 5, 7, 11]] = torch.randn(3, 4, generator=g) * 3  # only units 2, 5, 7 and 11 matter
-    stats, = _LeastSquares.collect([(act, act @ weight.T + 0.5)], 12, 3, "cpu")
+    stats, = LeastSquares.collect([(act, act @ weight.T + 0.5)], 12, 3, "cpu")
     kept = reselect_units(stats, 1, 4, ridge=1e-6)
     assert kept.nonzero().flatten().tolist() == [2, 5, 7, 11]
     weight = torch.zeros(3, 12)
     weight[:, 3:6], weight[:, 9:] = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
-    stats, = _LeastSquares.collect([(act, act @ weight.T)], 12, 3, "cpu")
+    stats, = LeastSquares.collect([(act, act @ weight.T)], 12, 3, "cpu")
     heads = reselect_units(stats, 3, 2, ridge=1e-6)  # units of 3 columns: (0-2) (3-5) (6-8) (9-11)
     assert heads.tolist() == [False, True, False, True]
 
 
 def test_cross_validated_ridge_damps_noise_and_not_signal():
     """Few noisy rows for many columns: cross-validation picks a strong ridge; many clean rows: a weak one."""
-    from fastprune.common.tuning import RIDGE_GRID, _LeastSquares, cross_validated_ridge
+    from fastprune.common.method.least_squares import RIDGE_GRID, LeastSquares, cross_validated_ridge
 
     g = torch.Generator().manual_seed(0)
     proj = torch.nn.Linear(40, 4)
@@ -327,7 +318,7 @@ def test_cross_validated_ridge_damps_noise_and_not_signal():
         for _ in range(6):
             act = torch.randn(rows, 40, generator=g)
             batches.append((act, act @ weight.T + noise * torch.randn(rows, 4, generator=g)))
-        return _LeastSquares.collect(batches, 40, 4, "cpu", folds=2)
+        return LeastSquares.collect(batches, 40, 4, "cpu", folds=2)
 
     keep_all = torch.ones(40)
     with torch.no_grad():
@@ -364,7 +355,7 @@ def test_tuning_stop_policy_keeps_untuned_scales_after_the_stop():
 
 
 def test_iterative_fisher_is_nested_and_within_budget():
-    from fastprune.common.iterative import iterative_fisher, schedule
+    from fastprune.common.method.iterative import iterative_fisher, schedule
 
     assert schedule(0.25, 2) == pytest.approx([0.5, 0.25])
     model = tiny_model("bert")
@@ -402,7 +393,7 @@ def test_search_treats_minus_inf_as_unavailable():
 
 
 def test_stage_validation_never_accepts_a_higher_heldout_loss():
-    from fastprune.common.validation import StageValidator, heldout_loss
+    from fastprune.common.method.validation import StageValidator, heldout_loss
 
     model = tiny_model("bert")
     dims = adapter_for(model).dims(model.config)
@@ -424,7 +415,7 @@ def test_stage_validation_never_accepts_a_higher_heldout_loss():
 
 
 def test_tuning_on_a_spread_subset_of_batches():
-    from fastprune.common.tuning import spread_batches
+    from fastprune.common.method.tuning import spread_batches
 
     batches = [{"input_ids": torch.zeros(4, i + 1)} for i in range(10)]  # ordered by length
     chosen = spread_batches(batches, 12)
@@ -441,7 +432,7 @@ def test_budget_resplit_re_decides_the_layers_above_within_the_budget():
     """Before each layer above the first, the re-split re-chooses that layer and those above from Fisher measured on
     the pruned layers below: the result stays within the initial masks' MACs, the first layer keeps the search's
     units, and a split the search would never make is mended."""
-    from fastprune.common.resplit import BudgetResplit
+    from fastprune.common.method.resplit import BudgetResplit
 
     model = tiny_model("bert")
     dims = adapter_for(model).dims(model.config)

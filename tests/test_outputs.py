@@ -14,20 +14,20 @@ from pathlib import Path
 import pytest
 import torch
 from fastprune.common.errors import ConfigError
-from fastprune.common.models import available_devices, check_device
-from fastprune.common.outputs import check_output, staging
+from fastprune.common.model.loading import available_devices, check_device
+from fastprune.common.outputs import check_output, staged_folder
 from tiny import SST2, tiny_model, tiny_tokenizer
 
 from fastprune.cli import main
 
 TRAIN, DEV = str(SST2 / "train.tsv"), str(SST2 / "dev.tsv")
-QUICK = ("--no-tuning", "--no-rearrange", "--num-samples", "32", "--seed", "0", "--device", "cpu")
+QUICK = ("--no-tune", "--no-rearrange", "--num-samples", "32", "--seed", "0", "--device", "cpu")
 
 
 def _prune(model, out, *extra, dev=DEV, train=TRAIN, constraint="0.5"):
-    argv = ["prune", "--model", str(model), "--task", "sst2", "--train-file", str(train), "--constraint", constraint,
+    argv = ["prune", "--model", str(model), "--task", "sst2", "--train-data", str(train), "--constraint", constraint,
             "--output", str(out), *extra]
-    return main(argv + (["--dev-file", str(dev)] if dev else []))
+    return main(argv + (["--dev-data", str(dev)] if dev else []))
 
 
 def _leftovers(*folders: Path) -> list[str]:
@@ -59,7 +59,7 @@ def test_a_non_empty_output_folder_is_refused_up_front(untuned_model, tmp_path, 
 
 def test_a_failed_overwrite_keeps_the_old_result_and_a_complete_one_replaces_it(tiny_sst2_model, tmp_path,
                                                                                    monkeypatch):
-    import fastprune.common.prune as prune_module
+    import fastprune.common.stages.prune as prune_module
 
     out = tmp_path / "out"
     assert _prune(tiny_sst2_model, out, *QUICK, constraint="0.6") == 0
@@ -86,7 +86,7 @@ def test_a_failed_overwrite_keeps_the_old_result_and_a_complete_one_replaces_it(
 
 def test_step_refuses_a_non_empty_out_unless_asked(tmp_path, capsys):
     out = tmp_path / "sample"
-    argv = ["step", "sample", "--train-file", TRAIN, "--task", "sst2", "--num-samples", "8", "--out", str(out)]
+    argv = ["step", "sample", "--train-data", TRAIN, "--task", "sst2", "--num-samples", "8", "--out", str(out)]
     assert main(argv) == 0
     assert main(argv) == 2 and "is not empty" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
@@ -121,11 +121,11 @@ def test_staging_replaces_only_once_complete(tmp_path):
     destination = tmp_path / "result"
     destination.mkdir()
     (destination / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError), staging(destination) as staged:
+    with pytest.raises(RuntimeError), staged_folder(destination) as staged:
         (staged / "new.txt").write_text("new")
         raise RuntimeError("stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"] and (destination / "old.txt").exists()
-    with staging(destination) as staged:
+    with staged_folder(destination) as staged:
         (staged / "new.txt").write_text("new")
     assert [p.name for p in destination.iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
@@ -135,7 +135,7 @@ def test_staging_replaces_only_once_complete(tmp_path):
 _SLOW_PRUNE = """
 import sys, time
 from pathlib import Path
-import fastprune.common.prune as prune_module
+import fastprune.common.stages.prune as prune_module
 real = prune_module.run_stage
 def slow(name, *args, **kwargs):
     info = real(name, *args, **kwargs)
@@ -152,7 +152,7 @@ sys.exit(main(sys.argv[2:]))
 def _start_slow_prune(model: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
     scratch, marker, out = tmp_path / "tmp", tmp_path / "marker", tmp_path / "outputs" / "out"
     scratch.mkdir()
-    argv = ["prune", "--model", str(model), "--task", "sst2", "--train-file", TRAIN, "--constraint", "0.5",
+    argv = ["prune", "--model", str(model), "--task", "sst2", "--train-data", TRAIN, "--constraint", "0.5",
             "--output", str(out), *QUICK]
     env = {**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_PRUNE, str(marker), *argv], env=env,
@@ -207,7 +207,7 @@ def test_dev_labels_are_parsed_before_the_model_is_loaded(untuned_model, tmp_pat
     err = capsys.readouterr().err
     assert str(bad) in err and "'banana'" in err and "not fine-tuned" not in err
     # the same for a stage run alone: prepare reads its dev data before the model
-    code = main(["step", "prepare", "--source", str(untuned_model), "--task", "sst2", "--dev-file", str(bad),
+    code = main(["step", "prepare", "--model", str(untuned_model), "--task", "sst2", "--dev-data", str(bad),
                  "--out", str(tmp_path / "prepared")])
     assert code == 2 and "'banana'" in capsys.readouterr().err
 
@@ -275,7 +275,7 @@ def test_check_device_names_what_is_available():
 def test_an_unavailable_device_is_refused_before_anything_else(tmp_path, capsys, device):
     if device == "mps" and "mps" in available_devices():
         pytest.skip("this machine has MPS")
-    argv = ["prune", "--model", str(tmp_path / "missing"), "--task", "sst2", "--train-file", "missing.tsv",
+    argv = ["prune", "--model", str(tmp_path / "missing"), "--task", "sst2", "--train-data", "missing.tsv",
             "--constraint", "0.5", "--output", str(tmp_path / "out"), "--device", device]
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -3,7 +3,7 @@ Kubernetes secret, images; and ``fastprune run --host`` submitting it."""
 
 import pytest
 import yaml
-from fastprune.pipelines.prune_pipeline import S3_SECRET_KEYS
+from fastprune.pipelines.steps import S3_SECRET_KEYS
 
 from fastprune.cli import main
 from fastprune.defaults import SST2_DEV as DEFAULT_DEV
@@ -65,9 +65,9 @@ def test_parameters_and_defaults(compiled):
     assert params["alias"]["defaultValue"] == "pruned-candidate"
     assert params["gpu_limit"]["parameterType"] == "NUMBER_INTEGER"
     assert params["serving_dtype"]["defaultValue"] == "float32"
-    for task, name, value in (("search-masks", "latency_dtype", "serving_dtype"),  # measure the serving dtype
-                              ("profile-latency", "dtype", "serving_dtype"),
-                              ("search-masks", "allocation", "search_allocation")):  # fmt: skip
+    for task, name, value in (("search-masks", "serving_dtype", "serving_dtype"),  # measure the serving dtype
+                              ("profile-latency", "serving_dtype", "serving_dtype"),
+                              ("search-masks", "allocation", "allocation")):  # fmt: skip
         assert _tasks(spec)[task]["inputs"]["parameters"][name] == {"componentInputParameter": value}
 
 

@@ -11,8 +11,8 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from fastprune.common.export import load_pruned
-from fastprune.common.storage import upload_dir, upload_file
+from fastprune.common.model.export import load_pruned
+from fastprune.common.ops.storage import upload_dir, upload_file
 from fastprune.pipelines.local import PipelineFailed, run_local
 from mlflow import MlflowClient
 from servers import S3Server, closed_port, mlflow_server, seaweedfs
@@ -109,7 +109,7 @@ def test_pipeline_registers_the_pruned_model_behind_the_gate(world, tmp_path):
     model, tokenizer = load_pruned(passed.artifact("export-model", "pruned"))
     with torch.no_grad():
         logits = model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
-    assert got["label"].tolist() == logits.argmax(-1).tolist()
+    assert got["label"].tolist() == [model.config.id2label[int(i)] for i in logits.argmax(-1)]  # label names
     assert torch.allclose(torch.tensor(got["probabilities"].tolist()), logits.softmax(-1), atol=1e-5)
 
 

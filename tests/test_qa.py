@@ -12,7 +12,7 @@ import datasets
 import numpy as np
 import pytest
 from fastprune.common.errors import ConfigError, DataError
-from fastprune.common.qa import (
+from fastprune.common.tasks.qa import (
     load_squad,
     normalize_answer,
     postprocess_predictions,
@@ -262,7 +262,7 @@ def test_squad_scores_version_2():
 # ----------------------------------------------------------------------------------------- evaluation
 @pytest.mark.parametrize("family", ["bert", "distilbert"])
 def test_evaluate_qa_tiny_model(ds, tok, family):
-    from fastprune.common.qa import evaluate_qa
+    from fastprune.common.tasks.qa import evaluate_qa
 
     model = tiny_model(family, task="qa")
     sub = ds.select(range(0, 60, 10))
@@ -280,10 +280,10 @@ def test_answer_questions_and_the_qa_pyfunc(ds, tok, tmp_path):
     the same spans the SQuAD evaluation scores."""
     import mlflow
     import pandas as pd
-    from fastprune.common.export import save_pruned
-    from fastprune.common.registry import log_pruned_model, predict_text
-    from fastprune.common.storage import write_manifest
-    from fastprune.common.tasks import get_task
+    from fastprune.common.folders import write_manifest
+    from fastprune.common.model.export import save_pruned
+    from fastprune.common.ops.registry import log_pruned_model, predict_text
+    from fastprune.common.tasks.spec import get_task
 
     model = tiny_model("bert", task="qa", seed=3)
     sub = ds.select(range(0, 40, 5))
@@ -309,12 +309,12 @@ def test_answer_questions_and_the_qa_pyfunc(ds, tok, tmp_path):
         loaded = mlflow.pyfunc.load_model(info.model_uri)
     finally:
         mlflow.set_tracking_uri(previous)
-    assert loaded.predict(frame).equals(got)
+    pd.testing.assert_frame_equal(loaded.predict(frame), got, check_dtype=False)  # text: object, not str
 
 
 def test_best_span_is_the_best_valid_pair_of_the_top_starts_and_ends():
     """The vectorised span search equals the plain double loop over the n-best starts and ends."""
-    from fastprune.common.qa import _best_span
+    from fastprune.common.tasks.qa import _best_span
 
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -334,7 +334,7 @@ def test_best_span_is_the_best_valid_pair_of_the_top_starts_and_ends():
 def test_evaluation_features_are_computed_once_per_dataset_and_tokenizer(ds, tok, monkeypatch):
     """Evaluating several models on one dev set tokenizes it once, also with a tokenizer loaded anew from the same
     files; another dataset or window size is tokenized again."""
-    from fastprune.common import qa
+    from fastprune.common.tasks import qa
 
     calls = []
     real = qa.prepare_eval_features

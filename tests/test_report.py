@@ -9,10 +9,9 @@ import struct
 
 import pytest
 from fastprune.common.errors import ConfigError, IntegrityError
-from fastprune.common.report import ParetoPoint, kept_units_picture, pareto_front, run_report
-from fastprune.common.stages import STAGE_FILE, stage_info
-from fastprune.common.storage import write_manifest
-from fastprune.common.sweep import Candidate, choose, select_stage
+from fastprune.common.folders import STAGE_FILE, stage_info, write_manifest
+from fastprune.common.ops.report import ParetoPoint, kept_units_picture, pareto_front, run_report
+from fastprune.common.stages.sweep import Candidate, choose, select_stage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from fastprune.common.errors import IntegrityError, StorageError
-from fastprune.common.storage import (
-    MANIFEST_NAME,
+from fastprune.common.folders import MANIFEST_NAME, verify_manifest, write_manifest
+from fastprune.common.ops.storage import (
     download_dir,
     download_file,
     fetch,
@@ -22,8 +22,6 @@ from fastprune.common.storage import (
     join_key,
     upload_dir,
     upload_file,
-    verify_manifest,
-    write_manifest,
 )
 from servers import S3Server, closed_port, mlflow_server, seaweedfs
 

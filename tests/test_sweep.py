@@ -14,10 +14,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from fastprune.common.stages import stage_info
-from fastprune.common.storage import verify_manifest
-from fastprune.common.sweep import select_stage
-from fastprune.common.trigger import PRUNED_MODEL, PRUNED_RUN, STATUS
+from fastprune.common.folders import stage_info, verify_manifest
+from fastprune.common.ops.trigger import PRUNED_MODEL, PRUNED_RUN, STATUS
+from fastprune.common.stages.sweep import select_stage
 from fastprune.pipelines.sweep_pipeline import compile_sweep_pipeline
 from mlflow import MlflowClient
 from servers import mlflow_server

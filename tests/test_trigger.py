@@ -9,7 +9,7 @@ import pytest
 import yaml
 from fake_kfp import install
 from fastprune.common.errors import ConfigError
-from fastprune.common.trigger import ATTEMPTS, ERROR, PRUNED_RUN, RUN, STATUS, UPDATED, SourceVersion, decide
+from fastprune.common.ops.trigger import ATTEMPTS, ERROR, PRUNED_RUN, RUN, STATUS, UPDATED, SourceVersion, decide
 from mlflow import MlflowClient
 from servers import mlflow_server
 
@@ -204,7 +204,7 @@ def test_the_example_ci_workflow_uses_valid_commands_and_parameters():
 
 def test_registered_model_layouts(tmp_path):
     """Where the fetch step finds the Hugging Face folder in a downloaded model version."""
-    from fastprune.common.registry import RegistryError, _model_folder, parse_models_uri
+    from fastprune.common.ops.registry import RegistryError, _model_folder, parse_models_uri
 
     def files(root, *paths):
         for path in paths:

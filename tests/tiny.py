@@ -13,9 +13,11 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertTokenizer,
+    CamembertConfig,
     DistilBertConfig,
     ElectraConfig,
     RobertaConfig,
+    XLMRobertaConfig,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +69,9 @@ def tiny_config(
             intermediate_size=intermediate,
             **common,
         )
-    if family == "roberta":
-        return RobertaConfig(
+    if family in ("roberta", "xlm-roberta", "camembert"):
+        config_class = {"roberta": RobertaConfig, "xlm-roberta": XLMRobertaConfig, "camembert": CamembertConfig}
+        return config_class[family](
             hidden_size=hidden,
             num_hidden_layers=layers,
             num_attention_heads=heads,
@@ -104,9 +107,9 @@ def tiny_model(family: str = "bert", task: str = "classification", num_labels: i
 
 def trained_tiny_model(path: Path, steps: int = 150, family: str = "bert") -> Path:
     """A tiny model trained briefly on the bundled SST-2 subset (well above chance), saved to ``path``."""
-    from fastprune.common.data import load_task_data
-    from fastprune.common.finetune import finetune, save_finetuned
-    from fastprune.common.tasks import get_task
+    from fastprune.common.tasks.data import load_task_data
+    from fastprune.common.tasks.finetune import finetune, save_finetuned
+    from fastprune.common.tasks.spec import get_task
 
     task = get_task("sst2")
     tokenizer = tiny_tokenizer()

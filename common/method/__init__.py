@@ -1,0 +1,1 @@
+"""The algorithm room: Fisher, search, allocation, rearrangement, tuning, re-split, latency table and search."""

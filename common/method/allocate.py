@@ -1,0 +1,102 @@
+"""How the FLOPs search splits the budget between layers (``allocation``): ``global`` ranks every unit by its
+diagonal Fisher importance (the paper, :func:`~fastprune.common.method.search.search_flops`), ``uniform`` keeps
+the same counts in every layer (:func:`~fastprune.common.method.baselines.uniform_masks`), ``block`` uses the
+block-diagonal Fisher.
+
+The paper's search ranks every head and neuron by its diagonal Fisher importance, so the estimated loss of a
+pruned set is the sum of its units' importances: removing a whole layer's FFN costs no more than removing as many
+scattered neurons. The block-diagonal Fisher (the rearrangement's, paper section 4) counts the interactions within a
+layer's heads or neurons: removing the set ``P`` of one block costs ``||sum_{i in P} g_i||^2`` over the gradient
+rows. This search gives each block (one layer's heads, one layer's neurons) the curve of that cost against the
+number of units kept (each block keeping its units of largest diagonal importance, as the paper's search does), and
+splits the budget between the blocks to minimise the summed cost: a Lagrangian relaxation (one price per MAC,
+bisected until the budget is spent), then the budget left filled greedily by the best loss saved per MAC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..model.arch import ModelDims
+from ..model.cost import head_macs, neuron_macs
+from ..model.masks import Masks
+from .baselines import uniform_masks
+from .fisher import MaskGradients
+from .search import check_constraint, search_flops
+
+
+def search_by(allocation: str, grads: MaskGradients, dims: ModelDims, seq_len: float, constraint: float,
+              start: int = 0) -> Masks:  # fmt: skip
+    """The FLOPs search over the layers from ``start`` up (``constraint`` of their dense MACs), with the budget
+    split between them by ``allocation``: global, uniform or block."""
+    heads, neurons = grads.head_importance()[start:], grads.neuron_importance()[start:]
+    top = dataclasses.replace(dims, num_layers=len(heads))
+    if allocation == "block":
+        return search_flops_block(grads.head[:, start:], grads.neuron[:, start:], heads, neurons, top, seq_len,
+                                  constraint)  # fmt: skip
+    if allocation == "uniform":
+        return uniform_masks(heads, neurons, top, seq_len, constraint)
+    return search_flops(heads, neurons, top, seq_len, constraint)
+
+
+def removal_curve(rows: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block: ``rows`` [R, U] gradient rows of its U units, ``importance`` [U] (-inf: unavailable).
+    Returns ``order`` (the available units, most important first) and ``loss`` [A + 1]: ``loss[k]`` is the
+    block-diagonal Fisher cost of keeping ``order[:k]`` and pruning the rest of the available units."""
+    available = torch.isfinite(importance)
+    order = torch.argsort(importance.masked_fill(~available, -torch.inf), descending=True, stable=True)
+    order = order[: int(available.sum())]
+    g = rows[:, order].double()
+    # suffix[:, k] = sum of the gradients of order[k:], for k = 0..A
+    suffix = torch.cat([g.flip(1).cumsum(1).flip(1), g.new_zeros(len(g), 1)], dim=1)
+    return order, suffix.pow(2).sum(0)
+
+
+def allocate(curves: list[torch.Tensor], costs: list[float], budget: float) -> list[int]:
+    """Units kept per block: minimise ``sum_j curves[j][k_j]`` subject to ``sum_j costs[j] * k_j <= budget``."""
+    def pick(price: float) -> list[int]:
+        return [int(torch.argmin(c + price * w * torch.arange(len(c), dtype=c.dtype)))
+                for c, w in zip(curves, costs, strict=True)]
+
+    def spent(ks: list[int]) -> float:
+        return sum(k * w for k, w in zip(ks, costs, strict=True))
+
+    if spent([len(c) - 1 for c in curves]) <= budget:
+        return [len(c) - 1 for c in curves]
+    low, high = 0.0, 1.0
+    while spent(pick(high)) > budget:
+        high *= 4.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (low, mid) if spent(pick(mid)) <= budget else (mid, high)
+    ks = pick(high)
+    left = budget - spent(ks)
+    while True:  # fill what the relaxation left: the best loss saved per MAC that still fits
+        gains = [((c[k] - c[k + 1]) / w, j) for j, (c, w, k) in enumerate(zip(curves, costs, ks, strict=True))
+                 if k + 1 < len(c) and w <= left + 1e-9]
+        if not gains:
+            return ks
+        _, j = max(gains)
+        ks[j] += 1
+        left -= costs[j]
+
+
+def search_flops_block(head_rows: torch.Tensor, neuron_rows: torch.Tensor, head_importance: torch.Tensor,
+                       neuron_importance: torch.Tensor, dims: ModelDims, seq_len: float, constraint: float) -> Masks:
+    """Masks within ``constraint`` of the dense MACs of these layers (``head_rows`` [R, L, H], ``neuron_rows``
+    [R, L, F] gradient rows; importances [L, H], [L, F] with -inf for unavailable units), the budget split between
+    the blocks by the block-diagonal Fisher (module docstring)."""
+    constraint = check_constraint(constraint)
+    layers = head_importance.shape[0]
+    head_cost, neuron_cost = head_macs(seq_len, dims), neuron_macs(seq_len, dims)
+    budget = constraint * (head_importance.numel() * head_cost + neuron_importance.numel() * neuron_cost)
+    blocks = [removal_curve(head_rows[:, i], head_importance[i]) for i in range(layers)]
+    blocks += [removal_curve(neuron_rows[:, i], neuron_importance[i]) for i in range(layers)]
+    ks = allocate([loss for _, loss in blocks], [head_cost] * layers + [neuron_cost] * layers, budget)
+    head, neuron = torch.zeros(head_importance.shape), torch.zeros(neuron_importance.shape)
+    for i in range(layers):
+        head[i, blocks[i][0][: ks[i]]] = 1.0
+        neuron[i, blocks[layers + i][0][: ks[layers + i]]] = 1.0
+    return Masks(head, neuron)

@@ -1,0 +1,67 @@
+"""Mask rearrangement with the block-diagonal Fisher (paper, section 4).
+
+Per layer and unit kind, with the number of pruned units fixed, greedily choose which units to
+prune so that the squared norm of the summed per-batch gradients of the pruned set,
+``||sum_{i in P} g_i||^2`` (the block-diagonal Fisher estimate of the loss increase), is small.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.masks import Masks
+from .fisher import MaskGradients
+
+
+def pruned_set_cost(grads: torch.Tensor, pruned: torch.Tensor) -> float:
+    """``||sum of the pruned units' per-batch gradients||^2``; grads is [B, N], pruned a bool [N]."""
+    return float(grads.double()[:, pruned].sum(1).pow(2).sum())
+
+
+def rearrange_units(kept: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """New bool keep-mask for one layer's units with the same number kept and a pruned-set cost no
+    larger than the diagonal choice. ``grads`` is [R, N] (per-example or per-batch gradients of N units).
+
+    Start from the P units of lowest diagonal importance; then offer every other unit in turn: add
+    it to the pruned set and drop whichever member's removal leaves the smallest cost. Dropping the
+    newcomer restores the previous set, so the cost never rises. Everything is computed from the
+    units' Gram matrix ``G = g^T g``, so each offer costs O(P) whatever the number of gradient rows."""
+    kept = kept.bool()
+    n_pruned = int((~kept).sum())
+    if n_pruned == 0 or n_pruned == kept.numel():
+        return kept.clone()
+    gram = (grads.float().T @ grads.float()).double()  # [N, N]
+    sq = gram.diagonal()
+    order = torch.argsort(sq, stable=True)
+    members = order[:n_pruned].clone()
+    dot = gram[members].sum(0)  # dot[x] = <sum of the pruned set's gradients, g_x>
+    cost = float(dot[members].sum())  # ||sum of the pruned set's gradients||^2
+    for u in order[n_pruned:].tolist():
+        # ||t + g_u - g_i||^2 for every member i, with t the current pruned sum
+        after = cost + sq[u] + 2 * dot[u] + sq[members] - 2 * dot[members] - 2 * gram[u, members]
+        best = int(torch.argmin(after))
+        if after[best] < cost:  # strictly better than dropping the newcomer
+            cost = float(after[best])
+            dot += gram[u] - gram[members[best]]
+            members[best] = u
+    new_kept = torch.ones_like(kept)
+    new_kept[members] = False
+    return new_kept
+
+
+def rearrange_masks(masks: Masks, grads: MaskGradients) -> Masks:
+    """Rearrange every layer's heads and neurons; per-layer kept counts stay as they are. Units outside
+    ``grads.available`` (pruned by an earlier iterative step) stay pruned."""
+    available = grads.available or Masks.ones_like(masks)
+    head = torch.stack([_rearrange_available(masks.head[i], grads.head[:, i], available.head[i])
+                        for i in range(masks.head.shape[0])])  # fmt: skip
+    neuron = torch.stack([_rearrange_available(masks.neuron[i], grads.neuron[:, i], available.neuron[i])
+                          for i in range(masks.neuron.shape[0])])  # fmt: skip
+    return Masks(head, neuron)
+
+
+def _rearrange_available(kept: torch.Tensor, grads: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    units = (available != 0).nonzero().flatten()
+    new = torch.zeros(kept.shape, dtype=torch.float32)
+    new[units] = rearrange_units(kept[units] != 0, grads[:, units]).float()
+    return new

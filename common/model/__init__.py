@@ -1,0 +1,1 @@
+"""The model room: the family seam (adapters), masks and hooks, the cost model, export, loading, timing."""

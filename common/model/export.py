@@ -1,0 +1,134 @@
+"""Export: fold the tuned scales into the weights, slice away pruned units, save and reload.
+
+The saved folder is a normal Hugging Face folder (``config.json``, ``model.safetensors``, the
+tokenizer) whose ``config.json`` also holds the per-layer structure under ``fastprune_structure``.
+:func:`load_pruned` rebuilds that structure before loading the weights, so the result is a plain
+transformers model: no fastprune hooks at run time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoTokenizer
+
+from ..errors import ConfigError, IntegrityError
+from ..outputs import staged_folder
+from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
+from .masks import Masks, weight_targets
+from .portable import make_portable, read_config
+
+WEIGHTS = "model.safetensors"
+
+
+def export_pruned(
+    model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_MULTIPLE, adapter: ArchAdapter | None = None
+) -> nn.Module:
+    """A physically smaller copy of ``model``: each head's scale multiplies its columns of the
+    attention output projection, each neuron's its column of the FFN output projection; pruned
+    units are sliced away (layers may keep zero heads or zero neurons).
+
+    Each layer's FFN is padded to a multiple of ``neuron_multiple`` neurons (1: no padding) with pruned neurons
+    whose weights are zeroed, so the model computes exactly what the masked one does; at most
+    ``neuron_multiple - 1`` neurons per layer, a fraction of a percent of the FLOPs. ``adapter``: the model's
+    family (default: the registered one for its model type)."""
+    if neuron_multiple < 1:
+        raise ConfigError(f"neuron_multiple must be a positive integer (1: no padding), got {neuron_multiple}")
+    adapter = adapter or adapter_for(model)
+    dims = adapter.dims(model.config)
+    if tuple(masks.head.shape) != (dims.num_layers, dims.num_heads) or tuple(masks.neuron.shape) != (
+        dims.num_layers,
+        dims.intermediate_size,
+    ):
+        raise ConfigError(
+            f"masks of shape head {tuple(masks.head.shape)}, neuron {tuple(masks.neuron.shape)} do not fit "
+            f"the model ({dims.num_layers} layers, {dims.num_heads} heads, {dims.intermediate_size} neurons)"
+        )
+    pruned = copy.deepcopy(model).eval()
+    with torch.no_grad():  # the output projections refit by mask tuning (refit mode)
+        for param, value in weight_targets(pruned, masks.weights, adapter):
+            param.copy_(value.to(param))
+    for i, layer in enumerate(adapter.layer_modules(pruned)):
+        head, neuron = masks.head[i].float(), masks.neuron[i].float()
+        with torch.no_grad():
+            w_o = adapter.linear(layer, "attn_out").weight
+            w_o.mul_(head.to(w_o).repeat_interleave(dims.head_size)[None, :])
+            w_2 = adapter.linear(layer, "ffn_out").weight
+            w_2.mul_(neuron.to(w_2)[None, :])
+            keep_neurons = _padded(neuron, neuron_multiple)
+            padding = keep_neurons[neuron[keep_neurons] == 0]
+            for name in adapter.ffn_inputs:  # padding neurons: zero in, zero out (w_2 masked above)
+                ffn_in = adapter.linear(layer, name)
+                ffn_in.weight[padding.to(ffn_in.weight.device)] = 0.0
+                if ffn_in.bias is not None:
+                    ffn_in.bias[padding.to(ffn_in.bias.device)] = 0.0
+        adapter.slice_layer(layer, head.nonzero().flatten(), keep_neurons, dims.head_size)
+    setattr(pruned.config, STRUCTURE_KEY, adapter.structure(pruned))
+    return pruned
+
+
+def _padded(mask: torch.Tensor, multiple: int) -> torch.Tensor:
+    """The indices of the kept units of ``mask`` (non-zero), with the first pruned ones added up to a multiple of
+    ``multiple`` (or to all units)."""
+    kept = mask != 0
+    count = int(kept.sum())
+    target = padded_size(count, mask.numel(), multiple)
+    padding = (~kept).nonzero().flatten()[: target - count]
+    kept[padding] = True
+    return kept.nonzero().flatten()
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: dict | None = None) -> Path:
+    """Write the model (safetensors + config with its structure) and tokenizer to ``path``,
+    atomically: the folder appears complete or not at all. The folder loads without fastprune too (see
+    :mod:`.portable`): with a stock config where one fits, else with its own modeling code."""
+    path = Path(path)
+    with staged_folder(path) as tmp:
+        config = model.config
+        config.architectures = [type(model).__name__]
+        if not hasattr(config, STRUCTURE_KEY):
+            setattr(config, STRUCTURE_KEY, adapter_for(model).structure(model))
+        config.save_pretrained(tmp)
+        make_portable(tmp, adapter_for(model), adapter_for(model).dims(config).num_heads)
+        save_model(model, str(tmp / WEIGHTS))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if metadata:
+            (tmp / "fastprune.json").write_text(json.dumps(metadata, indent=2, default=str))
+    return path
+
+
+def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True):
+    """Rebuild a model saved by :func:`save_pruned` (or any dense model folder saved the same way), as the stock
+    transformers class (a portable folder's own code is not run). Returns ``(model, tokenizer)``; the tokenizer is
+    None when the folder has none."""
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
+        raise IntegrityError(f"{path} is not a saved model: it needs config.json and {WEIGHTS}")
+    config = read_config(path)
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures or not hasattr(transformers, architectures[0]):
+        raise IntegrityError(f"{path}/config.json names no known architecture: {architectures}")
+    model = getattr(transformers, architectures[0])(config)
+    structure = getattr(config, STRUCTURE_KEY, None)
+    if structure:
+        adapter_for(model).reshape_to(model, structure)
+    try:
+        load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
+    except Exception as e:
+        raise IntegrityError(f"{path}/{WEIGHTS} does not match its config: {e}") from e
+    model.to(device).eval()
+    tokenizer = None
+    if with_tokenizer and any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)  # a portable folder's code not run
+    return model, tokenizer

@@ -1,0 +1,232 @@
+"""Modeling code of a model pruned by fastprune: load it with plain transformers, no fastprune needed.
+
+fastprune copies this file into every exported folder whose layers keep different numbers of attention heads or FFN
+neurons (which no stock config can describe). The folder's ``config.json`` names a model type of its own
+(``fastprune_bert``, ...) and points ``auto_map`` at the classes below, so::
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
+
+Each class is the stock transformers class whose layers are re-sized, in ``__init__`` and before the weights load,
+to the per-layer structure stored in the config under ``fastprune_structure`` (``num_heads`` and
+``intermediate_size``, one entry per layer). A layer may keep no heads (its attention is then only the output
+projection's bias, without calling the attention kernel) or no FFN neurons. Without ``trust_remote_code=True``
+transformers refuses the folder (its model type is not a stock one) instead of loading it into the wrong shapes.
+
+This file imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    CamembertConfig,
+    CamembertForQuestionAnswering,
+    CamembertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForQuestionAnswering,
+    DistilBertForSequenceClassification,
+    ElectraConfig,
+    ElectraForQuestionAnswering,
+    ElectraForSequenceClassification,
+    RobertaConfig,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    XLMRobertaConfig,
+    XLMRobertaForQuestionAnswering,
+    XLMRobertaForSequenceClassification,
+)
+
+STRUCTURE_KEY = "fastprune_structure"
+MODEL_TYPE_PREFIX = "fastprune_"
+"""The model type of a pruned folder is this prefix followed by the stock model type (``fastprune_bert``)."""
+
+# Where each family keeps its units: (layers, attention, query, key, value, attention output, FFN in, FFN out,
+# the attention's head-count attribute, config fields: hidden size, head count).
+_BERT_LIKE = (
+    "encoder.layer",
+    "attention.self",
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+    "num_attention_heads",
+    "hidden_size",
+    "num_attention_heads",
+)
+_DISTILBERT = (
+    "transformer.layer",
+    "attention",
+    "attention.q_lin",
+    "attention.k_lin",
+    "attention.v_lin",
+    "attention.out_lin",
+    "ffn.lin1",
+    "ffn.lin2",
+    "n_heads",
+    "dim",
+    "n_heads",
+)
+LAYOUTS = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "camembert": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "distilbert": _DISTILBERT,
+}
+
+
+def _get(module: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set(module: Any, dotted: str, new: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(_get(module, parent) if parent else module, leaf, new)
+
+
+def _resized(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    """An uninitialised Linear of the new shape, like ``linear`` otherwise (its weights are loaded next)."""
+    with warnings.catch_warnings():  # zero-sized layers (every head or neuron pruned) are valid
+        warnings.simplefilter("ignore", UserWarning)
+        return nn.Linear(in_features, out_features, bias=linear.bias is not None, device=linear.weight.device,
+                         dtype=linear.weight.dtype)  # fmt: skip
+
+
+def _no_heads_forward(self: Any, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+    """The attention of a layer without heads: an empty context (only the output projection's bias reaches the
+    residual); the attention kernel is not called (CUDA's SDPA returns no tensor for zero heads)."""
+    context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+    return (_get(self, self.fastprune_out)(context) if self.fastprune_out else context), None
+
+
+def reshape_layers(model: Any, base_model_type: str, structure: dict) -> None:
+    """Re-size every layer of ``model`` (a stock model of ``base_model_type``) to ``structure``: the number of
+    attention heads and FFN neurons kept in each layer."""
+    layers_at, attention_at, *linears, heads_attr, hidden_key, heads_key = LAYOUTS[base_model_type]
+    query, key, value, attn_out, ffn_in, ffn_out = linears
+    hidden, dense_heads = getattr(model.config, hidden_key), getattr(model.config, heads_key)
+    head_size = hidden // dense_heads
+    layers = list(_get(model.base_model, layers_at))
+    heads, neurons = structure["num_heads"], structure["intermediate_size"]
+    if not len(layers) == len(heads) == len(neurons):
+        raise ValueError(f"{STRUCTURE_KEY} describes {len(heads)}/{len(neurons)} layers, the model has {len(layers)}")
+    for layer, n_heads, n_neurons in zip(layers, heads, neurons, strict=True):
+        width = int(n_heads) * head_size
+        for path in (query, key, value):
+            old = _get(layer, path)
+            _set(layer, path, _resized(old, old.in_features, width))
+        old = _get(layer, attn_out)
+        _set(layer, attn_out, _resized(old, width, old.out_features))
+        old = _get(layer, ffn_in)
+        _set(layer, ffn_in, _resized(old, old.in_features, int(n_neurons)))
+        old = _get(layer, ffn_out)
+        _set(layer, ffn_out, _resized(old, int(n_neurons), old.out_features))
+        attention = _get(layer, attention_at)
+        setattr(attention, heads_attr, int(n_heads))
+        if hasattr(attention, "all_head_size"):
+            attention.all_head_size = width
+        if n_heads == 0:
+            owns_out = attn_out.startswith(attention_at + ".")  # DistilBERT's attention applies its projection
+            attention.fastprune_out = attn_out[len(attention_at) + 1 :] if owns_out else None
+            attention.forward = types.MethodType(_no_heads_forward, attention)
+
+
+class _Pruned:
+    """Re-sizes the stock model's layers to the config's structure as soon as the stock layers exist."""
+
+    base_model_type = ""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        reshape_layers(self, self.base_model_type, getattr(config, STRUCTURE_KEY))
+
+
+# ----- configurations: the stock ones under a model type of their own ------------------------------------------------
+class FastpruneBertConfig(BertConfig):
+    model_type = MODEL_TYPE_PREFIX + "bert"
+
+
+class FastpruneRobertaConfig(RobertaConfig):
+    model_type = MODEL_TYPE_PREFIX + "roberta"
+
+
+class FastpruneXLMRobertaConfig(XLMRobertaConfig):
+    model_type = MODEL_TYPE_PREFIX + "xlm-roberta"
+
+
+class FastpruneCamembertConfig(CamembertConfig):
+    model_type = MODEL_TYPE_PREFIX + "camembert"
+
+
+class FastpruneElectraConfig(ElectraConfig):
+    model_type = MODEL_TYPE_PREFIX + "electra"
+
+
+class FastpruneDistilBertConfig(DistilBertConfig):
+    model_type = MODEL_TYPE_PREFIX + "distilbert"
+
+
+# ----- models -----------------------------------------------------------------------------------------------------
+class FastpruneBertForSequenceClassification(_Pruned, BertForSequenceClassification):
+    config_class, base_model_type = FastpruneBertConfig, "bert"
+
+
+class FastpruneBertForQuestionAnswering(_Pruned, BertForQuestionAnswering):
+    config_class, base_model_type = FastpruneBertConfig, "bert"
+
+
+class FastpruneRobertaForSequenceClassification(_Pruned, RobertaForSequenceClassification):
+    config_class, base_model_type = FastpruneRobertaConfig, "roberta"
+
+
+class FastpruneRobertaForQuestionAnswering(_Pruned, RobertaForQuestionAnswering):
+    config_class, base_model_type = FastpruneRobertaConfig, "roberta"
+
+
+class FastpruneXLMRobertaForSequenceClassification(_Pruned, XLMRobertaForSequenceClassification):
+    config_class, base_model_type = FastpruneXLMRobertaConfig, "xlm-roberta"
+
+
+class FastpruneXLMRobertaForQuestionAnswering(_Pruned, XLMRobertaForQuestionAnswering):
+    config_class, base_model_type = FastpruneXLMRobertaConfig, "xlm-roberta"
+
+
+class FastpruneCamembertForSequenceClassification(_Pruned, CamembertForSequenceClassification):
+    config_class, base_model_type = FastpruneCamembertConfig, "camembert"
+
+
+class FastpruneCamembertForQuestionAnswering(_Pruned, CamembertForQuestionAnswering):
+    config_class, base_model_type = FastpruneCamembertConfig, "camembert"
+
+
+class FastpruneElectraForSequenceClassification(_Pruned, ElectraForSequenceClassification):
+    config_class, base_model_type = FastpruneElectraConfig, "electra"
+
+
+class FastpruneElectraForQuestionAnswering(_Pruned, ElectraForQuestionAnswering):
+    config_class, base_model_type = FastpruneElectraConfig, "electra"
+
+
+class FastpruneDistilBertForSequenceClassification(_Pruned, DistilBertForSequenceClassification):
+    config_class, base_model_type = FastpruneDistilBertConfig, "distilbert"
+
+
+class FastpruneDistilBertForQuestionAnswering(_Pruned, DistilBertForQuestionAnswering):
+    config_class, base_model_type = FastpruneDistilBertConfig, "distilbert"

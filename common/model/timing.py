@@ -1,0 +1,239 @@
+"""Timing on a device (helpers shared by the latency table) and end-to-end profiling of models."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from ..errors import ConfigError
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def now() -> float:
+    """The CPU clock used for every timing (one place, so tests can observe when timing happens)."""
+    return time.perf_counter()
+
+
+def to_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16") from None
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    return str(to_dtype(dtype)).removeprefix("torch.")
+
+
+def _cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human-readable name of the device that timings depend on: the GPU model, or the CPU model
+    plus the number of torch threads (CPU latency scales with it)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model_name()} ({torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call in ms: CUDA events on a GPU, ``perf_counter`` on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return float(start.elapsed_time(end))
+    begin = now()
+    fn()
+    return (now() - begin) * 1000.0
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], object]], device: torch.device, repeats: int, warmup: int
+) -> list[list[float]]:
+    """Warm every function up, then time them round-robin (f1, f2, ..., f1, f2, ...) so slow drift of
+    the machine (clock, thermal, other load) spreads evenly over all of them. Returns the samples (ms)."""
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            samples[i].append(_time_once_ms(fn, device))
+    return samples
+
+
+class ProfileEntry(BaseModel):
+    """Latency of one model at one (dtype, batch, seq) setting."""
+
+    model: str
+    dtype: str
+    batch_size: int
+    seq_len: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    throughput: float  # sequences per second at the p50 latency
+    speedup: float  # p50 of the first model / p50 of this one
+    repeats: int
+    warmup: int
+
+
+class ProfileResult(BaseModel):
+    device: str
+    entries: list[ProfileEntry]
+
+    def entry(self, model: str, dtype: str = "float32", batch_size: int | None = None,
+              seq_len: int | None = None) -> ProfileEntry:
+        for e in self.entries:
+            if (e.model, e.dtype) == (model, dtype_name(dtype)) and batch_size in (None, e.batch_size) and (
+                seq_len in (None, e.seq_len)
+            ):
+                return e
+        raise KeyError(f"no profile for model={model!r} dtype={dtype} batch={batch_size} seq={seq_len}")
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"Device: {self.device}",
+            "",
+            "| model | dtype | batch | seq | p50 ms | p90 ms | seq/s | speedup |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in self.entries:
+            lines.append(
+                f"| {e.model} | {e.dtype} | {e.batch_size} | {e.seq_len} | {e.p50_ms:.2f} | {e.p90_ms:.2f} "
+                f"| {e.throughput:.1f} | {e.speedup:.2f}x |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def random_inputs(
+    batch_size: int, seq_len: int, vocab_size: int, device: torch.device | str = "cpu", seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random token ids (avoiding the first 1000 ids where the vocabulary allows) and a full mask."""
+    generator = torch.Generator().manual_seed(seed)
+    low = 1000 if vocab_size > 2000 else 1
+    ids = torch.randint(low, vocab_size, (batch_size, seq_len), generator=generator)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
+def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The model on ``device`` in ``dtype`` (a copy only when it must be converted), in eval mode."""
+    param = next(model.parameters(), None)
+    if param is not None and (param.device != device or param.dtype != dtype):
+        model = copy.deepcopy(model).to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def _stats(model: str, dtype: str, batch: int, seq: int, samples: list[float], repeats: int,
+           warmup: int) -> ProfileEntry:
+    p50 = float(np.percentile(samples, 50))
+    return ProfileEntry(
+        model=model, dtype=dtype, batch_size=batch, seq_len=seq, p50_ms=p50,
+        p90_ms=float(np.percentile(samples, 90)), mean_ms=float(np.mean(samples)),
+        throughput=batch / (p50 / 1000.0), speedup=1.0, repeats=repeats, warmup=warmup,
+    )
+
+
+def profile_models(
+    models: Mapping[str, nn.Module],
+    batch_sizes: Sequence[int] = (32,),
+    seq_lens: Sequence[int] = (128,),
+    device: torch.device | str = "cpu",
+    dtypes: Sequence[str] = ("float32",),
+    repeats: int = 20,
+    warmup: int = 5,
+    vocab_size: int = 30522,
+    seed: int = 0,
+) -> ProfileResult:
+    """End-to-end latency of whole models on the SAME random inputs per (dtype, batch, seq) setting,
+    in this process: every model is warmed up, then the models are timed interleaved (A, B, A, B, ...)
+    under ``torch.inference_mode`` so drift of the machine hits all of them alike. Half precision
+    (float16/bfloat16) is measured only on CUDA; it is skipped on other devices. ``speedup`` is the
+    first model's p50 over each model's p50. Models are put in eval mode (converted copies are used
+    for another device or dtype)."""
+    if not models:
+        raise ConfigError("profile_models needs at least one model")
+    device = torch.device(device)
+    wanted = [dtype_name(d) for d in dtypes]
+    run_dtypes = [d for d in wanted if d == "float32" or device.type == "cuda"]
+    entries: list[ProfileEntry] = []
+    for dtype in run_dtypes:
+        prepared = {name: _prepare(m, device, to_dtype(dtype)) for name, m in models.items()}
+        for batch in batch_sizes:
+            for seq in seq_lens:
+                entries += _profile_setting(
+                    prepared, device, dtype, batch, seq, repeats, warmup, vocab_size, seed
+                )
+    return ProfileResult(device=device_name(device), entries=entries)
+
+
+def _profile_setting(
+    models: Mapping[str, nn.Module],
+    device: torch.device,
+    dtype: str,
+    batch: int,
+    seq: int,
+    repeats: int,
+    warmup: int,
+    vocab_size: int,
+    seed: int,
+) -> list[ProfileEntry]:
+    inputs = random_inputs(batch, seq, vocab_size, device, seed)
+    calls = [_bind_kwargs(m, inputs) for m in models.values()]
+    with torch.inference_mode():
+        samples = time_interleaved(calls, device, repeats, warmup)
+    entries = [
+        _stats(name, dtype, batch, seq, s, repeats, warmup) for name, s in zip(models, samples, strict=True)
+    ]
+    base = entries[0].p50_ms
+    for e in entries:
+        e.speedup = base / e.p50_ms
+    return entries
+
+
+def _bind_kwargs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], object]:
+    return lambda: model(**inputs)

@@ -1,0 +1,364 @@
+"""The method as stages over folders: prepare -> sample -> fisher -> search -> rearrange -> tune -> export ->
+evaluate / profile -> register.
+
+Each stage reads the folders of earlier stages and writes one folder of plain files (safetensors, parquet,
+a model folder) plus ``stage.json`` (its parameters, results and seconds) and ``MANIFEST.json`` (sha256 of
+every file). :func:`run_stage` verifies every input's manifest before use and builds the output beside its
+destination, renaming it into place only when complete, so a corrupted or partial folder is never accepted.
+``prune()`` (the one-shot CLI), ``fastprune step`` and the pipeline components all call :func:`run_stage`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig
+
+from ..errors import ConfigError
+from ..folders import (
+    GRADS_FILE,
+    HOLDOUT_FILE,
+    LATENCY_TABLE_FILE,
+    MASKS_FILE,
+    PROFILE_FILE,
+    SAMPLE_FILE,
+    cache_dir,
+    sha256_file,
+    stage_info,
+)
+from ..method.allocate import search_by
+from ..method.fisher import MaskGradients
+from ..method.iterative import iterative_fisher
+from ..method.rearrange import rearrange_masks
+from ..method.resplit import BudgetResplit
+from ..method.tuning import DEFAULT_TEACHER, tune_masks
+from ..method.validation import StageValidator
+from ..model.arch import ModelDims, adapter_for
+from ..model.cost import dense_macs, flops_ratio, structure_macs
+from ..model.export import export_pruned, parameter_count, save_pruned
+from ..model.loading import load_model, resolve_device
+from ..model.masks import Masks, pruning_applied
+from ..ops.storage import fetch, is_remote
+from ..tasks.spec import TaskSpec, get_task
+from .config import (
+    EvaluateParams,
+    ExportParams,
+    FisherParams,
+    PrepareParams,
+    ProfileParams,
+    RearrangeParams,
+    SampleParams,
+    SearchParams,
+    TuneParams,
+)
+from .options import BY_MODE
+from .sanity import budget_warnings, chance_warning, sampling_warning
+
+# The data and evaluation modules (datasets, scipy) are imported by the stages that use them: every pipeline step
+# is a fresh process, and these imports cost seconds.
+
+
+
+# ----- reading stage folders -----------------------------------------------------------------------
+
+
+
+
+def _task(folder: Path) -> TaskSpec:
+    return get_task(stage_info(folder)["task"])
+
+
+def _sources_cache() -> Path:
+    return cache_dir() / "downloads"
+
+
+def resolve_source(source: str, tracking_uri: str | None = None) -> tuple[str | Path, str]:
+    """Where to read ``source`` from (a local path, downloaded, checked and cached for an ``s3://`` URI or a
+    registered model ``models:/NAME/VERSION`` of the MLflow at ``tracking_uri``; a hub id as it is) and how to
+    name it (the URI, ``models:/NAME/VERSION`` with an alias resolved, an absolute path or the hub id)."""
+    if source.startswith("models:/"):
+        from ..ops.registry import fetch_registered_model
+
+        return fetch_registered_model(source, _sources_cache(), tracking_uri)
+    path = Path(source).expanduser()
+    if is_remote(source):
+        return fetch(source, _sources_cache()), source
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1 or path.exists():
+        local = fetch(source, _sources_cache())
+        return local, str(local.resolve())
+    return source, source
+
+
+def _sample_batches(sample: Path, tokenizer, task: TaskSpec, file: str = SAMPLE_FILE) -> list[dict]:
+    """The pruning sample (or its held-out part) of a sample folder, tokenized and batched as its stage says."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    from ..tasks.data import task_batches
+
+    params = stage_info(sample)["params"]
+    ds = Dataset(InMemoryTable(pq.read_table(sample / file)))
+    return task_batches(ds, tokenizer, task, params["batch_size"], params["max_length"])
+
+
+def _model(folder: Path, device: torch.device) -> tuple[nn.Module, object, TaskSpec]:
+    task = _task(folder)
+    model, tokenizer = load_model(folder, task, device)
+    return model, tokenizer, task
+
+
+def _dims(model_folder: Path) -> ModelDims:
+    config = AutoConfig.from_pretrained(model_folder)
+    return adapter_for(config).dims(config)
+
+
+def _masks_summary(masks: Masks, dims: ModelDims | None = None, seq_len: float | None = None) -> dict:
+    summary = {"heads_per_layer": masks.heads_per_layer(), "neurons_per_layer": masks.neurons_per_layer()}
+    if dims is not None and seq_len is not None:
+        summary["flops_ratio"] = flops_ratio(masks, dims, seq_len)
+    return summary
+
+
+# ----- the method's building blocks ----------------------------------------------------------------
+def search_masks(grads: MaskGradients, dims: ModelDims, constraint: float, seq_len: float, latency_table=None,
+                 allocation: str = "global") -> Masks:  # fmt: skip
+    """FLOPs-constrained search (``allocation``: see :class:`~fastprune.common.stages.config.SearchParams`), or
+    latency-constrained when a latency table is given."""
+    if latency_table is not None:
+        from ..method.latency_search import search_latency
+
+        return search_latency(grads.head_importance(), grads.neuron_importance(), latency_table, constraint)
+    return search_by(allocation, grads, dims, seq_len, constraint)
+
+
+def teacher_masks(
+    grads: MaskGradients, dims: ModelDims, constraint: float, seq_len: float, kind: str, latency_table=None,
+    allocation: str = "global",
+) -> Masks | None:
+    """The tuning teacher: the model masked at the looser constraint sqrt(C) (the paper's schedule),
+    or ``None`` for the dense model."""
+    if kind == "dense":
+        return None
+    loose = search_masks(grads, dims, math.sqrt(constraint), seq_len, latency_table, allocation)
+    return rearrange_masks(loose, grads)
+
+
+def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task, dev, device, batch_size) -> dict:
+    from ..tasks.evaluate import evaluate
+
+    with pruning_applied(model, masks, device):
+        return evaluate(model, tokenizer, task, dev, device, batch_size)
+
+
+# ----- the stages: each writes its files into ``out`` and returns its results --------------------------
+def run_prepare(p: PrepareParams, out: Path) -> dict:
+    """Fetch the model, check it fits the task, and save it in fastprune's format (safetensors + tokenizer)."""
+    if p.tracking_uri:
+        from ..ops.registry import check_tracking_uri
+
+        check_tracking_uri(p.tracking_uri)
+    task = get_task(p.task)
+    if p.dev_data:  # read and its labels parsed before the model is loaded
+        from ..tasks.data import load_task_data
+
+        load_task_data(resolve_source(p.dev_data)[0], task, "validation")
+    local, source = resolve_source(p.model, p.tracking_uri)
+    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
+    save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
+    dims = adapter_for(model).dims(model.config)
+    return {"task": task.name, "source": source, "architecture": type(model).__name__,
+            "parameters": parameter_count(model), "num_layers": dims.num_layers, "num_heads": dims.num_heads,
+            "intermediate_size": dims.intermediate_size}
+
+
+def run_sample(p: SampleParams, out: Path) -> dict:
+    """Draw the pruning sample from the training data; record the data's sha256."""
+    from ..tasks.data import load_task_data, sample_dataset, split_holdout
+
+    task = get_task(p.task)
+    local, source = resolve_source(p.train_data)
+    train = load_task_data(local, task, "train", p.text_columns, p.label_column)
+    sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
+    warnings = [w for w in [sampling_warning(p.num_samples, len(train), p.replace)] if w]
+    if p.holdout:
+        sample, held_out = split_holdout(sample, p.holdout, p.seed)
+        held_out.to_parquet(str(out / HOLDOUT_FILE))
+    sample.to_parquet(str(out / SAMPLE_FILE))
+    checksum = sha256_file(local) if isinstance(local, Path) and local.is_file() else None
+    return {"task": task.name, "train_file": source, "train_sha256": checksum, "train_examples": len(train),
+            "num_examples": len(sample), **({"warnings": warnings} if warnings else {})}
+
+
+def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
+    """Per-batch gradients of the task loss w.r.t. every head and neuron mask over the sample."""
+    from ..tasks.data import average_length
+
+    device = resolve_device(p.device)
+    net, tokenizer, task = _model(model, device)
+    if _task(sample).name != task.name:
+        raise ConfigError(f"the sample is for task {_task(sample).name} but the model for {task.name}")
+    batches = _sample_batches(sample, tokenizer, task)
+    seq_len, dims = p.seq_len or average_length(batches), adapter_for(net).dims(net.config)
+
+    def search(g: MaskGradients, constraint: float) -> Masks:
+        return search_masks(g, dims, constraint, seq_len)
+
+    seed = stage_info(sample)["params"]["seed"]
+    grads = iterative_fisher(net, batches, p.constraint, p.fisher_steps, search, device, p.progress, p.fisher_labels,
+                             seed)
+    grads.save(out / GRADS_FILE)
+    result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
+    if grads.available is not None:
+        result["available"] = _masks_summary(grads.available)
+    return result
+
+
+def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
+    """The masks of largest Fisher importance within the FLOPs (or latency) budget."""
+    dims, seq_len = _dims(model), p.seq_len or stage_info(grads)["seq_len"]
+    result: dict = {"constraint": p.constraint, "metric": p.constraint_metric, "seq_len": seq_len}
+    table = None
+    if p.constraint_metric == "latency":
+        from ..method.latency_search import latency_ratio
+        from ..method.latency_table import build_lut
+
+        start = time.perf_counter()
+        table = build_lut(AutoConfig.from_pretrained(model), resolve_device(p.device), p.latency_batch_size,
+                          p.latency_seq_len, dtype=p.serving_dtype)
+        table.save(out / LATENCY_TABLE_FILE)
+        result["latency_table_seconds"] = round(time.perf_counter() - start, 3)
+    masks = search_masks(MaskGradients.load(grads / GRADS_FILE), dims, p.constraint, seq_len, table, p.allocation)
+    masks.save(out / MASKS_FILE)
+    if table is not None:
+        result["latency_ratio_fitted"] = latency_ratio(masks, table)
+    warnings = budget_warnings(p.constraint, p.constraint_metric, masks.heads_per_layer(), masks.neurons_per_layer(),
+                               dims.num_layers * dims.num_heads, dims.num_layers * dims.intermediate_size)
+    return {**result, **_masks_summary(masks, dims, seq_len), **({"warnings": warnings} if warnings else {})}
+
+
+def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> dict:
+    """Re-choose which units each layer prunes with the block-diagonal Fisher (per-layer counts unchanged)."""
+    searched = Masks.load(masks / MASKS_FILE)
+    new = rearrange_masks(searched, MaskGradients.load(grads / GRADS_FILE)) if p.rearrange else searched.clone()
+    new.save(out / MASKS_FILE)
+    moved = int((new.head != searched.head).sum() + (new.neuron != searched.neuron).sum()) // 2
+    return {"seq_len": stage_info(masks)["seq_len"], "units_moved": moved, **_masks_summary(new)}
+
+
+def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, searched: Path, masks: Path) -> dict:
+    """Layer-wise least squares: real-valued scales for the kept units that reproduce the teacher. With a
+    held-out part of the sample, rearrangement and tuning are each kept only where they lower its loss."""
+    search = stage_info(searched)
+    chosen = Masks.load(masks / MASKS_FILE)
+    reports, validation, validator, resplit = [], {}, None, None
+    holdout = (sample / HOLDOUT_FILE).exists()
+    if p.tune or holdout:
+        device = resolve_device(p.device)
+        net, tokenizer, task = _model(model, device)
+        if holdout:
+            validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device)
+            chosen = validator.choose("rearrange", Masks.load(searched / MASKS_FILE), chosen)
+    if p.tune:
+        table_file = searched / LATENCY_TABLE_FILE
+        table = None
+        if table_file.exists():
+            from ..method.latency_table import LatencyTable
+
+            table = LatencyTable.load(table_file)
+        fisher = MaskGradients.load(grads / GRADS_FILE)
+        dims = adapter_for(net).dims(net.config)
+        kind = DEFAULT_TEACHER[p.tuning_mode] if p.tuning_teacher == BY_MODE else p.tuning_teacher
+        allocation = search["params"].get("allocation", "global")  # the search stage's, for the teacher and re-split
+        teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation)
+        batches = _sample_batches(sample, tokenizer, task)
+        if p.tuning_resplit:
+            made = stage_info(grads)["params"]
+            labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
+            resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table,
+                                    allocation)  # fmt: skip
+        tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge(), p.tuning_scale_bound,
+                                    p.tuning_policy, progress=p.progress, num_samples=p.tuning_samples or None,
+                                    mode=p.tuning_mode, resplit=resplit)
+        chosen = validator.choose("tune", chosen, tuned) if validator else tuned
+    if validator:
+        validation = validator.report
+    chosen.save(out / MASKS_FILE)
+    return {"seq_len": search["seq_len"], "tuning": [r.as_dict() for r in reports], "blocks": len(reports),
+            "layers_tuned": sum(r.tuned for r in reports), "validation": validation,
+            **({"resplit": resplit.log} if resplit else {}), **_masks_summary(chosen)}
+
+
+def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
+    """Fold the scales into the weights and slice the pruned units away: a physically smaller model."""
+    net, tokenizer, task = _model(model, torch.device("cpu"))
+    tuned = Masks.load(masks / MASKS_FILE)
+    pruned = export_pruned(net, tuned, p.neuron_multiple)
+    save_pruned(pruned, out, tokenizer, metadata={"source": stage_info(model)["source"], "task": task.name})
+    before, after = parameter_count(net), parameter_count(pruned)
+    dims, seq_len = adapter_for(net).dims(net.config), stage_info(masks)["seq_len"]
+    shape = adapter_for(pruned).structure(pruned)  # with the padding neurons
+    exported = structure_macs(shape, dims, seq_len)
+    return {"task": task.name, "source": stage_info(model)["source"], "params_before": before, "params_after": after,
+            "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len),
+            "neurons_per_layer_exported": shape["intermediate_size"],
+            "flops_ratio_exported": exported / dense_macs(dims, seq_len)}
+
+
+_MASKED_METRICS = {"searched": "metric_search", "rearranged": "metric_rearranged", "tuned": "metric_tuned_masked"}
+
+
+def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **masks: Path | None) -> dict:
+    """The task metric on the dev set: original, masked (after search / rearrangement / tuning) and pruned."""
+    from ..tasks.data import load_task_data
+
+    device, task = resolve_device(p.device), _task(model)
+    dev = load_task_data(resolve_source(p.dev_data)[0], task, "validation", p.text_columns, p.label_column)
+    net, tokenizer, _ = _model(model, device)  # after the dev data: a bad file fails before the model loads
+
+    def run(m: nn.Module, mask: Masks | None = None) -> dict:
+        return evaluate_masked(m, mask, tokenizer, task, dev, device, p.eval_batch_size)
+
+    before = run(net)
+    result = {"task": task.name, "metric": task.metric, "dev_examples": len(dev), "metric_before": before[task.metric]}
+    chance = chance_warning(task, [] if task.is_qa else list(dev["label"]), before)
+    if chance:
+        result["warnings"] = [chance]
+    for name, folder in masks.items():
+        if folder is not None:
+            result[_MASKED_METRICS[name]] = run(net, Masks.load(folder / MASKS_FILE))[task.metric]
+    pruned_net, pruned_tokenizer, _ = _model(pruned, device)
+    after = evaluate_masked(pruned_net, None, pruned_tokenizer, task, dev, device, p.eval_batch_size)
+    result["metric_after"] = after[task.metric]
+    result["metric_drop"] = result["metric_before"] - result["metric_after"]
+    return {**result, "metrics_before": before, "metrics_after": after, "device": str(device)}
+
+
+def run_profile(p: ProfileParams, out: Path, model: Path, pruned: Path) -> dict:
+    """End-to-end latency of the original and the pruned model on this step's device, same inputs."""
+    from ..model.timing import profile_models
+
+    device = resolve_device(p.device)
+    original, _, _ = _model(model, device)
+    small, _, _ = _model(pruned, device)
+    profile = profile_models({"original": original, "pruned": small}, (p.profile_batch_size,), (p.profile_seq_len,),
+                             device, (p.serving_dtype,), p.repeats, p.warmup, vocab_size=original.config.vocab_size)
+    if not profile.entries:
+        raise ConfigError(f"serving_dtype {p.serving_dtype} is measured on CUDA devices only, not on {device}")
+    (out / PROFILE_FILE).write_text(profile.to_markdown())
+    first, second = profile.entries
+    return {"device": profile.device, "latency_before_ms": first.p50_ms, "latency_after_ms": second.p50_ms,
+            "speedup": second.speedup, "profile": profile.to_dict()}
+
+
+
+
+# ----- the registry of stages, and running one ---------------------------------------------------------
+
+
+
+
