@@ -51,7 +51,7 @@ def _add_demo(p) -> None:
 
 
 def _demo(args) -> int:
-    from fastprune.common.outputs import check_output
+    from fastprune.common.folders import check_output
     from fastprune.common.stages.config import PruneConfig, SampleConfig
     from fastprune.common.stages.prune import format_summary, prune
     from fastprune.defaults import SST2_DEV, SST2_TRAIN, finetuned_minilm
@@ -88,10 +88,10 @@ def _add_profile(p) -> None:
 def _profile(args) -> int:
     import json
 
+    from fastprune.common.folders import check_output, staged_file
     from fastprune.common.model.export import load_pruned
     from fastprune.common.model.loading import check_device, resolve_device
     from fastprune.common.model.timing import profile_models
-    from fastprune.common.outputs import check_output, staged_file
     from fastprune.common.stages.preflight import check_exists
 
     device = resolve_device(check_device(args.device))
@@ -123,7 +123,7 @@ def _add_compile(p) -> None:
 
 
 def _compile(args) -> int:
-    from fastprune.common.outputs import check_output, staged_file
+    from fastprune.common.folders import check_output, staged_file
     from fastprune.pipelines.prune_pipeline import compile_pipeline
 
     output = check_output(args.output, args.overwrite, kind="file")
@@ -210,7 +210,7 @@ def _add_step(p) -> None:
 def _step(args) -> int:
     import json
 
-    from fastprune.common.outputs import check_output
+    from fastprune.common.folders import check_output
     from fastprune.common.stages.run import STAGES, run_stage
     from fastprune.flags import values
 
@@ -259,7 +259,7 @@ def _one_line(error: ValidationError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastprune.common.interrupts import Terminated, install_signal_handlers
+    from fastprune.common.interrupts import Terminated, termination_raises
     from fastprune.flags import warn_deprecated
 
     args = build_parser(argv).parse_args(argv)
@@ -267,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    install_signal_handlers()  # SIGTERM/SIGHUP raise, so that scratch and staging folders are removed
     try:
-        return args.func(args)
+        with termination_raises():  # SIGTERM/SIGHUP raise, so that scratch and staging folders are removed
+            return args.func(args)
     except ValidationError as e:
         print(f"fastprune: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from fastprune.common.errors import ConfigError
+from fastprune.common.folders import check_output, staged_folder
 from fastprune.common.model.loading import available_devices, check_device
-from fastprune.common.outputs import check_output, staged_folder
 from tiny import SST2, tiny_model, tiny_tokenizer
 
 from fastprune.cli import main

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from ..errors import ConfigError, IntegrityError
-from ..outputs import staged_folder
+from ..folders import staged_folder
 from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
 from .masks import Masks, weight_targets
 from .portable import make_portable, read_config

@@ -28,8 +28,15 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..errors import IntegrityError, StorageError
-from ..folders import MANIFEST_NAME, check_relative, parse_manifest, staged_folder, verify_manifest, write_manifest
-from ..outputs import staged_file
+from ..folders import (
+    MANIFEST_NAME,
+    check_relative,
+    parse_manifest,
+    staged_file,
+    staged_folder,
+    verify_manifest,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..folders import check_output
 from ..ops.storage import is_remote
-from ..outputs import check_output
 from ..tasks.spec import get_task
 
 _DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet")

@@ -10,9 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ..folders import MASKS_FILE
+from ..folders import MASKS_FILE, scratch_dir, staged_folder
 from ..model.loading import resolve_device
-from ..outputs import scratch_dir, staged_folder
 from ..tasks.spec import get_task
 from .config import (
     EvaluateParams,
