@@ -440,8 +440,21 @@ def render(res: Results) -> str:
     lines += machine_section(res) + targets_section(res) + accuracy_section(res)
     for task in res.tasks():
         lines += task_section(res, task)
-    lines += costs_section(res) + notes_section(res)
+    lines += costs_section(res) + notes_section(res) + deployment_section()
     return "\n".join(lines)
+
+
+DEPLOYMENT = Path(__file__).resolve().parent / "results" / "onnx_minilm_cpu.md"
+
+
+def deployment_section(path: Path = DEPLOYMENT) -> list[str]:
+    """The ONNX deployment benchmark (``onnx_bench.py``), as it wrote its results, when it has run."""
+    if not path.is_file():
+        return []
+    body = path.read_text(encoding="utf-8").strip().splitlines()
+    title = body[0].lstrip("# ") if body and body[0].startswith("# ") else "ONNX deployment"
+    return ["", f"## {title}", "", "From `benchmarks/onnx_bench.py` (`results/onnx_minilm_cpu.md`, `.json`).", "",
+            *body[1:]]  # fmt: skip
 
 
 def write_report(jsonl: Path, output: Path) -> list[Path]:

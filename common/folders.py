@@ -296,7 +296,8 @@ def staged_file(destination: str | Path) -> Iterator[Path]:
 
 # ----- stage folders ---------------------------------------------------------------------------------------------
 STAGE_ORDER = (
-    "prepare", "sample", "fisher", "search", "rearrange", "tune", "export", "evaluate", "profile", "register",
+    "prepare", "sample", "fisher", "search", "rearrange", "tune", "export", "evaluate", "profile", "onnx",
+    "register",
 )
 """The stages in pipeline order (each stage folder's ``stage.json`` names one)."""
 STAGE_FILE = "stage.json"

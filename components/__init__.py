@@ -8,7 +8,10 @@ the literal signatures against them."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 BASE_IMAGE = "ghcr.io/fastprune/fastprune:0.1.0"
 """The project image every step runs in (see the Dockerfile); ``fastprune compile --image`` sets another."""
@@ -40,7 +43,8 @@ def describe(name: str) -> str:
     from ..common.stages.run import STAGES
     from .runtime import STAGE_NAMES
 
-    for model in (RunOptions, Objective, *(s.params for s in STAGES.values())):
+    models: list[type[BaseModel]] = [RunOptions, Objective, *(s.params for s in STAGES.values())]
+    for model in models:
         field = model.model_fields.get(STAGE_NAMES.get(name, name)) or model.model_fields.get(name)
         if field is not None and field.description:
             return field.description

@@ -14,6 +14,7 @@ def fetch_model(
     mlflow_uri: str = "",
     trust_remote_code: bool = False,
     dev_data: str = "",
+    allow_pickle: bool = False,
 ):
     """Fetch the model, check it is fine-tuned for the task, save it as a checked folder; also check that the
     MLflow tracking server answers and the dev data is readable for the task (each when given), so bad settings

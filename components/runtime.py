@@ -40,12 +40,15 @@ def run_component(stage: str, output: Any, metrics: Any, arguments: dict[str, An
     to ``report`` / ``html``, which the Kubeflow UI shows)."""
     from fastprune.common.folders import numeric_results
     from fastprune.common.interrupts import install_signal_handlers
+    from fastprune.common.ops.remote import apply_remote_timeouts, secure_logging
     from fastprune.common.stages.run import run_stage
 
+    secure_logging()
     install_signal_handlers()  # a deleted pod's SIGTERM removes the step's staging folder on the way out
     params, inputs = stage_arguments(stage, arguments)
 
     try:
+        apply_remote_timeouts()
         info = run_stage(stage, output.path, params, **{name: a.path for name, a in inputs.items()})
     except Exception as e:
         _record_failure(Path(output.path), stage, e)
@@ -71,7 +74,9 @@ def lineage(info: dict, folder: Path, inputs: dict[str, str]) -> dict:
 def _record_failure(output: Path, stage: str, error: Exception) -> None:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        (output.parent / FAILURE_FILE).write_text(json.dumps({"stage": stage, "error": str(error),
+        from fastprune.common.ops.remote import redact
+
+        (output.parent / FAILURE_FILE).write_text(json.dumps({"stage": stage, "error": redact(str(error)),
                                                              "type": type(error).__name__}))
     except OSError:  # reporting must never hide the error itself
         pass

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from fastprune.common.errors import FastpruneError
+from fastprune.common.ops.remote import apply_remote_timeouts, redact, secure_logging
+from fastprune.onnx_cli import COMMANDS as ONNX_COMMANDS
 from fastprune.ops_cli import COMMANDS as OPS_COMMANDS
 
 log = logging.getLogger("fastprune")
@@ -233,6 +235,7 @@ _COMMANDS = {
     "step": (_add_step, "run one stage of the pipeline on folders, as the pipeline's steps do"),
 }
 _COMMANDS.update(OPS_COMMANDS)  # submit, sweep, trigger (fastprune/ops_cli.py)
+_COMMANDS.update(ONNX_COMMANDS)  # onnx (fastprune/onnx_cli.py)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -260,6 +263,12 @@ def _one_line(error: ValidationError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from fastprune.common.interrupts import Terminated, termination_raises
+
+    try:
+        apply_remote_timeouts()  # FASTPRUNE_REMOTE_TIMEOUT, before the parser imports MLflow or the hub client
+    except FastpruneError as e:
+        print(f"fastprune: error: {e}", file=sys.stderr)
+        return 2
     from fastprune.flags import warn_deprecated
 
     args = build_parser(argv).parse_args(argv)
@@ -267,14 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    secure_logging()  # no credentials at any verbosity: third-party loggers stay at INFO, secrets redacted
     try:
         with termination_raises():  # SIGTERM/SIGHUP raise, so that scratch and staging folders are removed
             return args.func(args)
     except ValidationError as e:
-        print(f"fastprune: error: {_one_line(e)}", file=sys.stderr)
+        print(f"fastprune: error: {redact(_one_line(e))}", file=sys.stderr)
         return 2
     except FastpruneError as e:
-        print(f"fastprune: error: {e}", file=sys.stderr)
+        print(f"fastprune: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastprune: interrupted; nothing half-written was left", file=sys.stderr)

@@ -74,8 +74,13 @@ def _help(field: FieldInfo, extra: str | None = None) -> str:
     return "; ".join(p for p in parts if p).replace("%", "%%")
 
 
-def add_fields(parser, model: type[BaseModel], skip: tuple[str, ...] = (), notes: dict[str, str] | None = None,
-               dest_prefix: str = "") -> list[str]:
+def add_fields(
+    parser,
+    model: type[BaseModel],
+    skip: tuple[str, ...] = (),
+    notes: dict[str, str] | None = None,
+    dest_prefix: str = "",
+) -> list[str]:
     """One flag per field of ``model`` (see the module); returns the field names."""
     names = []
     renames = _renames(model)
@@ -84,10 +89,13 @@ def add_fields(parser, model: type[BaseModel], skip: tuple[str, ...] = (), notes
             continue
         names.append(name)
         kw = flag_options(field)
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=dest_prefix + name,
-                            required=field.is_required() and name not in renames.values(),  # or its old flag
-                            help=_help(field, (notes or {}).get(name)),
-                            **kw)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=dest_prefix + name,
+            required=field.is_required() and name not in renames.values(),  # or its old flag
+            help=_help(field, (notes or {}).get(name)),
+            **kw,
+        )
     for old, new in renames.items():
         if new not in names or old in names:
             continue
@@ -161,17 +169,25 @@ def options_table() -> str:
     from fastprune.common.stages.run import STAGES
     from fastprune.pipelines.params import PruneRunParams, SweepRunParams
 
-    mixins = [m for m in vars(options).values() if isinstance(m, type) and issubclass(m, options.Options)
-              and m.__module__ == options.__name__ and m is not options.Options]
+    mixins = [
+        m
+        for m in vars(options).values()
+        if isinstance(m, type)
+        and issubclass(m, options.Options)
+        and m.__module__ == options.__name__
+        and m is not options.Options
+    ]
     rows, seen = [], set()
     for mixin in mixins:
         for name, field in mixin.model_fields.items():
             if name in seen or mixin.__name__ == "RunOptions":
                 continue
             seen.add(name)
-            where = [f"`{label}`" for label, model in (("prune", PruneConfig), ("run", PruneRunParams),
-                                                       ("sweep", SweepRunParams))
-                     if name in dict(leaves_by_name(model))]
+            where = [
+                f"`{label}`"
+                for label, model in (("prune", PruneConfig), ("run", PruneRunParams), ("sweep", SweepRunParams))
+                if name in dict(leaves_by_name(model))
+            ]
             where += [f"`step {s}`" for s, stage in STAGES.items() if name in stage.params.model_fields]
             default = "required" if field.is_required() else f"`{field.default}`"
             text = (field.description or "").replace("|", "\\|")

@@ -131,6 +131,7 @@ def _submit(args) -> int:
     import json
     import tempfile
 
+    from fastprune.common.ops.remote import redact
     from fastprune.pipelines.submit import compile_package, kfp_cron, spec_version_name, submit
 
     params = pipeline_params(args, args.pipeline)
@@ -141,7 +142,7 @@ def _submit(args) -> int:
                                                                               args.image))
         what = f"a recurring run, cron '{cron}'" if cron else "a run"
         print(f"fastprune: would create {what} of pipeline {args.pipeline} version {version} in experiment "
-              f"{args.experiment} with\n{json.dumps(params.arguments(), indent=2)}")
+              f"{args.experiment} with\n{redact(json.dumps(params.arguments(), indent=2))}")
         return 0
     _print_submitted(submit(_cluster(args), params, _options(args, args.pipeline)))
     return 0
@@ -252,8 +253,9 @@ def _trigger(args) -> int:
     from datetime import timedelta
 
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    from fastprune.common.ops.registry import redacted
+    from fastprune.common.ops.registry import check_tracking_uri, mlflow_error, redacted
     from fastprune.common.ops.trigger import summary, trigger
     from fastprune.pipelines.launchers import ClusterLauncher, LocalLauncher
 
@@ -263,6 +265,7 @@ def _trigger(args) -> int:
         from fastprune.common.errors import ConfigError
 
         raise ConfigError("which MLflow holds the source model? Set MLFLOW_TRACKING_URI or pass --tracking-uri")
+    check_tracking_uri(tracking_uri)  # answers, and accepts the credentials, before anything else
     given = params.model_fields_set
     target = params.registered_model_name if "registered_model_name" in given else f"{args.registered_model}-pruned"
     params = type(params).model_validate({**params.arguments(), "registered_model_name": target,
@@ -281,10 +284,13 @@ def _trigger(args) -> int:
         link = f"  {o.url}" if o.url else ""
         print(f"  version {o.version.version:>4}  {o.action:<11} {o.reason}{link}", flush=True)
 
-    outcomes = trigger(MlflowClient(tracking_uri), args.registered_model, launcher, params.arguments(),
-                       alias=args.source_alias, stage=args.source_stage, max_attempts=args.max_attempts,
-                       stale_after=timedelta(hours=args.stale_after_hours), limit=args.limit, dry_run=args.dry_run,
-                       report=show)
+    try:
+        outcomes = trigger(MlflowClient(tracking_uri), args.registered_model, launcher, params.arguments(),
+                           alias=args.source_alias, stage=args.source_stage, max_attempts=args.max_attempts,
+                           stale_after=timedelta(hours=args.stale_after_hours), limit=args.limit,
+                           dry_run=args.dry_run, report=show)
+    except MlflowException as e:
+        raise mlflow_error(e, redacted(tracking_uri), f"reading the versions of {args.registered_model}") from None
     print(f"fastprune: {summary(outcomes)}")
     return 1 if any(o.action == "failed" for o in outcomes) else 0
 

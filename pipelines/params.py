@@ -33,6 +33,7 @@ from ..common.stages.options import (
     FisherLabels,
     FisherSteps,
     Objective,
+    OnnxExport,
     ProfileShape,
     RunOptions,
     Sampling,
@@ -66,7 +67,7 @@ def kfp_annotation(field: FieldInfo) -> type:
 
 
 class PipelineParams(TuningChoices, FisherLabels, Allocation, ServingDtype, ProfileShape, Device, Sampling,
-                     ConstraintMetric, RunOptions):
+                     ConstraintMetric, OnnxExport, RunOptions):
     """Parameters shared by the pruning pipeline and the budget sweep: the pipelines' signatures are generated from
     these fields (:mod:`fastprune.pipelines.wiring`). A parameter that is not set keeps its default."""
 

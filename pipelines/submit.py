@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ..common.errors import ConfigError, FastpruneError
+from ..common.ops.remote import redact
 from .params import PipelineParams, PruneRunParams, SweepRunParams, params_model, validate_params
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class ClusterConfig(BaseModel):
             raise ConfigError("no Kubeflow Pipelines host: pass --host URL or set KFP_HOST "
                               "(e.g. https://kubeflow.example.com/pipeline)")
         if not host.startswith(("http://", "https://")):
-            raise ConfigError(f"the Kubeflow Pipelines host must be an http(s) URL, got {host!r}")
+            raise ConfigError(f"the Kubeflow Pipelines host must be an http(s) URL, got {redact(host)!r}")
         token = _env("KFP_TOKEN")
         token_file = token_file or _env("KFP_TOKEN_FILE")
         if token_file:
@@ -144,7 +145,7 @@ class ClusterConfig(BaseModel):
 
     def client(self):
         """A ``kfp.Client`` for this cluster."""
-        from kfp import Client
+        from .kfp_client import new_client
 
         kwargs: dict[str, Any] = {"host": self.host, "ui_host": self.ui_host, "ssl_ca_cert": self.ssl_ca_cert,
                                   "verify_ssl": self.verify_ssl}
@@ -155,11 +156,11 @@ class ClusterConfig(BaseModel):
         if self.cookies is not None:
             kwargs["cookies"] = self.cookies.get_secret_value()
         with _quiet(f"connecting to {self.host}"):
-            return Client(**{k: v for k, v in kwargs.items() if v is not None})
+            return new_client(**{k: v for k, v in kwargs.items() if v is not None})
 
     def link(self, kind: Literal["run", "recurring run", "pipeline version"], *ids: str) -> str:
         """The UI page of a run, recurring run or pipeline version."""
-        base = (self.ui_host or self.host).rstrip("/")
+        base = redact(self.ui_host or self.host).rstrip("/")
         path = {"run": "runs/details/{}", "recurring run": "recurringrun/details/{}",
                 "pipeline version": "pipelines/details/{}/version/{}"}[kind]
         return f"{base}/#/{path.format(*ids)}"
@@ -176,7 +177,7 @@ def _quiet(action: str):
     except FastpruneError:
         raise
     except Exception as e:
-        raise SubmitError(f"Kubeflow Pipelines refused {action}: {_reason(e)}") from e
+        raise SubmitError(redact(f"Kubeflow Pipelines refused {action}: {_reason(e)}")) from e
     finally:
         if buffer.getvalue().strip():
             log.debug("kfp: %s", buffer.getvalue().strip())
@@ -191,6 +192,10 @@ def _reason(error: Exception) -> str:
             message = json.loads(body).get("message")
         except (ValueError, AttributeError):
             message = str(body)[:300]
+    if status == 401:
+        from .kfp_client import AUTH_HINT
+
+        return f"HTTP 401: authentication failed: {AUTH_HINT}"
     if status:
         return f"HTTP {status} {getattr(error, 'reason', '') or ''}".strip() + (f": {message}" if message else "")
     lines = str(error).strip().splitlines()

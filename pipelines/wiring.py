@@ -28,9 +28,14 @@ from .params import PipelineParams, kfp_annotation
 def signature(params: type[PipelineParams]) -> inspect.Signature:
     """The pipeline function's signature: one parameter per field of ``params``, of its KFP type and default."""
     return inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=field.default,
-                           annotation=kfp_annotation(field)) for name, field in params.model_fields.items()],
-        return_annotation=Artifact)
+        [
+            inspect.Parameter(
+                name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=field.default, annotation=kfp_annotation(field)
+            )
+            for name, field in params.model_fields.items()
+        ],
+        return_annotation=Artifact,
+    )
 
 
 def pipeline(name: str, description: str, params: type[PipelineParams], body: Callable[..., Any]):
@@ -99,9 +104,14 @@ class Candidate:
 
     def outputs(self) -> dict[str, Any]:
         """The candidate's artifacts, by the names the register and select steps take."""
-        return {"searched": self.searched.outputs["masks"], "rearranged": self.rearranged.outputs["rearranged"],
-                "tuned": self.tuned.outputs["tuned"], "pruned": self.exported.outputs["pruned"],
-                "evaluation": self.evaluated.outputs["evaluation"], "profile": self.profiled.outputs["profile"]}
+        return {
+            "searched": self.searched.outputs["masks"],
+            "rearranged": self.rearranged.outputs["rearranged"],
+            "tuned": self.tuned.outputs["tuned"],
+            "pruned": self.exported.outputs["pruned"],
+            "evaluation": self.evaluated.outputs["evaluation"],
+            "profile": self.profiled.outputs["profile"],
+        }
 
 
 def candidate(p: dict[str, Any], prepared: Prepared, constraint: Any) -> Candidate:
@@ -110,17 +120,32 @@ def candidate(p: dict[str, Any], prepared: Prepared, constraint: Any) -> Candida
     searched = call(search_masks, p, model=model, grads=grads, constraint=constraint)
     masks = searched.outputs["masks"]
     rearranged = call(rearrange_masks, p, grads=grads, masks=masks)
-    tuned = call(tune_masks, p, model=model, sample=sample, grads=grads, searched=masks,
-                 masks=rearranged.outputs["rearranged"])
+    tuned = call(
+        tune_masks, p, model=model, sample=sample, grads=grads, searched=masks, masks=rearranged.outputs["rearranged"]
+    )
     exported = call(export_model, p, model=model, masks=tuned.outputs["tuned"])
     pruned = exported.outputs["pruned"]
-    evaluated = call(evaluate_models, p, model=model, pruned=pruned, searched=masks,
-                     rearranged=rearranged.outputs["rearranged"], tuned=tuned.outputs["tuned"])
+    evaluated = call(
+        evaluate_models,
+        p,
+        model=model,
+        pruned=pruned,
+        searched=masks,
+        rearranged=rearranged.outputs["rearranged"],
+        tuned=tuned.outputs["tuned"],
+    )
     profiled = call(profile_latency, p, model=model, pruned=pruned)
     return Candidate(searched, rearranged, tuned, exported, evaluated, profiled)
 
 
 def register(p: dict[str, Any], prepared: Prepared, chosen: dict[str, Any]) -> dsl.PipelineTask:
     """Register the chosen candidate (its artifacts by name) behind the accuracy gate."""
-    return call(register_model, p, model=prepared.model, sample=prepared.sample, grads=prepared.grads, **chosen,
-                pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    return call(
+        register_model,
+        p,
+        model=prepared.model,
+        sample=prepared.sample,
+        grads=prepared.grads,
+        **chosen,
+        pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )

@@ -207,12 +207,15 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def mlflow_command(tmp_path: Path, port: int, artifacts_destination: str | None) -> list[str]:
-    """The `mlflow server` command line: SQLite backend, one uvicorn worker, bound to 127.0.0.1."""
+def mlflow_command(tmp_path: Path, port: int, artifacts_destination: str | None, auth: bool = False) -> list[str]:
+    """The `mlflow server` command line: SQLite backend, one uvicorn worker, bound to 127.0.0.1 (with MLflow's
+    basic-auth app when ``auth``)."""
     command = [
         str(_find_binary("mlflow")), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
+    if auth:
+        command += ["--app-name", "basic-auth"]
     if artifacts_destination:
         command += ["--artifacts-destination", artifacts_destination]
     return command
@@ -220,19 +223,22 @@ def mlflow_command(tmp_path: Path, port: int, artifacts_destination: str | None)
 
 @contextlib.contextmanager
 def mlflow_server(tmp_path: Path, artifacts_destination: str | None = None, env: dict[str, str] | None = None,
-                  timeout_s: float = 90.0) -> Iterator[str]:
+                  timeout_s: float = 90.0, admin_password: str | None = None) -> Iterator[str]:
     """An MLflow tracking server on a free port; yields its tracking URI (``http://127.0.0.1:PORT``).
 
     env is added to this process's environment (e.g. the S3 endpoint and credentials for an
-    ``s3://`` artifacts destination).
+    ``s3://`` artifacts destination). With ``admin_password`` the server runs MLflow's basic-auth app (it needs
+    Flask-WTF) and accepts the user ``admin`` with that password only.
     """
     root = _fresh_dir(Path(tmp_path) / "mlflow-server")
     port = free_ports(1)[0]
     uri = f"http://127.0.0.1:{port}"
     log_path = root / "mlflow.log"
-    command = mlflow_command(root, port, artifacts_destination)
+    command = mlflow_command(root, port, artifacts_destination, auth=admin_password is not None)
     # The huey job runner (MLflow 3 "jobs") is not needed by tests and slows the start down.
     defaults = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if admin_password is not None:
+        defaults |= {"MLFLOW_AUTH_ADMIN_PASSWORD": admin_password, "MLFLOW_FLASK_SERVER_SECRET_KEY": "fastprune-tests"}
     process = _spawn(command, log_path, {**os.environ, **defaults, **(env or {})})
     try:
         _wait_until(lambda: _http_ok(f"{uri}/health"), process, log_path, "MLflow server", timeout_s)

@@ -218,8 +218,9 @@ def test_profiler_feeds_identical_inputs_warms_up_and_interleaves(monkeypatch):
     assert [(e.model, e.seq_len) for e in result.entries] == [("a", 8), ("b", 8), ("a", 12), ("b", 12)]
     assert result.entry("a", seq_len=8).speedup == 1.0
     b = result.entry("b", seq_len=12)
-    assert b.speedup == pytest.approx(result.entry("a", seq_len=12).p50_ms / b.p50_ms)
-    assert b.p90_ms >= b.p50_ms > 0 and b.throughput == pytest.approx(2 / (b.p50_ms / 1000))
+    assert b.speedup_p10 <= b.speedup <= b.speedup_p90  # the median of per-repeat ratios (a_i / b_i)
+    assert b.p90_ms >= b.p50_ms >= b.p10_ms > 0 and b.throughput == pytest.approx(2 / (b.p50_ms / 1000))
+    assert isinstance(b.noisy, bool)
     table = result.to_markdown()
     assert "| b | float32 | 2 | 12 |" in table and "speedup" in table
     assert result.to_dict()["entries"][0]["model"] == "a"
@@ -284,3 +285,21 @@ def test_a_half_precision_latency_table_needs_a_gpu():
                     serving_dtype="float16", device="cpu")  # fmt: skip
     assert PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, serving_dtype="float16", device="cpu")
 
+
+
+def test_spread_speedups_are_paired_and_noise_is_flagged():
+    from fastprune.common.model import spread as timing
+
+    steady = timing.spread([10.0, 10.1, 9.9, 10.0, 10.05])
+    assert steady.median == 10.0 and not steady.noisy
+    busy = timing.spread([10.0, 30.0, 11.0, 10.5, 25.0])
+    assert busy.noisy and busy.p10 < busy.median < busy.p90 and "noisy" in busy.text()
+    # the machine slowed down 3x half-way: each repeat's ratio still says 2x, and the speedup is not noisy
+    dense, pruned = [10, 10, 30, 30, 30], [5, 5, 15, 15, 15]
+    speedup = timing.paired_speedup(dense, pruned)
+    assert speedup.median == 2.0 and not speedup.noisy
+    order = []
+    samples = timing.interleave([lambda: order.append("a"), lambda: order.append("b")], repeats=3, warmup=1)
+    assert order == ["a", "b"] + ["a", "b"] * 3 and [len(s) for s in samples] == [3, 3]
+    with pytest.raises(ConfigError, match="repeats must be >= 1"):
+        timing.interleave([lambda: None], repeats=0, warmup=0)

@@ -34,7 +34,14 @@ COMPONENTS = {  # module: (component, stage)
     "select": ("select_candidate", None),
 }
 NOT_IN_COMPONENTS = {  # stage options a pipeline step does not take (its default is the pipeline's behaviour)
-    "progress", "text_columns", "label_column", "seq_len", "replace", "batch_size", "max_length", "holdout",
+    "progress",
+    "text_columns",
+    "label_column",
+    "seq_len",
+    "replace",
+    "batch_size",
+    "max_length",
+    "holdout",
 }
 
 
@@ -156,10 +163,15 @@ def _check_flag(action: argparse.Action, field) -> None:
     assert field.description and field.description.replace("%", "%%")[:30] in action.help
 
 
-@pytest.mark.parametrize("argv, model", [
-    (["prune"], PruneConfig), (["run"], PruneRunParams), (["sweep"], SweepRunParams),
-    *[(["step", name], stage.params) for name, stage in STAGES.items()],
-])
+@pytest.mark.parametrize(
+    "argv, model",
+    [
+        (["prune"], PruneConfig),
+        (["run"], PruneRunParams),
+        (["sweep"], SweepRunParams),
+        *[(["step", name], stage.params) for name, stage in STAGES.items()],
+    ],
+)
 def test_every_command_has_a_flag_per_option(argv, model):
     flags = _flags(argv)
     for name, field, _ in leaves(model):
@@ -171,15 +183,53 @@ def test_every_command_has_a_flag_per_option(argv, model):
 
 
 def test_old_flags_still_work_with_a_warning(capsys):
-    argv = ["prune", "--model", "m", "--task", "sst2", "--train-file", "t", "--metric", "latency",
-            "--latency-dtype", "float16", "--teacher", "dense", "--no-tuning", "--output", "o"]
+    argv = [
+        "prune",
+        "--model",
+        "m",
+        "--task",
+        "sst2",
+        "--train-file",
+        "t",
+        "--metric",
+        "latency",
+        "--latency-dtype",
+        "float16",
+        "--teacher",
+        "dense",
+        "--no-tuning",
+        "--output",
+        "o",
+    ]
     args = build_parser(argv).parse_args(argv)
     assert (args.train_data, args.constraint_metric, args.serving_dtype, args.tuning_teacher, args.tune) == (
-        "t", "latency", "float16", "dense", False)
+        "t",
+        "latency",
+        "float16",
+        "dense",
+        False,
+    )
     step = ["step", "search", "--model", "m", "--grads", "g", "--out", "o", "--metric", "latency"]
     assert build_parser(step).parse_args(step).constraint_metric == "latency"
-    assert main(["step", "profile", "--model", "/nonexistent", "--pruned", "/nonexistent", "--out", "o",
-                 "--dtype", "float32", "--batch-size", "2"]) == 2
+    assert (
+        main(
+            [
+                "step",
+                "profile",
+                "--model",
+                "/nonexistent",
+                "--pruned",
+                "/nonexistent",
+                "--out",
+                "o",
+                "--dtype",
+                "float32",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--dtype is deprecated, use --serving-dtype" in err and "--batch-size is deprecated" in err
 

@@ -70,6 +70,18 @@ def test_the_fastest_passing_candidate_is_chosen(candidates, tmp_path):
     assert info["chosen_constraint"] == 0.7
 
 
+def test_the_fastest_is_chosen_on_onnx_latency_when_the_export_made_onnx_models(candidates, tmp_path):
+    """Served as ONNX, C=0.5 is the fastest though C=0.7 is faster in torch: the ONNX latency decides."""
+    for folders, onnx_ms in zip(candidates, (1.0, 1.5, 2.5), strict=True):
+        info = json.loads((folders["profile"] / STAGE_FILE).read_text())
+        (folders["profile"] / STAGE_FILE).write_text(json.dumps({**info, "latency_after_onnx_ms": onnx_ms}))
+        write_manifest(folders["profile"])
+    info = select_stage(tmp_path / "sweep", {"objective": "fastest", "max_drop": 2.0}, candidates)
+    assert info["chosen_constraint"] == 0.5 and info["candidates"][1]["latency_onnx_ms"] == 1.5
+    markdown = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "lowest measured latency of its ONNX model" in markdown and "ONNX ms" in markdown
+
+
 def test_nothing_is_chosen_when_no_candidate_passes(candidates, tmp_path):
     info = select_stage(tmp_path / "sweep", {"objective": "smallest", "max_drop": 0.1}, candidates)
     assert info["chosen"] is None and info["registered"] is False
@@ -125,11 +137,19 @@ def test_run_report_shows_what_was_pruned_metrics_speedup_time_and_gate(tmp_path
     assert "| accuracy | 91.00 | 90.25 | -0.75 points |" in text
     assert "| parameters | 1,000,000 | 700,000 | 70.0% kept |" in text
     assert "| latency p50 (cpu) | 12.00 ms | 6.00 ms | speedup 2.00× |" in text
-    assert "![attention heads and FFN neurons kept per layer](kept_units.png)" in text
+    # embedded: the Kubeflow UI's Markdown view cannot follow a link to kept_units.png
+    assert "![attention heads and FFN neurons kept per layer](data:image/png;base64," in text
+    assert "noisy" not in text
     assert "| fisher |" not in text and "| evaluate | 4.0 |" in text and "| total | 15.0 |" in text
     assert "`[4, 2, 1]`" in text and "run-7" in text
     html = page.read_text()
     assert '<span class="passed">passed</span>' in html and "data:image/png;base64," in html
+
+    noisy = {**STAGES, "profile": {**STAGES["profile"], "speedup_p10": 1.2, "speedup_p90": 2.9, "noisy": True,
+                                   "repeats": 20}}
+    text = run_report(noisy, gate, None, "x").markdown()
+    assert "| latency p50 (cpu) | 12.00 ms | 6.00 ms | speedup 2.00× (p10-p90 1.20-2.90) **noisy** |" in text
+    assert "**The latency measurement was noisy**: over 20 interleaved repeats" in text
 
     failed = run_report(STAGES, {"passed": False, "reason": "too much"}, None, "x", "champion").markdown()
     assert "Accuracy gate **failed**: too much." in failed and "left where it was" in failed

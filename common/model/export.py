@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import torch
-import transformers
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer
@@ -21,6 +20,7 @@ from transformers import AutoTokenizer
 from ..errors import ConfigError, IntegrityError
 from ..folders import staged_folder
 from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
+from .checkpoint import check_pruned_config, check_shapes, model_class, read_header
 from .masks import Masks, weight_targets
 from .portable import make_portable, read_config
 
@@ -111,18 +111,28 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
 def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_tokenizer: bool = True):
     """Rebuild a model saved by :func:`save_pruned` (or any dense model folder saved the same way), as the stock
     transformers class (a portable folder's own code is not run). Returns ``(model, tokenizer)``; the tokenizer is
-    None when the folder has none."""
+    None when the folder has none.
+
+    Nothing is trusted before it is checked: the weights' header (a complete safetensors file), the architecture
+    (a sequence classifier or question-answering model of a supported family, never any other class), and the
+    per-layer structure and every tensor's shape against the weights, before any memory is allocated."""
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
         raise IntegrityError(f"{path} is not a saved model: it needs config.json and {WEIGHTS}")
+    tensors = read_header(path / WEIGHTS)
     config = read_config(path)
-    architectures = getattr(config, "architectures", None) or []
-    if not architectures or not hasattr(transformers, architectures[0]):
-        raise IntegrityError(f"{path}/config.json names no known architecture: {architectures}")
-    model = getattr(transformers, architectures[0])(config)
+    cls = model_class(config, str(path))
+    check_pruned_config(config, tensors, str(path))
     structure = getattr(config, STRUCTURE_KEY, None)
+    with torch.device("meta"):  # every shape checked against the file before a byte is allocated
+        skeleton = cls(config)
     if structure:
-        adapter_for(model).reshape_to(model, structure)
+        try:
+            adapter_for(skeleton).reshape_to(skeleton, structure)
+        except (ValueError, IndexError, RuntimeError, TypeError) as e:
+            raise IntegrityError(f"{path}/config.json: its {STRUCTURE_KEY} does not fit the model: {e}") from None
+    check_shapes(skeleton.state_dict(), tensors, str(path))
+    model = _build(cls, config, structure)
     try:
         load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
     except Exception as e:
@@ -132,3 +142,19 @@ def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_token
     if with_tokenizer and any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         tokenizer = AutoTokenizer.from_pretrained(path, config=config)  # a portable folder's code not run
     return model, tokenizer
+
+
+def _build(cls, config, structure: dict | None) -> nn.Module:
+    """The model with the checked structure; a pruned one is built with its largest layer's FFN, not the dense
+    config's (which was never checked against the weights), and the config keeps its dense value."""
+    if not structure:
+        return cls(config)
+    adapter = adapter_for(config)
+    dense = getattr(config, adapter.cfg_intermediate)
+    setattr(config, adapter.cfg_intermediate, max(structure["intermediate_size"], default=0))
+    try:
+        model = cls(config)
+    finally:
+        setattr(config, adapter.cfg_intermediate, dense)
+    adapter.reshape_to(model, structure)
+    return model

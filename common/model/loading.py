@@ -17,6 +17,7 @@ from transformers import (
 from ..errors import ConfigError, IntegrityError, ModelTaskMismatchError
 from ..tasks.spec import TaskSpec
 from .arch import STRUCTURE_KEY, adapter_for
+from .checkpoint import CONVERT_HINT, PickleCheckpointError, check_local_weights
 from .export import load_pruned
 from .portable import is_portable_folder, read_config
 
@@ -103,10 +104,13 @@ def load_model(
     device: torch.device | str = "cpu",
     trust_remote_code: bool = False,
     tokenizer_source: str | Path | None = None,
+    allow_pickle: bool = False,
 ):
     """A fine-tuned model (local folder, or a hub id when the hub is reachable) and its tokenizer,
-    checked against the task. A folder written by fastprune's export is rebuilt with its structure."""
+    checked against the task. A folder written by fastprune's export is rebuilt with its structure.
+    Weights are read from safetensors only, unless ``allow_pickle`` (``pytorch_model.bin``...)."""
     where = str(source)
+    check_local_weights(source, allow_pickle)
     try:
         if is_portable_folder(source):  # fastprune's own export: read as the stock config, its code not run
             config = read_config(source)
@@ -119,7 +123,16 @@ def load_model(
         model, tokenizer = load_pruned(source, device)
     else:
         cls = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
-        model = cls.from_pretrained(source, trust_remote_code=trust_remote_code).to(device).eval()
+        try:
+            model = cls.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                        use_safetensors=None if allow_pickle else True).to(device).eval()
+        except OSError as e:
+            if allow_pickle or Path(source).is_dir():
+                raise ModelTaskMismatchError(f"cannot load the model weights of {where}: {e}") from e
+            raise PickleCheckpointError(f"cannot load safetensors weights of {where} ({str(e).splitlines()[0]}): "
+                                        "fastprune reads safetensors only; if the model has pickle weights only, "
+                                        f"either {CONVERT_HINT}, or pass --allow-pickle (allow_pickle=True) if you "
+                                        "trust the file") from e
         tokenizer = None
     if tokenizer_source is not None or tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or source, trust_remote_code=trust_remote_code,

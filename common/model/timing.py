@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from ..errors import ConfigError
+from . import spread
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -114,9 +115,13 @@ class ProfileEntry(BaseModel):
     p90_ms: float
     mean_ms: float
     throughput: float  # sequences per second at the p50 latency
-    speedup: float  # p50 of the first model / p50 of this one
+    speedup: float  # the first model's latency / this one's: median over the interleaved repeats (model/spread.py)
     repeats: int
     warmup: int
+    p10_ms: float | None = None
+    speedup_p10: float | None = None
+    speedup_p90: float | None = None
+    noisy: bool = False  # the p10-p90 range of the latency or the speedup exceeds spread.NOISY_SPREAD of its median
 
 
 class ProfileResult(BaseModel):
@@ -136,13 +141,14 @@ class ProfileResult(BaseModel):
         lines = [
             f"Device: {self.device}",
             "",
-            "| model | dtype | batch | seq | p50 ms | p90 ms | seq/s | speedup |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| model | dtype | batch | seq | p50 ms | p10-p90 ms | seq/s | speedup (p10-p90) | |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for e in self.entries:
             lines.append(
-                f"| {e.model} | {e.dtype} | {e.batch_size} | {e.seq_len} | {e.p50_ms:.2f} | {e.p90_ms:.2f} "
-                f"| {e.throughput:.1f} | {e.speedup:.2f}x |"
+                f"| {e.model} | {e.dtype} | {e.batch_size} | {e.seq_len} | {e.p50_ms:.2f} | "
+                f"{e.p10_ms or e.p50_ms:.2f}-{e.p90_ms:.2f} | {e.throughput:.1f} | {e.speedup:.2f}x "
+                f"({e.speedup_p10 or e.speedup:.2f}-{e.speedup_p90 or e.speedup:.2f}) | {'noisy' if e.noisy else ''} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -170,11 +176,11 @@ def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
 
 def _stats(model: str, dtype: str, batch: int, seq: int, samples: list[float], repeats: int,
            warmup: int) -> ProfileEntry:
-    p50 = float(np.percentile(samples, 50))
+    stats = spread.spread(samples)
     return ProfileEntry(
-        model=model, dtype=dtype, batch_size=batch, seq_len=seq, p50_ms=p50,
-        p90_ms=float(np.percentile(samples, 90)), mean_ms=float(np.mean(samples)),
-        throughput=batch / (p50 / 1000.0), speedup=1.0, repeats=repeats, warmup=warmup,
+        model=model, dtype=dtype, batch_size=batch, seq_len=seq, p50_ms=stats.median, p10_ms=stats.p10,
+        p90_ms=stats.p90, mean_ms=float(np.mean(samples)), noisy=stats.noisy,
+        throughput=batch / (stats.median / 1000.0), speedup=1.0, repeats=repeats, warmup=warmup,
     )
 
 
@@ -229,9 +235,10 @@ def _profile_setting(
     entries = [
         _stats(name, dtype, batch, seq, s, repeats, warmup) for name, s in zip(models, samples, strict=True)
     ]
-    base = entries[0].p50_ms
-    for e in entries:
-        e.speedup = base / e.p50_ms
+    for e, s in zip(entries, samples, strict=True):
+        speedup = spread.paired_speedup(samples[0], s)
+        e.speedup, e.speedup_p10, e.speedup_p90 = speedup.median, speedup.p10, speedup.p90
+        e.noisy = e.noisy or speedup.noisy
     return entries
 
 

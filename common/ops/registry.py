@@ -17,7 +17,6 @@ import hashlib
 import logging
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import mlflow
 import pandas as pd
@@ -28,6 +27,7 @@ from ..errors import ConfigError, FastpruneError
 from ..folders import verify_manifest
 from ..model.export import load_pruned
 from ..tasks.spec import TaskSpec, get_task
+from .remote import TIMEOUT_ENV, apply_remote_timeouts, bound_description, redact, remote_timeout
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +37,50 @@ class RegistryError(FastpruneError):
 
 
 def redacted(uri: str) -> str:
-    parts = urlsplit(uri)
-    return uri.replace(f"{parts.username}:{parts.password}@", "") if parts.password else uri
+    return redact(uri)
+
+
+_AUTH_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 
 
 def check_tracking_uri(uri: str) -> None:
-    """Fail fast, naming the URI, when an MLflow tracking server does not answer (any HTTP answer is fine)."""
+    """Fail fast, naming the URI, when an MLflow tracking server does not answer within the remote timeout
+    (``FASTPRUNE_REMOTE_TIMEOUT``) or refuses the credentials (an authenticated call: search one experiment)."""
     if not uri.startswith(("http://", "https://")):
         return
     import requests
 
+    apply_remote_timeouts()
+    where, timeout = redacted(uri), remote_timeout()
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=5)
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.Timeout as e:
+        raise RegistryError(f"the MLflow tracking server at {where} did not answer within {timeout:g} s "
+                            f"({TIMEOUT_ENV}): is it running and reachable? Check --mlflow-uri (the pipeline's "
+                            "mlflow_uri)") from e
     except requests.RequestException as e:
         raise RegistryError(
-            f"cannot reach the MLflow tracking server at {redacted(uri)} ({type(e).__name__}): is it running? "
+            f"cannot reach the MLflow tracking server at {where} ({type(e).__name__}): is it running? "
             "Check --mlflow-uri (the pipeline's mlflow_uri)"
         ) from e
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as e:
+        raise mlflow_error(e, where, "listing experiments") from None
+
+
+def mlflow_error(error: MlflowException, where: str, action: str) -> RegistryError:
+    """A one-line error for an MLflow refusal: an authentication failure says so and names the variables to set; a
+    timeout says after how long; never a password."""
+    message = redact(error.message).splitlines()[0] if error.message else type(error).__name__
+    if error.error_code in _AUTH_CODES or re.search(r"\b40[13]\b", message):
+        return RegistryError(f"MLflow at {where} refused the credentials while {action} (authentication failed): "
+                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, to "
+                             "an account the server accepts")
+    if re.search(r"timed? ?out|Max retries exceeded", message, re.IGNORECASE):
+        return RegistryError(f"MLflow at {where} did not answer while {action}: timed out after "
+                             f"{bound_description()}: {message[:300]}")
+    return RegistryError(f"MLflow at {where} refused {action}: {message[:500]}")
 
 
 def accuracy_gate(before: float, after: float, max_drop: float, metric: str) -> tuple[bool, str]:

@@ -50,9 +50,10 @@ class Report:
                 header, rows = content
                 out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                 out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
-            elif kind == "image":
+            elif kind == "image":  # embedded: the Kubeflow UI's Markdown view cannot follow a link to a file
                 path, caption = content
-                out += [f"![{caption}]({Path(path).name})", ""]
+                data = base64.b64encode(Path(path).read_bytes()).decode()
+                out += [f"![{caption}](data:image/png;base64,{data})", ""]
             elif kind == "pre":
                 out += [str(content).rstrip(), ""]
         return "\n".join(out).rstrip() + "\n"
@@ -182,6 +183,10 @@ def _f(value, digits: int = 2, suffix: str = "") -> str:
     return "–" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
+def _range(low, high) -> str:
+    return "" if low is None or high is None else f" (p10-p90 {low:.2f}-{high:.2f})"
+
+
 def run_report(stages: dict[str, dict], gate: dict, picture: Path | None, title: str, alias: str | None = None
                ) -> Report:
     """The report of one pruning run from its stages' ``stage.json`` (keys: pruned, evaluation, and where present
@@ -210,8 +215,22 @@ def run_report(stages: dict[str, dict], gate: dict, picture: Path | None, title:
              f"{pruned['params_after'] / pruned['params_before']:.1%} kept"]]
     if profile:
         rows.append([f"latency p50 ({profile.get('device', '?')})", _f(profile.get("latency_before_ms"), 2, " ms"),
-                     _f(profile.get("latency_after_ms"), 2, " ms"), f"speedup {_f(profile.get('speedup'), 2, '×')}"])
+                     _f(profile.get("latency_after_ms"), 2, " ms"), f"speedup {_f(profile.get('speedup'), 2, '×')}"
+                     + _range(profile.get("speedup_p10"), profile.get("speedup_p90"))
+                     + (" **noisy**" if profile.get("noisy") else "")])
+        if profile.get("latency_after_onnx_ms") is not None:
+            rows.append([f"latency p50, {profile.get('onnx_model', 'ONNX')} (onnxruntime)",
+                         _f(profile.get("latency_before_ms"), 2, " ms"), _f(profile.get("latency_after_onnx_ms"), 2,
+                                                                            " ms"),
+                         f"speedup {_f(profile.get('speedup_onnx'), 2, '×')} over the original in torch"])
+    if ev.get("metric_after_onnx") is not None:
+        rows.append([f"{metric}, ONNX (onnxruntime)", _f(ev["metric_before"]), _f(ev["metric_after_onnx"]),
+                     f"{ev['metric_after_onnx'] - ev['metric_before']:+.2f} points"])
     report.add("table", (["", "before", "after", "change"], rows))
+    if profile.get("noisy"):
+        report.add("p", f"**The latency measurement was noisy**: over {profile.get('repeats', 'its')} interleaved "
+                        "repeats the p10-p90 range of a latency or of the speedup exceeded 20% of its median (a busy "
+                        "machine). Re-measure on a quiet one: `fastprune profile --model ORIGINAL --pruned PRUNED`.")
     masked = [(name, ev[key]) for name, key in (("after search", "metric_search"), ("after rearrangement",
               "metric_rearranged"), ("after tuning (masked)", "metric_tuned_masked")) if key in ev]
     if masked:
@@ -232,7 +251,12 @@ def run_report(stages: dict[str, dict], gate: dict, picture: Path | None, title:
     entries = profile.get("profile", {}).get("entries", [])
     if entries:
         report.add("h2", f"Latency on {profile.get('device', '?')}")
-        report.add("table", (["model", "dtype", "batch", "seq", "p50 ms", "p90 ms", "seq/s", "speedup"], [
-            [e["model"], e["dtype"], e["batch_size"], e["seq_len"], _f(e["p50_ms"]), _f(e["p90_ms"]),
-             _f(e["throughput"], 1), _f(e["speedup"], 2, "×")] for e in entries]))
+        report.add("p", "Timed interleaved (one call of each model in turn, repeated); medians, with the p10-p90 "
+                        "range over the repeats; each speedup is the median of the per-repeat ratios.")
+        report.add("table", (["model", "dtype", "batch", "seq", "p50 ms", "p10-p90 ms", "seq/s", "speedup",
+                              "speedup p10-p90", ""], [
+            [e["model"], e["dtype"], e["batch_size"], e["seq_len"], _f(e["p50_ms"]),
+             f"{_f(e.get('p10_ms'))}-{_f(e['p90_ms'])}", _f(e["throughput"], 1), _f(e["speedup"], 2, "×"),
+             f"{_f(e.get('speedup_p10'))}-{_f(e.get('speedup_p90'))}", "**noisy**" if e.get("noisy") else ""]
+            for e in entries]))
     return report

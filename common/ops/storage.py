@@ -18,10 +18,10 @@ from typing import Any
 
 import boto3
 from boto3.exceptions import Boto3Error, S3UploadFailedError
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
     NoCredentialsError,
     ReadTimeoutError,
 )
@@ -37,6 +37,7 @@ from ..folders import (
     verify_manifest,
     write_manifest,
 )
+from .remote import boto_config, bound_description
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +90,7 @@ def _endpoint_url() -> str | None:
 def s3_client() -> Any:
     """A boto3 S3 client from the AWS environment variables, path-style, failing fast when unreachable."""
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-    config = Config(
-        region_name=region,
-        signature_version="s3v4",
-        s3={"addressing_style": "path"},
-        connect_timeout=5,
-        read_timeout=60,
-        retries={"max_attempts": 3, "mode": "standard"},
-    )
+    config = boto_config(region_name=region, signature_version="s3v4", s3={"addressing_style": "path"})
     return boto3.client(
         "s3",
         endpoint_url=_endpoint_url(),
@@ -122,12 +116,14 @@ def _unwrap(exc: BaseException) -> BaseException:
 def _storage_error(exc: BaseException, action: str, bucket: str, key: str, endpoint: str) -> StorageError:
     """Translate a boto3/botocore exception into a StorageError that never carries credentials."""
     target = f"s3://{bucket}/{key}"
+    if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
+        what = "did not accept a connection" if isinstance(exc, ConnectTimeoutError) else "did not answer"
+        return StorageError(f"the S3 endpoint {endpoint} {what} while {action} {target}: timed out after "
+                            f"{bound_description()}; check AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL and the server")
     if isinstance(exc, BotoConnectionError):
         return StorageError(f"cannot reach the S3 endpoint {endpoint} while {action} {target} "
-                            f"({type(exc).__name__}): check AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL "
-                            "and the network")
-    if isinstance(exc, ReadTimeoutError):
-        return StorageError(f"the S3 endpoint {endpoint} timed out while {action} {target}")
+                            f"({type(exc).__name__}, {bound_description()}): check AWS_ENDPOINT_URL / "
+                            "MLFLOW_S3_ENDPOINT_URL and the network")
     if isinstance(exc, NoCredentialsError):
         return StorageError(f"no S3 credentials found while {action} {target}: "
                             "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")

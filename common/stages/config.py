@@ -3,7 +3,7 @@ options declared once in :mod:`.options`."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -23,6 +23,7 @@ from .options import (
     FisherSteps,
     LatencyTable,
     ModelSource,
+    OnnxExport,
     Options,
     ProfileShape,
     Rearrange,
@@ -155,10 +156,18 @@ class TuneParams(TuningConfig, Device, StageParams):
     progress: bool = Field(False, description="show progress bars")
 
 
-class ExportParams(StageParams):
+class ExportParams(OnnxExport, StageParams):
     neuron_multiple: int = Field(
         NEURON_MULTIPLE, ge=1, description="pad each layer's FFN with zero neurons to a multiple of this (fast fp16 "
         "kernels on GPUs need multiples of 8); 1: no padding. Exact: the outputs do not change")
+
+
+class OnnxParams(StageParams):
+    """The ONNX folder of an exported model (``fastprune onnx``)."""
+
+    quantize: Literal["none", "int8"] = Field("none", description="none: fp32; int8: onnxruntime dynamic "
+                                              "quantization (per channel)")
+    opset: int = Field(17, ge=14, description="ONNX opset")
 
 
 class EvaluateParams(StageParams, Columns, Device, EvalBatchSize):

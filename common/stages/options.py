@@ -15,7 +15,7 @@ Where a KFP component cannot carry ``None``, the option's default is an explicit
 from __future__ import annotations
 
 import warnings
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,7 +24,7 @@ from ..method.search import check_constraint
 from ..tasks.spec import get_task
 
 Dtype = Literal["float32", "float16", "bfloat16"]
-BY_MODE = "by-mode"
+BY_MODE: Final = "by-mode"
 """The sentinel of the tuning options whose default depends on the tuning mode."""
 
 
@@ -83,29 +83,33 @@ class Options(BaseModel):
         return data
 
 
-
 # ----- the budget ----------------------------------------------------------------------------------------------
 class Constraint(Options):
     constraint: Annotated[float, AfterValidator(check_constraint)] = Field(
-        0.6, description="fraction of the FLOPs (or latency) to keep, in (0, 1)")
+        0.6, description="fraction of the FLOPs (or latency) to keep, in (0, 1)"
+    )
 
 
 class ConstraintMetric(Options):
     constraint_metric: Literal["flops", "latency"] = Field(
-        "flops", description="what the constraint limits: flops, or latency (a table fitted to timings on the "
-        "search's device)")
+        "flops",
+        description="what the constraint limits: flops, or latency (a table fitted to timings on the search's device)",
+    )
 
 
 class CostSeqLen(Options):
     seq_len: float | None = Field(
-        None, gt=0, description="sequence length of the FLOPs cost model (default: the sample's mean length)")
+        None, gt=0, description="sequence length of the FLOPs cost model (default: the sample's mean length)"
+    )
 
 
 class Allocation(Options):
     allocation: Literal["global", "block", "uniform"] = Field(
-        "global", description="how the search splits the budget between layers: global (the paper: all units "
+        "global",
+        description="how the search splits the budget between layers: global (the paper: all units "
         "ranked by diagonal Fisher importance), block (by the block-diagonal Fisher cost of pruning within each "
-        "layer) or uniform (the same counts in every layer); the tuning's budget re-split follows it (FLOPs only)")
+        "layer) or uniform (the same counts in every layer); the tuning's budget re-split follows it (FLOPs only)",
+    )
 
 
 # ----- where and how it is measured --------------------------------------------------------------------------
@@ -125,15 +129,19 @@ class Device(Options):
 
 class ServingDtype(Options):
     serving_dtype: Dtype = Field(
-        "float32", description="the dtype the model will serve in: the latency table of the search (latency "
-        "constraint) and the profile measure it (float16 and bfloat16 on CUDA devices only)")
+        "float32",
+        description="the dtype the model will serve in: the latency table of the search (latency "
+        "constraint) and the profile measure it (float16 and bfloat16 on CUDA devices only)",
+    )
 
 
 class LatencyTable(Options):
-    latency_batch_size: int = Field(32, gt=0, description="batch size the latency table is timed at (latency "
-                                    "constraint)")
-    latency_seq_len: int = Field(128, gt=0, description="sequence length the latency table is timed at (latency "
-                                 "constraint)")
+    latency_batch_size: int = Field(
+        32, gt=0, description="batch size the latency table is timed at (latency constraint)"
+    )
+    latency_seq_len: int = Field(
+        128, gt=0, description="sequence length the latency table is timed at (latency constraint)"
+    )
 
 
 class EvalBatchSize(Options):
@@ -154,14 +162,21 @@ class Sampling(Options):
 # ----- Fisher ----------------------------------------------------------------------------------------------------
 class FisherLabels(Options):
     fisher_labels: Literal["data", "model"] = Field(
-        "data", description="labels of the Fisher loss: data (the sample's, the paper) or model (drawn from the "
-        "model's predictions, y ~ p(y|x): the true Fisher)")
+        "data",
+        description="labels of the Fisher loss: data (the sample's, the paper) or model (drawn from the "
+        "model's predictions, y ~ p(y|x): the true Fisher)",
+    )
 
 
 class FisherSteps(Options):
-    fisher_steps: int = Field(1, ge=1, le=10, description="iterative Fisher: reach the budget in K steps, "
-                              "re-measuring importance with the units pruned so far removed (1: one-shot; FLOPs "
-                              "constraint only)")
+    fisher_steps: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="iterative Fisher: reach the budget in K steps, "
+        "re-measuring importance with the units pruned so far removed (1: one-shot; FLOPs "
+        "constraint only)",
+    )
 
 
 # ----- mask tuning -----------------------------------------------------------------------------------------------
@@ -169,20 +184,28 @@ class TuningChoices(Options):
     """The tuning options the pipelines expose."""
 
     tuning_mode: Literal["scales", "refit", "reselect"] = Field(
-        "refit", description="scales: one least-squares scale per kept unit (the paper); refit: refit the kept "
+        "refit",
+        description="scales: one least-squares scale per kept unit (the paper); refit: refit the kept "
         "output-projection weights and biases by least squares (K-prune style); reselect: sublayer by sublayer, "
-        "re-choose the kept units (same per-layer counts) by least-squares error, then refit")
+        "re-choose the kept units (same per-layer counts) by least-squares error, then refit",
+    )
     tuning_teacher: Literal["by-mode", "schedule", "dense"] = Field(
-        BY_MODE, description="schedule: the model masked at sqrt(constraint) (the paper); dense: the original; "
-        "by-mode: schedule for scales, dense for refit and reselect")
+        BY_MODE,
+        description="schedule: the model masked at sqrt(constraint) (the paper); dense: the original; "
+        "by-mode: schedule for scales, dense for refit and reselect",
+    )
     tuning_ridge: float | Literal["by-mode", "auto"] = Field(
-        BY_MODE, description="damping of the least squares, relative to the mean diagonal of the normal equations; "
+        BY_MODE,
+        description="damping of the least squares, relative to the mean diagonal of the normal equations; "
         "by-mode: 1e-4 for scales, 1e-2 for refit; auto (refit and reselect): each block's, by two-fold "
-        "cross-validation of its reconstruction error")
+        "cross-validation of its reconstruction error",
+    )
     tuning_resplit: bool = Field(
-        True, description="before tuning each layer, re-split the budget left across it and the layers above by a "
+        True,
+        description="before tuning each layer, re-split the budget left across it and the layers above by a "
         "search on Fisher importance re-measured on the pruned, tuned layers below (K-prune style; about (L-1)/2 "
-        "Fisher passes over the tuning examples)")
+        "Fisher passes over the tuning examples)",
+    )
 
     @model_validator(mode="after")
     def _ridge(self) -> TuningChoices:
@@ -192,7 +215,7 @@ class TuningChoices(Options):
             raise ConfigError("tuning ridge 'auto' (cross-validated) needs mode refit or reselect, not scales")
         return self
 
-    def ridge(self) -> float | str | None:
+    def ridge(self) -> float | Literal["auto"] | None:
         """The ridge for :func:`~fastprune.common.method.tuning.tune_masks` (None: the mode's default)."""
         return None if self.tuning_ridge == BY_MODE else self.tuning_ridge
 
@@ -202,7 +225,8 @@ class TuningExtras(Options):
 
     tune: bool = Field(True, description="tune the masks (layer-wise least squares); off: keep the searched masks")
     tuning_policy: Literal["stop", "ridge"] = Field(
-        "stop", description="on an out-of-range scale: stop tuning (the paper) or retry with a stronger ridge")
+        "stop", description="on an out-of-range scale: stop tuning (the paper) or retry with a stronger ridge"
+    )
     tuning_scale_bound: float = Field(10.0, gt=0, description="largest tuned scale accepted")
     tuning_samples: int = Field(512, ge=0, description="examples of the sample used for tuning (0: all)")
 
@@ -210,8 +234,9 @@ class TuningExtras(Options):
 
 
 class Rearrange(Options):
-    rearrange: bool = Field(True, description="re-choose the pruned units with the block-diagonal Fisher (per-layer "
-                            "counts unchanged)")
+    rearrange: bool = Field(
+        True, description="re-choose the pruned units with the block-diagonal Fisher (per-layer counts unchanged)"
+    )
 
     renamed: ClassVar[dict[str, str]] = {"enabled": "rearrange"}
 
@@ -227,7 +252,8 @@ class ModelSource(Options):
 
 class Task(Options):
     task: Annotated[str, AfterValidator(_task_name)] = Field(
-        description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
+        description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2"
+    )
 
 
 class TrainData(Options):
@@ -235,8 +261,9 @@ class TrainData(Options):
 
 
 class DevData(Options):
-    dev_data: str | None = Field(None, description="dev data (tsv/csv/json/jsonl/parquet; s3:// URI) or hub dataset "
-                                 "id (none: not evaluated)")
+    dev_data: str | None = Field(
+        None, description="dev data (tsv/csv/json/jsonl/parquet; s3:// URI) or hub dataset id (none: not evaluated)"
+    )
 
 
 class Columns(Options):
@@ -246,22 +273,25 @@ class Columns(Options):
 
 class RemoteCode(Options):
     trust_remote_code: bool = Field(False, description="run the model repository's own code (off: refused)")
+    allow_pickle: bool = Field(False, description="also load pickle weights (pytorch_model.bin, *.pt, *.pth) when the "
+                               "model has no safetensors: only for files you trust (off: refused)")
 
 
 # ----- a pipeline run: its inputs, the registration and the cluster ----------------------------------------------
 class RunOptions(Options):
     """The run parameters of both pipelines (listed first in their signatures: mixins come last-first)."""
 
-    model: str = Field("textattack/bert-base-uncased-SST-2",
-                       description=ModelSource.model_fields["model"].description)
+    model: str = Field("textattack/bert-base-uncased-SST-2", description=ModelSource.model_fields["model"].description)
     task: str = Field("sst2", description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
     train_data: str = Field("sst2", description="training data: s3:// URI, file or hub dataset id")
     dev_data: str = Field("sst2", description="dev data: s3:// URI, file or hub dataset id")
-    registered_model_name: str = Field("fastprune-pruned", min_length=1,
-                                       description="MLflow model the result registers as")
+    registered_model_name: str = Field(
+        "fastprune-pruned", min_length=1, description="MLflow model the result registers as"
+    )
     max_metric_drop: float = Field(1.0, description="the accuracy gate: largest drop in metric points")
-    alias: str = Field("pruned-candidate", min_length=1,
-                       description="MLflow alias moved to a version that passes the gate")
+    alias: str = Field(
+        "pruned-candidate", min_length=1, description="MLflow alias moved to a version that passes the gate"
+    )
     mlflow_uri: str = Field("", description="MLflow tracking URI the steps use (empty: their MLFLOW_TRACKING_URI)")
     mlflow_experiment: str = Field("fastprune", description="the MLflow experiment of the registration run")
     accelerator_type: str = Field("nvidia.com/gpu", description="accelerator the GPU steps request")
@@ -269,6 +299,14 @@ class RunOptions(Options):
     s3_secret: str = Field("fastprune-s3", description="Kubernetes secret with the S3 credentials")
 
 
+class OnnxExport(Options):
+    onnx: Literal["none", "fp32", "int8"] = Field(
+        "none", description="also write the exported model's ONNX folder (model.onnx, config, tokenizer; its onnx/ "
+        "sub-folder), evaluated, profiled and registered with it: fp32, or int8 (onnxruntime dynamic quantization, "
+        "per channel)")
+
+
 class Objective(Options):
     objective: Literal["smallest", "fastest"] = Field(
-        "smallest", description="which passing candidate to register: fewest parameters, or lowest measured latency")
+        "smallest", description="which passing candidate to register: fewest parameters, or lowest measured latency"
+    )

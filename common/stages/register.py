@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -18,6 +19,14 @@ from ..ops.registry import (
     log_pruned_model,
     parse_models_uri,
     redacted,
+)
+from ..ops.registry_extras import (
+    kubeflow_run_id,
+    log_onnx,
+    onnx_metadata,
+    onnx_version_tags,
+    registration_run,
+    without_onnx,
 )
 from .config import RegisterParams
 
@@ -55,7 +64,7 @@ def _tags(p: RegisterParams, stages: dict[str, dict], passed: bool, reason: str)
 
 
 def _write_report(p: RegisterParams, stages: dict[str, dict], tags: dict, version: str, tuned: Path,
-                  out: Path) -> list[Path]:
+                  out: Path, deploy: dict | None = None) -> list[Path]:
     """``report.md``, ``report.html`` (self-contained) and the picture of the units kept per layer, in ``out``."""
     from ..model.masks import Masks
     from ..ops.report import KEPT_UNITS_PNG, kept_units_picture, run_report
@@ -64,7 +73,11 @@ def _write_report(p: RegisterParams, stages: dict[str, dict], tags: dict, versio
     picture = kept_units_picture(masks.heads_per_layer(), masks.head.shape[1], masks.neurons_per_layer(),
                                  masks.neuron.shape[1], out / KEPT_UNITS_PNG)
     gate = {"passed": tags["gate"] == "passed", "reason": tags["gate_reason"], "pipeline_run": tags.get("pipeline_run")}
-    markdown, page = run_report(stages, gate, picture, f"{p.model_name} version {version}", p.alias).write(out)
+    report = run_report(stages, gate, picture, f"{p.model_name} version {version}", p.alias)
+    if deploy is not None:
+        from ..ops.deploy_report import add_deploy_section
+        add_deploy_section(report, f"models:/{p.model_name}/{version}", task=tags["task"], **deploy)
+    markdown, page = report.write(out)
     return [markdown, page, picture]
 
 
@@ -90,6 +103,7 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
     ev = stages["evaluation"]
     passed, reason = accuracy_gate(ev["metric_before"], ev["metric_after"], p.max_drop, ev["metric"])
     tags = _tags(p, stages, passed, reason)
+    kubeflow = kubeflow_run_id(p.tracking_uri)  # before set_tracking_uri, which sets MLFLOW_TRACKING_URI
     if p.tracking_uri:
         check_tracking_uri(p.tracking_uri)
         mlflow.set_tracking_uri(p.tracking_uri)
@@ -98,9 +112,9 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
     try:
         client = mlflow.MlflowClient()
         earlier = _registered_candidate(client, p.model_name, candidate)
-        mlflow.set_experiment(p.experiment)
-        with mlflow.start_run(run_id=earlier.run_id if earlier else None,
-                              run_name=None if earlier else f"{p.model_name}-{tags.get('pipeline_run', 'cli')}") as run:
+        with registration_run(p.experiment, f"{p.model_name}-{tags.get('pipeline_run', 'cli')}",
+                              earlier.run_id if earlier else None, kubeflow) as (run, run_source), \
+                tempfile.TemporaryDirectory() as scratch:
             if earlier:
                 version = str(earlier.version)
                 log.info("%s version %s was registered by an earlier attempt of %s: finishing it", p.model_name,
@@ -111,14 +125,20 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
                 mlflow.set_tags(tags)
                 mlflow.log_artifact(str(tuned / MASKS_FILE))
                 mlflow.log_dict(stages, "stages.json")
-                info = log_pruned_model(pruned, stages["pruned"]["task"], out)
+                log_onnx(pruned)  # once, as artifacts of the run; the pyfunc model gets the folder without it
+                info = log_pruned_model(without_onnx(pruned, Path(scratch)), stages["pruned"]["task"], out)
                 version_tags = {**tags, CANDIDATE_TAG: candidate} if candidate else tags
                 version = str(mlflow.register_model(info.model_uri, p.model_name, tags=version_tags).version)
             client.update_model_version(p.model_name, version, description=_description(stages, tags,
                                                                                         run.info.run_id))
             if passed:
                 client.set_registered_model_alias(p.model_name, p.alias, version)
-            for file in _write_report(p, stages, tags, version, tuned, out):
+            onnx = onnx_metadata(pruned)
+            for key, value in onnx_version_tags(run.info.run_id, onnx).items():
+                client.set_model_version_tag(p.model_name, version, key, value)
+            deploy = {"run_id": run.info.run_id, "onnx": onnx,
+                      "model_folder": f"artifacts/{'model' if onnx else pruned.name}"}  # see without_onnx
+            for file in _write_report(p, stages, tags, version, tuned, out, deploy):
                 mlflow.log_artifact(str(file))
             client.set_model_version_tag(p.model_name, version, "report", f"runs:/{run.info.run_id}/{REPORT_HTML}")
     except MlflowException as e:
@@ -128,7 +148,8 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
                  tags["gate"])
     return {"model_name": p.model_name, "version": version, "alias": p.alias if passed else None,
             "model_uri": f"models:/{p.model_name}/{version}", "run_id": run.info.run_id, "tracking_uri": uri,
-            "gate": tags["gate"], "gate_reason": reason, "gate_passed": passed}
+            "gate": tags["gate"], "gate_reason": reason, "gate_passed": passed, "mlflow_run": run_source,
+            **({"onnx": f"runs:/{run.info.run_id}/{onnx['artifact_path']}"} if onnx else {})}
 
 
 def _candidate(p: RegisterParams, pruned: Path) -> str | None:

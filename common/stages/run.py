@@ -16,6 +16,7 @@ from .config import (
     EvaluateParams,
     ExportParams,
     FisherParams,
+    OnnxParams,
     PrepareParams,
     ProfileParams,
     RearrangeParams,
@@ -29,6 +30,7 @@ from .runners import (
     run_evaluate,
     run_export,
     run_fisher,
+    run_onnx,
     run_prepare,
     run_profile,
     run_rearrange,
@@ -36,6 +38,7 @@ from .runners import (
     run_search,
     run_tune,
 )
+from .stage_kinds import check_input_kinds
 
 
 def _run_register(p: RegisterParams, out: Path, **inputs: Path | None) -> dict:
@@ -67,6 +70,7 @@ STAGES: dict[str, Stage] = {
     "export": Stage(run_export, ExportParams, ("model", "masks")),
     "evaluate": Stage(run_evaluate, EvaluateParams, ("model", "pruned"), ("searched", "rearranged", "tuned")),
     "profile": Stage(run_profile, ProfileParams, ("model", "pruned")),
+    "onnx": Stage(run_onnx, OnnxParams, ("pruned",)),
     "register": Stage(_run_register, RegisterParams, ("pruned", "tuned", "evaluation"),
                       ("model", "sample", "grads", "searched", "rearranged", "profile")),
 }
@@ -92,6 +96,7 @@ def run_stage(name: str, out: str | Path, params: BaseModel | dict, **inputs: st
     for folder in folders.values():
         if folder is not None:
             verify_manifest(folder)
+    check_input_kinds(name, folders)
     lineage = inherited_lineage(name, folders)  # inputs of one task, model and sample, or refused
     start = time.perf_counter()
     with staged_folder(Path(out)) as staging:

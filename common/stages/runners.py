@@ -48,6 +48,7 @@ from .config import (
     EvaluateParams,
     ExportParams,
     FisherParams,
+    OnnxParams,
     PrepareParams,
     ProfileParams,
     RearrangeParams,
@@ -168,7 +169,7 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
         load_task_data(resolve_source(p.dev_data)[0], task, "validation")
     local, source = resolve_source(p.model, p.tracking_uri)
-    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code)
+    model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code, allow_pickle=p.allow_pickle)
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
     return {"task": task.name, "source": source, "architecture": type(model).__name__,
@@ -303,8 +304,13 @@ def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
     dims, seq_len = adapter_for(net).dims(net.config), stage_info(masks)["seq_len"]
     shape = adapter_for(pruned).structure(pruned)  # with the padding neurons
     exported = structure_macs(shape, dims, seq_len)
+    onnx = {}
+    if p.onnx != "none":
+        from ..model.onnx_folder import ONNX_SUBFOLDER, build_onnx_folder
+
+        onnx = {"onnx": build_onnx_folder(out, out / ONNX_SUBFOLDER, "int8" if p.onnx == "int8" else "none")}
     return {"task": task.name, "source": stage_info(model)["source"], "params_before": before, "params_after": after,
-            "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len),
+            **onnx, "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len),
             "neurons_per_layer_exported": shape["intermediate_size"],
             "flops_ratio_exported": exported / dense_macs(dims, seq_len)}
 
@@ -335,24 +341,47 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
     after = evaluate_masked(pruned_net, None, pruned_tokenizer, task, dev, device, p.eval_batch_size)
     result["metric_after"] = after[task.metric]
     result["metric_drop"] = result["metric_before"] - result["metric_after"]
+    if (pruned / "onnx" / "model.onnx").is_file():  # the export step's ONNX folder, on onnxruntime (CPU)
+        from ..model.onnx_folder import OrtModel
+
+        onnx = evaluate_masked(OrtModel(pruned / "onnx"), None, pruned_tokenizer, task, dev, "cpu",
+                               p.eval_batch_size)
+        result["metric_after_onnx"] = onnx[task.metric]
     return {**result, "metrics_before": before, "metrics_after": after, "device": str(device)}
+
+
+def run_onnx(p: OnnxParams, out: Path, pruned: Path) -> dict:
+    """The ONNX folder of an exported model: model.onnx, config.json and the tokenizer (fp32 or int8)."""
+    from ..model.onnx_folder import build_onnx_folder, check_model_folder
+
+    return build_onnx_folder(check_model_folder(pruned), out, p.quantize, opset=p.opset)
 
 
 def run_profile(p: ProfileParams, out: Path, model: Path, pruned: Path) -> dict:
     """End-to-end latency of the original and the pruned model on this step's device, same inputs."""
+    from ..model.onnx_folder import onnx_candidate
     from ..model.timing import profile_models
 
     device = resolve_device(p.device)
     original, _, _ = _model(model, device)
     small, _, _ = _model(pruned, device)
-    profile = profile_models({"original": original, "pruned": small}, (p.profile_batch_size,), (p.profile_seq_len,),
-                             device, (p.serving_dtype,), p.repeats, p.warmup, vocab_size=original.config.vocab_size)
+    models = {"original": original, "pruned": small}
+    onnx = onnx_candidate(pruned, device, p.serving_dtype)  # the export step's ONNX folder, on onnxruntime (CPU)
+    if onnx is not None:
+        models[onnx[0]] = onnx[1]
+    profile = profile_models(models, (p.profile_batch_size,), (p.profile_seq_len,), device, (p.serving_dtype,),
+                             p.repeats, p.warmup, vocab_size=original.config.vocab_size)
     if not profile.entries:
         raise ConfigError(f"serving_dtype {p.serving_dtype} is measured on CUDA devices only, not on {device}")
     (out / PROFILE_FILE).write_text(profile.to_markdown())
-    first, second = profile.entries
-    return {"device": profile.device, "latency_before_ms": first.p50_ms, "latency_after_ms": second.p50_ms,
-            "speedup": second.speedup, "profile": profile.to_dict()}
+    first, second = profile.entries[:2]
+    result = {"device": profile.device, "latency_before_ms": first.p50_ms, "latency_after_ms": second.p50_ms,
+              "speedup": second.speedup, "speedup_p10": second.speedup_p10, "speedup_p90": second.speedup_p90,
+              "noisy": any(e.noisy for e in profile.entries), "repeats": p.repeats}
+    if onnx is not None:
+        third = profile.entries[2]
+        result.update(latency_after_onnx_ms=third.p50_ms, speedup_onnx=third.speedup, onnx_model=third.model)
+    return {**result, "profile": profile.to_dict()}
 
 
 

@@ -30,7 +30,8 @@ class SelectParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     objective: Literal["smallest", "fastest"] = Field(
-        "smallest", description="smallest: fewest parameters (then FLOPs); fastest: lowest measured p50 latency"
+        "smallest", description="smallest: fewest parameters (then FLOPs); fastest: lowest measured p50 latency "
+        "(of the ONNX model when the export made one for every candidate)"
     )
     max_drop: float = Field(1.0, description="the accuracy gate: largest allowed drop of the metric, in points")
 
@@ -51,6 +52,7 @@ class Candidate:
     speedup: float | None
     passed: bool
     reason: str
+    latency_onnx_ms: float | None = None  # the export's ONNX folder on onnxruntime (CPU), when it made one
 
     @property
     def label(self) -> str:
@@ -76,7 +78,7 @@ def load_candidate(index: int, folders: dict[str, Path], max_drop: float) -> Can
     return Candidate(index, search["constraint"], search["metric"], ev["metric"], ev["metric_before"],
                      ev["metric_after"], pruned["flops_ratio"], pruned["params_before"], pruned["params_after"],
                      profile.get("latency_before_ms"), profile.get("latency_after_ms"), profile.get("speedup"),
-                     passed, reason)
+                     passed, reason, profile.get("latency_after_onnx_ms"))
 
 
 def choose(candidates: list[Candidate], objective: str) -> Candidate | None:
@@ -90,6 +92,8 @@ def choose(candidates: list[Candidate], objective: str) -> Candidate | None:
         if unmeasured:
             raise ConfigError(f"objective 'fastest' needs the latency of every candidate; {unmeasured} have no "
                               "profile: profile them or use objective 'smallest'")
+        if all(c.latency_onnx_ms is not None for c in passing):  # served as ONNX: chosen on ONNX latency
+            return min(passing, key=lambda c: (c.latency_onnx_ms, c.params_after, -c.metric_after))
         return min(passing, key=lambda c: (c.latency_after_ms, c.params_after, -c.metric_after))
     if objective == "smallest":
         return min(passing, key=lambda c: (c.params_after, c.flops_ratio, -c.metric_after))
@@ -118,18 +122,20 @@ def sweep_report(candidates: list[Candidate], chosen: Candidate | None, p: Selec
         report.add("p", f"No candidate passed the accuracy gate (a drop of at most {p.max_drop:g} points from "
                         f"{before:.2f}): **nothing registered**.")
     else:
-        why = "fewest parameters" if p.objective == "smallest" else "lowest measured latency"
+        why = "fewest parameters" if p.objective == "smallest" else "lowest measured latency" + (
+            " of its ONNX model" if chosen.latency_onnx_ms is not None else "")
         report.add("p", f"Registered **{chosen.label}** ({why} among the {sum(c.passed for c in candidates)} "
                         f"candidates that **passed** the gate): {chosen.reason}.")
     report.add("image", (folder / PARETO_PNG, f"{candidates[0].metric} against {cost_label}"))
     rows = [[c.label, f"{c.flops_ratio:.3f}", f"{c.params_after / c.params_before:.1%}",
              "–" if c.latency_after_ms is None else f"{c.latency_after_ms:.2f}",
-             "–" if c.speedup is None else f"{c.speedup:.2f}×", f"{c.metric_after:.2f}",
+             "–" if c.speedup is None else f"{c.speedup:.2f}×",
+             "–" if c.latency_onnx_ms is None else f"{c.latency_onnx_ms:.2f}", f"{c.metric_after:.2f}",
              f"{c.metric_before - c.metric_after:+.2f}", "**passed**" if c.passed else "**failed**",
              "yes" if c.label in on_front else "", "**registered**" if chosen and c.index == chosen.index else ""]
             for c in candidates]
-    report.add("table", (["budget", "FLOPs kept", "params kept", "latency ms", "speedup", candidates[0].metric,
-                          "drop", "gate", "Pareto", ""], rows))
+    report.add("table", (["budget", "FLOPs kept", "params kept", "latency ms", "speedup", "ONNX ms",
+                          candidates[0].metric, "drop", "gate", "Pareto", ""], rows))
     report.add("p", f"Original model: {candidates[0].metric} {before:.2f}; gate threshold "
                     f"{before - p.max_drop:.2f}.")
     return report

@@ -18,6 +18,7 @@ import torch
 from datasets import Dataset
 
 from ..errors import DataError
+from .data_files import read_guarded
 from .spec import LABEL_KEYS, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -132,11 +133,11 @@ def load_task_data(
 
         if not path.exists():
             return load_squad(_load_hub(str(source), task, split), version_2=task.name == "squad_v2")
-        return load_squad(path, version_2=task.name == "squad_v2")
+        return read_guarded(path, lambda: load_squad(path, version_2=task.name == "squad_v2"))
     if path.exists():
         if path.is_dir() or path.suffix.lower() not in _TABLE_SUFFIXES:
             raise DataError(f"{path}: expected a file ending in one of {sorted(_TABLE_SUFFIXES)}")
-        records, where = _read_records(path, task), str(path)
+        records, where = read_guarded(path, lambda: _read_records(path, task)), str(path)
     elif path.suffix.lower() in _TABLE_SUFFIXES or "/" in str(source) and path.parent.exists():
         raise DataError(f"data file {source} does not exist")
     else:
