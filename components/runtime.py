@@ -39,10 +39,12 @@ def run_component(stage: str, output: Any, metrics: Any, arguments: dict[str, An
     artifacts, whose folders the stage reads), writing the output artifact's folder (and its Markdown / HTML report
     to ``report`` / ``html``, which the Kubeflow UI shows)."""
     from fastprune.common.folders import numeric_results
+    from fastprune.common.interrupts import install_signal_handlers
     from fastprune.common.ops.remote import apply_remote_timeouts, secure_logging
     from fastprune.common.stages.run import run_stage
 
     secure_logging()
+    install_signal_handlers()  # a deleted pod's SIGTERM removes the step's staging folder on the way out
     params, inputs = stage_arguments(stage, arguments)
 
     try:

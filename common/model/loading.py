@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from ..errors import IntegrityError, ModelTaskMismatchError
+from ..errors import ConfigError, IntegrityError, ModelTaskMismatchError
 from ..tasks.spec import Task
 from .arch import STRUCTURE_KEY, adapter_for
 from .checkpoint import CONVERT_HINT, PickleCheckpointError, check_local_weights
@@ -18,8 +19,45 @@ from .portable import is_portable_folder, read_config
 log = logging.getLogger(__name__)
 
 
+_DEVICE = re.compile(r"(?P<kind>cpu|cuda|mps)(?::(?P<index>\d+))?")
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on: ``cpu``, ``cuda:0``... and ``mps``."""
+    mps = getattr(torch.backends, "mps", None)
+    return (["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+            + (["mps"] if mps is not None and mps.is_available() else []))
+
+
+def check_device(device: str | None, available: bool = True) -> str:
+    """``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``) if it exists here (with ``available``; else
+    only its spelling is checked); a :class:`ConfigError` naming the devices available otherwise."""
+    if device in (None, "", "auto"):
+        return "auto"
+    match = _DEVICE.fullmatch(str(device).strip().lower())
+    if match is None or (match["kind"] != "cuda" and match["index"] not in (None, "0")):
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps (available here: "
+                          f"{', '.join(available_devices())})")
+    if available:
+        here = available_devices()
+        kind, index = match["kind"], int(match["index"] or 0)
+        if kind == "cuda" and not any(d.startswith("cuda") for d in here):
+            raise ConfigError(f"device {device!r} is not available: this machine has no CUDA GPU (available: "
+                              f"{', '.join(here)})")
+        if kind == "cuda" and f"cuda:{index}" not in here:
+            count = sum(d.startswith("cuda") for d in here)
+            raise ConfigError(f"device {device!r} is not available: this machine has {count} CUDA GPU"
+                              f"{'s' if count > 1 else ''} (available: {', '.join(here)})")
+        if kind == "mps" and "mps" not in here:
+            raise ConfigError(f"device {device!r} is not available: this machine has no Apple MPS (available: "
+                              f"{', '.join(here)})")
+    return str(device).strip().lower()
+
+
 def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "auto"):
+    """The torch device for ``device`` (``auto``: the first GPU if there is one), checked by :func:`check_device`."""
+    device = check_device(device)
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 

@@ -58,6 +58,7 @@ from .config import (
     TuneParams,
 )
 from .options import BY_MODE
+from .sanity import budget_warnings, chance_warning, sampling_warning
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +163,10 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
+    if p.dev_data:  # read and its labels parsed before the model is loaded
+        task.load_data(resolve_source(p.dev_data)[0], "validation")
     local, source = resolve_source(p.model, p.tracking_uri)
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code, allow_pickle=p.allow_pickle)
-    if p.dev_data:
-        task.load_data(resolve_source(p.dev_data)[0], "validation")
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
     return {"task": task.name, "source": source, "architecture": type(model).__name__,
@@ -181,13 +182,14 @@ def run_sample(p: SampleParams, out: Path) -> dict:
     local, source = resolve_source(p.train_data)
     train = task.load_data(local, "train", p.text_columns, p.label_column)
     sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
+    warnings = [w for w in [sampling_warning(p.num_samples, len(train), p.replace)] if w]
     if p.holdout:
         sample, held_out = split_holdout(sample, p.holdout, p.seed)
         held_out.to_parquet(str(out / HOLDOUT_FILE))
     sample.to_parquet(str(out / SAMPLE_FILE))
     checksum = sha256_file(local) if isinstance(local, Path) and local.is_file() else None
     return {"task": task.name, "train_file": source, "train_sha256": checksum, "train_examples": len(train),
-            "num_examples": len(sample)}
+            "num_examples": len(sample), **({"warnings": warnings} if warnings else {})}
 
 
 def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
@@ -232,7 +234,9 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
     masks.save(out / MASKS_FILE)
     if table is not None:
         result["latency_ratio_fitted"] = latency_ratio(masks, table)
-    return {**result, **_masks_summary(masks, dims, seq_len)}
+    warnings = budget_warnings(p.constraint, p.constraint_metric, masks.heads_per_layer(), masks.neurons_per_layer(),
+                               dims.num_layers * dims.num_heads, dims.num_layers * dims.intermediate_size)
+    return {**result, **_masks_summary(masks, dims, seq_len), **({"warnings": warnings} if warnings else {})}
 
 
 def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> dict:
@@ -313,9 +317,9 @@ _MASKED_METRICS = {"searched": "metric_search", "rearranged": "metric_rearranged
 
 def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **masks: Path | None) -> dict:
     """The task metric on the dev set: original, masked (after search / rearrangement / tuning) and pruned."""
-    device = resolve_device(p.device)
-    net, tokenizer, task = _model(model, device)
+    device, task = resolve_device(p.device), _task(model)
     dev = task.load_data(resolve_source(p.dev_data)[0], "validation", p.text_columns, p.label_column)
+    net, tokenizer, _ = _model(model, device)  # after the dev data: a bad file fails before the model loads
 
     def run(m: nn.Module, mask: Masks | None = None) -> dict:
         return evaluate_masked(m, mask, tokenizer, task, dev, device, p.eval_batch_size)
@@ -323,11 +327,9 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
     before = run(net)
     result = {"task": task.name, "metric": task.metric, "higher_is_better": task.higher_is_better,
               "dev_examples": len(dev), "metric_before": before[task.metric]}
-    if not task.better_than_chance(result["metric_before"]):
-        log.warning("the original model's dev %s (%.2f) is no better than chance (%.2f) for task %s: is it fine-tuned "
-                    "for this task, and are the dev labels right?", task.metric, result["metric_before"], task.chance,
-                    task.name)
-        result["warning"] = f"the original model is no better than chance ({task.metric} {task.chance:g})"
+    chance = chance_warning(task, list(dev["label"]) if "label" in dev.column_names else [], before)
+    if chance:
+        result["warnings"] = [chance]
     for name, folder in masks.items():
         if folder is not None:
             result[_MASKED_METRICS[name]] = run(net, Masks.load(folder / MASKS_FILE))[task.metric]

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError
 from ..folders import STAGE_FILE, stage_info, staged_folder, verify_manifest, write_manifest
 from ..ops.report import PARETO_PNG, ParetoPoint, Report, pareto_front, pareto_picture
+from .lineage import inherited_lineage
 
 CANDIDATE_PARTS = ("searched", "rearranged", "tuned", "pruned", "evaluation", "profile")
 """The folders of one candidate: the outputs of search, rearrange, tune, export, evaluate and profile."""
@@ -165,6 +166,8 @@ def select_stage(out: str | Path, params: SelectParams | dict, candidates: list[
         for folder in folders.values():
             if folder is not None:
                 verify_manifest(folder)
+    inherited_lineage("select", {f"{part} of candidate {i}": Path(folder) for i, folders in enumerate(candidates)
+                                 for part, folder in folders.items() if folder is not None})  # one model and task
     start = time.perf_counter()
     judged = [load_candidate(i, {k: Path(v) for k, v in f.items() if v is not None}, p.max_drop)
               for i, f in enumerate(candidates)]

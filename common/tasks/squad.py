@@ -25,6 +25,7 @@ class ExtractiveQATask(Task):
     version_2: bool = False  # unanswerable questions allowed (SQuAD v2.0)
     kind: str = "qa"
     metric: str = "f1"
+    chance: float = 5.0  # a SQuAD F1 (points) at or below which a model is taken to be at chance level
     max_length: int = 384
     batch_size: int = 12
     label_keys: frozenset[str] = frozenset({"start_positions", "end_positions"})
