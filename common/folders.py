@@ -150,7 +150,7 @@ def _alive(pid: int) -> bool:
 def _stale(name: str) -> bool:
     """Whether ``name`` was made by a process of this host that no longer exists."""
     match = _OWNER.search(name)
-    return bool(match) and match["host"] == _host() and not _alive(int(match["pid"]))
+    return match is not None and match["host"] == _host() and not _alive(int(match["pid"]))
 
 
 def _remove(path: Path) -> None:
@@ -163,7 +163,7 @@ def _remove(path: Path) -> None:
 def sweep_stale(destination: Path) -> list[Path]:
     """Remove the staging folders and files of ``destination`` left by dead processes of this host; a replaced
     result set aside by a process killed between its two renames is put back. Returns what was removed."""
-    parent, removed = destination.parent, []
+    parent, removed = destination.parent, list[Path]()
     if not parent.is_dir():
         return removed
     for path in parent.glob(f".{glob_escape(destination.name)}.p*"):

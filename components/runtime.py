@@ -94,7 +94,7 @@ def run_select(candidates: dict[str, list], chosen: dict[str, Any], sweep: Any, 
     counts = {part: len(artifacts) for part, artifacts in candidates.items()}
     if len(set(counts.values())) != 1:
         raise ValueError(f"every part of the sweep needs one artifact per candidate, got {counts}")
-    folders = [{part: Path(artifacts[i].path) for part, artifacts in candidates.items()}
+    folders: list[dict[str, Path | None]] = [{part: Path(artifacts[i].path) for part, artifacts in candidates.items()}
                for i in range(next(iter(counts.values())))]
     try:
         info = select_stage(sweep.path, params, folders)

@@ -274,7 +274,7 @@ def _trigger(args) -> int:
         from fastprune.common.stages.preflight import check_pipeline_inputs
 
         check_pipeline_inputs(params.arguments(), args.pipeline_root)
-        launcher = LocalLauncher(args.pipeline, args.pipeline_root)
+        launcher: LocalLauncher | ClusterLauncher = LocalLauncher(args.pipeline, args.pipeline_root)
     else:
         launcher = ClusterLauncher(_cluster(args), _options(args, args.pipeline))
     print(f"fastprune: versions of {args.registered_model} in MLflow at {redacted(tracking_uri)} "

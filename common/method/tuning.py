@@ -338,24 +338,25 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
     against the teacher (:func:`reselect_units`), and keeps the new choice only if its refit error is lower.
     ``ridge="auto"`` picks the ridge by :func:`cross_validated_ridge` on the search's units."""
     full_proj, full_row, cols = proj, mask_row, None
+    fitted: nn.Linear | Columns = proj
     if not reselect:  # the refit needs the statistics of the kept columns only (the pruned ones stay 0)
         cols = ((mask_row != 0).nonzero() * unit_size + torch.arange(unit_size, device=mask_row.device)).flatten()
-        proj, mask_row = Columns(proj.weight[:, cols], proj.bias), mask_row[mask_row != 0].clone()
-    folds = LeastSquares.collect(data, proj.weight.shape[1], proj.weight.shape[0], proj.weight.device,
+        fitted, mask_row = Columns(proj.weight[:, cols], proj.bias), mask_row[mask_row != 0].clone()
+    folds = LeastSquares.collect(data, fitted.weight.shape[1], fitted.weight.shape[0], fitted.weight.device,
                                   folds=2 if ridge == "auto" else 1, columns=cols)  # fmt: skip
     stats = folds[0] if len(folds) == 1 else folds[0] + folds[1]
-    before = stats.error(current_map(proj, mask_row, unit_size))
+    before = stats.error(current_map(fitted, mask_row, unit_size))
     kept = int((mask_row != 0).sum())
     if kept == 0:
         return BlockReport(layer, block, False, before, before, 0.0, "no units kept"), {}
     note = ""
     if ridge == "auto":
-        ridge = cross_validated_ridge(folds, proj, mask_row, unit_size)
+        ridge = cross_validated_ridge(folds, fitted, mask_row, unit_size)
         note = f"ridge {ridge:g}, "
-    fit = refit(stats, proj, mask_row, unit_size, ridge)
+    fit = refit(stats, fitted, mask_row, unit_size, ridge)
     if reselect and kept < len(mask_row):
         chosen = reselect_units(stats, unit_size, kept, ridge, full_proj.bias is not None).to(mask_row.dtype)
-        other = refit(stats, proj, chosen, unit_size, ridge)
+        other = refit(stats, fitted, chosen, unit_size, ridge)
         moved = int(((chosen != 0) & (mask_row == 0)).sum())
         if other is not None and (fit is None or other[1] < fit[1]):
             fit = other

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -94,7 +95,7 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
     :mod:`.portable`): with a stock config where one fits, else with its own modeling code."""
     path = Path(path)
     with staged_folder(path) as tmp:
-        config = model.config
+        config: Any = model.config
         config.architectures = [type(model).__name__]
         if not hasattr(config, STRUCTURE_KEY):
             setattr(config, STRUCTURE_KEY, adapter_for(model).structure(model))

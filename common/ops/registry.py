@@ -21,6 +21,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
 
 from ..errors import ConfigError, FastpruneError
 from ..folders import verify_manifest
@@ -118,7 +119,7 @@ def predict_text(model, tokenizer, task: Task, frame: pd.DataFrame, batch_size: 
     return task.predict(model, tokenizer, frame, batch_size)
 
 
-class PrunedTextModel(mlflow.pyfunc.PythonModel):
+class PrunedTextModel(PythonModel):
     """A pruned model rebuilt with :func:`load_pruned` from its artifact folder; predicts from raw text."""
 
     def load_context(self, context) -> None:
@@ -186,7 +187,7 @@ def fetch_registered_model(uri: str, cache_dir: Path, tracking_uri: str | None =
     client = mlflow.MlflowClient(tracking_uri)
     where = redacted(tracking_uri or mlflow.get_tracking_uri())
     try:
-        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
     except MlflowException as e:
         raise RegistryError(f"MLflow at {where} has no {uri}: {e.message}") from None
     exact = f"models:/{name}/{found.version}"

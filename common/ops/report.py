@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 KEPT_UNITS_PNG = "kept_units.png"
 PARETO_PNG = "pareto.png"
@@ -31,9 +32,9 @@ class Report:
     ``("image", (path, caption))``, ``("pre", text)``. Text may use ``**bold**`` and ```code```."""
 
     title: str
-    blocks: list[tuple[str, object]] = field(default_factory=list)
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
 
-    def add(self, kind: str, content: object) -> Report:
+    def add(self, kind: str, content: Any) -> Report:
         self.blocks.append((kind, content))
         return self
 

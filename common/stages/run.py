@@ -45,7 +45,7 @@ def _run_register(p: RegisterParams, out: Path, **inputs: Path | None) -> dict:
     """Register the pruned model in MLflow; the alias moves to it only when the accuracy gate passes."""
     from .register import register
 
-    return register(p, out, **inputs)
+    return register(p, out, **{name: folder for name, folder in inputs.items() if folder is not None})
 
 
 @dataclass(frozen=True)

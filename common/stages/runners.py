@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -120,7 +121,7 @@ def _dims(model_folder: Path) -> ModelDims:
 
 
 def _masks_summary(masks: Masks, dims: ModelDims | None = None, seq_len: float | None = None) -> dict:
-    summary = {"heads_per_layer": masks.heads_per_layer(), "neurons_per_layer": masks.neurons_per_layer()}
+    summary: dict[str, Any] = {"heads_per_layer": masks.heads_per_layer(), "neurons_per_layer": masks.neurons_per_layer()}
     if dims is not None and seq_len is not None:
         summary["flops_ratio"] = flops_ratio(masks, dims, seq_len)
     return summary
@@ -253,7 +254,8 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
     held-out part of the sample, rearrangement and tuning are each kept only where they lower its loss."""
     search = stage_info(searched)
     chosen = Masks.load(masks / MASKS_FILE)
-    reports, validation, validator, resplit = [], {}, None, None
+    reports: list = []
+    validation, validator, resplit = {}, None, None
     holdout = (sample / HOLDOUT_FILE).exists()
     if p.tune or holdout:
         device = resolve_device(p.device)
@@ -366,7 +368,7 @@ def run_profile(p: ProfileParams, out: Path, model: Path, pruned: Path) -> dict:
     if onnx is not None:
         models[onnx[0]] = onnx[1]
     profile = profile_models(models, (p.profile_batch_size,), (p.profile_seq_len,), device, (p.serving_dtype,),
-                             p.repeats, p.warmup, vocab_size=original.config.vocab_size)
+                             p.repeats, p.warmup, vocab_size=cast(Any, original.config).vocab_size)
     if not profile.entries:
         raise ConfigError(f"serving_dtype {p.serving_dtype} is measured on CUDA devices only, not on {device}")
     (out / PROFILE_FILE).write_text(profile.to_markdown())

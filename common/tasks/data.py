@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ _TABLE_SUFFIXES = {".tsv", ".csv", ".json", ".jsonl", ".parquet"}
 # ----- loading ----------------------------------------------------------------------------------
 def _read_delimited(path: Path, delimiter: str, task: ClassificationTask) -> list[dict]:
     with open(path, encoding="utf-8-sig", newline="") as f:
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         rows = list(csv.reader(f, delimiter=delimiter, quoting=quoting))
     if not rows:
         raise DataError(f"{path} is empty")

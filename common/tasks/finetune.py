@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from .data import sample_dataset, task_batches
 from .spec import TaskSpec
@@ -53,6 +55,6 @@ def finetune(
 
 def save_finetuned(model: nn.Module, tokenizer, path: str | Path) -> Path:
     path = Path(path)
-    model.save_pretrained(path)
+    cast(PreTrainedModel, model).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
