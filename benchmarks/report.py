@@ -453,8 +453,11 @@ def deployment_section(path: Path = DEPLOYMENT) -> list[str]:
         return []
     body = path.read_text(encoding="utf-8").strip().splitlines()
     title = body[0].lstrip("# ") if body and body[0].startswith("# ") else "ONNX deployment"
+    rest = body[1:]
+    while rest and not rest[0].strip():
+        rest.pop(0)
     return ["", f"## {title}", "", "From `benchmarks/onnx_bench.py` (`results/onnx_minilm_cpu.md`, `.json`).", "",
-            *body[1:]]  # fmt: skip
+            *rest]  # fmt: skip
 
 
 def write_report(jsonl: Path, output: Path) -> list[Path]:

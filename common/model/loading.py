@@ -7,15 +7,10 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-)
+from transformers import AutoConfig, AutoTokenizer
 
 from ..errors import ConfigError, IntegrityError, ModelTaskMismatchError
-from ..tasks.spec import TaskSpec
+from ..tasks.spec import Task
 from .arch import STRUCTURE_KEY, adapter_for
 from .checkpoint import CONVERT_HINT, PickleCheckpointError, check_local_weights
 from .export import load_pruned
@@ -67,24 +62,10 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _head_suffix(task: TaskSpec) -> str:
-    return "ForQuestionAnswering" if task.is_qa else "ForSequenceClassification"
-
-
-def check_model_for_task(config, task: TaskSpec, where: str) -> None:
-    """The model must carry the task's head (fine-tuned for it) with the task's number of labels."""
+def check_model_for_task(config, task: Task, where: str) -> None:
+    """The model must carry the task's head (fine-tuned for it), as the task checks it (the number of labels...)."""
     adapter_for(config)  # unsupported architectures fail here, naming the supported ones
-    suffix = _head_suffix(task)
-    architectures = getattr(config, "architectures", None) or []
-    if not any(a.endswith(suffix) for a in architectures):
-        raise ModelTaskMismatchError(
-            f"{where} is not fine-tuned for task {task.name}: its architectures are {architectures or 'unset'}, "
-            f"expected a *{suffix} model (fine-tune it on the task first)"
-        )
-    if not task.is_qa and config.num_labels != task.num_labels:
-        raise ModelTaskMismatchError(
-            f"{where} has {config.num_labels} labels but task {task.name} needs {task.num_labels}"
-        )
+    task.check_model(config, where)
 
 
 def check_tokenizer(tokenizer, config, where: str) -> None:
@@ -100,7 +81,7 @@ def check_tokenizer(tokenizer, config, where: str) -> None:
 
 def load_model(
     source: str | Path,
-    task: TaskSpec,
+    task: Task,
     device: torch.device | str = "cpu",
     trust_remote_code: bool = False,
     tokenizer_source: str | Path | None = None,
@@ -122,7 +103,7 @@ def load_model(
     if getattr(config, STRUCTURE_KEY, None):
         model, tokenizer = load_pruned(source, device)
     else:
-        cls = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
+        cls = task.auto_model_class()
         try:
             model = cls.from_pretrained(source, trust_remote_code=trust_remote_code,
                                         use_safetensors=None if allow_pickle else True).to(device).eval()

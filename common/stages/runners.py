@@ -10,6 +10,7 @@ destination, renaming it into place only when complete, so a corrupted or partia
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ from ..model.export import export_pruned, parameter_count, save_pruned
 from ..model.loading import load_model, resolve_device
 from ..model.masks import Masks, pruning_applied
 from ..ops.storage import fetch, is_remote
-from ..tasks.spec import TaskSpec, get_task
+from ..tasks.spec import Task, get_task
 from .config import (
     EvaluateParams,
     ExportParams,
@@ -59,6 +60,8 @@ from .config import (
 from .options import BY_MODE
 from .sanity import budget_warnings, chance_warning, sampling_warning
 
+log = logging.getLogger(__name__)
+
 # The data and evaluation modules (datasets, scipy) are imported by the stages that use them: every pipeline step
 # is a fresh process, and these imports cost seconds.
 
@@ -69,7 +72,7 @@ from .sanity import budget_warnings, chance_warning, sampling_warning
 
 
 
-def _task(folder: Path) -> TaskSpec:
+def _task(folder: Path) -> Task:
     return get_task(stage_info(folder)["task"])
 
 
@@ -94,20 +97,18 @@ def resolve_source(source: str, tracking_uri: str | None = None) -> tuple[str | 
     return source, source
 
 
-def _sample_batches(sample: Path, tokenizer, task: TaskSpec, file: str = SAMPLE_FILE) -> list[dict]:
+def _sample_batches(sample: Path, tokenizer, task: Task, file: str = SAMPLE_FILE) -> list[dict]:
     """The pruning sample (or its held-out part) of a sample folder, tokenized and batched as its stage says."""
     import pyarrow.parquet as pq
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
-    from ..tasks.data import task_batches
-
     params = stage_info(sample)["params"]
     ds = Dataset(InMemoryTable(pq.read_table(sample / file)))
-    return task_batches(ds, tokenizer, task, params["batch_size"], params["max_length"])
+    return task.batches(ds, tokenizer, params["batch_size"], params["max_length"])
 
 
-def _model(folder: Path, device: torch.device) -> tuple[nn.Module, object, TaskSpec]:
+def _model(folder: Path, device: torch.device) -> tuple[nn.Module, object, Task]:
     task = _task(folder)
     model, tokenizer = load_model(folder, task, device)
     return model, tokenizer, task
@@ -149,11 +150,9 @@ def teacher_masks(
     return rearrange_masks(loose, grads)
 
 
-def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task, dev, device, batch_size) -> dict:
-    from ..tasks.evaluate import evaluate
-
+def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task: Task, dev, device, batch_size) -> dict:
     with pruning_applied(model, masks, device):
-        return evaluate(model, tokenizer, task, dev, device, batch_size)
+        return task.evaluate(model, tokenizer, dev, device, batch_size)
 
 
 # ----- the stages: each writes its files into ``out`` and returns its results --------------------------
@@ -165,9 +164,7 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
     if p.dev_data:  # read and its labels parsed before the model is loaded
-        from ..tasks.data import load_task_data
-
-        load_task_data(resolve_source(p.dev_data)[0], task, "validation")
+        task.load_data(resolve_source(p.dev_data)[0], "validation")
     local, source = resolve_source(p.model, p.tracking_uri)
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code, allow_pickle=p.allow_pickle)
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
@@ -179,11 +176,11 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
 def run_sample(p: SampleParams, out: Path) -> dict:
     """Draw the pruning sample from the training data; record the data's sha256."""
-    from ..tasks.data import load_task_data, sample_dataset, split_holdout
+    from ..tasks.data import sample_dataset, split_holdout
 
     task = get_task(p.task)
     local, source = resolve_source(p.train_data)
-    train = load_task_data(local, task, "train", p.text_columns, p.label_column)
+    train = task.load_data(local, "train", p.text_columns, p.label_column)
     sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
     warnings = [w for w in [sampling_warning(p.num_samples, len(train), p.replace)] if w]
     if p.holdout:
@@ -211,7 +208,7 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
 
     seed = stage_info(sample)["params"]["seed"]
     grads = iterative_fisher(net, batches, p.constraint, p.fisher_steps, search, device, p.progress, p.fisher_labels,
-                             seed)
+                             seed, task)
     grads.save(out / GRADS_FILE)
     result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
     if grads.available is not None:
@@ -262,7 +259,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         device = resolve_device(p.device)
         net, tokenizer, task = _model(model, device)
         if holdout:
-            validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device)
+            validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device, task)
             chosen = validator.choose("rearrange", Masks.load(searched / MASKS_FILE), chosen)
     if p.tune:
         table_file = searched / LATENCY_TABLE_FILE
@@ -281,10 +278,10 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             made = stage_info(grads)["params"]
             labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
             resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table,
-                                    allocation)  # fmt: skip
+                                    allocation, task)  # fmt: skip
         tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge(), p.tuning_scale_bound,
                                     p.tuning_policy, progress=p.progress, num_samples=p.tuning_samples or None,
-                                    mode=p.tuning_mode, resplit=resplit)
+                                    mode=p.tuning_mode, resplit=resplit, task=task)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
         validation = validator.report
@@ -320,18 +317,17 @@ _MASKED_METRICS = {"searched": "metric_search", "rearranged": "metric_rearranged
 
 def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **masks: Path | None) -> dict:
     """The task metric on the dev set: original, masked (after search / rearrangement / tuning) and pruned."""
-    from ..tasks.data import load_task_data
-
     device, task = resolve_device(p.device), _task(model)
-    dev = load_task_data(resolve_source(p.dev_data)[0], task, "validation", p.text_columns, p.label_column)
+    dev = task.load_data(resolve_source(p.dev_data)[0], "validation", p.text_columns, p.label_column)
     net, tokenizer, _ = _model(model, device)  # after the dev data: a bad file fails before the model loads
 
     def run(m: nn.Module, mask: Masks | None = None) -> dict:
         return evaluate_masked(m, mask, tokenizer, task, dev, device, p.eval_batch_size)
 
     before = run(net)
-    result = {"task": task.name, "metric": task.metric, "dev_examples": len(dev), "metric_before": before[task.metric]}
-    chance = chance_warning(task, [] if task.is_qa else list(dev["label"]), before)
+    result = {"task": task.name, "metric": task.metric, "higher_is_better": task.higher_is_better,
+              "dev_examples": len(dev), "metric_before": before[task.metric]}
+    chance = chance_warning(task, list(dev["label"]) if "label" in dev.column_names else [], before)
     if chance:
         result["warnings"] = [chance]
     for name, folder in masks.items():
@@ -340,7 +336,7 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
     pruned_net, pruned_tokenizer, _ = _model(pruned, device)
     after = evaluate_masked(pruned_net, None, pruned_tokenizer, task, dev, device, p.eval_batch_size)
     result["metric_after"] = after[task.metric]
-    result["metric_drop"] = result["metric_before"] - result["metric_after"]
+    result["metric_drop"] = task.metric_drop(result["metric_before"], result["metric_after"])
     if (pruned / "onnx" / "model.onnx").is_file():  # the export step's ONNX folder, on onnxruntime (CPU)
         from ..model.onnx_folder import OrtModel
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from ..tasks.spec import TaskSpec
+from ..tasks.spec import Task
 
 log = logging.getLogger("fastprune")
 
 MIN_SANE_CONSTRAINT = 0.1
 """Below this fraction of the FLOPs (or latency) kept, pruned models are rarely better than chance."""
-QA_CHANCE_F1 = 5.0
-"""A SQuAD F1 (points) at or below which an extractive QA model is taken to be at chance level."""
 
 
 def warn(message: str) -> str:
@@ -22,21 +20,23 @@ def warn(message: str) -> str:
     return message
 
 
-def chance_warning(task: TaskSpec, labels: list, metrics: dict[str, float]) -> str | None:
+def chance_warning(task: Task, labels: list, metrics: dict[str, float]) -> str | None:
     """A warning when the unpruned model scores at or below chance on the dev set: classification accuracy at or
-    below the majority-class rate (and 1/num_labels), a correlation (regression, Matthews) <= 0, SQuAD F1 near 0."""
+    below the majority-class rate (and 1/num_labels); any other metric no better than the task's chance level
+    (:attr:`Task.chance`: a correlation of 0, a SQuAD F1 of a few points), in the task's direction."""
     score = metrics.get(task.metric)
     if score is None:
         return None
-    if task.is_qa:
-        chance, value, name = QA_CHANCE_F1, metrics.get("f1", score), "F1"
-    elif task.kind == "regression" or task.metric == "matthews":
-        chance, value, name = 0.0, score, task.metric
-    else:
+    num_labels = getattr(task, "num_labels", 0)
+    if labels and num_labels > 1 and "accuracy" in metrics:
         counts = Counter(labels)
-        majority = max(counts.values()) / max(len(labels), 1) if counts else 0.0
-        chance, value, name = 100.0 * max(majority, 1.0 / task.num_labels), metrics.get("accuracy", score), "accuracy"
-    if value > chance:
+        majority = max(counts.values()) / len(labels)
+        chance, value, name = 100.0 * max(majority, 1.0 / num_labels), metrics["accuracy"], "accuracy"
+        at_chance = value <= chance
+    else:
+        chance, value, name = task.chance, score, task.metric
+        at_chance = not task.better_than_chance(value)
+    if not at_chance:
         return None
     return warn(f"the unpruned model scores {name} {value:.2f} on the dev set, at or below chance ({chance:.2f}) for "
                 f"task {task.name}: it is probably the wrong model for this task, or the wrong task for this model")

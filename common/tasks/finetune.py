@@ -41,7 +41,7 @@ def finetune(
     )
     bar = tqdm(batches, desc="finetune", disable=not progress)
     for batch in bar:
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        loss = task.fisher_loss(model, {k: v.to(device) for k, v in batch.items()})  # the task loss, data labels
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
