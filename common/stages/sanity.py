@@ -28,10 +28,10 @@ def chance_warning(task: Task, labels: list, metrics: dict[str, float]) -> str |
     if score is None:
         return None
     num_labels = getattr(task, "num_labels", 0)
-    if labels and num_labels > 1 and "accuracy" in metrics:
+    if labels and num_labels > 1 and task.metric == "accuracy":
         counts = Counter(labels)
         majority = max(counts.values()) / len(labels)
-        chance, value, name = 100.0 * max(majority, 1.0 / num_labels), metrics["accuracy"], "accuracy"
+        chance, value, name = 100.0 * max(majority, 1.0 / num_labels), score, "accuracy"
         at_chance = value <= chance
     else:
         chance, value, name = task.chance, score, task.metric
