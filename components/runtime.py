@@ -39,10 +39,12 @@ def run_component(stage: str, output: Any, metrics: Any, arguments: dict[str, An
     artifacts, whose folders the stage reads), writing the output artifact's folder (and its Markdown / HTML report
     to ``report`` / ``html``, which the Kubeflow UI shows)."""
     from fastprune.common.folders import numeric_results
+    from fastprune.common.interrupts import install_signal_handlers
     from fastprune.common.ops.remote import apply_remote_timeouts, secure_logging
     from fastprune.common.stages.run import run_stage
 
     secure_logging()
+    install_signal_handlers()  # a deleted pod's SIGTERM removes the step's staging folder on the way out
     params, inputs = stage_arguments(stage, arguments)
 
     try:
@@ -92,7 +94,7 @@ def run_select(candidates: dict[str, list], chosen: dict[str, Any], sweep: Any, 
     counts = {part: len(artifacts) for part, artifacts in candidates.items()}
     if len(set(counts.values())) != 1:
         raise ValueError(f"every part of the sweep needs one artifact per candidate, got {counts}")
-    folders = [{part: Path(artifacts[i].path) for part, artifacts in candidates.items()}
+    folders: list[dict[str, Path | None]] = [{part: Path(artifacts[i].path) for part, artifacts in candidates.items()}
                for i in range(next(iter(counts.values())))]
     try:
         info = select_stage(sweep.path, params, folders)

@@ -23,7 +23,13 @@ def _add_prune(p) -> None:
 
     add_fields(p, PruneConfig, skip=("progress",))
     p.add_argument("--output", required=True, help="output folder: model/, masks.safetensors, summary.json")
+    _add_overwrite(p)
     p.set_defaults(func=_prune)
+
+
+def _add_overwrite(p, what: str = "folder") -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace a non-empty output {what} (whole, once the new "
+                   "result is complete; without it such an output is refused before any work)")
 
 
 def _prune(args) -> int:
@@ -32,7 +38,7 @@ def _prune(args) -> int:
     from fastprune.flags import values
 
     cfg = PruneConfig.model_validate(values(PruneConfig, args))
-    summary = prune(cfg, args.output)
+    summary = prune(cfg, args.output, overwrite=args.overwrite)
     print(format_summary(summary))
     print(f"  model: {args.output}/model   summary: {args.output}/summary.json")
     return 0
@@ -42,14 +48,17 @@ def _add_demo(p) -> None:
     p.add_argument("--constraint", type=float, default=0.5)
     p.add_argument("--num-samples", type=int, default=2048)
     p.add_argument("--output", default="runs/demo")
+    _add_overwrite(p)
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
+    from fastprune.common.folders import check_output
     from fastprune.common.stages.config import PruneConfig, SampleConfig
     from fastprune.common.stages.prune import format_summary, prune
     from fastprune.defaults import SST2_DEV, SST2_TRAIN, finetuned_minilm
 
+    check_output(args.output, args.overwrite)  # before the default model is fine-tuned (minutes, once)
     cfg = PruneConfig(
         model=str(finetuned_minilm()),
         task="sst2",
@@ -58,7 +67,7 @@ def _demo(args) -> int:
         constraint=args.constraint,
         sample=SampleConfig(num_samples=args.num_samples),
     )
-    print(format_summary(prune(cfg, args.output)))
+    print(format_summary(prune(cfg, args.output, overwrite=args.overwrite)))
     print(f"  model: {args.output}/model   summary: {args.output}/summary.json")
     return 0
 
@@ -74,18 +83,23 @@ def _add_profile(p) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--output", required=True, help="JSON file for the figures")
+    _add_overwrite(p, "file")
     p.set_defaults(func=_profile)
 
 
 def _profile(args) -> int:
     import json
-    from pathlib import Path
 
+    from fastprune.common.folders import check_output, staged_file
     from fastprune.common.model.export import load_pruned
-    from fastprune.common.model.loading import resolve_device
+    from fastprune.common.model.loading import check_device, resolve_device
     from fastprune.common.model.timing import profile_models
+    from fastprune.common.stages.preflight import check_exists
 
-    device = resolve_device(args.device)
+    device = resolve_device(check_device(args.device))
+    output = check_output(args.output, args.overwrite, kind="file")
+    for name in ("model", "pruned"):
+        check_exists(getattr(args, name), f"--{name}")
     models = {"original": load_pruned(args.model, device, with_tokenizer=False)[0]}
     if args.pruned:
         models["pruned"] = load_pruned(args.pruned, device, with_tokenizer=False)[0]
@@ -95,8 +109,8 @@ def _profile(args) -> int:
     if args.pruned:
         figures["speedup"] = {f"{e.dtype}/b{e.batch_size}/s{e.seq_len}": e.speedup for e in result.entries
                               if e.model == "pruned"}  # fmt: skip
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(figures, indent=2))
+    with staged_file(output) as staged:
+        staged.write_text(json.dumps(figures, indent=2))
     print(result.to_markdown())
     return 0
 
@@ -106,13 +120,18 @@ def _add_compile(p) -> None:
 
     p.add_argument("--output", default="pipeline.yaml")
     p.add_argument("--image", default=BASE_IMAGE, help="the image every step runs in (default: %(default)s)")
+    _add_overwrite(p, "file")
     p.set_defaults(func=_compile)
 
 
 def _compile(args) -> int:
+    from fastprune.common.folders import check_output, staged_file
     from fastprune.pipelines.prune_pipeline import compile_pipeline
 
-    print(f"fastprune: pipeline written to {compile_pipeline(args.output, args.image)}")
+    output = check_output(args.output, args.overwrite, kind="file")
+    with staged_file(output) as staged:
+        compile_pipeline(str(staged), args.image)
+    print(f"fastprune: pipeline written to {output}")
     return 0
 
 
@@ -146,7 +165,10 @@ def _run(args) -> int:
 
 
 def _run_local(args, arguments: dict) -> int:
+    from fastprune.common.stages.preflight import check_pipeline_inputs
     from fastprune.pipelines.local import local_mlflow, run_local
+
+    check_pipeline_inputs(arguments, args.pipeline_root)  # before the default model is fine-tuned
 
     if "model" not in arguments:
         from fastprune.defaults import SST2_DEV, SST2_TRAIN, finetuned_minilm
@@ -180,6 +202,7 @@ def _add_step(p) -> None:
     for name, stage in STAGES.items():
         s = stages.add_parser(name, help=stage.doc, description=stage.doc)
         s.add_argument("--out", required=True, help="the folder this stage writes")
+        _add_overwrite(s)
         for folder in stage.inputs + stage.optional:
             s.add_argument(f"--{folder}", required=folder in stage.inputs, help="a folder written by an earlier step")
         add_fields(s, stage.params)
@@ -189,10 +212,12 @@ def _add_step(p) -> None:
 def _step(args) -> int:
     import json
 
+    from fastprune.common.folders import check_output
     from fastprune.common.stages.run import STAGES, run_stage
     from fastprune.flags import values
 
     stage = STAGES[args.stage]
+    check_output(args.out, args.overwrite)
     params = values(stage.params, args)
     folders = {k: getattr(args, k) for k in stage.inputs + stage.optional if getattr(args, k) is not None}
     info = run_stage(args.stage, args.out, params, **folders)
@@ -226,7 +251,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: ValidationError) -> str:
+    """A pydantic error as one line: each bad field and what is valid."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fastprune.common.interrupts import Terminated, termination_raises
+
     try:
         apply_remote_timeouts()  # FASTPRUNE_REMOTE_TIMEOUT, before the parser imports MLflow or the hub client
     except FastpruneError as e:
@@ -241,10 +278,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     secure_logging()  # no credentials at any verbosity: third-party loggers stay at INFO, secrets redacted
     try:
-        return args.func(args)
-    except (FastpruneError, ValidationError) as e:
+        with termination_raises():  # SIGTERM/SIGHUP raise, so that scratch and staging folders are removed
+            return args.func(args)
+    except ValidationError as e:
+        print(f"fastprune: error: {redact(_one_line(e))}", file=sys.stderr)
+        return 2
+    except FastpruneError as e:
         print(f"fastprune: error: {redact(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fastprune: interrupted; nothing half-written was left", file=sys.stderr)
+        return 130
+    except Terminated as e:
+        print(f"fastprune: {e}; nothing half-written was left", file=sys.stderr)
+        return e.code
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def finetuned_minilm(
 ) -> Path:
     """MiniLM fine-tuned on a task (default: the bundled SST-2 subset); cached by name. ``init``: start from this
     fine-tuned model instead of the pretrained one (intermediate-task transfer; its head is kept when it fits)."""
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from fastprune.common.tasks.data import load_task_data
     from fastprune.common.tasks.finetune import finetune, save_finetuned
@@ -49,12 +49,7 @@ def finetuned_minilm(
     log.info("fine-tuning MiniLM on %s for %d steps (cached at %s) ...", train_file, steps, path)
     start = init or minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(start)
-    if task.is_qa:
-        model = AutoModelForQuestionAnswering.from_pretrained(start)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            start, num_labels=task.num_labels, ignore_mismatched_sizes=init is not None
-        )
+    model = task.pretrained_model(start, reinit_mismatched=init is not None)
     torch.manual_seed(seed)
     finetune(model, tokenizer, task, load_task_data(train_file, task), steps=steps, lr=lr, seed=seed, device=device)
     tmp = path.with_name(path.name + ".tmp")

@@ -184,6 +184,9 @@ def _sweep(args) -> int:
     params = pipeline_params(args, "sweep")
     if args.host:
         return submit_now(args.host, params.arguments(), "sweep")
+    from fastprune.common.stages.preflight import check_pipeline_inputs
+
+    check_pipeline_inputs(params.arguments(), args.pipeline_root)  # before the default model is fine-tuned
     run = run_local(_local_defaults(params.arguments(), args.pipeline_root), args.pipeline_root, "sweep")
     sweep = run.artifact("select-candidate", "sweep")
     print("\n" + format_sweep(stage_info(sweep)))
@@ -268,7 +271,10 @@ def _trigger(args) -> int:
     params = type(params).model_validate({**params.arguments(), "registered_model_name": target,
                                           "mlflow_uri": params.mlflow_uri or tracking_uri})
     if args.local:
-        launcher = LocalLauncher(args.pipeline, args.pipeline_root)
+        from fastprune.common.stages.preflight import check_pipeline_inputs
+
+        check_pipeline_inputs(params.arguments(), args.pipeline_root)
+        launcher: LocalLauncher | ClusterLauncher = LocalLauncher(args.pipeline, args.pipeline_root)
     else:
         launcher = ClusterLauncher(_cluster(args), _options(args, args.pipeline))
     print(f"fastprune: versions of {args.registered_model} in MLflow at {redacted(tracking_uri)} "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator
@@ -70,6 +70,8 @@ class PipelineParams(TuningChoices, FisherLabels, Allocation, ServingDtype, Prof
                      ConstraintMetric, OnnxExport, RunOptions):
     """Parameters shared by the pruning pipeline and the budget sweep: the pipelines' signatures are generated from
     these fields (:mod:`fastprune.pipelines.wiring`). A parameter that is not set keeps its default."""
+
+    device_here: ClassVar[bool] = False  # the steps' machines have the device (checked by each step)
 
     @field_validator("task")
     @classmethod

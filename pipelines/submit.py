@@ -209,6 +209,7 @@ def pipeline_factory(kind: PipelineKind) -> tuple[Callable[..., Any], type[Pipel
     if kind == "prune":
         from .prune_pipeline import PIPELINE_NAME, build_pipeline
 
+        base: type[PruneRunParams] | type[SweepRunParams]
         build, base, name = build_pipeline, PruneRunParams, PIPELINE_NAME
     elif kind == "sweep":
         from .sweep_pipeline import SWEEP_PIPELINE_NAME, build_sweep_pipeline

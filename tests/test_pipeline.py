@@ -6,6 +6,7 @@ import yaml
 from fastprune.pipelines.steps import S3_SECRET_KEYS
 
 from fastprune.cli import main
+from fastprune.defaults import SST2_DEV as DEFAULT_DEV
 
 IMAGE = "registry.example.com/fastprune:test"
 DAG = {
@@ -125,9 +126,11 @@ def test_run_on_a_cluster_submits_the_pipeline(monkeypatch, capsys):
 def test_local_run_names_the_failed_step(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    (tmp_path / "no-model").mkdir()  # exists (a missing one is refused before the run), holds no model
     code = main(["run", "--local", "--model", str(tmp_path / "no-model"), "--mlflow-uri",
-                 f"sqlite:///{tmp_path / 'mlflow.db'}"])
+                 f"sqlite:///{tmp_path / 'mlflow.db'}", "--dev-data", str(DEFAULT_DEV)])
     assert code == 2
     err = capsys.readouterr().err
-    assert "step fetch-model (prepare) failed" in err and "no-model' does not exist" in err
+    assert "step fetch-model (prepare) failed" in err and "cannot read a model config from" in err
+    assert "no-model" in err
     assert not list((tmp_path / "runs" / "pipeline").glob("*/sample-data"))

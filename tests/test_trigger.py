@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from servers import mlflow_server
 
 from fastprune.cli import main
+from fastprune.defaults import SST2_DEV, SST2_TRAIN
 
 pytestmark = pytest.mark.server
 HOST = "https://kfp.example.com"
@@ -142,7 +143,7 @@ def test_a_failed_local_run_is_recorded_and_retried(env, tracking_uri, tmp_path,
     name = "broken-src"
     _register(tracking_uri, name, content="not a model")
     argv = ["trigger", "--registered-model", name, "--local", "--pipeline-root", str(tmp_path / "root"), "--params",
-            str(env), "--train-data", "unused.tsv", "--dev-data", "unused.tsv"]
+            str(env), "--train-data", str(SST2_TRAIN), "--dev-data", str(SST2_DEV)]  # real files: checked up front
     assert main(argv) == 1, "a failed local run fails the CI job"
     tags = _tags(tracking_uri, name)["1"]
     assert (tags[STATUS], tags[ATTEMPTS]) == ("failed", "1") and PRUNED_RUN not in tags

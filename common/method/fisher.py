@@ -1,8 +1,9 @@
 """The sample pass: per-example gradients of the task loss w.r.t. every head and neuron mask.
 
-The loss uses the sample's labels (the empirical Fisher, as the paper) or, with ``labels="model"``, labels drawn
-from the model's own predictive distribution, y ~ p(y|x) (the true Fisher; unlabeled data works): a class for
-classification, start and end positions for extractive QA, and y ~ N(prediction, 1) for regression."""
+The loss is the task's (:meth:`~fastprune.common.tasks.base.Task.fisher_loss`): against the sample's labels (the
+empirical Fisher, as the paper) or, with ``labels="model"``, against labels drawn from the model's own predictive
+distribution, y ~ p(y|x) (the true Fisher; unlabeled data works): a class for classification, start and end
+positions for extractive QA, and y ~ N(prediction, 1) for regression."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 
 from ..model.arch import adapter_for
 from ..model.masks import Masks, masks_applied
-from ..tasks.spec import LABEL_KEYS
+from ..tasks.spec import LabelSource, Task, task_for_model
 
 log = logging.getLogger(__name__)
 
-LabelSource = Literal["data", "model"]
+__all__ = ["LabelSource", "MaskGradients", "collect_mask_gradients", "to_device"]
 
 
 @dataclass
@@ -77,6 +77,7 @@ def collect_mask_gradients(
     labels: LabelSource = "data",
     seed: int = 0,
     start: tuple[int, Sequence[torch.Tensor]] | None = None,
+    task: Task | None = None,
 ) -> MaskGradients:
     """Run the model on every batch with the masks applied (all ones by default) and keep the
     gradient of the task loss w.r.t. the masks.
@@ -92,7 +93,10 @@ def collect_mask_gradients(
 
     ``start=(k, hidden)`` starts each forward pass at layer ``k``, which receives ``hidden[b]`` for batch ``b``
     (the hidden states a pruned model gives there): the layers below are skipped and their gradients are 0.
-    It costs the layers from ``k`` up only."""
+    It costs the layers from ``k`` up only.
+
+    ``task`` computes the loss (by default the built-in task that fits the model's head)."""
+    task = task or task_for_model(model)
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -110,17 +114,12 @@ def collect_mask_gradients(
         with entry:
             for batch in tqdm(batches, desc="fisher", disable=not progress, leave=False):
                 batch = to_device(batch, device)
-                size = len(batch["input_ids"])
+                size = task.examples(batch)
                 shape = (size,) if per_example else ()
                 head = base.head.expand(*shape, *base.head.shape).clone().requires_grad_(True)
                 neuron = base.neuron.expand(*shape, *base.neuron.shape).clone().requires_grad_(True)
-                if labels == "model":
-                    batch = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
                 with masks_applied(model, head, neuron, adapter):
-                    out = model(**batch)
-                loss = sampled_label_loss(out, generator) if labels == "model" else out.loss
-                if loss is None:
-                    raise ValueError("the model returned no loss: the batches must carry labels for the task")
+                    loss = task.fisher_loss(model, batch, labels, generator)
                 grad_h, grad_n = torch.autograd.grad(loss, (head, neuron))
                 scale = size if per_example else 1  # the loss is a batch mean: undo it per example
                 head_grads.append((grad_h * scale).reshape(-1, *base.head.shape).detach().float().cpu())
@@ -162,23 +161,3 @@ def _entered_at(layers: list[nn.Module], k: int, hidden: Sequence[torch.Tensor])
 
 def _passthrough(hidden: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
     return hidden
-
-
-def sampled_label_loss(out, generator: torch.Generator) -> torch.Tensor:
-    """The batch-mean loss against labels drawn from the model's own predictions (no gradient through the
-    draw): categorical for classification logits [B, C] and for QA start/end logits [B, T], Gaussian with unit
-    variance around the prediction for regression logits [B, 1]."""
-    ce = nn.functional.cross_entropy
-    if getattr(out, "start_logits", None) is not None:
-        start, end = out.start_logits, out.end_logits
-        return (ce(start, _draw(start, generator)) + ce(end, _draw(end, generator))) / 2
-    logits = out.logits
-    if logits.shape[-1] == 1:
-        noise = torch.randn(logits.shape, generator=generator).to(logits.device, logits.dtype)
-        return nn.functional.mse_loss(logits, logits.detach() + noise)
-    return ce(logits, _draw(logits, generator))
-
-
-def _draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    probs = torch.softmax(logits.detach().float().cpu(), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)

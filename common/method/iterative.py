@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..model.masks import Masks
+from ..tasks.spec import Task
 from .fisher import LabelSource, MaskGradients, collect_mask_gradients
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,14 @@ def iterative_fisher(
     progress: bool = True,
     labels: LabelSource = "data",
     seed: int = 0,
+    task: Task | None = None,
 ) -> MaskGradients:
-    """``search(grads, constraint)`` is the one-shot search (it must respect ``grads.available``)."""
+    """``search(grads, constraint)`` is the one-shot search (it must respect ``grads.available``); ``task`` computes
+    the loss (see :func:`~fastprune.common.method.fisher.collect_mask_gradients`)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    grads = collect_mask_gradients(model, batches, device=device, progress=progress, labels=labels, seed=seed)
+    grads = collect_mask_gradients(model, batches, device=device, progress=progress, labels=labels, seed=seed,
+                                   task=task)
     for k, target in enumerate(schedule(constraint, steps)[:-1]):
         masks = search(grads, target)
         if grads.available is not None:
@@ -50,5 +54,5 @@ def iterative_fisher(
         log.info("iterative Fisher step %d/%d: constraint %.3f, %d heads and %d neurons kept", k + 1, steps, target,
                  int(masks.head.sum()), int(masks.neuron.sum()))  # fmt: skip
         grads = collect_mask_gradients(model, batches, masks=masks, device=device, progress=progress, labels=labels,
-                                       seed=seed + k + 1)  # fmt: skip
+                                       seed=seed + k + 1, task=task)  # fmt: skip
     return grads

@@ -131,7 +131,7 @@ class LeastSquares:
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
 
-def cross_validated_ridge(folds: list[LeastSquares], proj: nn.Linear, mask_row: torch.Tensor, unit_size: int,
+def cross_validated_ridge(folds: list[LeastSquares], proj: nn.Linear | Columns, mask_row: torch.Tensor, unit_size: int,
                           grid: tuple[float, ...] = RIDGE_GRID) -> float:
     """The ridge of ``grid`` whose refit, fit on one fold of the tuning batches, reconstructs the other fold best
     (two-fold cross-validation of the block's reconstruction error)."""

@@ -22,6 +22,7 @@ from torch import nn
 from ..model.arch import adapter_for
 from ..model.cost import dense_macs, masked_macs
 from ..model.masks import Masks
+from ..tasks.spec import Task
 from .allocate import search_by
 from .fisher import LabelSource, MaskGradients, collect_mask_gradients
 from .latency_search import masks_latency, search_latency
@@ -34,12 +35,13 @@ class BudgetResplit:
     """Called by :func:`~fastprune.common.method.tuning.tune_masks` at each layer with the masks being tuned, the tuning
     batches and the hidden states entering the layer: re-chooses the units of that layer and above, in place,
     within the budget of ``initial`` (the masks tuning starts from).
-    ``available`` (from an iterative Fisher) marks units no step may bring back."""
+    ``available`` (from an iterative Fisher) marks units no step may bring back; ``task`` computes the loss."""
 
     def __init__(self, model: nn.Module, initial: Masks, seq_len: float, device: torch.device | str = "cpu",
                  labels: LabelSource = "data", available: Masks | None = None,
-                 table: LatencyTable | None = None, allocation: str = "global") -> None:  # fmt: skip
-        self.model, self.seq_len, self.device, self.labels = model, seq_len, device, labels
+                 table: LatencyTable | None = None, allocation: str = "global",
+                 task: Task | None = None) -> None:  # fmt: skip
+        self.model, self.seq_len, self.device, self.labels, self.task = model, seq_len, device, labels, task
         self.allocation = allocation
         self.dims = adapter_for(model).dims(model.config)
         self.table = table
@@ -84,7 +86,7 @@ class BudgetResplit:
             measured.neuron[layer:] *= self.available.neuron[layer:].to(measured.neuron)
         with torch.inference_mode(False), torch.enable_grad():
             grads = collect_mask_gradients(self.model, batches, masks=measured, device=self.device, progress=False,
-                                           labels=self.labels, start=(layer, hidden))  # fmt: skip
+                                           labels=self.labels, start=(layer, hidden), task=self.task)  # fmt: skip
         share, chosen = self._split(grads, layer, left)
         before = (int((masks.head[layer] != 0).sum()), int((masks.neuron[layer] != 0).sum()))
         masks.head[layer:] = chosen.head.to(masks.head)

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ..model.arch import ArchAdapter, adapter_for
 from ..model.masks import Masks, layer_masks_applied, weight_key, weights_applied
+from ..tasks.spec import Task, task_for_model
 from .fisher import to_device
 from .least_squares import (
     Columns,
@@ -120,7 +121,7 @@ class _Capture:
             h.remove()
 
 
-def _layer_inputs(model: nn.Module, adapter: ArchAdapter, batches, device) -> list[_LayerCall]:
+def _layer_inputs(model: nn.Module, adapter: ArchAdapter, batches, device, task: Task) -> list[_LayerCall]:
     """The arguments the first layer receives for each batch (embeddings, attention mask, ...)."""
     first = adapter.layer_modules(model)[0]
     calls: list[_LayerCall] = []
@@ -132,7 +133,7 @@ def _layer_inputs(model: nn.Module, adapter: ArchAdapter, batches, device) -> li
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for batch in batches:
-            inputs = {k: v for k, v in to_device(batch, device).items() if k in _MODEL_INPUTS}
+            inputs = task.model_inputs(to_device(batch, device))
             try:
                 model(**inputs)
             except _Stop:
@@ -141,9 +142,6 @@ def _layer_inputs(model: nn.Module, adapter: ArchAdapter, batches, device) -> li
     finally:
         handle.remove()
     return calls
-
-
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _run_layer(layer: nn.Module, hidden: torch.Tensor, call: _LayerCall) -> torch.Tensor:
@@ -177,12 +175,14 @@ def tune_masks(
     mode: TuningMode = "scales",
     resplit: Callable[[int, Masks, list[dict], list[torch.Tensor]], None] | None = None,
     adapter: ArchAdapter | None = None,
+    task: Task | None = None,
 ) -> tuple[Masks, list[BlockReport]]:
     """Real-valued scales for the kept units of ``masks`` (binary or already scaled) so that each
     block reproduces the teacher (``teacher_masks`` applied to the same model; ``None`` = dense).
 
-    ``cls_only_last_layer``: for sequence classifiers only the first token of the last layer is read
-    by the classifier head, so only it is reconstructed there. ``num_samples`` tunes on about that
+    ``cls_only_last_layer``: where the task's head reads only the first token of the last layer (sequence
+    classifiers: ``task.reads_first_token``), only it is reconstructed there. ``task``: by default the built-in
+    task that fits the model's head. ``num_samples`` tunes on about that
     many examples, from batches spread evenly over the sample (batches may be ordered by length).
     ``mode="refit"`` refits the kept output-projection weights instead (returned in the masks' ``weights``);
     with it, ``ridge="auto"`` chooses each block's ridge by two-fold cross-validation over the tuning batches.
@@ -190,6 +190,7 @@ def tune_masks(
     layer ``i`` is tuned, from the tuning batches and the pruned model's hidden states entering layer ``i``
     (:class:`~fastprune.common.method.resplit.BudgetResplit`). ``adapter``: the model's family (default: the
     registered one for its model type). Returns the tuned masks and a report per block."""
+    task = task or task_for_model(model)
     batches = spread_batches(batches, num_samples)
     ridge = DEFAULT_RIDGE[mode] if ridge is None else ridge
     if ridge == "auto" and mode == "scales":
@@ -205,14 +206,14 @@ def tune_masks(
     stopped = ""
     # refit projections are swapped into the model (for the layers above) until tuning ends
     with torch.inference_mode(), contextlib.ExitStack() as refits:
-        calls = _layer_inputs(model, adapter, batches, device)
+        calls = _layer_inputs(model, adapter, batches, device, task)
         teacher_h = [c.hidden for c in calls]
         student_h = [c.hidden for c in calls]
         for i, layer in enumerate(tqdm(layers, desc="tune", disable=not progress, leave=False)):
             if resplit is not None:
                 resplit(i, student, batches, student_h)
             last = i == len(layers) - 1
-            cls_only = last and cls_only_last_layer and not _is_qa(model) and mode == "scales"
+            cls_only = last and cls_only_last_layer and task.reads_first_token and mode == "scales"
             keeps = [_keep(c, cls_only) for c in calls]
             targets, teacher_h = _teacher_targets(adapter, layer, teacher, i, teacher_h, calls, dims.head_size)
             for block in ("attention", "ffn"):
@@ -249,10 +250,6 @@ def spread_batches(batches: list[dict], num_samples: int | None) -> list[dict]:
     count = max(1, round(len(batches) * num_samples / total))
     step = len(batches) / count
     return [batches[int(i * step)] for i in range(count)]
-
-
-def _is_qa(model: nn.Module) -> bool:
-    return "QuestionAnswering" in type(model).__name__
 
 
 def _keep(call: _LayerCall, cls_only: bool) -> torch.Tensor:
@@ -341,24 +338,25 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
     against the teacher (:func:`reselect_units`), and keeps the new choice only if its refit error is lower.
     ``ridge="auto"`` picks the ridge by :func:`cross_validated_ridge` on the search's units."""
     full_proj, full_row, cols = proj, mask_row, None
+    fitted: nn.Linear | Columns = proj
     if not reselect:  # the refit needs the statistics of the kept columns only (the pruned ones stay 0)
         cols = ((mask_row != 0).nonzero() * unit_size + torch.arange(unit_size, device=mask_row.device)).flatten()
-        proj, mask_row = Columns(proj.weight[:, cols], proj.bias), mask_row[mask_row != 0].clone()
-    folds = LeastSquares.collect(data, proj.weight.shape[1], proj.weight.shape[0], proj.weight.device,
+        fitted, mask_row = Columns(proj.weight[:, cols], proj.bias), mask_row[mask_row != 0].clone()
+    folds = LeastSquares.collect(data, fitted.weight.shape[1], fitted.weight.shape[0], fitted.weight.device,
                                   folds=2 if ridge == "auto" else 1, columns=cols)  # fmt: skip
     stats = folds[0] if len(folds) == 1 else folds[0] + folds[1]
-    before = stats.error(current_map(proj, mask_row, unit_size))
+    before = stats.error(current_map(fitted, mask_row, unit_size))
     kept = int((mask_row != 0).sum())
     if kept == 0:
         return BlockReport(layer, block, False, before, before, 0.0, "no units kept"), {}
     note = ""
     if ridge == "auto":
-        ridge = cross_validated_ridge(folds, proj, mask_row, unit_size)
+        ridge = cross_validated_ridge(folds, fitted, mask_row, unit_size)
         note = f"ridge {ridge:g}, "
-    fit = refit(stats, proj, mask_row, unit_size, ridge)
+    fit = refit(stats, fitted, mask_row, unit_size, ridge)
     if reselect and kept < len(mask_row):
         chosen = reselect_units(stats, unit_size, kept, ridge, full_proj.bias is not None).to(mask_row.dtype)
-        other = refit(stats, proj, chosen, unit_size, ridge)
+        other = refit(stats, fitted, chosen, unit_size, ridge)
         moved = int(((chosen != 0) & (mask_row == 0)).sum())
         if other is not None and (fit is None or other[1] < fit[1]):
             fit = other

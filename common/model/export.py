@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -21,6 +19,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from ..errors import ConfigError, IntegrityError
+from ..folders import staged_folder
 from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
 from .checkpoint import check_pruned_config, check_shapes, model_class, read_header
 from .masks import Masks, weight_targets
@@ -95,10 +94,8 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
     atomically: the folder appears complete or not at all. The folder loads without fastprune too (see
     :mod:`.portable`): with a stock config where one fits, else with its own modeling code."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        config = model.config
+    with staged_folder(path) as tmp:
+        config: Any = model.config
         config.architectures = [type(model).__name__]
         if not hasattr(config, STRUCTURE_KEY):
             setattr(config, STRUCTURE_KEY, adapter_for(model).structure(model))
@@ -109,12 +106,6 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
             tokenizer.save_pretrained(tmp)
         if metadata:
             (tmp / "fastprune.json").write_text(json.dumps(metadata, indent=2, default=str))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

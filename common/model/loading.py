@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-)
+from transformers import AutoConfig, AutoTokenizer
 
-from ..errors import IntegrityError, ModelTaskMismatchError
-from ..tasks.spec import TaskSpec
+from ..errors import ConfigError, IntegrityError, ModelTaskMismatchError
+from ..tasks.spec import Task
 from .arch import STRUCTURE_KEY, adapter_for
 from .checkpoint import CONVERT_HINT, PickleCheckpointError, check_local_weights
 from .export import load_pruned
@@ -23,30 +19,53 @@ from .portable import is_portable_folder, read_config
 log = logging.getLogger(__name__)
 
 
+_DEVICE = re.compile(r"(?P<kind>cpu|cuda|mps)(?::(?P<index>\d+))?")
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on: ``cpu``, ``cuda:0``... and ``mps``."""
+    mps = getattr(torch.backends, "mps", None)
+    return (["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+            + (["mps"] if mps is not None and mps.is_available() else []))
+
+
+def check_device(device: str | None, available: bool = True) -> str:
+    """``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``) if it exists here (with ``available``; else
+    only its spelling is checked); a :class:`ConfigError` naming the devices available otherwise."""
+    if device in (None, "", "auto"):
+        return "auto"
+    match = _DEVICE.fullmatch(str(device).strip().lower())
+    if match is None or (match["kind"] != "cuda" and match["index"] not in (None, "0")):
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps (available here: "
+                          f"{', '.join(available_devices())})")
+    if available:
+        here = available_devices()
+        kind, index = match["kind"], int(match["index"] or 0)
+        if kind == "cuda" and not any(d.startswith("cuda") for d in here):
+            raise ConfigError(f"device {device!r} is not available: this machine has no CUDA GPU (available: "
+                              f"{', '.join(here)})")
+        if kind == "cuda" and f"cuda:{index}" not in here:
+            count = sum(d.startswith("cuda") for d in here)
+            raise ConfigError(f"device {device!r} is not available: this machine has {count} CUDA GPU"
+                              f"{'s' if count > 1 else ''} (available: {', '.join(here)})")
+        if kind == "mps" and "mps" not in here:
+            raise ConfigError(f"device {device!r} is not available: this machine has no Apple MPS (available: "
+                              f"{', '.join(here)})")
+    return str(device).strip().lower()
+
+
 def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "auto"):
+    """The torch device for ``device`` (``auto``: the first GPU if there is one), checked by :func:`check_device`."""
+    device = check_device(device)
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-def _head_suffix(task: TaskSpec) -> str:
-    return "ForQuestionAnswering" if task.is_qa else "ForSequenceClassification"
-
-
-def check_model_for_task(config, task: TaskSpec, where: str) -> None:
-    """The model must carry the task's head (fine-tuned for it) with the task's number of labels."""
+def check_model_for_task(config, task: Task, where: str) -> None:
+    """The model must carry the task's head (fine-tuned for it), as the task checks it (the number of labels...)."""
     adapter_for(config)  # unsupported architectures fail here, naming the supported ones
-    suffix = _head_suffix(task)
-    architectures = getattr(config, "architectures", None) or []
-    if not any(a.endswith(suffix) for a in architectures):
-        raise ModelTaskMismatchError(
-            f"{where} is not fine-tuned for task {task.name}: its architectures are {architectures or 'unset'}, "
-            f"expected a *{suffix} model (fine-tune it on the task first)"
-        )
-    if not task.is_qa and config.num_labels != task.num_labels:
-        raise ModelTaskMismatchError(
-            f"{where} has {config.num_labels} labels but task {task.name} needs {task.num_labels}"
-        )
+    task.check_model(config, where)
 
 
 def check_tokenizer(tokenizer, config, where: str) -> None:
@@ -62,7 +81,7 @@ def check_tokenizer(tokenizer, config, where: str) -> None:
 
 def load_model(
     source: str | Path,
-    task: TaskSpec,
+    task: Task,
     device: torch.device | str = "cpu",
     trust_remote_code: bool = False,
     tokenizer_source: str | Path | None = None,
@@ -84,7 +103,7 @@ def load_model(
     if getattr(config, STRUCTURE_KEY, None):
         model, tokenizer = load_pruned(source, device)
     else:
-        cls = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
+        cls = task.auto_model_class()
         try:
             model = cls.from_pretrained(source, trust_remote_code=trust_remote_code,
                                         use_safetensors=None if allow_pickle else True).to(device).eval()

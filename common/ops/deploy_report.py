@@ -56,7 +56,7 @@ def add_deploy_section(
     ``onnx``: the ONNX folder's metadata and ``artifact_path`` in the run, or None when none was made."""
     report.add("h2", "How to deploy this version")
     report.add("p", "**MLflow pyfunc** (raw text in, labels and scores out):")
-    task_is_qa = get_task(task).is_qa
+    task_is_qa = get_task(task).kind == "qa"  # the snippets of an extractive-QA model
     report.add("pre", _pyfunc(task_is_qa, model_uri))
     report.add("p", "As a REST service, from a fresh environment without fastprune:")
     report.add("pre", mlflow_serve_snippet(model_uri, task))

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import torch
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
 
 from ..errors import ConfigError, FastpruneError
 from ..folders import verify_manifest
 from ..model.export import load_pruned
-from ..tasks.spec import TaskSpec, get_task
+from ..tasks.spec import Task, get_task
 from .remote import TIMEOUT_ENV, apply_remote_timeouts, bound_description, redact, remote_timeout
 
 log = logging.getLogger(__name__)
@@ -83,59 +83,43 @@ def mlflow_error(error: MlflowException, where: str, action: str) -> RegistryErr
     return RegistryError(f"MLflow at {where} refused {action}: {message[:500]}")
 
 
-def accuracy_gate(before: float, after: float, max_drop: float, metric: str) -> tuple[bool, str]:
-    """Whether the task metric dropped by at most ``max_drop`` points, and a sentence saying so."""
-    drop = before - after
+def accuracy_gate(before: float, after: float, max_drop: float, metric: str,
+                  higher_is_better: bool = True) -> tuple[bool, str]:
+    """Whether the task metric got worse by at most ``max_drop`` points (dropped, or rose where lower is better, as
+    the task's ``higher_is_better`` says), and a sentence saying so."""
+    drop = before - after if higher_is_better else after - before
     passed = drop <= max_drop
     verdict = "within" if passed else "more than"
-    return passed, (f"{metric} {before:.2f} -> {after:.2f}: a drop of {drop:.2f} points, "
+    change = "a drop" if higher_is_better else "a rise"
+    return passed, (f"{metric} {before:.2f} -> {after:.2f}: {change} of {drop:.2f} points, "
                     f"{verdict} the allowed {max_drop:g}")
 
 
+def higher_is_better(evaluation: dict) -> bool:
+    """The direction of an evaluate stage's metric: as it recorded it, else as its task states it."""
+    recorded = evaluation.get("higher_is_better")
+    if recorded is not None:
+        return bool(recorded)
+    return get_task(evaluation["task"]).higher_is_better if "task" in evaluation else True
+
+
+def evaluation_gate(evaluation: dict, max_drop: float) -> tuple[bool, str]:
+    """:func:`accuracy_gate` on an evaluate stage's result, in its metric's direction."""
+    return accuracy_gate(evaluation["metric_before"], evaluation["metric_after"], max_drop, evaluation["metric"],
+                         higher_is_better(evaluation))
+
+
 # ----- the pyfunc ------------------------------------------------------------------------------------------
-def predict_text(model, tokenizer, task: TaskSpec, frame: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
-    """Predictions for a DataFrame: a sequence classifier's ``label``, ``score`` and ``probabilities`` (a regressor's
-    ``score``) from ``text`` (and ``text_pair``); a question-answering model's ``answer``, its character ``start``
-    and ``end`` in the context and its ``score`` from ``question`` and ``context``."""
+def predict_text(model, tokenizer, task: Task, frame: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
+    """The task's predictions for a DataFrame of raw input (:meth:`~fastprune.common.tasks.base.Task.predict`): a
+    sequence classifier's ``label``, ``score`` and ``probabilities`` (a regressor's ``score``) from ``text`` (and
+    ``text_pair``); a question-answering model's ``answer``, its character ``start`` and ``end`` in the context and
+    its ``score`` from ``question`` and ``context``."""
     frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
-    if task.is_qa:
-        return _predict_answers(model, tokenizer, task, frame)
-    if "text" not in frame.columns:
-        raise ValueError(f"the input needs a 'text' column (and optionally 'text_pair'); got {list(frame.columns)}")
-    texts = frame["text"].astype(str).tolist()
-    pairs = frame["text_pair"].fillna("").astype(str).tolist() if "text_pair" in frame.columns else None
-    pairs = pairs if pairs and any(pairs) else None
-    chunks = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            encoded = tokenizer(texts[i : i + batch_size], pairs[i : i + batch_size] if pairs else None,
-                                truncation=True, max_length=task.max_length, padding=True, return_tensors="pt")
-            chunks.append(model(**encoded).logits.float())
-    logits = torch.cat(chunks) if chunks else torch.zeros(0, task.num_labels)
-    if task.kind == "regression":
-        return pd.DataFrame({"score": logits[:, 0].numpy()})
-    probabilities = logits.softmax(-1)
-    return pd.DataFrame({"label": probabilities.argmax(-1).numpy(), "score": probabilities.max(-1).values.numpy(),
-                         "probabilities": probabilities.numpy().tolist()})
+    return task.predict(model, tokenizer, frame, batch_size)
 
 
-def _predict_answers(model, tokenizer, task: TaskSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    from ..tasks.qa import answer_questions
-
-    missing = [c for c in ("question", "context") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"a question-answering model needs 'question' and 'context' columns; missing {missing}, "
-                         f"got {list(frame.columns)}")  # fmt: skip
-    if frame.empty:
-        return pd.DataFrame({"answer": [], "start": [], "end": [], "score": []})
-    spans = answer_questions(model, tokenizer, frame["question"].astype(str).tolist(),
-                             frame["context"].astype(str).tolist(), max_length=task.max_length,
-                             version_2=task.name == "squad_v2")  # fmt: skip
-    none = {"answer": "", "start": -1, "end": -1, "score": float("nan")}
-    return pd.DataFrame([span or none for span in spans], columns=["answer", "start", "end", "score"])
-
-
-class PrunedTextModel(mlflow.pyfunc.PythonModel):
+class PrunedTextModel(PythonModel):
     """A pruned model rebuilt with :func:`load_pruned` from its artifact folder; predicts from raw text."""
 
     def load_context(self, context) -> None:
@@ -203,7 +187,7 @@ def fetch_registered_model(uri: str, cache_dir: Path, tracking_uri: str | None =
     client = mlflow.MlflowClient(tracking_uri)
     where = redacted(tracking_uri or mlflow.get_tracking_uri())
     try:
-        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
     except MlflowException as e:
         raise RegistryError(f"MLflow at {where} has no {uri}: {e.message}") from None
     exact = f"models:/{name}/{found.version}"

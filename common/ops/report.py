@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 KEPT_UNITS_PNG = "kept_units.png"
 PARETO_PNG = "pareto.png"
@@ -31,9 +32,9 @@ class Report:
     ``("image", (path, caption))``, ``("pre", text)``. Text may use ``**bold**`` and ```code```."""
 
     title: str
-    blocks: list[tuple[str, object]] = field(default_factory=list)
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
 
-    def add(self, kind: str, content: object) -> Report:
+    def add(self, kind: str, content: Any) -> Report:
         self.blocks.append((kind, content))
         return self
 
@@ -139,22 +140,24 @@ class ParetoPoint:
     passed: bool
 
 
-def pareto_front(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:
-    """The points no other point beats on both axes (lower cost, higher metric), by increasing cost."""
+def pareto_front(points: Sequence[ParetoPoint], higher_is_better: bool = True) -> list[ParetoPoint]:
+    """The points no other point beats on both axes (lower cost, better metric: higher unless ``higher_is_better``
+    is False), by increasing cost."""
+    sign = 1.0 if higher_is_better else -1.0
     front: list[ParetoPoint] = []
-    for p in sorted(points, key=lambda p: (p.cost, -p.metric)):
-        if not front or p.metric > front[-1].metric:
+    for p in sorted(points, key=lambda p: (p.cost, -sign * p.metric)):
+        if not front or sign * p.metric > sign * front[-1].metric:
             front.append(p)
     return front
 
 
 def pareto_picture(points: Sequence[ParetoPoint], cost_label: str, metric_label: str, metric_before: float,
-                   gate: float, chosen: str | None, path: Path) -> Path:
+                   gate: float, chosen: str | None, path: Path, higher_is_better: bool = True) -> Path:
     """The task metric against the cost kept: every candidate, the Pareto front, the original model, the gate's
     threshold and the chosen candidate."""
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(7, 4.5))
-    front = pareto_front(points)
+    front = pareto_front(points, higher_is_better)
     axis.plot([p.cost for p in front], [p.metric for p in front], "-", color="#999", zorder=1, label="Pareto front")
     for passed, colour, name in ((True, "#1a7f37", "passes the gate"), (False, "#cf222e", "fails the gate")):
         chosen_set = [p for p in points if p.passed == passed]

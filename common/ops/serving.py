@@ -16,7 +16,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
-from ..tasks.spec import TaskSpec, get_task
+from ..tasks.spec import Task, get_task
 from . import pyfunc_portable
 
 ENTRY_FILE = "fastprune_pyfunc.py"
@@ -33,14 +33,14 @@ OUTPUTS = {
 }  # fmt: skip
 
 
-def signature(task: TaskSpec) -> ModelSignature:
-    return ModelSignature(inputs=QA_INPUTS if task.is_qa else TEXT_INPUTS, outputs=OUTPUTS[task.kind])
+def signature(task: Task) -> ModelSignature:
+    """The task's serving columns (strings) in, the outputs of its kind out (unstated for another kind)."""
+    inputs = Schema([ColSpec("string", name, required=required) for name, required in task.serving_inputs])
+    return ModelSignature(inputs=inputs, outputs=OUTPUTS.get(task.kind))
 
 
-def input_example(task: TaskSpec) -> pd.DataFrame:
-    if task.is_qa:
-        return pd.DataFrame({"question": ["Who wrote it?"], "context": ["It was written by Ann Lee in 1990."]})
-    return pd.DataFrame({"text": ["a fine movie"]})
+def input_example(task: Task) -> pd.DataFrame:
+    return pd.DataFrame({column: [value] for column, value in task.serving_example})
 
 
 def requirements() -> list[str]:
@@ -48,8 +48,9 @@ def requirements() -> list[str]:
     return [f"{name}=={version(name).split('+')[0]}" for name in SERVED_PACKAGES]
 
 
-def model_config(task: TaskSpec) -> dict:
-    return {"task": task.name, "kind": task.kind, "max_length": task.max_length, "version_2": task.name == "squad_v2"}
+def model_config(task: Task) -> dict:
+    version_2 = getattr(task, "version_2", False)  # extractive QA with unanswerable questions
+    return {"task": task.name, "kind": task.kind, "max_length": task.max_length, "version_2": version_2}
 
 
 def write_entry_point(workdir: Path) -> Path:
@@ -80,16 +81,16 @@ def log_portable_model(pruned: Path, task: str, workdir: Path, name: str = "mode
 # ----- snippets (the README and the run report show them) --------------------------------------------------------
 def hf_load_snippet(folder: str, task: str) -> str:
     """Python that loads an exported folder with transformers alone (no fastprune)."""
-    spec = get_task(task)
-    auto = "AutoModelForQuestionAnswering" if spec.is_qa else "AutoModelForSequenceClassification"
+    qa = get_task(task).kind == "qa"
+    auto = "AutoModelForQuestionAnswering" if qa else "AutoModelForSequenceClassification"
     use = ('inputs = tokenizer("Who wrote it?", "It was written by Ann Lee.", return_tensors="pt")\n'
            "out = model(**inputs)\n"
            "start, end = int(out.start_logits.argmax()), int(out.end_logits.argmax())\n"
            'print(tokenizer.decode(inputs["input_ids"][0, start : end + 1]))'
-           if spec.is_qa else
+           if qa else
            'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
            'classify("a fine movie")')  # fmt: skip
-    imports = f"{auto}, AutoTokenizer" + ("" if spec.is_qa else ", pipeline")
+    imports = f"{auto}, AutoTokenizer" + ("" if qa else ", pipeline")
     return (f"from transformers import {imports}\n\n"
             f'model = {auto}.from_pretrained("{folder}", trust_remote_code=True)  # its own modeling code\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n{use}\n')  # fmt: skip
@@ -99,7 +100,7 @@ def mlflow_serve_snippet(
     model_uri: str, task: str, tracking_uri: str = "http://mlflow.example.com", port: int = 5001
 ) -> str:
     """Shell commands that serve a registered version in a fresh environment (no fastprune) and query it."""
-    record = ('{"question": "Who wrote it?", "context": "It was written by Ann Lee."}' if get_task(task).is_qa
+    record = ('{"question": "Who wrote it?", "context": "It was written by Ann Lee."}' if get_task(task).kind == "qa"
               else '{"text": "a fine movie"}')  # fmt: skip
     return (
         f"python -m venv serve && . serve/bin/activate   # the venv's bin on PATH: mlflow runs uvicorn from it\n"

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,7 +28,15 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..errors import IntegrityError, StorageError
-from ..folders import MANIFEST_NAME, check_relative, parse_manifest, staged_folder, verify_manifest, write_manifest
+from ..folders import (
+    MANIFEST_NAME,
+    check_relative,
+    parse_manifest,
+    staged_file,
+    staged_folder,
+    verify_manifest,
+    write_manifest,
+)
 from .remote import boto_config, bound_description
 
 logger = logging.getLogger(__name__)
@@ -187,15 +194,8 @@ def download_file(uri: str, local_path: str | Path, client: Any = None) -> Path:
         raise StorageError(f"{uri!r} names a bucket, not an object key")
     client = client or s3_client()
     target = Path(local_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(handle)
-    try:
-        with _s3_errors(client, "downloading", bucket, key):
-            client.download_file(bucket, key, tmp_name)
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    with staged_file(target) as tmp_name, _s3_errors(client, "downloading", bucket, key):
+        client.download_file(bucket, key, str(tmp_name))
     return target
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..method.search import check_constraint
@@ -115,6 +115,16 @@ class Allocation(Options):
 # ----- where and how it is measured --------------------------------------------------------------------------
 class Device(Options):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    device_here: ClassVar[bool] = True
+    """Whether this machine must have the device (a cluster run's parameters: only the spelling is checked here)."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        """An unknown or unavailable device is refused before anything else, naming the devices available here."""
+        from ..model.loading import check_device
+
+        return check_device(value, available=cls.device_here)
 
 
 class ServingDtype(Options):

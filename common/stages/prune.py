@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-from ..folders import MASKS_FILE
+from ..folders import MASKS_FILE, scratch_dir, staged_folder
 from ..model.loading import resolve_device
 from ..tasks.spec import get_task
 from .config import (
@@ -26,24 +25,28 @@ from .config import (
     StageParams,
     TuneParams,
 )
+from .preflight import check_prune_inputs
 from .run import run_stage
 
 _PRUNE_STAGES = ("fisher", "search", "rearrange", "tune", "export")
 _METRICS = ("metric_before", "metric_search", "metric_rearranged", "metric_tuned_masked", "metric_after")
 
 
-def prune(cfg: PruneConfig, output: str | Path) -> dict:
-    """Prune ``cfg.model`` end to end; write ``output/model``, ``output/masks.safetensors``, ``output/summary.json``."""
-    output = Path(output)
+def prune(cfg: PruneConfig, output: str | Path, overwrite: bool = False) -> dict:
+    """Prune ``cfg.model`` end to end; write ``output/model``, ``output/masks.safetensors``, ``output/summary.json``.
+
+    Every input and the output are checked first (:func:`check_prune_inputs`): a non-empty ``output`` is refused
+    unless ``overwrite``. The result is built in a staging folder beside ``output`` and renamed into place whole
+    once complete (replacing an earlier result only then); scratch and staging are removed on every exit path."""
+    output = check_prune_inputs(cfg, output, overwrite)
     task = get_task(cfg.task)
-    with tempfile.TemporaryDirectory(prefix="fastprune-") as tmp:
-        work = Path(tmp)
+    with scratch_dir() as work, staged_folder(output) as result:
         model, sample, grads = work / "model", work / "sample", work / "grads"
         searched, rearranged, tuned = work / "searched", work / "rearranged", work / "tuned"
         flat = _flat(cfg)
-        stages = {
-            "load": run_stage("prepare", model, _params(PrepareParams, flat, skip=("dev_data",))),
+        stages = {  # the sample first: a bad training file fails before the model is loaded
             "sample": run_stage("sample", sample, _params(SampleParams, flat)),
+            "load": run_stage("prepare", model, _params(PrepareParams, flat, skip=("dev_data",))),
             "fisher": run_stage("fisher", grads, _params(FisherParams, flat), model=model, sample=sample),
             "search": run_stage("search", searched, _params(SearchParams, flat), model=model, grads=grads),
             "rearrange": run_stage("rearrange", rearranged, _params(RearrangeParams, flat), grads=grads,
@@ -54,14 +57,14 @@ def prune(cfg: PruneConfig, output: str | Path) -> dict:
                                        grads=grads, searched=searched, masks=rearranged)
         else:
             tuned = rearranged
-        stages["export"] = run_stage("export", output / "model", ExportParams(), model=model, masks=tuned)
-        shutil.copyfile(tuned / MASKS_FILE, output / "masks.safetensors")
+        stages["export"] = run_stage("export", result / "model", ExportParams(), model=model, masks=tuned)
+        shutil.copyfile(tuned / MASKS_FILE, result / "masks.safetensors")
         if cfg.dev_data:
             masked = {"searched": searched, "rearranged": rearranged} if cfg.eval_stages else {}
             stages["evaluate"] = run_stage("evaluate", work / "evaluation", _params(EvaluateParams, flat), model=model,
-                                           pruned=output / "model", tuned=tuned, **masked)
-    summary = _summary(cfg, task, stages)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+                                           pruned=result / "model", tuned=tuned, **masked)
+        summary = _summary(cfg, task, stages)
+        (result / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -110,6 +113,7 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
     }
     if "latency_ratio_fitted" in search:
         summary["latency_ratio_fitted"] = search["latency_ratio_fitted"]
+    summary["warnings"] = [w for info in stages.values() for w in info.get("warnings", [])]
     return summary
 
 
@@ -143,4 +147,5 @@ def format_summary(summary: dict) -> str:
         ]
         parts = [f"{name} {summary[key]:.2f}" for name, key in stages if summary.get(key) is not None]
         lines.append(f"  {summary['metric']}: " + ", ".join(parts))
+    lines += [f"  WARNING: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)

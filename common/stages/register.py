@@ -14,8 +14,8 @@ from mlflow.exceptions import MlflowException
 from ..folders import MANIFEST_NAME, MASKS_FILE, STAGE_ORDER, numeric_results, stage_info
 from ..ops.registry import (
     RegistryError,
-    accuracy_gate,
     check_tracking_uri,
+    evaluation_gate,
     log_pruned_model,
     parse_models_uri,
     redacted,
@@ -101,7 +101,7 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
     infos = {name: stage_info(folder) for name, folder in folders.items()}
     stages = dict(sorted(infos.items(), key=lambda item: STAGE_ORDER.index(item[1]["stage"])))  # pipeline order
     ev = stages["evaluation"]
-    passed, reason = accuracy_gate(ev["metric_before"], ev["metric_after"], p.max_drop, ev["metric"])
+    passed, reason = evaluation_gate(ev, p.max_drop)
     tags = _tags(p, stages, passed, reason)
     kubeflow = kubeflow_run_id(p.tracking_uri)  # before set_tracking_uri, which sets MLFLOW_TRACKING_URI
     if p.tracking_uri:

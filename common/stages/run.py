@@ -25,6 +25,7 @@ from .config import (
     SearchParams,
     TuneParams,
 )
+from .lineage import inherited_lineage, own_lineage
 from .runners import (
     run_evaluate,
     run_export,
@@ -44,7 +45,7 @@ def _run_register(p: RegisterParams, out: Path, **inputs: Path | None) -> dict:
     """Register the pruned model in MLflow; the alias moves to it only when the accuracy gate passes."""
     from .register import register
 
-    return register(p, out, **inputs)
+    return register(p, out, **{name: folder for name, folder in inputs.items() if folder is not None})
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,12 @@ def run_stage(name: str, out: str | Path, params: BaseModel | dict, **inputs: st
         if folder is not None:
             verify_manifest(folder)
     check_input_kinds(name, folders)
+    lineage = inherited_lineage(name, folders)  # inputs of one task, model and sample, or refused
     start = time.perf_counter()
     with staged_folder(Path(out)) as staging:
         result = stage.func(p, staging, **folders)
         info = {"stage": name, "params": p.model_dump(mode="json"), "seconds": round(time.perf_counter() - start, 3),
-                **result}
+                **lineage, **result, **own_lineage(name, staging)}
         (staging / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
         write_manifest(staging)
     return info

@@ -10,9 +10,11 @@ destination, renaming it into place only when complete, so a corrupted or partia
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -43,7 +45,7 @@ from ..model.export import export_pruned, parameter_count, save_pruned
 from ..model.loading import load_model, resolve_device
 from ..model.masks import Masks, pruning_applied
 from ..ops.storage import fetch, is_remote
-from ..tasks.spec import TaskSpec, get_task
+from ..tasks.spec import Task, get_task
 from .config import (
     EvaluateParams,
     ExportParams,
@@ -57,6 +59,9 @@ from .config import (
     TuneParams,
 )
 from .options import BY_MODE
+from .sanity import budget_warnings, chance_warning, sampling_warning
+
+log = logging.getLogger(__name__)
 
 # The data and evaluation modules (datasets, scipy) are imported by the stages that use them: every pipeline step
 # is a fresh process, and these imports cost seconds.
@@ -68,7 +73,7 @@ from .options import BY_MODE
 
 
 
-def _task(folder: Path) -> TaskSpec:
+def _task(folder: Path) -> Task:
     return get_task(stage_info(folder)["task"])
 
 
@@ -93,20 +98,18 @@ def resolve_source(source: str, tracking_uri: str | None = None) -> tuple[str | 
     return source, source
 
 
-def _sample_batches(sample: Path, tokenizer, task: TaskSpec, file: str = SAMPLE_FILE) -> list[dict]:
+def _sample_batches(sample: Path, tokenizer, task: Task, file: str = SAMPLE_FILE) -> list[dict]:
     """The pruning sample (or its held-out part) of a sample folder, tokenized and batched as its stage says."""
     import pyarrow.parquet as pq
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
-    from ..tasks.data import task_batches
-
     params = stage_info(sample)["params"]
     ds = Dataset(InMemoryTable(pq.read_table(sample / file)))
-    return task_batches(ds, tokenizer, task, params["batch_size"], params["max_length"])
+    return task.batches(ds, tokenizer, params["batch_size"], params["max_length"])
 
 
-def _model(folder: Path, device: torch.device) -> tuple[nn.Module, object, TaskSpec]:
+def _model(folder: Path, device: torch.device) -> tuple[nn.Module, object, Task]:
     task = _task(folder)
     model, tokenizer = load_model(folder, task, device)
     return model, tokenizer, task
@@ -118,7 +121,7 @@ def _dims(model_folder: Path) -> ModelDims:
 
 
 def _masks_summary(masks: Masks, dims: ModelDims | None = None, seq_len: float | None = None) -> dict:
-    summary = {"heads_per_layer": masks.heads_per_layer(), "neurons_per_layer": masks.neurons_per_layer()}
+    summary: dict[str, Any] = {"heads_per_layer": masks.heads_per_layer(), "neurons_per_layer": masks.neurons_per_layer()}
     if dims is not None and seq_len is not None:
         summary["flops_ratio"] = flops_ratio(masks, dims, seq_len)
     return summary
@@ -148,11 +151,9 @@ def teacher_masks(
     return rearrange_masks(loose, grads)
 
 
-def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task, dev, device, batch_size) -> dict:
-    from ..tasks.evaluate import evaluate
-
+def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task: Task, dev, device, batch_size) -> dict:
     with pruning_applied(model, masks, device):
-        return evaluate(model, tokenizer, task, dev, device, batch_size)
+        return task.evaluate(model, tokenizer, dev, device, batch_size)
 
 
 # ----- the stages: each writes its files into ``out`` and returns its results --------------------------
@@ -163,12 +164,10 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
         check_tracking_uri(p.tracking_uri)
     task = get_task(p.task)
+    if p.dev_data:  # read and its labels parsed before the model is loaded
+        task.load_data(resolve_source(p.dev_data)[0], "validation")
     local, source = resolve_source(p.model, p.tracking_uri)
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code, allow_pickle=p.allow_pickle)
-    if p.dev_data:
-        from ..tasks.data import load_task_data
-
-        load_task_data(resolve_source(p.dev_data)[0], task, "validation")
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
     return {"task": task.name, "source": source, "architecture": type(model).__name__,
@@ -178,19 +177,20 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
 def run_sample(p: SampleParams, out: Path) -> dict:
     """Draw the pruning sample from the training data; record the data's sha256."""
-    from ..tasks.data import load_task_data, sample_dataset, split_holdout
+    from ..tasks.data import sample_dataset, split_holdout
 
     task = get_task(p.task)
     local, source = resolve_source(p.train_data)
-    train = load_task_data(local, task, "train", p.text_columns, p.label_column)
+    train = task.load_data(local, "train", p.text_columns, p.label_column)
     sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
+    warnings = [w for w in [sampling_warning(p.num_samples, len(train), p.replace)] if w]
     if p.holdout:
         sample, held_out = split_holdout(sample, p.holdout, p.seed)
         held_out.to_parquet(str(out / HOLDOUT_FILE))
     sample.to_parquet(str(out / SAMPLE_FILE))
     checksum = sha256_file(local) if isinstance(local, Path) and local.is_file() else None
     return {"task": task.name, "train_file": source, "train_sha256": checksum, "train_examples": len(train),
-            "num_examples": len(sample)}
+            "num_examples": len(sample), **({"warnings": warnings} if warnings else {})}
 
 
 def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
@@ -209,7 +209,7 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
 
     seed = stage_info(sample)["params"]["seed"]
     grads = iterative_fisher(net, batches, p.constraint, p.fisher_steps, search, device, p.progress, p.fisher_labels,
-                             seed)
+                             seed, task)
     grads.save(out / GRADS_FILE)
     result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
     if grads.available is not None:
@@ -235,7 +235,9 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
     masks.save(out / MASKS_FILE)
     if table is not None:
         result["latency_ratio_fitted"] = latency_ratio(masks, table)
-    return {**result, **_masks_summary(masks, dims, seq_len)}
+    warnings = budget_warnings(p.constraint, p.constraint_metric, masks.heads_per_layer(), masks.neurons_per_layer(),
+                               dims.num_layers * dims.num_heads, dims.num_layers * dims.intermediate_size)
+    return {**result, **_masks_summary(masks, dims, seq_len), **({"warnings": warnings} if warnings else {})}
 
 
 def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> dict:
@@ -252,13 +254,14 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
     held-out part of the sample, rearrangement and tuning are each kept only where they lower its loss."""
     search = stage_info(searched)
     chosen = Masks.load(masks / MASKS_FILE)
-    reports, validation, validator, resplit = [], {}, None, None
+    reports: list = []
+    validation, validator, resplit = {}, None, None
     holdout = (sample / HOLDOUT_FILE).exists()
     if p.tune or holdout:
         device = resolve_device(p.device)
         net, tokenizer, task = _model(model, device)
         if holdout:
-            validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device)
+            validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device, task)
             chosen = validator.choose("rearrange", Masks.load(searched / MASKS_FILE), chosen)
     if p.tune:
         table_file = searched / LATENCY_TABLE_FILE
@@ -277,10 +280,10 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             made = stage_info(grads)["params"]
             labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
             resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table,
-                                    allocation)  # fmt: skip
+                                    allocation, task)  # fmt: skip
         tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge(), p.tuning_scale_bound,
                                     p.tuning_policy, progress=p.progress, num_samples=p.tuning_samples or None,
-                                    mode=p.tuning_mode, resplit=resplit)
+                                    mode=p.tuning_mode, resplit=resplit, task=task)
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
         validation = validator.report
@@ -316,24 +319,26 @@ _MASKED_METRICS = {"searched": "metric_search", "rearranged": "metric_rearranged
 
 def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **masks: Path | None) -> dict:
     """The task metric on the dev set: original, masked (after search / rearrangement / tuning) and pruned."""
-    from ..tasks.data import load_task_data
-
-    device = resolve_device(p.device)
-    net, tokenizer, task = _model(model, device)
-    dev = load_task_data(resolve_source(p.dev_data)[0], task, "validation", p.text_columns, p.label_column)
+    device, task = resolve_device(p.device), _task(model)
+    dev = task.load_data(resolve_source(p.dev_data)[0], "validation", p.text_columns, p.label_column)
+    net, tokenizer, _ = _model(model, device)  # after the dev data: a bad file fails before the model loads
 
     def run(m: nn.Module, mask: Masks | None = None) -> dict:
         return evaluate_masked(m, mask, tokenizer, task, dev, device, p.eval_batch_size)
 
     before = run(net)
-    result = {"task": task.name, "metric": task.metric, "dev_examples": len(dev), "metric_before": before[task.metric]}
+    result = {"task": task.name, "metric": task.metric, "higher_is_better": task.higher_is_better,
+              "dev_examples": len(dev), "metric_before": before[task.metric]}
+    chance = chance_warning(task, list(dev["label"]) if "label" in dev.column_names else [], before)
+    if chance:
+        result["warnings"] = [chance]
     for name, folder in masks.items():
         if folder is not None:
             result[_MASKED_METRICS[name]] = run(net, Masks.load(folder / MASKS_FILE))[task.metric]
     pruned_net, pruned_tokenizer, _ = _model(pruned, device)
     after = evaluate_masked(pruned_net, None, pruned_tokenizer, task, dev, device, p.eval_batch_size)
     result["metric_after"] = after[task.metric]
-    result["metric_drop"] = result["metric_before"] - result["metric_after"]
+    result["metric_drop"] = task.metric_drop(result["metric_before"], result["metric_after"])
     if (pruned / "onnx" / "model.onnx").is_file():  # the export step's ONNX folder, on onnxruntime (CPU)
         from ..model.onnx_folder import OrtModel
 
@@ -363,7 +368,7 @@ def run_profile(p: ProfileParams, out: Path, model: Path, pruned: Path) -> dict:
     if onnx is not None:
         models[onnx[0]] = onnx[1]
     profile = profile_models(models, (p.profile_batch_size,), (p.profile_seq_len,), device, (p.serving_dtype,),
-                             p.repeats, p.warmup, vocab_size=original.config.vocab_size)
+                             p.repeats, p.warmup, vocab_size=cast(Any, original.config).vocab_size)
     if not profile.entries:
         raise ConfigError(f"serving_dtype {p.serving_dtype} is measured on CUDA devices only, not on {device}")
     (out / PROFILE_FILE).write_text(profile.to_markdown())

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError
 from ..folders import STAGE_FILE, stage_info, staged_folder, verify_manifest, write_manifest
 from ..ops.report import PARETO_PNG, ParetoPoint, Report, pareto_front, pareto_picture
+from .lineage import inherited_lineage
 
 CANDIDATE_PARTS = ("searched", "rearranged", "tuned", "pruned", "evaluation", "profile")
 """The folders of one candidate: the outputs of search, rearrange, tune, export, evaluate and profile."""
@@ -52,6 +53,18 @@ class Candidate:
     passed: bool
     reason: str
     latency_onnx_ms: float | None = None  # the export's ONNX folder on onnxruntime (CPU), when it made one
+    higher_is_better: bool = True  # the metric's direction, as the task states it
+
+    @property
+    def quality(self) -> float:
+        """The metric after pruning, signed so that larger is better."""
+        return self.metric_after if self.higher_is_better else -self.metric_after
+
+    @property
+    def drop(self) -> float:
+        """How much worse the metric got (positive: worse)."""
+        change = self.metric_before - self.metric_after
+        return change if self.higher_is_better else -change
 
     @property
     def label(self) -> str:
@@ -66,23 +79,23 @@ class Candidate:
 
 def load_candidate(index: int, folders: dict[str, Path], max_drop: float) -> Candidate:
     """A candidate from its stage folders, judged by the accuracy gate."""
-    from ..ops.registry import accuracy_gate
+    from ..ops.registry import evaluation_gate, higher_is_better
 
     missing = [part for part in REQUIRED_PARTS if folders.get(part) is None]
     if missing:
         raise ConfigError(f"candidate {index} lacks the folders {missing} (a candidate has {list(CANDIDATE_PARTS)})")
     search, pruned, ev = (stage_info(folders[p]) for p in ("searched", "pruned", "evaluation"))
     profile = stage_info(folders["profile"]) if folders.get("profile") is not None else {}
-    passed, reason = accuracy_gate(ev["metric_before"], ev["metric_after"], max_drop, ev["metric"])
+    passed, reason = evaluation_gate(ev, max_drop)
     return Candidate(index, search["constraint"], search["metric"], ev["metric"], ev["metric_before"],
                      ev["metric_after"], pruned["flops_ratio"], pruned["params_before"], pruned["params_after"],
                      profile.get("latency_before_ms"), profile.get("latency_after_ms"), profile.get("speedup"),
-                     passed, reason, profile.get("latency_after_onnx_ms"))
+                     passed, reason, profile.get("latency_after_onnx_ms"), higher_is_better(ev))
 
 
 def choose(candidates: list[Candidate], objective: str) -> Candidate | None:
     """The smallest (fewest parameters, then FLOPs) or fastest (lowest p50 latency) candidate that passes the gate;
-    ties go to the higher metric. ``None`` when none passes."""
+    ties go to the better metric (higher, or lower where the task says lower is better). ``None`` when none passes."""
     passing = [c for c in candidates if c.passed]
     if not passing:
         return None
@@ -92,10 +105,10 @@ def choose(candidates: list[Candidate], objective: str) -> Candidate | None:
             raise ConfigError(f"objective 'fastest' needs the latency of every candidate; {unmeasured} have no "
                               "profile: profile them or use objective 'smallest'")
         if all(c.latency_onnx_ms is not None for c in passing):  # served as ONNX: chosen on ONNX latency
-            return min(passing, key=lambda c: (c.latency_onnx_ms, c.params_after, -c.metric_after))
-        return min(passing, key=lambda c: (c.latency_after_ms, c.params_after, -c.metric_after))
+            return min(passing, key=lambda c: (c.latency_onnx_ms, c.params_after, -c.quality))
+        return min(passing, key=lambda c: (c.latency_after_ms, c.params_after, -c.quality))
     if objective == "smallest":
-        return min(passing, key=lambda c: (c.params_after, c.flops_ratio, -c.metric_after))
+        return min(passing, key=lambda c: (c.params_after, c.flops_ratio, -c.quality))
     raise ConfigError(f"unknown objective {objective!r}; objectives: smallest, fastest")
 
 
@@ -113,12 +126,15 @@ def sweep_report(candidates: list[Candidate], chosen: Candidate | None, p: Selec
     cost_label, costs = _costs(candidates)
     before = candidates[0].metric_before
     points = [ParetoPoint(c.label, costs[c.index], c.metric_after, c.passed) for c in candidates]
-    pareto_picture(points, cost_label, candidates[0].metric, before, before - p.max_drop,
-                   chosen.label if chosen else None, folder / PARETO_PNG)
-    on_front = {q.label for q in pareto_front(points)}
+    higher = candidates[0].higher_is_better
+    threshold = before - p.max_drop if higher else before + p.max_drop  # the worst metric the gate passes
+    pareto_picture(points, cost_label, candidates[0].metric, before, threshold,
+                   chosen.label if chosen else None, folder / PARETO_PNG, higher)
+    on_front = {q.label for q in pareto_front(points, higher)}
     report = Report(f"Budget sweep: {len(candidates)} budgets, objective {p.objective}")
     if chosen is None:
-        report.add("p", f"No candidate passed the accuracy gate (a drop of at most {p.max_drop:g} points from "
+        change = "a drop" if higher else "a rise"
+        report.add("p", f"No candidate passed the accuracy gate ({change} of at most {p.max_drop:g} points from "
                         f"{before:.2f}): **nothing registered**.")
     else:
         why = "fewest parameters" if p.objective == "smallest" else "lowest measured latency" + (
@@ -130,13 +146,13 @@ def sweep_report(candidates: list[Candidate], chosen: Candidate | None, p: Selec
              "–" if c.latency_after_ms is None else f"{c.latency_after_ms:.2f}",
              "–" if c.speedup is None else f"{c.speedup:.2f}×",
              "–" if c.latency_onnx_ms is None else f"{c.latency_onnx_ms:.2f}", f"{c.metric_after:.2f}",
-             f"{c.metric_before - c.metric_after:+.2f}", "**passed**" if c.passed else "**failed**",
+             f"{c.drop:+.2f}", "**passed**" if c.passed else "**failed**",
              "yes" if c.label in on_front else "", "**registered**" if chosen and c.index == chosen.index else ""]
             for c in candidates]
     report.add("table", (["budget", "FLOPs kept", "params kept", "latency ms", "speedup", "ONNX ms",
                           candidates[0].metric, "drop", "gate", "Pareto", ""], rows))
     report.add("p", f"Original model: {candidates[0].metric} {before:.2f}; gate threshold "
-                    f"{before - p.max_drop:.2f}.")
+                    f"{threshold:.2f}.")
     return report
 
 
@@ -150,6 +166,8 @@ def select_stage(out: str | Path, params: SelectParams | dict, candidates: list[
         for folder in folders.values():
             if folder is not None:
                 verify_manifest(folder)
+    inherited_lineage("select", {f"{part} of candidate {i}": Path(folder) for i, folders in enumerate(candidates)
+                                 for part, folder in folders.items() if folder is not None})  # one model and task
     start = time.perf_counter()
     judged = [load_candidate(i, {k: Path(v) for k, v in f.items() if v is not None}, p.max_drop)
               for i, f in enumerate(candidates)]

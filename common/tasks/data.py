@@ -12,14 +12,18 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from datasets import Dataset
 
 from ..errors import DataError
+from .base import LABEL_KEYS, Task
 from .data_files import read_guarded
-from .spec import LABEL_KEYS, TaskSpec
+
+if TYPE_CHECKING:
+    from .glue import ClassificationTask
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +31,9 @@ _TABLE_SUFFIXES = {".tsv", ".csv", ".json", ".jsonl", ".parquet"}
 
 
 # ----- loading ----------------------------------------------------------------------------------
-def _read_delimited(path: Path, delimiter: str, task: TaskSpec) -> list[dict]:
+def _read_delimited(path: Path, delimiter: str, task: ClassificationTask) -> list[dict]:
     with open(path, encoding="utf-8-sig", newline="") as f:
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         rows = list(csv.reader(f, delimiter=delimiter, quoting=quoting))
     if not rows:
         raise DataError(f"{path} is empty")
@@ -45,12 +49,12 @@ def _read_delimited(path: Path, delimiter: str, task: TaskSpec) -> list[dict]:
     return records
 
 
-def _has_header(row: list[str], task: TaskSpec) -> bool:
+def _has_header(row: list[str], task: ClassificationTask) -> bool:
     names = {c for cols in task.text_columns for c in cols} | set(task.label_columns)
     return bool(names & set(row))
 
 
-def _read_records(path: Path, task: TaskSpec) -> list[dict]:
+def _read_records(path: Path, task: ClassificationTask) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".tsv":
         return _read_delimited(path, "\t", task)
@@ -71,7 +75,7 @@ def _read_records(path: Path, task: TaskSpec) -> list[dict]:
     return data
 
 
-def _load_hub(name: str, task: TaskSpec, split: str) -> list[dict]:
+def load_hub(name: str, task: Task, split: str) -> list[dict]:
     from datasets import load_dataset
 
     path, config = task.hub if task.hub and name in (task.name, "hub") else (name, None)
@@ -85,7 +89,11 @@ def _load_hub(name: str, task: TaskSpec, split: str) -> list[dict]:
 
 
 def _pick_columns(
-    records: list[dict], task: TaskSpec, where: str, text_columns: Sequence[str] | None, label_column: str | None
+    records: list[dict],
+    task: ClassificationTask,
+    where: str,
+    text_columns: Sequence[str] | None,
+    label_column: str | None,
 ) -> tuple[tuple[str, ...], str]:
     found = list(records[0].keys())
     candidates = [tuple(text_columns)] if text_columns else list(task.text_columns)
@@ -100,40 +108,28 @@ def _pick_columns(
     return texts, label
 
 
-def _parse_label(value, task: TaskSpec, where: str, row: int) -> float | int:
-    if task.kind == "regression":
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: row {row}: label {value!r} is not a number (task {task.name})") from None
-    if isinstance(value, str) and task.label_names and value in task.label_names:
-        return task.label_names.index(value)
-    try:
-        label = int(value)
-    except (TypeError, ValueError):
-        valid = list(task.label_names or range(task.num_labels))
-        raise DataError(f"{where}: row {row}: label {value!r} is not one of {valid} (task {task.name})") from None
-    if not 0 <= label < task.num_labels:
-        raise DataError(f"{where}: row {row}: label {label} outside 0..{task.num_labels - 1} (task {task.name})")
-    return label
-
-
 def load_task_data(
     source: str | Path,
-    task: TaskSpec,
+    task: Task,
     split: str = "train",
     text_columns: Sequence[str] | None = None,
     label_column: str | None = None,
 ) -> Dataset:
     """Load a task's examples from a local file (GLUE tsv, csv, json/jsonl, parquet, SQuAD json) or,
     when ``source`` is not a path, from the `datasets` hub. Columns are named or inferred per task."""
-    path = Path(source)
-    if task.is_qa:
-        from .qa import load_squad
+    return task.load_data(source, split, text_columns, label_column)
 
-        if not path.exists():
-            return load_squad(_load_hub(str(source), task, split), version_2=task.name == "squad_v2")
-        return read_guarded(path, lambda: load_squad(path, version_2=task.name == "squad_v2"))
+
+def load_table(
+    source: str | Path,
+    task: ClassificationTask,
+    split: str = "train",
+    text_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+) -> Dataset:
+    """A text table (GLUE tsv, csv, json/jsonl, parquet, or a hub dataset) as ``text_a``, ``text_b`` and ``label``
+    columns; the text and label columns named or inferred from the task's candidates."""
+    path = Path(source)
     if path.exists():
         if path.is_dir() or path.suffix.lower() not in _TABLE_SUFFIXES:
             raise DataError(f"{path}: expected a file ending in one of {sorted(_TABLE_SUFFIXES)}")
@@ -141,7 +137,7 @@ def load_task_data(
     elif path.suffix.lower() in _TABLE_SUFFIXES or "/" in str(source) and path.parent.exists():
         raise DataError(f"data file {source} does not exist")
     else:
-        records, where = _load_hub(str(source), task, split), f"hub dataset {source}"
+        records, where = load_hub(str(source), task, split), f"hub dataset {source}"
     if not records:
         raise DataError(f"{where} has no examples")
     texts, label = _pick_columns(records, task, where, text_columns, label_column)
@@ -149,7 +145,7 @@ def load_task_data(
     for i, rec in enumerate(records):
         columns["text_a"].append(str(rec[texts[0]]))
         columns["text_b"].append(str(rec[texts[1]]) if len(texts) > 1 else "")
-        columns["label"].append(_parse_label(rec[label], task, where, i))
+        columns["label"].append(task.parse_label(rec[label], where, i))
     log.info("loaded %d examples from %s (text %s, label %s)", len(records), where, "+".join(texts), label)
     return Dataset.from_dict(columns)
 
@@ -176,51 +172,54 @@ def split_holdout(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dat
 
 
 # ----- tokenize and batch -----------------------------------------------------------------------
-def encode(ds: Dataset, tokenizer, task: TaskSpec, max_length: int | None = None) -> list[dict]:
-    """Tokenize into per-example feature dicts (python lists, unpadded) with ``labels``."""
-    max_length = max_length or task.max_length
-    if task.is_qa:
-        from .qa import prepare_train_features
+def encode(ds: Dataset, tokenizer, task: Task, max_length: int | None = None) -> list[dict]:
+    """Tokenize into per-example feature dicts (python lists, unpadded) with the task's labels."""
+    return task.encode(ds, tokenizer, max_length)
 
-        return prepare_train_features(ds, tokenizer, max_length=max_length, doc_stride=min(128, max_length // 3))
+
+def encode_texts(ds: Dataset, tokenizer, max_length: int) -> list[dict]:
+    """``text_a`` (and ``text_b`` where any is not empty) tokenized, with ``labels`` from ``label``."""
     text_a, text_b, labels = list(ds["text_a"]), list(ds["text_b"]), list(ds["label"])
     enc = tokenizer(text_a, text_b if any(text_b) else None, truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     return [{**{k: enc[k][i] for k in keys}, "labels": labels[i]} for i in range(len(ds))]
 
 
-def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
-    """Pad one batch to its longest member."""
-    inputs = [{k: v for k, v in f.items() if k not in LABEL_KEYS} for f in features]
+def collate(features: list[dict], tokenizer, label_keys: frozenset[str] = LABEL_KEYS) -> dict[str, torch.Tensor]:
+    """Pad one batch to its longest member (the ``label_keys`` become tensors as they are)."""
+    inputs = [{k: v for k, v in f.items() if k not in label_keys} for f in features]
     batch = dict(tokenizer.pad(inputs, return_tensors="pt"))
-    for key in LABEL_KEYS & set(features[0]):
+    for key in label_keys & set(features[0]):
         values = [f[key] for f in features]
         batch[key] = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float) else torch.long)
     return batch
 
 
 def make_batches(
-    features: list[dict], tokenizer, batch_size: int, group_by_length: bool = False
+    features: list[dict],
+    tokenizer,
+    batch_size: int,
+    group_by_length: bool = False,
+    label_keys: frozenset[str] = LABEL_KEYS,
 ) -> list[dict[str, torch.Tensor]]:
     """Padded batches of ``batch_size`` features. ``group_by_length`` first orders the features by
     length, so each batch holds sequences of similar length and little compute goes into padding
     (on SST-2 this cuts the padded tokens about threefold)."""
     if group_by_length:
         features = sorted(features, key=lambda f: len(f["input_ids"]))
-    return [collate(features[i : i + batch_size], tokenizer) for i in range(0, len(features), batch_size)]
+    return [collate(features[i : i + batch_size], tokenizer, label_keys) for i in range(0, len(features), batch_size)]
 
 
 def task_batches(
     ds: Dataset,
     tokenizer,
-    task: TaskSpec,
+    task: Task,
     batch_size: int | None = None,
     max_length: int | None = None,
     group_by_length: bool = True,
 ) -> list[dict[str, torch.Tensor]]:
     """Tokenized, dynamically padded batches of a task (labels included), grouped by length unless asked not to."""
-    features = encode(ds, tokenizer, task, max_length)
-    return make_batches(features, tokenizer, batch_size or task.batch_size, group_by_length)
+    return task.batches(ds, tokenizer, batch_size, max_length, group_by_length)
 
 
 def average_length(batches: list[dict[str, torch.Tensor]]) -> float:

@@ -9,8 +9,8 @@ from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import encode, make_batches
-from .spec import TaskSpec
+from .base import Task
+from .data import make_batches
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -50,10 +50,28 @@ def predict(model: nn.Module, batches: list[dict], device: torch.device | str, p
     return torch.cat(outs).numpy()
 
 
+def dev_logits(
+    model: nn.Module,
+    tokenizer,
+    task: Task,
+    dev: Dataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """A sequence model's logits on every dev example, in the dev set's order (batched by similar length)."""
+    features = task.encode(dev, tokenizer)
+    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")  # batch similar lengths
+    sorted_logits = predict(model, make_batches([features[i] for i in order], tokenizer, batch_size), device, progress)
+    logits = np.empty_like(sorted_logits)
+    logits[order] = sorted_logits
+    return logits
+
+
 def evaluate(
     model: nn.Module,
     tokenizer,
-    task: TaskSpec,
+    task: Task,
     dev: Dataset,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
@@ -61,25 +79,4 @@ def evaluate(
 ) -> dict[str, float]:
     """All metrics of the task on its dev set; the task's primary metric is under ``task.metric``.
     Masks are applied by the caller (``masks_applied``) when measuring a masked model."""
-    if task.is_qa:
-        from .qa import evaluate_qa
-
-        return evaluate_qa(
-            model,
-            tokenizer,
-            dev,
-            batch_size=batch_size,
-            max_length=task.max_length,
-            device=device,
-            version_2=task.name == "squad_v2",
-            progress=progress,
-        )
-    features = encode(dev, tokenizer, task)
-    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")  # batch similar lengths
-    sorted_logits = predict(model, make_batches([features[i] for i in order], tokenizer, batch_size), device, progress)
-    logits = np.empty_like(sorted_logits)
-    logits[order] = sorted_logits
-    labels = np.asarray(list(dev["label"]))
-    if task.kind == "regression":
-        return regression_metrics(logits[:, 0], labels)
-    return classification_metrics(logits.argmax(-1), labels)
+    return task.evaluate(model, tokenizer, dev, device, batch_size, progress)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from .data import sample_dataset, task_batches
 from .spec import TaskSpec
@@ -41,7 +43,7 @@ def finetune(
     )
     bar = tqdm(batches, desc="finetune", disable=not progress)
     for batch in bar:
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        loss = task.fisher_loss(model, {k: v.to(device) for k, v in batch.items()})  # the task loss, data labels
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -53,6 +55,6 @@ def finetune(
 
 def save_finetuned(model: nn.Module, tokenizer, path: str | Path) -> Path:
     path = Path(path)
-    model.save_pretrained(path)
+    cast(PreTrainedModel, model).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -422,7 +422,7 @@ def answer_questions(model: torch.nn.Module, tokenizer: Any, questions: Sequence
                      batch_size: int = 32) -> list[dict | None]:
     """The best answer span of each (question, context) pair, as :func:`best_answers` gives it."""
     ids = [str(i) for i in range(len(questions))]
-    empty = {"text": [], "answer_start": []}
+    empty: dict[str, list] = {"text": [], "answer_start": []}
     ds = datasets.Dataset.from_dict({"id": ids, "question": list(questions), "context": list(contexts),
                                      "answers": [empty] * len(ids)}, features=FEATURES)  # fmt: skip
     features, meta = prepare_eval_features(ds, tokenizer, max_length, doc_stride)

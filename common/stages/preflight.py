@@ -1,0 +1,67 @@
+"""Checks of every input and output named on the command line (or as a pipeline parameter), run before any model
+is loaded: a missing file or folder, dev data that does not parse for the task (its labels included), an output
+path that cannot be written or already holds something, a device this machine does not have."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..folders import check_output
+from ..ops.storage import is_remote
+from ..tasks.spec import get_task
+
+_DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet")
+
+
+def looks_local(source: str) -> bool:
+    """Whether ``source`` names a local path (rather than an ``s3://`` URI, a registered model or a hub id); the
+    rule :func:`fastprune.common.stages.resolve_source` follows, plus data file suffixes."""
+    if is_remote(source) or source.startswith("models:/"):
+        return False
+    path = Path(source).expanduser()
+    return (source.startswith(("/", ".", "~")) or source.count("/") > 1 or path.exists()
+            or path.suffix.lower() in _DATA_SUFFIXES)
+
+
+def check_exists(source: str | None, what: str) -> None:
+    """A local path named as ``what`` must exist."""
+    if source and looks_local(source) and not Path(source).expanduser().exists():
+        raise ConfigError(f"{what} {source!r} does not exist")
+
+
+def check_dev_data(source: str | None, task: str, text_columns=None, label_column: str | None = None) -> None:
+    """The dev data is read and every label parsed against ``task`` (a :class:`DataError` naming the row)."""
+    if not source:
+        return
+    check_exists(source, "dev data")
+    from ..tasks.data import load_task_data
+    from .runners import resolve_source
+
+    load_task_data(resolve_source(source)[0], get_task(task), "validation", text_columns, label_column)
+
+
+def check_prune_inputs(cfg, output: str | Path, overwrite: bool = False) -> Path:
+    """What ``fastprune prune`` checks before loading the model (``cfg`` is a :class:`PruneConfig`, whose
+    validation already checked the parameters and the device)."""
+    output = check_output(output, overwrite)
+    check_exists(cfg.model, "model")
+    check_exists(cfg.train_data, "training data")
+    check_dev_data(cfg.dev_data, cfg.task, cfg.text_columns, cfg.label_column)
+    return output
+
+
+def check_pipeline_inputs(arguments: dict, pipeline_root: str | Path, default_task: str = "sst2") -> None:
+    """What ``fastprune run --local`` and ``fastprune sweep --local`` check before the first step: the local
+    model, training and dev data exist, the dev data parses for the task, the device is here, the pipeline root
+    can be written (runs are added to it as new folders: nothing in it is replaced)."""
+    from ..model.loading import check_device
+
+    check_device(arguments.get("device") or "auto")
+    root = check_output(pipeline_root, overwrite=True)  # a folder, or one we can make; its earlier runs stay
+    if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write into the pipeline root {root}: no write permission")
+    check_exists(arguments.get("model"), "model")
+    check_exists(arguments.get("train_data"), "training data")
+    check_dev_data(arguments.get("dev_data"), arguments.get("task") or default_task)
