@@ -187,7 +187,8 @@ def fetch_registered_model(uri: str, cache_dir: Path, tracking_uri: str | None =
     client = mlflow.MlflowClient(tracking_uri)
     where = redacted(tracking_uri or mlflow.get_tracking_uri())
     try:
-        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+        found = (client.get_model_version_by_alias(name, alias) if alias
+                 else client.get_model_version(name, str(version)))
     except MlflowException as e:
         raise RegistryError(f"MLflow at {where} has no {uri}: {e.message}") from None
     exact = f"models:/{name}/{found.version}"

@@ -121,7 +121,8 @@ def _dims(model_folder: Path) -> ModelDims:
 
 
 def _masks_summary(masks: Masks, dims: ModelDims | None = None, seq_len: float | None = None) -> dict:
-    summary: dict[str, Any] = {"heads_per_layer": masks.heads_per_layer(), "neurons_per_layer": masks.neurons_per_layer()}
+    summary: dict[str, Any] = {"heads_per_layer": masks.heads_per_layer(),
+                               "neurons_per_layer": masks.neurons_per_layer()}
     if dims is not None and seq_len is not None:
         summary["flops_ratio"] = flops_ratio(masks, dims, seq_len)
     return summary
