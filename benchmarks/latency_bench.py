@@ -61,9 +61,7 @@ def load_model(name: str) -> nn.Module:
     return model.eval()
 
 
-def importances(
-    model: nn.Module, kind: str, seq_len: int, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def importances(model: nn.Module, kind: str, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """[L, H] and [L, F] stand-in importances, scaled by each unit's MACs so that heads and neurons
     compete on an equal footing: ``random`` (uniform times cost) or ``magnitude`` (the squared norm of
     the unit's output-projection weights, relative to the mean of its kind, times cost)."""
@@ -76,13 +74,21 @@ def importances(
         neuron = torch.rand(dims.num_layers, dims.intermediate_size, generator=gen)
     elif kind == "magnitude":
         layers = adapter.layer_modules(model)
-        head = torch.stack([
-            adapter.linear(layer, "attn_out").weight.detach().float().pow(2).sum(0)
-            .view(dims.num_heads, dims.head_size).sum(1)
-            for layer in layers
-        ])
-        neuron = torch.stack([adapter.linear(layer, "ffn_out").weight.detach().float().pow(2).sum(0)
-                              for layer in layers])
+        head = torch.stack(
+            [
+                adapter.linear(layer, "attn_out")
+                .weight.detach()
+                .float()
+                .pow(2)
+                .sum(0)
+                .view(dims.num_heads, dims.head_size)
+                .sum(1)
+                for layer in layers
+            ]
+        )
+        neuron = torch.stack(
+            [adapter.linear(layer, "ffn_out").weight.detach().float().pow(2).sum(0) for layer in layers]
+        )
     else:
         raise SystemExit(f"unknown importance {kind!r}: use random or magnitude")
     return head / head.mean() * h_cost, neuron / neuron.mean() * n_cost
@@ -129,8 +135,7 @@ class BenchReport(BaseModel):
             f"Dense model, blocks only, predicted by the LUT: {self.lut.dense_ms():.1f} ms; measured "
             f"end to end (with embeddings and classifier): {self._dense_measured():.1f} ms.",
             "",
-            "| model | heads/layer | neurons/layer | FLOPs ratio | fitted latency ratio "
-            "| measured ratio (torch) |",
+            "| model | heads/layer | neurons/layer | FLOPs ratio | fitted latency ratio | measured ratio (torch) |",
             "|---|---|---|---:|---:|---:|",
         ]
         for p in self.pruned:
@@ -141,11 +146,17 @@ class BenchReport(BaseModel):
         lines += ["", "## torch (end to end, interleaved, same inputs)", "", self.torch_profile.to_markdown()]
         if self.onnx:
             base = next(iter(self.onnx.values()))["p50_ms"]
-            lines += ["## onnxruntime (CPU)", "", "| model | p50 ms | p90 ms | seq/s | speedup |",
-                      "|---|---:|---:|---:|---:|"]
+            lines += [
+                "## onnxruntime (CPU)",
+                "",
+                "| model | p50 ms | p90 ms | seq/s | speedup |",
+                "|---|---:|---:|---:|---:|",
+            ]
             for name, s in self.onnx.items():
-                lines.append(f"| {name} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['throughput']:.1f} "
-                             f"| {base / s['p50_ms']:.2f}x |")
+                lines.append(
+                    f"| {name} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['throughput']:.1f} "
+                    f"| {base / s['p50_ms']:.2f}x |"
+                )
         return "\n".join(lines) + "\n"
 
 
@@ -173,12 +184,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lut-repeats", type=int, default=7)
     p.add_argument("--lut-warmup", type=int, default=2)
     p.add_argument("--dtypes", default="float32", help="comma list; float16/bfloat16 only on CUDA")
-    p.add_argument("--lut-dtype", default="float32", help="the dtype the latency table is measured in (the latency "
-                   "search's model of the device); results of another than float32 get it in their file name")
-    p.add_argument("--neuron-multiple", type=int, default=NEURON_MULTIPLE,
-                   help="export pads each FFN to a multiple of this many neurons (1: no padding)")
-    p.add_argument("--compare-unpadded", action="store_true",
-                   help="also measure the pruned models without the FFN padding (neuron multiple 1)")
+    p.add_argument(
+        "--lut-dtype",
+        default="float32",
+        help="the dtype the latency table is measured in (the latency "
+        "search's model of the device); results of another than float32 get it in their file name",
+    )
+    p.add_argument(
+        "--neuron-multiple",
+        type=int,
+        default=NEURON_MULTIPLE,
+        help="export pads each FFN to a multiple of this many neurons (1: no padding)",
+    )
+    p.add_argument(
+        "--compare-unpadded",
+        action="store_true",
+        help="also measure the pruned models without the FFN padding (neuron multiple 1)",
+    )
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     return p.parse_args(argv)
@@ -191,8 +213,11 @@ def _prune_all(model: nn.Module, table: LatencyTable, args) -> dict[str, tuple[M
     latency_masks = search_latency(head_imp, neuron_imp, table, args.latency_target)
     searched = {f"flops-{args.flops_constraint:g}": flops_masks, f"latency-{args.latency_target:g}": latency_masks}
     multiples = {"": args.neuron_multiple} | ({" unpadded": 1} if args.compare_unpadded else {})
-    return {name + suffix: (masks, export_pruned(model, masks, multiple).eval())  # binary masks: nothing to fold
-            for suffix, multiple in multiples.items() for name, masks in searched.items()}
+    return {
+        name + suffix: (masks, export_pruned(model, masks, multiple).eval())  # binary masks: nothing to fold
+        for suffix, multiple in multiples.items()
+        for name, masks in searched.items()
+    }
 
 
 def _profile_onnx_all(models: dict[str, nn.Module], args) -> dict[str, dict[str, float]]:
@@ -200,8 +225,15 @@ def _profile_onnx_all(models: dict[str, nn.Module], args) -> dict[str, dict[str,
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
             path = export_onnx(copy.deepcopy(model).cpu().float(), Path(tmp) / f"{name}.onnx")
-            results[name] = profile_onnx(path, args.batch_size, args.seq_len, args.repeats, args.warmup,
-                                         threads=args.threads, vocab_size=model.config.vocab_size)
+            results[name] = profile_onnx(
+                path,
+                args.batch_size,
+                args.seq_len,
+                args.repeats,
+                args.warmup,
+                threads=args.threads,
+                vocab_size=model.config.vocab_size,
+            )
             print(f"onnx {name}: p50 {results[name]['p50_ms']:.1f} ms", flush=True)
     return results
 
@@ -212,26 +244,43 @@ def run(args: argparse.Namespace) -> BenchReport:
     model = load_model(args.model).to(device)
     print(f"device: {device_name(device)}; building the latency table ...", flush=True)
     started = time.perf_counter()
-    table = build_lut(model.config, device, args.batch_size, args.seq_len, dtype=args.lut_dtype,
-                      repeats=args.lut_repeats, warmup=args.lut_warmup)
+    table = build_lut(
+        model.config,
+        device,
+        args.batch_size,
+        args.seq_len,
+        dtype=args.lut_dtype,
+        repeats=args.lut_repeats,
+        warmup=args.lut_warmup,
+    )
     lut_seconds = time.perf_counter() - started
     print(f"LUT built in {lut_seconds:.1f} s", flush=True)
     pruned = _prune_all(model, table, args)
     dims = adapter_for(model).dims(model.config)
     models = {"original": model} | {name: m for name, (_, m) in pruned.items()}
-    profile = profile_models(models, [args.batch_size], [args.seq_len], device, args.dtypes.split(","),
-                             args.repeats, args.warmup, model.config.vocab_size)
+    profile = profile_models(
+        models,
+        [args.batch_size],
+        [args.seq_len],
+        device,
+        args.dtypes.split(","),
+        args.repeats,
+        args.warmup,
+        model.config.vocab_size,
+    )
     infos = []
     for name, (masks, net) in pruned.items():
         measured = profile.entry(name, "float32").p50_ms / profile.entry("original", "float32").p50_ms
-        infos.append(PrunedInfo(
-            name=name,
-            heads_per_layer=masks.heads_per_layer(),
-            neurons_per_layer=adapter_for(net).structure(net)["intermediate_size"],  # as exported (padded)
-            flops_ratio=flops_ratio(masks, dims, args.seq_len),
-            fitted_latency_ratio=latency_ratio(masks, table),
-            measured_latency_ratio=measured,
-        ))
+        infos.append(
+            PrunedInfo(
+                name=name,
+                heads_per_layer=masks.heads_per_layer(),
+                neurons_per_layer=adapter_for(net).structure(net)["intermediate_size"],  # as exported (padded)
+                flops_ratio=flops_ratio(masks, dims, args.seq_len),
+                fitted_latency_ratio=latency_ratio(masks, table),
+                measured_latency_ratio=measured,
+            )
+        )
     onnx = {} if args.no_onnx else _profile_onnx_all(models, args)
     return BenchReport(
         model=args.model,
@@ -254,8 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     text = report.to_markdown()
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"latency_{report.model}_{_slug(report.device)}" + ("" if args.lut_dtype == "float32" else
-                                                                 f"_lut-{args.lut_dtype}")
+    stem = f"latency_{report.model}_{_slug(report.device)}" + (
+        "" if args.lut_dtype == "float32" else f"_lut-{args.lut_dtype}"
+    )
     (args.out_dir / f"{stem}.md").write_text(text, encoding="utf-8")
     payload = json.dumps(report.model_dump(mode="json"), indent=2)
     (args.out_dir / f"{stem}.json").write_text(payload, encoding="utf-8")

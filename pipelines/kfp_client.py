@@ -18,8 +18,10 @@ class KfpConnectionError(FastpruneError):
 
 
 def auth_failure(host: str, status: int, action: str) -> KfpConnectionError:
-    return KfpConnectionError(f"Kubeflow Pipelines at {redact(host)} refused the credentials while {action} "
-                              f"(HTTP {status}: authentication failed): {AUTH_HINT}")
+    return KfpConnectionError(
+        f"Kubeflow Pipelines at {redact(host)} refused the credentials while {action} "
+        f"(HTTP {status}: authentication failed): {AUTH_HINT}"
+    )
 
 
 def bound_requests(api_client: Any) -> None:
@@ -38,7 +40,8 @@ def bound_requests(api_client: Any) -> None:
 
     rest.request = bounded
     rest.pool_manager.connection_pool_kw["retries"] = urllib3.Retry(
-        total=ATTEMPTS - 1, connect=ATTEMPTS - 1, read=ATTEMPTS - 1, backoff_factor=BACKOFF, raise_on_status=False)
+        total=ATTEMPTS - 1, connect=ATTEMPTS - 1, read=ATTEMPTS - 1, backoff_factor=BACKOFF, raise_on_status=False
+    )
     rest.pool_manager.clear()
     rest._fastprune_bounded = True
 
@@ -60,16 +63,22 @@ def client_class():
             except kfp_server_api.ApiException as e:
                 if e.status in (401, 403):
                     raise auth_failure(host, e.status, "checking its health (healthz)") from None
-                raise KfpConnectionError(f"Kubeflow Pipelines at {redact(host)} failed its health check (healthz): "
-                                         f"HTTP {e.status} {e.reason or ''}".rstrip()) from None
+                raise KfpConnectionError(
+                    f"Kubeflow Pipelines at {redact(host)} failed its health check (healthz): "
+                    f"HTTP {e.status} {e.reason or ''}".rstrip()
+                ) from None
             except urllib3.exceptions.HTTPError as e:
                 reason = getattr(e, "reason", None) or e
                 if isinstance(reason, urllib3.exceptions.TimeoutError):
-                    raise KfpConnectionError(f"Kubeflow Pipelines at {redact(host)} did not answer its health check "
-                                             f"(healthz): timed out after {bound_description()}") from None
-                raise KfpConnectionError(f"cannot reach Kubeflow Pipelines at {redact(host)} "
-                                         f"({type(reason).__name__}, {bound_description()}): check --host / KFP_HOST "
-                                         "and the network") from None
+                    raise KfpConnectionError(
+                        f"Kubeflow Pipelines at {redact(host)} did not answer its health check "
+                        f"(healthz): timed out after {bound_description()}"
+                    ) from None
+                raise KfpConnectionError(
+                    f"cannot reach Kubeflow Pipelines at {redact(host)} "
+                    f"({type(reason).__name__}, {bound_description()}): check --host / KFP_HOST "
+                    "and the network"
+                ) from None
 
     return BoundedClient
 

@@ -42,8 +42,14 @@ from ..common.stages.options import (
 )
 from ..common.tasks.spec import get_task
 
-KFP_TYPES: dict[str, type] = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list,
-                               "Dict": dict}
+KFP_TYPES: dict[str, type] = {
+    "String": str,
+    "Integer": int,
+    "Float": float,
+    "Boolean": bool,
+    "List": list,
+    "Dict": dict,
+}
 """The Python type of each KFP parameter type (``component_spec.inputs[name].type``)."""
 
 
@@ -66,8 +72,18 @@ def kfp_annotation(field: FieldInfo) -> type:
     raise TypeError(f"{annotation} has no KFP parameter type")
 
 
-class PipelineParams(TuningChoices, FisherLabels, Allocation, ServingDtype, ProfileShape, Device, Sampling,
-                     ConstraintMetric, OnnxExport, RunOptions):
+class PipelineParams(
+    TuningChoices,
+    FisherLabels,
+    Allocation,
+    ServingDtype,
+    ProfileShape,
+    Device,
+    Sampling,
+    ConstraintMetric,
+    OnnxExport,
+    RunOptions,
+):
     """Parameters shared by the pruning pipeline and the budget sweep: the pipelines' signatures are generated from
     these fields (:mod:`fastprune.pipelines.wiring`). A parameter that is not set keeps its default."""
 
@@ -113,8 +129,11 @@ def params_model(base: type[PipelineParams], inputs: dict[str, str]) -> type[Pip
     stale = sorted(set(base.model_fields) - set(inputs))
     if stale:
         raise ConfigError(f"{base.__name__} declares {stale}, which the pipeline does not take")
-    extra: dict[str, Any] = {name: (KFP_TYPES.get(kind, str) | None, Field(None, description=f"({kind})"))
-                             for name, kind in inputs.items() if name not in base.model_fields}
+    extra: dict[str, Any] = {
+        name: (KFP_TYPES.get(kind, str) | None, Field(None, description=f"({kind})"))
+        for name, kind in inputs.items()
+        if name not in base.model_fields
+    }
     return create_model(base.__name__, __base__=base, **extra) if extra else base
 
 
@@ -127,12 +146,14 @@ def load_params(path: str | Path, model: type[PipelineParams], overrides: dict[s
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"parameter file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                          f"{e}") from None
+        raise ConfigError(
+            f"parameter file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}"
+        ) from None
     data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ConfigError(f"parameter file {path} must hold a mapping of parameter names to values, "
-                          f"got a {type(data).__name__}")
+        raise ConfigError(
+            f"parameter file {path} must hold a mapping of parameter names to values, got a {type(data).__name__}"
+        )
     return validate_params(model, {**data, **(overrides or {})}, origin=str(path))
 
 

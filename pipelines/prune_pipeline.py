@@ -32,13 +32,28 @@ def build_pipeline(image: str = BASE_IMAGE, retries: int = 3):
         c.profiled.set_caching_options(enable_caching=False)  # a measurement of this run's device
         for step in (prepared.fisher, c.searched, c.tuned, c.evaluated, c.profiled):
             accelerated(step, p["accelerator_type"], p["gpu_limit"])
-        for step in (prepared.fetched, prepared.sampled, prepared.fisher, c.searched, c.rearranged, c.tuned,
-                     c.exported, c.evaluated, c.profiled, registered):
+        for step in (
+            prepared.fetched,
+            prepared.sampled,
+            prepared.fisher,
+            c.searched,
+            c.rearranged,
+            c.tuned,
+            c.exported,
+            c.evaluated,
+            c.profiled,
+            registered,
+        ):
             step.container_spec.image = image
         return registered.outputs["registration"]
 
-    return pipeline(PIPELINE_NAME, "Post-training structured pruning of a fine-tuned Transformer (Kwon et al., "
-                    "NeurIPS 2022), registered in MLflow behind an accuracy gate.", PruneRunParams, body)
+    return pipeline(
+        PIPELINE_NAME,
+        "Post-training structured pruning of a fine-tuned Transformer (Kwon et al., "
+        "NeurIPS 2022), registered in MLflow behind an accuracy gate.",
+        PruneRunParams,
+        body,
+    )
 
 
 fastprune_pipeline = build_pipeline()

@@ -3,8 +3,14 @@ own artifact passing, and accelerator requests for the compute steps. Shared by 
 
 from kfp import dsl, kubernetes
 
-S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                  "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL")
+S3_SECRET_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
 """Keys read from the secret (each optional) into the environment variables of the same name."""
 
 
@@ -13,8 +19,9 @@ def external_io(task: dsl.PipelineTask, secret: str, retries: int) -> None:
     if retries:
         task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
     task.set_caching_options(enable_caching=False)
-    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={k: k for k in S3_SECRET_KEYS},
-                                 optional=True)
+    kubernetes.use_secret_as_env(
+        task, secret_name=secret, secret_key_to_env={k: k for k in S3_SECRET_KEYS}, optional=True
+    )
 
 
 def accelerated(task: dsl.PipelineTask, accelerator_type: str, gpu_limit: int) -> None:

@@ -46,11 +46,19 @@ _FIELDS = (  # name, low, high, names
     ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
     ("day-of-week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
 )
-_MACROS = {"@yearly": "0 0 0 1 1 *", "@annually": "0 0 0 1 1 *", "@monthly": "0 0 0 1 * *",
-           "@weekly": "0 0 0 * * 0", "@daily": "0 0 0 * * *", "@midnight": "0 0 0 * * *", "@hourly": "0 0 * * * *"}
-_CRON_HELP = ("a cron expression has 5 fields 'minute hour day-of-month month day-of-week' (e.g. '0 3 * * *': "
-              "every day at 03:00), or 6 with seconds first as Kubeflow writes them, or one of "
-              + ", ".join(_MACROS))
+_MACROS = {
+    "@yearly": "0 0 0 1 1 *",
+    "@annually": "0 0 0 1 1 *",
+    "@monthly": "0 0 0 1 * *",
+    "@weekly": "0 0 0 * * 0",
+    "@daily": "0 0 0 * * *",
+    "@midnight": "0 0 0 * * *",
+    "@hourly": "0 0 * * * *",
+}
+_CRON_HELP = (
+    "a cron expression has 5 fields 'minute hour day-of-month month day-of-week' (e.g. '0 3 * * *': "
+    "every day at 03:00), or 6 with seconds first as Kubeflow writes them, or one of " + ", ".join(_MACROS)
+)
 
 
 def kfp_cron(expression: str) -> str:
@@ -75,8 +83,10 @@ def kfp_cron(expression: str) -> str:
 def _check_field(expression: str, value: str, name: str, low: int, high: int, names: tuple[str, ...] | None) -> None:
     def bad(why: str) -> ConfigError:
         valid = f"{low}-{high}" + (f" or {names[0]}-{names[-1]}" if names else "")
-        return ConfigError(f"bad cron expression {expression!r}: {name} field {value!r} {why} (valid: {valid}, "
-                           f"'*', lists 'a,b', ranges 'a-b' and steps '*/n' or 'a-b/n')")
+        return ConfigError(
+            f"bad cron expression {expression!r}: {name} field {value!r} {why} (valid: {valid}, "
+            f"'*', lists 'a,b', ranges 'a-b' and steps '*/n' or 'a-b/n')"
+        )
 
     def number(token: str) -> int:
         if names and token.upper() in names:
@@ -121,15 +131,23 @@ class ClusterConfig(BaseModel):
     verify_ssl: bool | None = None
 
     @classmethod
-    def from_env(cls, host: str | None = None, namespace: str | None = None, ui_host: str | None = None,
-                 token_file: str | None = None, ssl_ca_cert: str | None = None,
-                 verify_ssl: bool | None = None) -> ClusterConfig:
+    def from_env(
+        cls,
+        host: str | None = None,
+        namespace: str | None = None,
+        ui_host: str | None = None,
+        token_file: str | None = None,
+        ssl_ca_cert: str | None = None,
+        verify_ssl: bool | None = None,
+    ) -> ClusterConfig:
         """Arguments first, then ``KFP_HOST`` (or ``KF_PIPELINES_ENDPOINT``), ``KFP_NAMESPACE``, ``KFP_UI_HOST``,
         ``KFP_TOKEN`` / ``KFP_TOKEN_FILE``, ``KFP_COOKIES``, ``KFP_SSL_CA_CERT``."""
         host = host or _env("KFP_HOST", "KF_PIPELINES_ENDPOINT")
         if not host:
-            raise ConfigError("no Kubeflow Pipelines host: pass --host URL or set KFP_HOST "
-                              "(e.g. https://kubeflow.example.com/pipeline)")
+            raise ConfigError(
+                "no Kubeflow Pipelines host: pass --host URL or set KFP_HOST "
+                "(e.g. https://kubeflow.example.com/pipeline)"
+            )
         if not host.startswith(("http://", "https://")):
             raise ConfigError(f"the Kubeflow Pipelines host must be an http(s) URL, got {redact(host)!r}")
         token = _env("KFP_TOKEN")
@@ -139,16 +157,26 @@ class ClusterConfig(BaseModel):
             if not path.is_file():
                 raise ConfigError(f"token file {str(path)!r} does not exist")
             token = path.read_text().strip()
-        return cls(host=host.rstrip("/"), namespace=namespace or _env("KFP_NAMESPACE"),
-                   ui_host=ui_host or _env("KFP_UI_HOST"), token=token, cookies=_env("KFP_COOKIES"),
-                   ssl_ca_cert=ssl_ca_cert or _env("KFP_SSL_CA_CERT"), verify_ssl=verify_ssl)
+        return cls(
+            host=host.rstrip("/"),
+            namespace=namespace or _env("KFP_NAMESPACE"),
+            ui_host=ui_host or _env("KFP_UI_HOST"),
+            token=token,
+            cookies=_env("KFP_COOKIES"),
+            ssl_ca_cert=ssl_ca_cert or _env("KFP_SSL_CA_CERT"),
+            verify_ssl=verify_ssl,
+        )
 
     def client(self):
         """A ``kfp.Client`` for this cluster."""
         from .kfp_client import new_client
 
-        kwargs: dict[str, Any] = {"host": self.host, "ui_host": self.ui_host, "ssl_ca_cert": self.ssl_ca_cert,
-                                  "verify_ssl": self.verify_ssl}
+        kwargs: dict[str, Any] = {
+            "host": self.host,
+            "ui_host": self.ui_host,
+            "ssl_ca_cert": self.ssl_ca_cert,
+            "verify_ssl": self.verify_ssl,
+        }
         if self.namespace:
             kwargs["namespace"] = self.namespace
         if self.token is not None:
@@ -161,8 +189,11 @@ class ClusterConfig(BaseModel):
     def link(self, kind: Literal["run", "recurring run", "pipeline version"], *ids: str) -> str:
         """The UI page of a run, recurring run or pipeline version."""
         base = redact(self.ui_host or self.host).rstrip("/")
-        path = {"run": "runs/details/{}", "recurring run": "recurringrun/details/{}",
-                "pipeline version": "pipelines/details/{}/version/{}"}[kind]
+        path = {
+            "run": "runs/details/{}",
+            "recurring run": "recurringrun/details/{}",
+            "pipeline version": "pipelines/details/{}/version/{}",
+        }[kind]
         return f"{base}/#/{path.format(*ids)}"
 
 
@@ -247,8 +278,14 @@ class PipelineVersion:
     pipeline_name: str = ""
 
 
-def upload_version(client, package: Path, pipeline_name: str, version_name: str | None = None,
-                   namespace: str | None = None, description: str | None = None) -> PipelineVersion:
+def upload_version(
+    client,
+    package: Path,
+    pipeline_name: str,
+    version_name: str | None = None,
+    namespace: str | None = None,
+    description: str | None = None,
+) -> PipelineVersion:
     """Upload ``package`` as a new version of ``pipeline_name`` (creating the pipeline if needed); a version of
     that name that exists already is reused."""
     version_name = version_name or spec_version_name(package)
@@ -256,8 +293,9 @@ def upload_version(client, package: Path, pipeline_name: str, version_name: str 
         pipeline_id = client.get_pipeline_id(pipeline_name)
     if pipeline_id is None:
         with _quiet(f"creating pipeline {pipeline_name!r}"):
-            pipeline_id = client.upload_pipeline(str(package), pipeline_name=pipeline_name, description=description,
-                                                 namespace=namespace).pipeline_id
+            pipeline_id = client.upload_pipeline(
+                str(package), pipeline_name=pipeline_name, description=description, namespace=namespace
+            ).pipeline_id
         log.info("created pipeline %s (%s)", pipeline_name, pipeline_id)
     else:
         existing = _find_version(client, pipeline_id, version_name)
@@ -265,8 +303,9 @@ def upload_version(client, package: Path, pipeline_name: str, version_name: str 
             log.info("pipeline %s version %s exists: reusing it", pipeline_name, version_name)
             return PipelineVersion(pipeline_id, existing, version_name, False, pipeline_name)
     with _quiet(f"uploading version {version_name!r} of pipeline {pipeline_name!r}"):
-        version = client.upload_pipeline_version(str(package), version_name, pipeline_id=pipeline_id,
-                                                 description=description)
+        version = client.upload_pipeline_version(
+            str(package), version_name, pipeline_id=pipeline_id, description=description
+        )
     log.info("uploaded pipeline %s version %s", pipeline_name, version_name)
     return PipelineVersion(pipeline_id, version.pipeline_version_id, version_name, True, pipeline_name)
 
@@ -328,17 +367,36 @@ class Target:
         ids = {"pipeline_id": self.pipeline.pipeline_id, "version_id": self.pipeline.version_id}
         if cron is None:
             with _quiet(f"starting run {name!r}"):
-                run = self.client.run_pipeline(self.experiment_id, name, params=arguments, **ids,
-                                               enable_caching=o.enable_caching, service_account=o.service_account)
+                run = self.client.run_pipeline(
+                    self.experiment_id,
+                    name,
+                    params=arguments,
+                    **ids,
+                    enable_caching=o.enable_caching,
+                    service_account=o.service_account,
+                )
             return Submitted("run", run.run_id, name, self.cluster.link("run", run.run_id), self.pipeline, arguments)
         with _quiet(f"creating recurring run {name!r}"):
             job = self.client.create_recurring_run(
-                self.experiment_id, name, cron_expression=cron, max_concurrency=o.max_concurrency,
-                no_catchup=not o.catchup, params=arguments, **ids, enable_caching=o.enable_caching,
+                self.experiment_id,
+                name,
+                cron_expression=cron,
+                max_concurrency=o.max_concurrency,
+                no_catchup=not o.catchup,
+                params=arguments,
+                **ids,
+                enable_caching=o.enable_caching,
                 service_account=o.service_account,
             )
-        return Submitted("recurring run", job.recurring_run_id, name,
-                         self.cluster.link("recurring run", job.recurring_run_id), self.pipeline, arguments, cron)
+        return Submitted(
+            "recurring run",
+            job.recurring_run_id,
+            name,
+            self.cluster.link("recurring run", job.recurring_run_id),
+            self.pipeline,
+            arguments,
+            cron,
+        )
 
 
 def prepare(cluster: ClusterConfig, options: SubmitOptions | None = None, client=None) -> Target:
@@ -352,15 +410,22 @@ def prepare(cluster: ClusterConfig, options: SubmitOptions | None = None, client
     name = options.pipeline_name or default_name
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_package(options.pipeline, Path(tmp) / f"{name}.yaml", options.image)
-        version = upload_version(client, package, name, options.version_name, cluster.namespace,
-                                 description=f"fastprune {options.pipeline} pipeline")
+        version = upload_version(
+            client,
+            package,
+            name,
+            options.version_name,
+            cluster.namespace,
+            description=f"fastprune {options.pipeline} pipeline",
+        )
     with _quiet(f"creating experiment {options.experiment!r}"):
         experiment = client.create_experiment(options.experiment, namespace=cluster.namespace)
     return Target(cluster, client, options, version, experiment.experiment_id, model)
 
 
-def submit(cluster: ClusterConfig, params: PipelineParams | dict, options: SubmitOptions | None = None,
-           client=None) -> Submitted:
+def submit(
+    cluster: ClusterConfig, params: PipelineParams | dict, options: SubmitOptions | None = None, client=None
+) -> Submitted:
     """Upload the pipeline (a new version when its spec changed) and start a run, or create a recurring run when
     ``options.schedule`` is set. Returns the run's id and UI link. Bad parameters fail before anything is sent."""
     options = options or SubmitOptions()

@@ -41,14 +41,29 @@ def build_sweep_pipeline(image: str = BASE_IMAGE, retries: int = 3, parallelism:
             step.set_caching_options(enable_caching=False)
         for step in (prepared.fisher, c.searched, c.tuned, c.evaluated, c.profiled) if accelerators else ():
             accelerated(step, p["accelerator_type"], p["gpu_limit"])
-        for step in (prepared.fetched, prepared.sampled, prepared.fisher, c.searched, c.rearranged, c.tuned,
-                     c.exported, c.evaluated, c.profiled, selected, registered):
+        for step in (
+            prepared.fetched,
+            prepared.sampled,
+            prepared.fisher,
+            c.searched,
+            c.rearranged,
+            c.tuned,
+            c.exported,
+            c.evaluated,
+            c.profiled,
+            selected,
+            registered,
+        ):
             step.container_spec.image = image
         return selected.outputs["sweep"]
 
-    return pipeline(SWEEP_PIPELINE_NAME, "Post-training structured pruning at several budgets from one Fisher "
-                    "computation; registers the smallest (or fastest) model that passes the accuracy gate.",
-                    SweepRunParams, body)
+    return pipeline(
+        SWEEP_PIPELINE_NAME,
+        "Post-training structured pruning at several budgets from one Fisher "
+        "computation; registers the smallest (or fastest) model that passes the accuracy gate.",
+        SweepRunParams,
+        body,
+    )
 
 
 def compile_sweep_pipeline(output: str, image: str = BASE_IMAGE, parallelism: int = 4) -> str:

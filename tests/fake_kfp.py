@@ -51,8 +51,14 @@ class FakeCluster:
                 cluster.versions[pipeline_id] = [_version(cluster, pipeline_package_path, pipeline_name)]
                 return SimpleNamespace(pipeline_id=pipeline_id)
 
-            def upload_pipeline_version(self, pipeline_package_path, pipeline_version_name, pipeline_id=None,
-                                        pipeline_name=None, description=None):
+            def upload_pipeline_version(
+                self,
+                pipeline_package_path,
+                pipeline_version_name,
+                pipeline_id=None,
+                pipeline_name=None,
+                description=None,
+            ):
                 version = _version(cluster, pipeline_package_path, pipeline_version_name)
                 cluster.versions[pipeline_id].append(version)
                 return SimpleNamespace(pipeline_id=pipeline_id, pipeline_version_id=version["id"])
@@ -62,34 +68,75 @@ class FakeCluster:
 
                 wanted = json.loads(filter)["predicates"][0]["stringValue"] if filter else None
                 found = [v for v in cluster.versions.get(pipeline_id, []) if wanted in (None, v["name"])]
-                return SimpleNamespace(pipeline_versions=[SimpleNamespace(pipeline_version_id=v["id"],
-                                                                          display_name=v["name"])
-                                                          for v in found[:page_size]] or None)
+                return SimpleNamespace(
+                    pipeline_versions=[
+                        SimpleNamespace(pipeline_version_id=v["id"], display_name=v["name"]) for v in found[:page_size]
+                    ]
+                    or None
+                )
 
             def create_experiment(self, name, description=None, namespace=None):
                 cluster.experiments.setdefault(name, cluster.new_id("experiment"))
                 return SimpleNamespace(experiment_id=cluster.experiments[name])
 
-            def run_pipeline(self, experiment_id, job_name, pipeline_package_path=None, params=None,
-                             pipeline_id=None, version_id=None, pipeline_root=None, enable_caching=None,
-                             cache_key=None, service_account=None):
+            def run_pipeline(
+                self,
+                experiment_id,
+                job_name,
+                pipeline_package_path=None,
+                params=None,
+                pipeline_id=None,
+                version_id=None,
+                pipeline_root=None,
+                enable_caching=None,
+                cache_key=None,
+                service_account=None,
+            ):
                 run_id = cluster.new_id("run")
-                cluster.runs[run_id] = {"experiment_id": experiment_id, "name": job_name, "params": params,
-                                        "pipeline_id": pipeline_id, "version_id": version_id,
-                                        "enable_caching": enable_caching, "service_account": service_account,
-                                        "state": "RUNNING"}
+                cluster.runs[run_id] = {
+                    "experiment_id": experiment_id,
+                    "name": job_name,
+                    "params": params,
+                    "pipeline_id": pipeline_id,
+                    "version_id": version_id,
+                    "enable_caching": enable_caching,
+                    "service_account": service_account,
+                    "state": "RUNNING",
+                }
                 return SimpleNamespace(run_id=run_id)
 
-            def create_recurring_run(self, experiment_id, job_name, description=None, start_time=None,
-                                     end_time=None, interval_second=None, cron_expression=None, max_concurrency=1,
-                                     no_catchup=None, params=None, pipeline_package_path=None, pipeline_id=None,
-                                     version_id=None, enabled=True, pipeline_root=None, enable_caching=None,
-                                     cache_key=None, service_account=None):
+            def create_recurring_run(
+                self,
+                experiment_id,
+                job_name,
+                description=None,
+                start_time=None,
+                end_time=None,
+                interval_second=None,
+                cron_expression=None,
+                max_concurrency=1,
+                no_catchup=None,
+                params=None,
+                pipeline_package_path=None,
+                pipeline_id=None,
+                version_id=None,
+                enabled=True,
+                pipeline_root=None,
+                enable_caching=None,
+                cache_key=None,
+                service_account=None,
+            ):
                 job_id = cluster.new_id("recurring")
-                cluster.recurring_runs[job_id] = {"experiment_id": experiment_id, "name": job_name,
-                                                  "cron": cron_expression, "max_concurrency": max_concurrency,
-                                                  "no_catchup": no_catchup, "params": params,
-                                                  "pipeline_id": pipeline_id, "version_id": version_id}
+                cluster.recurring_runs[job_id] = {
+                    "experiment_id": experiment_id,
+                    "name": job_name,
+                    "cron": cron_expression,
+                    "max_concurrency": max_concurrency,
+                    "no_catchup": no_catchup,
+                    "params": params,
+                    "pipeline_id": pipeline_id,
+                    "version_id": version_id,
+                }
                 return SimpleNamespace(recurring_run_id=job_id)
 
             def get_run(self, run_id):
@@ -122,7 +169,16 @@ def install(monkeypatch) -> FakeCluster:
 
     cluster = FakeCluster()
     monkeypatch.setattr(kfp, "Client", cluster.client_class())
-    for name in ("KFP_HOST", "KF_PIPELINES_ENDPOINT", "KFP_NAMESPACE", "KFP_TOKEN", "KFP_TOKEN_FILE", "KFP_COOKIES",
-                 "KFP_SSL_CA_CERT", "KFP_UI_HOST", "KF_PIPELINES_UI_ENDPOINT"):
+    for name in (
+        "KFP_HOST",
+        "KF_PIPELINES_ENDPOINT",
+        "KFP_NAMESPACE",
+        "KFP_TOKEN",
+        "KFP_TOKEN_FILE",
+        "KFP_COOKIES",
+        "KFP_SSL_CA_CERT",
+        "KFP_UI_HOST",
+        "KF_PIPELINES_UI_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)
     return cluster

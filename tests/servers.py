@@ -27,8 +27,16 @@ ACCESS_KEY = "fastprune-test-key"
 SECRET_KEY = "fastprune-test-secret-0123456789"
 # Listeners of `weed mini` that take a port; each gRPC port is given explicitly too.
 _WEED_PORT_FLAGS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-    "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
 )
 
 
@@ -85,8 +93,7 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
         process.wait(5)
 
 
-def _wait_until(ready: Any, process: subprocess.Popen[bytes], log_path: Path, name: str,
-                timeout_s: float) -> None:
+def _wait_until(ready: Any, process: subprocess.Popen[bytes], log_path: Path, name: str, timeout_s: float) -> None:
     """Poll ready() until it returns True; ServerStartError with the log tail on exit or timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -114,17 +121,23 @@ class S3Server:
         from botocore.config import Config
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-            aws_secret_access_key=secret_key or self.secret_key, region_name=self.region,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                          connect_timeout=2, read_timeout=10),
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            region_name=self.region,
+            config=Config(
+                s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10
+            ),
         )
 
     def env(self) -> dict[str, str]:
         """The environment variables that point boto3 and MLflow at this server."""
         return {
-            "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": self.region, "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint,
             "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
         }
 
@@ -134,17 +147,29 @@ class S3Server:
 
 
 def _weed_config(path: Path) -> Path:
-    identity = {"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    identity = {
+        "name": "admin",
+        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
     path.write_text(json.dumps({"identities": [identity]}))
     return path
 
 
 def _weed_command(data_dir: Path, config: Path, ports: dict[str, int]) -> list[str]:
     return [
-        str(_find_binary("weed")), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-s3.config={config}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-        "-s3.port.lance=0", "-master.telemetry=false", "-s3.autoCreateBucket=false",  # like real S3
+        str(_find_binary("weed")),
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.config={config}",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+        "-s3.autoCreateBucket=false",  # like real S3
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
 
@@ -192,8 +217,15 @@ def _fresh_dir(path: Path) -> Path:
 def _spawn(command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start command in its own session (so _stop can signal its whole group), cwd = the log's folder."""
     with log_path.open("wb") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=log_path.parent, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=log_path.parent,
+            start_new_session=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- MLflow
@@ -211,8 +243,16 @@ def mlflow_command(tmp_path: Path, port: int, artifacts_destination: str | None,
     """The `mlflow server` command line: SQLite backend, one uvicorn worker, bound to 127.0.0.1 (with MLflow's
     basic-auth app when ``auth``)."""
     command = [
-        str(_find_binary("mlflow")), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(_find_binary("mlflow")),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     if auth:
         command += ["--app-name", "basic-auth"]
@@ -222,8 +262,13 @@ def mlflow_command(tmp_path: Path, port: int, artifacts_destination: str | None,
 
 
 @contextlib.contextmanager
-def mlflow_server(tmp_path: Path, artifacts_destination: str | None = None, env: dict[str, str] | None = None,
-                  timeout_s: float = 90.0, admin_password: str | None = None) -> Iterator[str]:
+def mlflow_server(
+    tmp_path: Path,
+    artifacts_destination: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 90.0,
+    admin_password: str | None = None,
+) -> Iterator[str]:
     """An MLflow tracking server on a free port; yields its tracking URI (``http://127.0.0.1:PORT``).
 
     env is added to this process's environment (e.g. the S3 endpoint and credentials for an
@@ -251,15 +296,29 @@ def mlflow_server(tmp_path: Path, artifacts_destination: str | None = None, env:
 
 
 @contextlib.contextmanager
-def mlflow_model_server(python: Path, model_uri: str, root: Path, env: dict[str, str],
-                        timeout_s: float = 300.0) -> Iterator[str]:
+def mlflow_model_server(
+    python: Path, model_uri: str, root: Path, env: dict[str, str], timeout_s: float = 300.0
+) -> Iterator[str]:
     """``python -m mlflow models serve -m MODEL_URI --env-manager local`` on a free 127.0.0.1 port, run with ``env``
     (which must put a ``uvicorn`` on PATH) from ``root``; yields its base URL once ``/ping`` answers."""
     root = _fresh_dir(Path(root))
     port = free_ports(1)[0]
     log_path = root / "serve.log"
-    command = [str(python), "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-               "-p", str(port), "-h", "127.0.0.1"]
+    command = [
+        str(python),
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+    ]
     process = _spawn(command, log_path, env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -271,8 +330,9 @@ def mlflow_model_server(python: Path, model_uri: str, root: Path, env: dict[str,
 
 def post_json(url: str, payload: Any, timeout_s: float = 60.0) -> tuple[int, Any]:
     """POST a JSON payload; (HTTP status, decoded JSON answer)."""
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read())

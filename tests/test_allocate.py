@@ -45,9 +45,11 @@ def test_allocate_finds_a_cheap_split_within_the_budget():
         ks = allocate(curves, costs, budget)
         assert sum(k * w for k, w in zip(ks, costs, strict=True)) <= budget + 1e-9
         got = sum(float(c[k]) for c, k in zip(curves, ks, strict=True))
-        smaller = [sum(float(c[k]) for c, k in zip(curves, combo, strict=True))
-                   for combo in itertools.product(*(range(len(c)) for c in curves))
-                   if sum(k * w for k, w in zip(combo, costs, strict=True)) <= budget - max(costs)]  # fmt: skip
+        smaller = [
+            sum(float(c[k]) for c, k in zip(curves, combo, strict=True))
+            for combo in itertools.product(*(range(len(c)) for c in curves))
+            if sum(k * w for k, w in zip(combo, costs, strict=True)) <= budget - max(costs)
+        ]
         if trial < 20 and smaller:
             assert got <= min(smaller) + 1e-9
         assert got <= sum(float(c[0]) for c in curves) + 1e-9
@@ -93,8 +95,9 @@ def test_block_allocation_is_for_the_flops_constraint():
     with pytest.raises(ValueError, match="allocation 'block' supports the FLOPs constraint only"):
         SearchParams(constraint=0.5, allocation="block", constraint_metric="latency")
     with pytest.raises(ValueError, match="allocation 'uniform' supports the FLOPs constraint only"):
-        PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, constraint_metric="latency",
-                    allocation="uniform")
+        PruneConfig(
+            model="m", task="sst2", train_data="t", constraint=0.5, constraint_metric="latency", allocation="uniform"
+        )
 
 
 @pytest.mark.parametrize("allocation", ["global", "uniform", "block"])

@@ -81,25 +81,43 @@ def _latin1(path: Path) -> None:
 
 
 def _long_line(path: Path) -> None:
-    path.write_text("sentence,label\n\"" + "a" * (5 * 1024 * 1024) + "\",1\n", encoding="utf-8")
+    path.write_text('sentence,label\n"' + "a" * (5 * 1024 * 1024) + '",1\n', encoding="utf-8")
 
 
 def _corrupt_parquet(path: Path) -> None:
     path.write_bytes(b"PAR1 this is not a parquet file at all")
 
 
-@pytest.mark.parametrize("name, write, expected", [
-    ("train.tsv", _binary, "is not UTF-8 text"),
-    ("train.tsv", _latin1, "is not UTF-8 text"),
-    ("train.csv", _long_line, "fields of at most"),
-    ("train.jsonl", _latin1, "is not UTF-8 text"),
-    ("train.parquet", _corrupt_parquet, "parquet"),
-])
+@pytest.mark.parametrize(
+    "name, write, expected",
+    [
+        ("train.tsv", _binary, "is not UTF-8 text"),
+        ("train.tsv", _latin1, "is not UTF-8 text"),
+        ("train.csv", _long_line, "fields of at most"),
+        ("train.jsonl", _latin1, "is not UTF-8 text"),
+        ("train.parquet", _corrupt_parquet, "parquet"),
+    ],
+)
 def test_an_unreadable_data_file_is_named_in_one_line(name, write, expected, tmp_path, capsys):
     data = tmp_path / name
     write(data)
-    err = _fails_in_one_line(["step", "sample", "--train-data", str(data), "--task", "sst2", "--num-samples", "4",
-                              "--out", str(tmp_path / "sample")], capsys, str(data), expected)
+    err = _fails_in_one_line(
+        [
+            "step",
+            "sample",
+            "--train-data",
+            str(data),
+            "--task",
+            "sst2",
+            "--num-samples",
+            "4",
+            "--out",
+            str(tmp_path / "sample"),
+        ],
+        capsys,
+        str(data),
+        expected,
+    )
     assert "expected a UTF-8 text file" in err or "expected" in err
     assert not (tmp_path / "sample").exists()
 
@@ -107,8 +125,23 @@ def test_an_unreadable_data_file_is_named_in_one_line(name, write, expected, tmp
 def test_an_unreadable_squad_file_is_named_in_one_line(tmp_path, capsys):
     data = tmp_path / "dev.json"
     _latin1(data)
-    _fails_in_one_line(["step", "sample", "--train-data", str(data), "--task", "squad", "--num-samples", "4",
-                        "--out", str(tmp_path / "sample")], capsys, str(data), "is not UTF-8 text")
+    _fails_in_one_line(
+        [
+            "step",
+            "sample",
+            "--train-data",
+            str(data),
+            "--task",
+            "squad",
+            "--num-samples",
+            "4",
+            "--out",
+            str(tmp_path / "sample"),
+        ],
+        capsys,
+        str(data),
+        "is not UTF-8 text",
+    )
 
 
 # ----- safetensors ---------------------------------------------------------------------------------------------
@@ -133,22 +166,34 @@ def _huge_header_length(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (_empty, "empty or truncated"), (_truncated, "truncated or corrupt"), (_corrupt_header, "not JSON"),
-    (_huge_header_length, "truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (_empty, "empty or truncated"),
+        (_truncated, "truncated or corrupt"),
+        (_corrupt_header, "not JSON"),
+        (_huge_header_length, "truncated or corrupt"),
+    ],
+)
 def test_a_broken_safetensors_file_is_named_in_one_line(damage, expected, tmp_path, capsys):
     dense = _dense_folder(tmp_path / "dense")
     damage(dense / "model.safetensors")
-    _fails_in_one_line(["step", "prepare", "--model", str(dense), "--task", "sst2", "--out", str(tmp_path / "m")],
-                       capsys, f"{dense / 'model.safetensors'} is not a valid safetensors file", expected)
+    _fails_in_one_line(
+        ["step", "prepare", "--model", str(dense), "--task", "sst2", "--out", str(tmp_path / "m")],
+        capsys,
+        f"{dense / 'model.safetensors'} is not a valid safetensors file",
+        expected,
+    )
 
     pruned = _pruned_folder(tmp_path / "pruned")
     damage(pruned / "model.safetensors")
     with pytest.raises(IntegrityError, match=expected):
         load_pruned(pruned)
-    _fails_in_one_line(["profile", "--model", str(pruned), "--output", str(tmp_path / "p.json")], capsys,
-                       "is not a valid safetensors file")
+    _fails_in_one_line(
+        ["profile", "--model", str(pruned), "--output", str(tmp_path / "p.json")],
+        capsys,
+        "is not a valid safetensors file",
+    )
 
 
 def test_the_header_reader_sees_the_shapes(tmp_path):
@@ -170,21 +215,56 @@ def _pickle_only(path: Path) -> Path:
 
 def test_a_pickle_checkpoint_is_refused_unless_allowed(tmp_path, capsys):
     source = _pickle_only(tmp_path / "pickled")
-    _fails_in_one_line(["step", "prepare", "--model", str(source), "--task", "sst2", "--out", str(tmp_path / "m")],
-                       capsys, str(source), "pytorch_model.bin", "safetensors only", "save_pretrained('NEW')",
-                       "--allow-pickle")
+    _fails_in_one_line(
+        ["step", "prepare", "--model", str(source), "--task", "sst2", "--out", str(tmp_path / "m")],
+        capsys,
+        str(source),
+        "pytorch_model.bin",
+        "safetensors only",
+        "save_pretrained('NEW')",
+        "--allow-pickle",
+    )
     assert not (tmp_path / "m").exists()
 
-    assert main(["step", "prepare", "--model", str(source), "--task", "sst2", "--allow-pickle",
-                 "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "step",
+                "prepare",
+                "--model",
+                str(source),
+                "--task",
+                "sst2",
+                "--allow-pickle",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "m" / "model.safetensors").is_file()  # converted: every later stage reads safetensors
 
 
 def test_prune_refuses_a_pickle_checkpoint_before_any_work(tmp_path, capsys):
     source = _pickle_only(tmp_path / "pickled")
     (tmp_path / "train.tsv").write_text(GOOD_ROWS)
-    _fails_in_one_line(["prune", "--model", str(source), "--task", "sst2", "--train-data", str(tmp_path / "train.tsv"),
-                        "--constraint", "0.5", "--output", str(tmp_path / "out")], capsys, "--allow-pickle")
+    _fails_in_one_line(
+        [
+            "prune",
+            "--model",
+            str(source),
+            "--task",
+            "sst2",
+            "--train-data",
+            str(tmp_path / "train.tsv"),
+            "--constraint",
+            "0.5",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+        "--allow-pickle",
+    )
 
 
 # ----- the wrong stage folder -------------------------------------------------------------------------------------
@@ -192,15 +272,56 @@ def test_the_wrong_stage_folder_is_named(tmp_path, capsys):
     dense = _dense_folder(tmp_path / "dense")
     (tmp_path / "train.tsv").write_text(GOOD_ROWS)
     assert main(["step", "prepare", "--model", str(dense), "--task", "sst2", "--out", str(tmp_path / "model")]) == 0
-    assert main(["step", "sample", "--train-data", str(tmp_path / "train.tsv"), "--task", "sst2", "--num-samples",
-                 "4", "--out", str(tmp_path / "sample")]) == 0
+    assert (
+        main(
+            [
+                "step",
+                "sample",
+                "--train-data",
+                str(tmp_path / "train.tsv"),
+                "--task",
+                "sst2",
+                "--num-samples",
+                "4",
+                "--out",
+                str(tmp_path / "sample"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    _fails_in_one_line(["step", "search", "--model", str(tmp_path / "model"), "--grads", str(tmp_path / "sample"),
-                        "--constraint", "0.5", "--out", str(tmp_path / "searched")], capsys,
-                       f"--grads {tmp_path / 'sample'} is the output of stage 'sample'", "stage fisher")
-    _fails_in_one_line(["step", "fisher", "--model", str(tmp_path / "sample"), "--sample", str(tmp_path / "model"),
-                        "--out", str(tmp_path / "grads")], capsys, "is the output of stage 'sample'",
-                       "prepare or export")
+    _fails_in_one_line(
+        [
+            "step",
+            "search",
+            "--model",
+            str(tmp_path / "model"),
+            "--grads",
+            str(tmp_path / "sample"),
+            "--constraint",
+            "0.5",
+            "--out",
+            str(tmp_path / "searched"),
+        ],
+        capsys,
+        f"--grads {tmp_path / 'sample'} is the output of stage 'sample'",
+        "stage fisher",
+    )
+    _fails_in_one_line(
+        [
+            "step",
+            "fisher",
+            "--model",
+            str(tmp_path / "sample"),
+            "--sample",
+            str(tmp_path / "model"),
+            "--out",
+            str(tmp_path / "grads"),
+        ],
+        capsys,
+        "is the output of stage 'sample'",
+        "prepare or export",
+    )
 
 
 # ----- tampered pruned configs ---------------------------------------------------------------------------------------
@@ -214,22 +335,29 @@ def _set_structure(key: str, values):
     return lambda c: c[STRUCTURE_KEY].__setitem__(key, values)
 
 
-@pytest.mark.parametrize("change, expected", [
-    (_set_structure("num_heads", [2, 11.5]), "num_heads must list 2 integers from 0 to 4"),
-    (_set_structure("num_heads", [2, -1]), "num_heads must list 2 integers"),
-    (_set_structure("num_heads", [2]), "num_heads must list 2 integers"),
-    (_set_structure("num_heads", [2, 3]),
-     "encoder.layer.1.attention.self.query.weight should be [24, 32], the file's is of shape [32, 32]"),
-    (_set_structure("intermediate_size", [64, 10**12]), "intermediate_size must list 2 integers from 0 to 64"),
-    (_set_structure("intermediate_size", [64, 24]), "encoder.layer.1.intermediate.dense.weight should be [24, 32]"),
-    (lambda c: c.update(num_attention_heads=5), "hidden size 32 is not a multiple of the 5 heads"),
-    (lambda c: c.update(vocab_size=10**12), "word_embeddings.weight should be [1000000000000, 32]"),
-    (lambda c: c.update(architectures=["pipeline"]), "expected exactly one of ['BertForQuestionAnswering', "
-                                                     "'BertForSequenceClassification', 'BertModel']"),
-    (lambda c: c.update(architectures=["Trainer"]), "names architectures ['Trainer']"),
-    (lambda c: c.update(architectures=["BertForMaskedLM"]), "names architectures ['BertForMaskedLM']"),
-    (lambda c: c.update(model_type="gpt2"), "unsupported architecture"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (_set_structure("num_heads", [2, 11.5]), "num_heads must list 2 integers from 0 to 4"),
+        (_set_structure("num_heads", [2, -1]), "num_heads must list 2 integers"),
+        (_set_structure("num_heads", [2]), "num_heads must list 2 integers"),
+        (
+            _set_structure("num_heads", [2, 3]),
+            "encoder.layer.1.attention.self.query.weight should be [24, 32], the file's is of shape [32, 32]",
+        ),
+        (_set_structure("intermediate_size", [64, 10**12]), "intermediate_size must list 2 integers from 0 to 64"),
+        (_set_structure("intermediate_size", [64, 24]), "encoder.layer.1.intermediate.dense.weight should be [24, 32]"),
+        (lambda c: c.update(num_attention_heads=5), "hidden size 32 is not a multiple of the 5 heads"),
+        (lambda c: c.update(vocab_size=10**12), "word_embeddings.weight should be [1000000000000, 32]"),
+        (
+            lambda c: c.update(architectures=["pipeline"]),
+            "expected exactly one of ['BertForQuestionAnswering', 'BertForSequenceClassification', 'BertModel']",
+        ),
+        (lambda c: c.update(architectures=["Trainer"]), "names architectures ['Trainer']"),
+        (lambda c: c.update(architectures=["BertForMaskedLM"]), "names architectures ['BertForMaskedLM']"),
+        (lambda c: c.update(model_type="gpt2"), "unsupported architecture"),
+    ],
+)
 def test_a_tampered_pruned_config_is_refused_before_allocating(change, expected, tmp_path, capsys):
     folder = _pruned_folder(tmp_path / "pruned")
     _tamper(folder, change)

@@ -75,8 +75,19 @@ def test_prune_end_to_end(tiny_sst2_model, tmp_path, capsys):
 def test_prune_with_the_accuracy_options_end_to_end(tiny_sst2_model, tmp_path, capsys):
     """Iterative label-free Fisher, refit tuning with a cross-validated ridge and the budget re-split travel
     through every stage into the exported model."""
-    extra = ("--fisher-steps", "2", "--fisher-labels", "model", "--tuning-mode", "refit", "--tuning-teacher", "dense",
-             "--tuning-ridge", "auto", "--tuning-resplit")
+    extra = (
+        "--fisher-steps",
+        "2",
+        "--fisher-labels",
+        "model",
+        "--tuning-mode",
+        "refit",
+        "--tuning-teacher",
+        "dense",
+        "--tuning-ridge",
+        "auto",
+        "--tuning-resplit",
+    )
     assert _prune(tiny_sst2_model, tmp_path / "out", *extra, samples="96") == 0
     printed = capsys.readouterr().out
     assert "reconstruction error fell: L0 attn -" in printed
@@ -184,9 +195,27 @@ def test_holdout_validation_reports_each_stage(tiny_sst2_model, tmp_path, mode):
 
 def test_profile_compares_original_and_pruned(tiny_sst2_model, tmp_path, capsys):
     assert _prune(tiny_sst2_model, tmp_path / "out", "--no-tune", samples="64") == 0
-    code = main(["profile", "--model", str(tiny_sst2_model), "--pruned", str(tmp_path / "out" / "model"),
-                 "--batch-size", "4", "--seq-len", "16", "--repeats", "3", "--warmup", "1", "--device", "cpu",
-                 "--output", str(tmp_path / "lat.json")])  # fmt: skip
+    code = main(
+        [
+            "profile",
+            "--model",
+            str(tiny_sst2_model),
+            "--pruned",
+            str(tmp_path / "out" / "model"),
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+            "--repeats",
+            "3",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--output",
+            str(tmp_path / "lat.json"),
+        ]
+    )
     assert code == 0
     figures = json.loads((tmp_path / "lat.json").read_text())
     assert list(figures["speedup"]) == ["float32/b4/s16"] and figures["speedup"]["float32/b4/s16"] > 0
@@ -200,9 +229,27 @@ def test_prune_question_answering_end_to_end(tmp_path):
     model.save_pretrained(tmp_path / "qa")
     tiny_tokenizer().save_pretrained(tmp_path / "qa")
     squad = str(DATA / "squad_small.json")
-    code = main(["prune", "--model", str(tmp_path / "qa"), "--task", "squad", "--train-data", squad,
-                 "--dev-data", squad, "--constraint", "0.5", "--num-samples", "24", "--max-length", "128",
-                 "--output", str(tmp_path / "out")])  # fmt: skip
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(tmp_path / "qa"),
+            "--task",
+            "squad",
+            "--train-data",
+            squad,
+            "--dev-data",
+            squad,
+            "--constraint",
+            "0.5",
+            "--num-samples",
+            "24",
+            "--max-length",
+            "128",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["metric"] == "f1" and summary["flops_ratio"] <= 0.5 + 1e-9

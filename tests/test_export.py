@@ -83,8 +83,11 @@ def test_layer_without_heads_never_calls_the_attention_kernel(family, tmp_path, 
     pruned = export_pruned(model, masks)
     save_pruned(pruned, tmp_path / "m", tiny_tokenizer())
     kernel = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
-                        lambda q, *a, **k: None if q.shape[1] == 0 else kernel(q, *a, **k))  # fmt: skip
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda q, *a, **k: None if q.shape[1] == 0 else kernel(q, *a, **k),
+    )
     loaded, _ = load_pruned(tmp_path / "m")
     for net in (pruned, loaded, copy.deepcopy(loaded)):
         assert (_outputs(net, inputs, "classification") - masked).abs().max() < 1e-4

@@ -45,11 +45,17 @@ def test_label_free_needs_no_labels_and_is_seeded(trained):
 
 @pytest.mark.parametrize("task", ["regression", "qa"])
 def test_label_free_regression_and_qa(task):
-    model = tiny_model("bert", task="qa" if task == "qa" else "classification", num_labels=1 if task == "regression"
-                       else 2, layers=2)  # fmt: skip
+    model = tiny_model(
+        "bert", task="qa" if task == "qa" else "classification", num_labels=1 if task == "regression" else 2, layers=2
+    )
     g = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(5, 200, (4, 12), generator=g),
-                "attention_mask": torch.ones(4, 12, dtype=torch.long)} for _ in range(2)]  # fmt: skip
+    batches = [
+        {
+            "input_ids": torch.randint(5, 200, (4, 12), generator=g),
+            "attention_mask": torch.ones(4, 12, dtype=torch.long),
+        }
+        for _ in range(2)
+    ]
     grads = collect_mask_gradients(model, batches, progress=False, labels="model")
     assert grads.head.shape[0] == 8
     assert bool((grads.head_importance() > 0).all()) and bool((grads.neuron_importance() > 0).all())

@@ -227,8 +227,9 @@ def test_profiler_feeds_identical_inputs_warms_up_and_interleaves(monkeypatch):
 
 
 def test_profiler_skips_half_precision_on_cpu():
-    result = profile_models({"m": tiny_model()}, [1], [4], dtypes=("float32", "float16"), repeats=1, warmup=0,
-                            vocab_size=100)
+    result = profile_models(
+        {"m": tiny_model()}, [1], [4], dtypes=("float32", "float16"), repeats=1, warmup=0, vocab_size=100
+    )
     assert [e.dtype for e in result.entries] == ["float32"]
 
 
@@ -268,9 +269,14 @@ def test_budget_resplit_under_a_latency_table_keeps_the_fitted_latency():
     generator = torch.Generator().manual_seed(0)
     importance = [torch.rand(dims.num_layers, n, generator=generator) for n in (dims.num_heads, dims.intermediate_size)]
     masks = search_latency(*importance, table, 0.6)
-    batches = [{"input_ids": torch.randint(5, 200, (4, 10), generator=generator),
-                "attention_mask": torch.ones(4, 10, dtype=torch.long),
-                "labels": torch.randint(0, 2, (4,), generator=generator)} for _ in range(2)]  # fmt: skip
+    batches = [
+        {
+            "input_ids": torch.randint(5, 200, (4, 10), generator=generator),
+            "attention_mask": torch.ones(4, 10, dtype=torch.long),
+            "labels": torch.randint(0, 2, (4,), generator=generator),
+        }
+        for _ in range(2)
+    ]
     resplit = BudgetResplit(model, masks, seq_len=10.0, table=table)
     tuned, _ = tune_masks(model, masks, None, batches, progress=False, mode="refit", resplit=resplit)
     assert [entry["layer"] for entry in resplit.log] == [1, 2]
@@ -278,13 +284,18 @@ def test_budget_resplit_under_a_latency_table_keeps_the_fitted_latency():
     assert masks_latency(tuned, table) > 0.5 * table.dense_ms()  # the budget is spent, not dropped
 
 
-
 def test_a_half_precision_latency_table_needs_a_gpu():
     with pytest.raises(ValueError, match="serving_dtype float16 is measured on CUDA devices only, not on cpu"):
-        PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, constraint_metric="latency",
-                    serving_dtype="float16", device="cpu")  # fmt: skip
+        PruneConfig(
+            model="m",
+            task="sst2",
+            train_data="t",
+            constraint=0.5,
+            constraint_metric="latency",
+            serving_dtype="float16",
+            device="cpu",
+        )
     assert PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, serving_dtype="float16", device="cpu")
-
 
 
 def test_spread_speedups_are_paired_and_noise_is_flagged():

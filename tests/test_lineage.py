@@ -50,8 +50,20 @@ def test_every_stage_records_its_lineage(runs):
 
 
 def test_grads_of_another_task_are_refused(runs, tmp_path, capsys):
-    code = main(["step", "search", "--model", str(runs / "mrpc_model"), "--grads", str(runs / "grads"),
-                 "--constraint", "0.5", "--out", str(tmp_path / "searched")])
+    code = main(
+        [
+            "step",
+            "search",
+            "--model",
+            str(runs / "mrpc_model"),
+            "--grads",
+            str(runs / "grads"),
+            "--constraint",
+            "0.5",
+            "--out",
+            str(tmp_path / "searched"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "'mrpc'" in err and "'sst2'" in err and "task" in err
     assert str(runs / "grads") in err and _one_error_line(err) and not (tmp_path / "searched").exists()
@@ -65,18 +77,26 @@ def test_grads_of_another_model_are_refused(runs, tmp_path):
     first = stage_info(runs / "model")["model_fingerprint"][:12]
     second = stage_info(tmp_path / "prepared")["model_fingerprint"][:12]
     with pytest.raises(ConfigError, match=f"model \\(fingerprint\\) {second}.*model \\(fingerprint\\) {first}"):
-        run_stage("search", tmp_path / "searched", {"constraint": 0.5}, model=tmp_path / "prepared",
-                  grads=runs / "grads")
+        run_stage(
+            "search", tmp_path / "searched", {"constraint": 0.5}, model=tmp_path / "prepared", grads=runs / "grads"
+        )
     with pytest.raises(ConfigError, match="model \\(fingerprint\\)"):
         run_stage("export", tmp_path / "exported", {}, model=tmp_path / "prepared", masks=runs / "searched")
 
 
 def test_grads_of_another_sample_are_refused(runs, tmp_path):
-    run_stage("sample", tmp_path / "sample", {"train_data": str(TRAIN), "task": "sst2", "num_samples": 32,
-                                              "seed": 5})
+    run_stage("sample", tmp_path / "sample", {"train_data": str(TRAIN), "task": "sst2", "num_samples": 32, "seed": 5})
     with pytest.raises(ConfigError, match="sample \\(fingerprint\\)"):
-        run_stage("tune", tmp_path / "tuned", {"device": "cpu"}, model=runs / "model", sample=tmp_path / "sample",
-                  grads=runs / "grads", searched=runs / "searched", masks=runs / "rearranged")
+        run_stage(
+            "tune",
+            tmp_path / "tuned",
+            {"device": "cpu"},
+            model=runs / "model",
+            sample=tmp_path / "sample",
+            grads=runs / "grads",
+            searched=runs / "searched",
+            masks=runs / "rearranged",
+        )
 
 
 def test_a_model_at_chance_before_pruning_is_warned_about(tmp_path, caplog, capsys):
@@ -87,17 +107,44 @@ def test_a_model_at_chance_before_pruning_is_warned_about(tmp_path, caplog, caps
     model.save_pretrained(tmp_path / "m")
     tiny_tokenizer().save_pretrained(tmp_path / "m")
     with caplog.at_level(logging.WARNING):
-        assert main(["prune", "--model", str(tmp_path / "m"), "--task", "sst2", "--train-data", str(TRAIN),
-                     "--dev-data", str(DEV), "--constraint", "0.5", "--num-samples", "32", "--no-tune",
-                     "--device", "cpu", "--output", str(tmp_path / "out")]) == 0
+        assert (
+            main(
+                [
+                    "prune",
+                    "--model",
+                    str(tmp_path / "m"),
+                    "--task",
+                    "sst2",
+                    "--train-data",
+                    str(TRAIN),
+                    "--dev-data",
+                    str(DEV),
+                    "--constraint",
+                    "0.5",
+                    "--num-samples",
+                    "32",
+                    "--no-tune",
+                    "--device",
+                    "cpu",
+                    "--output",
+                    str(tmp_path / "out"),
+                ]
+            )
+            == 0
+        )
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [w for w in summary["warnings"] if "at or below chance" in w and "wrong model" in w]
     assert "at or below chance" in caplog.text and "WARNING: the unpruned model" in capsys.readouterr().out
 
 
 def test_a_model_above_chance_gets_no_warning(runs, tmp_path):
-    info = run_stage("evaluate", tmp_path / "evaluation", {"dev_data": str(DEV), "device": "cpu"},
-                     model=runs / "model", pruned=runs / "model")
+    info = run_stage(
+        "evaluate",
+        tmp_path / "evaluation",
+        {"dev_data": str(DEV), "device": "cpu"},
+        model=runs / "model",
+        pruned=runs / "model",
+    )
     assert info["metric_before"] > 60 and "warnings" not in info
 
 
@@ -115,8 +162,9 @@ def test_stsb_and_qa_chance_levels():
 
 def test_a_budget_that_removes_every_head_is_warned_about(runs, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        info = run_stage("search", tmp_path / "searched", {"constraint": 0.01}, model=runs / "model",
-                         grads=runs / "grads")
+        info = run_stage(
+            "search", tmp_path / "searched", {"constraint": 0.01}, model=runs / "model", grads=runs / "grads"
+        )
     assert sum(info["heads_per_layer"]) == 0
     assert [w for w in info["warnings"] if "constraint 0.01 removed every attention head" in w and "chance" in w]
     assert "removed every attention head" in caplog.text
@@ -126,10 +174,14 @@ def test_a_budget_that_removes_every_head_is_warned_about(runs, tmp_path, caplog
 def test_a_sample_larger_than_the_data_says_what_was_done(tmp_path, caplog):
     train = DATA / "mrpc_train.tsv"  # 160 examples
     with caplog.at_level(logging.WARNING):
-        drawn = run_stage("sample", tmp_path / "with", {"train_data": str(train), "task": "mrpc",
-                                                         "num_samples": 528, "replace": True})
-        capped = run_stage("sample", tmp_path / "without", {"train_data": str(train), "task": "mrpc",
-                                                             "num_samples": 528, "replace": False})
+        drawn = run_stage(
+            "sample", tmp_path / "with", {"train_data": str(train), "task": "mrpc", "num_samples": 528, "replace": True}
+        )
+        capped = run_stage(
+            "sample",
+            tmp_path / "without",
+            {"train_data": str(train), "task": "mrpc", "num_samples": 528, "replace": False},
+        )
     assert drawn["num_examples"] == 528 and "oversampled" in drawn["warnings"][0] and "3.3x" in drawn["warnings"][0]
     assert capped["num_examples"] == 160 and "capped at 160" in capped["warnings"][0]
     assert "without replacement" in capped["warnings"][0] and "capped at 160" in caplog.text

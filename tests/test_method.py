@@ -252,8 +252,9 @@ def test_refit_tuning_lowers_every_blocks_error_and_exports_exactly(family):
     scaled, scale_reports = tune_masks(model, masks, None, batches, progress=False, mode="scales", ridge=1e-3)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is left as it was
     assert refit.equal(masks)  # binary: the scales are folded into the refit weights
-    measured = _measured_block_errors(model, refit, Masks.ones(adapter_for(model).dims(model.config)), batches,
-                                      cls_only=False)  # fmt: skip
+    measured = _measured_block_errors(
+        model, refit, Masks.ones(adapter_for(model).dims(model.config)), batches, cls_only=False
+    )
     for r in reports:
         kept = (masks.head if r.block == "attention" else masks.neuron)[r.layer].any()
         assert r.tuned == bool(kept), r
@@ -281,8 +282,9 @@ def test_reselect_keeps_per_layer_counts_and_beats_refit_on_the_first_block():
     assert chosen.neurons_per_layer() == masks.neurons_per_layer()
     assert not chosen.equal(masks), "the least-squares choice should move some units"
     assert reports[0].error_after <= refit_reports[0].error_after + 1e-9  # same inputs, a choice at least as good
-    measured = _measured_block_errors(model, chosen, Masks.ones(adapter_for(model).dims(model.config)), batches,
-                                      cls_only=False)  # fmt: skip
+    measured = _measured_block_errors(
+        model, chosen, Masks.ones(adapter_for(model).dims(model.config)), batches, cls_only=False
+    )
     for r in reports:
         assert r.tuned and r.error_after < r.error_before
         assert measured[(r.layer, r.block)] == pytest.approx(r.error_after, rel=1e-3, abs=1e-6)
@@ -295,12 +297,12 @@ def test_reselect_units_finds_the_units_that_carry_the_target():
     act = torch.randn(400, 12, generator=g)
     weight = torch.zeros(3, 12)
     weight[:, [2, 5, 7, 11]] = torch.randn(3, 4, generator=g) * 3  # only units 2, 5, 7 and 11 matter
-    stats, = LeastSquares.collect([(act, act @ weight.T + 0.5)], 12, 3, "cpu")
+    (stats,) = LeastSquares.collect([(act, act @ weight.T + 0.5)], 12, 3, "cpu")
     kept = reselect_units(stats, 1, 4, ridge=1e-6)
     assert kept.nonzero().flatten().tolist() == [2, 5, 7, 11]
     weight = torch.zeros(3, 12)
     weight[:, 3:6], weight[:, 9:] = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
-    stats, = LeastSquares.collect([(act, act @ weight.T)], 12, 3, "cpu")
+    (stats,) = LeastSquares.collect([(act, act @ weight.T)], 12, 3, "cpu")
     heads = reselect_units(stats, 3, 2, ridge=1e-6)  # units of 3 columns: (0-2) (3-5) (6-8) (9-11)
     assert heads.tolist() == [False, True, False, True]
 

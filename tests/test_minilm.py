@@ -16,9 +16,25 @@ def test_prune_real_minilm(tmp_path, monkeypatch):
     try:
         model = finetuned_minilm(steps=80, lr=1e-4)
         out = tmp_path / "out"
-        code = main(["prune", "--model", str(model), "--task", "sst2", "--train-data", str(SST2_TRAIN),
-                     "--dev-data", str(SST2_DEV), "--constraint", "0.6", "--num-samples", "512",
-                     "--output", str(out)])  # fmt: skip
+        code = main(
+            [
+                "prune",
+                "--model",
+                str(model),
+                "--task",
+                "sst2",
+                "--train-data",
+                str(SST2_TRAIN),
+                "--dev-data",
+                str(SST2_DEV),
+                "--constraint",
+                "0.6",
+                "--num-samples",
+                "512",
+                "--output",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(1)
     assert code == 0

@@ -53,16 +53,27 @@ def test_optimum_loads_the_onnx_folder_without_fastprune(optimum_python, tmp_pat
     head = torch.ones(dims.num_layers, dims.num_heads)
     head[0, 1:] = 0.0  # another head count in the first layer
     neuron = torch.rand(dims.num_layers, dims.intermediate_size, generator=torch.Generator().manual_seed(0)) > 0.5
-    save_pruned(export_pruned(model, Masks(head, neuron.float())), tmp_path / "m", tiny_tokenizer(),
-                metadata={"task": "sst2", "source": "tiny"})  # fmt: skip
+    save_pruned(
+        export_pruned(model, Masks(head, neuron.float())),
+        tmp_path / "m",
+        tiny_tokenizer(),
+        metadata={"task": "sst2", "source": "tiny"},
+    )
     build_onnx_folder(tmp_path / "m", tmp_path / "onnx")
     pruned, tokenizer = load_pruned(tmp_path / "m")
     with torch.no_grad():
         expected = pruned(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
-    script = SCRIPT.replace("import fastprune  # must fail", "print(json.dumps({'logits': logits, 'labels': "
-                            "labels}))\nimport fastprune  # must fail")  # fmt: skip
-    done = subprocess.run([optimum_python, "-c", script, str(tmp_path / "onnx"), json.dumps(TEXTS)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    script = SCRIPT.replace(
+        "import fastprune  # must fail",
+        "print(json.dumps({'logits': logits, 'labels': labels}))\nimport fastprune  # must fail",
+    )
+    done = subprocess.run(
+        [optimum_python, "-c", script, str(tmp_path / "onnx"), json.dumps(TEXTS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert "No module named 'fastprune'" in done.stderr, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert torch.allclose(torch.tensor(got["logits"]), expected, atol=1e-4)

@@ -31,15 +31,32 @@ def _one_error_line(err: str) -> bool:
 
 
 def _prune(model, out, *extra, dev=DEV, train=TRAIN, constraint="0.5"):
-    argv = ["prune", "--model", str(model), "--task", "sst2", "--train-data", str(train), "--constraint", constraint,
-            "--output", str(out), *extra]
+    argv = [
+        "prune",
+        "--model",
+        str(model),
+        "--task",
+        "sst2",
+        "--train-data",
+        str(train),
+        "--constraint",
+        constraint,
+        "--output",
+        str(out),
+        *extra,
+    ]
     return main(argv + (["--dev-data", str(dev)] if dev else []))
 
 
 def _leftovers(*folders: Path) -> list[str]:
     """Staging and scratch folders of fastprune under ``folders``."""
-    return sorted(p.name for f in folders if f.is_dir() for p in f.iterdir()
-                  if p.name.endswith(".partial") or p.name.startswith("fastprune-"))
+    return sorted(
+        p.name
+        for f in folders
+        if f.is_dir()
+        for p in f.iterdir()
+        if p.name.endswith(".partial") or p.name.startswith("fastprune-")
+    )
 
 
 @pytest.fixture
@@ -63,8 +80,7 @@ def test_a_non_empty_output_folder_is_refused_up_front(untuned_model, tmp_path, 
     assert (out / "model" / "mine.txt").read_text() == "the user's"
 
 
-def test_a_failed_overwrite_keeps_the_old_result_and_a_complete_one_replaces_it(tiny_sst2_model, tmp_path,
-                                                                                   monkeypatch):
+def test_a_failed_overwrite_keeps_the_old_result_and_a_complete_one_replaces_it(tiny_sst2_model, tmp_path, monkeypatch):
     import fastprune.common.stages.prune as prune_module
 
     out = tmp_path / "out"
@@ -101,8 +117,23 @@ def test_step_refuses_a_non_empty_out_unless_asked(tmp_path, capsys):
 def test_profile_and_compile_refuse_an_existing_file_unless_asked(tiny_sst2_model, tmp_path, capsys):
     existing = tmp_path / "lat.json"
     existing.write_text("mine")
-    argv = ["profile", "--model", str(tiny_sst2_model), "--batch-size", "2", "--seq-len", "8", "--repeats", "1",
-            "--warmup", "0", "--device", "cpu", "--output", str(existing)]
+    argv = [
+        "profile",
+        "--model",
+        str(tiny_sst2_model),
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--output",
+        str(existing),
+    ]
     assert main(argv) == 2 and f"output file {existing} exists" in capsys.readouterr().err
     assert existing.read_text() == "mine"
     assert main([*argv, "--overwrite"]) == 0 and "p50" in existing.read_text()
@@ -158,11 +189,28 @@ sys.exit(main(sys.argv[2:]))
 def _start_slow_prune(model: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
     scratch, marker, out = tmp_path / "tmp", tmp_path / "marker", tmp_path / "outputs" / "out"
     scratch.mkdir()
-    argv = ["prune", "--model", str(model), "--task", "sst2", "--train-data", TRAIN, "--constraint", "0.5",
-            "--output", str(out), *QUICK]
+    argv = [
+        "prune",
+        "--model",
+        str(model),
+        "--task",
+        "sst2",
+        "--train-data",
+        TRAIN,
+        "--constraint",
+        "0.5",
+        "--output",
+        str(out),
+        *QUICK,
+    ]
     env = {**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PRUNE, str(marker), *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PRUNE, str(marker), *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()
@@ -213,8 +261,20 @@ def test_dev_labels_are_parsed_before_the_model_is_loaded(untuned_model, tmp_pat
     err = capsys.readouterr().err
     assert str(bad) in err and "'banana'" in err and "not fine-tuned" not in err
     # the same for a stage run alone: prepare reads its dev data before the model
-    code = main(["step", "prepare", "--model", str(untuned_model), "--task", "sst2", "--dev-data", str(bad),
-                 "--out", str(tmp_path / "prepared")])
+    code = main(
+        [
+            "step",
+            "prepare",
+            "--model",
+            str(untuned_model),
+            "--task",
+            "sst2",
+            "--dev-data",
+            str(bad),
+            "--out",
+            str(tmp_path / "prepared"),
+        ]
+    )
     assert code == 2 and "'banana'" in capsys.readouterr().err
 
 
@@ -246,8 +306,10 @@ def test_an_unwritable_output_is_refused_up_front(untuned_model, tmp_path, capsy
 
 
 def test_the_local_pipeline_launchers_check_their_inputs_first(tmp_path, capsys):
-    assert main(["run", "--local", "--model", str(tmp_path / "missing-model"), "--pipeline-root",
-                 str(tmp_path / "runs")]) == 2
+    assert (
+        main(["run", "--local", "--model", str(tmp_path / "missing-model"), "--pipeline-root", str(tmp_path / "runs")])
+        == 2
+    )
     assert "missing-model" in capsys.readouterr().err and not (tmp_path / "runs").exists()
     bad = tmp_path / "dev.tsv"
     bad.write_text("sentence\tlabel\na dull one\tbanana\n")
@@ -281,16 +343,44 @@ def test_check_device_names_what_is_available():
 def test_an_unavailable_device_is_refused_before_anything_else(tmp_path, capsys, device):
     if device == "mps" and "mps" in available_devices():
         pytest.skip("this machine has MPS")
-    argv = ["prune", "--model", str(tmp_path / "missing"), "--task", "sst2", "--train-data", "missing.tsv",
-            "--constraint", "0.5", "--output", str(tmp_path / "out"), "--device", device]
+    argv = [
+        "prune",
+        "--model",
+        str(tmp_path / "missing"),
+        "--task",
+        "sst2",
+        "--train-data",
+        "missing.tsv",
+        "--constraint",
+        "0.5",
+        "--output",
+        str(tmp_path / "out"),
+        "--device",
+        device,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"'{device}'" in err and "available" in err and "cpu" in err and "Traceback" not in err
     assert _one_error_line(err) and "missing" not in err
     assert main(["profile", "--model", str(tmp_path), "--device", device, "--output", str(tmp_path / "p.json")]) == 2
     assert f"'{device}'" in capsys.readouterr().err
-    assert main(["step", "fisher", "--model", str(tmp_path), "--sample", str(tmp_path), "--device", device,
-                 "--out", str(tmp_path / "grads")]) == 2
+    assert (
+        main(
+            [
+                "step",
+                "fisher",
+                "--model",
+                str(tmp_path),
+                "--sample",
+                str(tmp_path),
+                "--device",
+                device,
+                "--out",
+                str(tmp_path / "grads"),
+            ]
+        )
+        == 2
+    )
     assert f"'{device}'" in capsys.readouterr().err
 
 

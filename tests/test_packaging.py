@@ -12,8 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # folder -> package name, as pyproject.toml's package-dir maps them
 MAPPED = {"common": "fastprune.common", "components": "fastprune.components", "pipelines": "fastprune.pipelines"}
 # rooms of fastprune.common, lowest first: a module may import its own room and the rooms below it only
-ROOMS = {"errors": 0, "folders": 0, "interrupts": 0, "registry": 9, "tasks": 1, "model": 2, "method": 3, "ops": 3,
-         "stages": 4}
+ROOMS = {
+    "errors": 0,
+    "folders": 0,
+    "interrupts": 0,
+    "registry": 9,
+    "tasks": 1,
+    "model": 2,
+    "method": 3,
+    "ops": 3,
+    "stages": 4,
+}
 
 
 def _declared() -> set[str]:
@@ -57,8 +66,15 @@ def test_library_imports_point_one_way():
         package = ".".join(("fastprune.common", *rel.parts[:-1]))
         room = _room(".".join(("fastprune.common", *rel.with_suffix("").parts)))
         for module in _imports(path, package):
-            if module.startswith(("fastprune.cli", "fastprune.defaults", "fastprune.ops_cli", "fastprune.components",
-                                  "fastprune.pipelines")):
+            if module.startswith(
+                (
+                    "fastprune.cli",
+                    "fastprune.defaults",
+                    "fastprune.ops_cli",
+                    "fastprune.components",
+                    "fastprune.pipelines",
+                )
+            ):
                 wrong.append(f"{rel} imports {module}")
             target = _room(module)
             if room and target and target != room and ROOMS.get(target, 9) >= ROOMS.get(room, 9):

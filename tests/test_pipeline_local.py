@@ -56,15 +56,30 @@ def world(tiny_sst2_model, tmp_path_factory):
         upload_file(SST2 / "train.tsv", f"s3://{BUCKET}/data/train.tsv")
         upload_file(dev, f"s3://{BUCKET}/data/dev.tsv")
         with mlflow_server(tmp, f"s3://{BUCKET}/mlflow", s3.env()) as tracking_uri:
-            yield World(s3, tracking_uri, f"s3://{BUCKET}/models/tiny", f"s3://{BUCKET}/models/corrupted",
-                        f"s3://{BUCKET}/data/train.tsv", f"s3://{BUCKET}/data/dev.tsv")
+            yield World(
+                s3,
+                tracking_uri,
+                f"s3://{BUCKET}/models/tiny",
+                f"s3://{BUCKET}/models/corrupted",
+                f"s3://{BUCKET}/data/train.tsv",
+                f"s3://{BUCKET}/data/dev.tsv",
+            )
     env.undo()
 
 
 def _arguments(world: World, **changes) -> dict:
-    return {"model": world.model, "train_data": world.train, "dev_data": world.dev, "num_samples": 64,
-            "mlflow_uri": world.mlflow, "registered_model_name": NAME, "max_metric_drop": 100.0,
-            "profile_batch_size": 2, "profile_seq_len": 16, **changes}
+    return {
+        "model": world.model,
+        "train_data": world.train,
+        "dev_data": world.dev,
+        "num_samples": 64,
+        "mlflow_uri": world.mlflow,
+        "registered_model_name": NAME,
+        "max_metric_drop": 100.0,
+        "profile_batch_size": 2,
+        "profile_seq_len": 16,
+        **changes,
+    }
 
 
 def _versions(world: World) -> int:
@@ -89,8 +104,18 @@ def test_pipeline_registers_the_pruned_model_behind_the_gate(world, tmp_path):
     assert first.tags["gate"] == "passed" and second.tags["gate"] == "failed"
 
     metrics = client.get_run(first.run_id).data.metrics
-    for key in ("metric_before", "metric_after", "flops_ratio", "params_before", "params_after",
-                "latency_before_ms", "latency_after_ms", "speedup", "seconds_fisher", "seconds_tune"):
+    for key in (
+        "metric_before",
+        "metric_after",
+        "flops_ratio",
+        "params_before",
+        "params_after",
+        "latency_before_ms",
+        "latency_after_ms",
+        "speedup",
+        "seconds_fisher",
+        "seconds_tune",
+    ):
         assert key in metrics, key
     assert metrics["flops_ratio"] <= 0.6 + 1e-9 and metrics["params_after"] < metrics["params_before"]
     artifacts = {a.path for a in client.list_artifacts(first.run_id)}
@@ -114,11 +139,17 @@ def test_pipeline_registers_the_pruned_model_behind_the_gate(world, tmp_path):
 
 
 BAD_INPUTS = {
-    "missing bucket": ({"model": "s3://no-such-bucket-4711/models/tiny"}, {},
-                       "bucket 'no-such-bucket-4711' does not exist"),
+    "missing bucket": (
+        {"model": "s3://no-such-bucket-4711/models/tiny"},
+        {},
+        "bucket 'no-such-bucket-4711' does not exist",
+    ),
     "wrong credentials": ({}, {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "refused the credentials"),
-    "nonexistent model path": ({"model": "/nonexistent/fastprune/model"}, {},
-                               "local path '/nonexistent/fastprune/model' does not exist"),
+    "nonexistent model path": (
+        {"model": "/nonexistent/fastprune/model"},
+        {},
+        "local path '/nonexistent/fastprune/model' does not exist",
+    ),
     "corrupted artifact": ("corrupted", {}, "'config.json' does not match its sha256"),
     "unreachable MLflow": ("unreachable", {}, "cannot reach the MLflow tracking server"),
     "missing dev data": ({"dev_data": f"s3://{BUCKET}/data/no-dev.tsv"}, {}, "no-dev.tsv"),

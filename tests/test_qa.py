@@ -60,8 +60,9 @@ def aligned(ds: datasets.Dataset, tok) -> datasets.Dataset:
     return ds.select(keep)
 
 
-def oracle_logits(features: list[dict], hit: float = 10.0,
-                  null: float = 10.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def oracle_logits(
+    features: list[dict], hit: float = 10.0, null: float = 10.0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Logits peaked at the gold start/end positions of each train feature (at CLS, `null` high, if none)."""
     starts, ends = [], []
     for f in features:
@@ -129,11 +130,12 @@ def bad_answer_start(rows: list[dict]) -> list[dict]:
         (None, "does not exist"),
         (lambda rows: json.dumps({"version": "1.1", "data": []}), "no questions"),
         (lambda rows: '{"data": [', "malformed JSON"),
-        (lambda rows: json.dumps([{k: v for k, v in r.items() if k != "context"} for r in rows]),
-         r"lacks column\(s\) \['context'\]; found \['answers', 'id', 'question'\]"),
+        (
+            lambda rows: json.dumps([{k: v for k, v in r.items() if k != "context"} for r in rows]),
+            r"lacks column\(s\) \['context'\]; found \['answers', 'id', 'question'\]",
+        ),
         (lambda rows: json.dumps(bad_answer_start(rows)), "is not at answer_start 3"),
-        (lambda rows: json.dumps({"data": [{"paragraphs": [{"qas": [{"question": "q"}]}]}]}),
-         "malformed SQuAD"),
+        (lambda rows: json.dumps({"data": [{"paragraphs": [{"qas": [{"question": "q"}]}]}]}), "malformed SQuAD"),
     ],
 )
 def test_bad_files_raise_data_error(ds, tmp_path, write, match):
@@ -149,8 +151,10 @@ def test_bad_files_raise_data_error(ds, tmp_path, write, match):
 def test_train_features_point_at_answer(ds, tok):
     sub = aligned(ds, tok)
     features = prepare_train_features(sub, tok)
-    assert all(set(f) == {"input_ids", "attention_mask", "token_type_ids", "start_positions",
-                          "end_positions"} for f in features)
+    assert all(
+        set(f) == {"input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"}
+        for f in features
+    )
     answers = {squash(a["text"][0]) for a in sub["answers"]}
     checked = 0
     _, meta = prepare_eval_features(sub, tok)
@@ -228,12 +232,24 @@ def test_oracle_version_2(raw, tok, tmp_path):
 
 def test_squad_scores_by_hand():
     rows = [
-        {"id": "a", "question": "q", "context": "Denver Broncos won.",
-         "answers": {"text": ["Denver Broncos"], "answer_start": [0]}},
-        {"id": "b", "question": "q", "context": "The Carolina Panthers lost.",
-         "answers": {"text": ["Carolina Panthers", "Panthers"], "answer_start": [4, 13]}},
-        {"id": "c", "question": "q", "context": "Levi's Stadium.",
-         "answers": {"text": ["Levi's Stadium"], "answer_start": [0]}},
+        {
+            "id": "a",
+            "question": "q",
+            "context": "Denver Broncos won.",
+            "answers": {"text": ["Denver Broncos"], "answer_start": [0]},
+        },
+        {
+            "id": "b",
+            "question": "q",
+            "context": "The Carolina Panthers lost.",
+            "answers": {"text": ["Carolina Panthers", "Panthers"], "answer_start": [4, 13]},
+        },
+        {
+            "id": "c",
+            "question": "q",
+            "context": "Levi's Stadium.",
+            "answers": {"text": ["Levi's Stadium"], "answer_start": [0]},
+        },
     ]
     ds = load_squad(rows)
     # a: "broncos" vs "denver broncos": P=1, R=1/2, F1=2/3; b: exact after normalisation;

@@ -36,10 +36,21 @@ SLACK_S = 15  # backoff and a busy machine; unbounded, these calls took 9 minute
 @pytest.fixture(autouse=True)
 def _short_timeouts(monkeypatch):
     monkeypatch.setenv("FASTPRUNE_REMOTE_TIMEOUT", str(BOUND_S))
-    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "_FASTPRUNE_DERIVED", "MLFLOW_TRACKING_USERNAME",
-                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_URI", "KFP_HOST", "KFP_TOKEN",
-                 "KFP_NAMESPACE", "KFP_COOKIES"):
+    for name in (
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+        "_FASTPRUNE_DERIVED",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_URI",
+        "KFP_HOST",
+        "KFP_TOKEN",
+        "KFP_NAMESPACE",
+        "KFP_COOKIES",
+    ):
         monkeypatch.delenv(name, raising=False)
     root = logging.getLogger()
     before = list(root.handlers)
@@ -64,8 +75,17 @@ def _one_line_error(capsys, *expected: str) -> str:
 @pytest.fixture
 def params(tmp_path) -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"task": "sst2", "train_data": "s3://data/train.tsv", "dev_data": "s3://data/dev.tsv",
-                                    "constraint": 0.5, "gpu_limit": 0}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "task": "sst2",
+                "train_data": "s3://data/train.tsv",
+                "dev_data": "s3://data/dev.tsv",
+                "constraint": 0.5,
+                "gpu_limit": 0,
+            }
+        )
+    )
     return path
 
 
@@ -93,14 +113,43 @@ def test_the_mlflow_preflight_checks_the_credentials(auth_mlflow, monkeypatch, t
         check_tracking_uri(uri)
 
     # the fetch step fails before it loads anything
-    assert main(["step", "prepare", "--model", str(tmp_path / "nowhere"), "--task", "sst2", "--tracking-uri", uri,
-                 "--out", str(tmp_path / "model")]) == 2
+    assert (
+        main(
+            [
+                "step",
+                "prepare",
+                "--model",
+                str(tmp_path / "nowhere"),
+                "--task",
+                "sst2",
+                "--tracking-uri",
+                uri,
+                "--out",
+                str(tmp_path / "model"),
+            ]
+        )
+        == 2
+    )
     line = _one_line_error(capsys, "authentication failed")
     assert "wrong-password-0815" not in line
 
     # the trigger too, instead of a traceback
-    assert main(["trigger", "--registered-model", "bert", "--local", "--dry-run", "--tracking-uri", uri,
-                 "--params", str(params)]) == 2
+    assert (
+        main(
+            [
+                "trigger",
+                "--registered-model",
+                "bert",
+                "--local",
+                "--dry-run",
+                "--tracking-uri",
+                uri,
+                "--params",
+                str(params),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, f"MLflow at {uri} refused the credentials", "authentication failed")
 
     if real:  # the right password passes
@@ -120,8 +169,22 @@ def test_the_mlflow_preflight_checks_the_credentials(auth_mlflow, monkeypatch, t
 def test_the_trigger_reports_a_closed_mlflow_port_at_once(params, capsys):
     uri = f"http://127.0.0.1:{closed_port()}"
     start = time.monotonic()
-    assert main(["trigger", "--registered-model", "bert", "--local", "--dry-run", "--tracking-uri", uri,
-                 "--params", str(params)]) == 2
+    assert (
+        main(
+            [
+                "trigger",
+                "--registered-model",
+                "bert",
+                "--local",
+                "--dry-run",
+                "--tracking-uri",
+                uri,
+                "--params",
+                str(params),
+            ]
+        )
+        == 2
+    )
     assert time.monotonic() - start < SLACK_S
     _one_line_error(capsys, f"cannot reach the MLflow tracking server at {uri}")
 
@@ -129,12 +192,27 @@ def test_the_trigger_reports_a_closed_mlflow_port_at_once(params, capsys):
 def test_the_trigger_reports_a_hung_mlflow_within_the_bound(params, capsys):
     with hung_server() as uri:
         start = time.monotonic()
-        assert main(["trigger", "--registered-model", "bert", "--local", "--dry-run", "--tracking-uri", uri,
-                     "--params", str(params)]) == 2
+        assert (
+            main(
+                [
+                    "trigger",
+                    "--registered-model",
+                    "bert",
+                    "--local",
+                    "--dry-run",
+                    "--tracking-uri",
+                    uri,
+                    "--params",
+                    str(params),
+                ]
+            )
+            == 2
+        )
         elapsed = time.monotonic() - start
     assert elapsed < 3 * BOUND_S + SLACK_S, elapsed
-    _one_line_error(capsys, f"the MLflow tracking server at {uri} did not answer within {BOUND_S} s",
-                    "FASTPRUNE_REMOTE_TIMEOUT")
+    _one_line_error(
+        capsys, f"the MLflow tracking server at {uri} did not answer within {BOUND_S} s", "FASTPRUNE_REMOTE_TIMEOUT"
+    )
 
 
 def test_an_s3_fetch_from_a_hung_endpoint_fails_within_the_bound(monkeypatch, tmp_path, capsys):
@@ -147,8 +225,21 @@ def test_an_s3_fetch_from_a_hung_endpoint_fails_within_the_bound(monkeypatch, tm
         with pytest.raises(StorageError) as info:
             fetch("s3://bucket/data/train.tsv", tmp_path / "cache")
         elapsed = time.monotonic() - start
-        assert main(["step", "sample", "--train-data", "s3://bucket/data/train.tsv", "--task", "sst2",
-                     "--out", str(tmp_path / "sample")]) == 2
+        assert (
+            main(
+                [
+                    "step",
+                    "sample",
+                    "--train-data",
+                    "s3://bucket/data/train.tsv",
+                    "--task",
+                    "sst2",
+                    "--out",
+                    str(tmp_path / "sample"),
+                ]
+            )
+            == 2
+        )
     assert elapsed < 3 * BOUND_S + SLACK_S, elapsed
     message = str(info.value)
     assert f"the S3 endpoint {endpoint} did not answer while listing s3://bucket/data/" in message
@@ -176,8 +267,22 @@ def test_one_setting_bounds_every_client(monkeypatch):
 
 def test_a_bad_timeout_setting_is_named(monkeypatch, capsys, params):
     monkeypatch.setenv("FASTPRUNE_REMOTE_TIMEOUT", "soon")
-    assert main(["trigger", "--registered-model", "bert", "--local", "--dry-run", "--tracking-uri",
-                 "http://127.0.0.1:1", "--params", str(params)]) == 2
+    assert (
+        main(
+            [
+                "trigger",
+                "--registered-model",
+                "bert",
+                "--local",
+                "--dry-run",
+                "--tracking-uri",
+                "http://127.0.0.1:1",
+                "--params",
+                str(params),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "FASTPRUNE_REMOTE_TIMEOUT='soon' is not a timeout")
 
 
@@ -187,8 +292,9 @@ def test_a_kubeflow_401_is_an_authentication_failure(params, capsys):
         start = time.monotonic()
         assert main(["submit", "--host", host, "--params", str(params)]) == 2
         elapsed = time.monotonic() - start
-    line = _one_line_error(capsys, f"Kubeflow Pipelines at {host} refused the credentials", "authentication failed",
-                           "KFP_TOKEN")
+    line = _one_line_error(
+        capsys, f"Kubeflow Pipelines at {host} refused the credentials", "authentication failed", "KFP_TOKEN"
+    )
     assert "healthz endpoint after" not in line and elapsed < SLACK_S
 
 
@@ -204,7 +310,8 @@ def test_a_hung_kubeflow_api_is_reported_within_the_bound(params, capsys):
 # ----- no secrets -------------------------------------------------------------------------------------------------
 def test_passwords_in_urls_are_redacted():
     assert redact("see https://user:hunter2@kfp.example.com/pipeline and s3://k:v@b") == (
-        "see https://***@kfp.example.com/pipeline and s3://***@b")
+        "see https://***@kfp.example.com/pipeline and s3://***@b"
+    )
 
 
 def test_a_password_in_the_host_never_shows(params, capsys):
@@ -230,13 +337,34 @@ def test_verbose_output_never_shows_the_s3_credentials(tmp_path):
         bucket = s3.create_bucket(f"data-{uuid.uuid4().hex[:8]}")
         rows = "sentence\tlabel\n" + "".join(f"movie number {i}\t{i % 2}\n" for i in range(20))
         s3.client().put_object(Bucket=bucket, Key="sst2/train.tsv", Body=rows.encode())
-        env = {**os.environ, **s3.env(), "AWS_SESSION_TOKEN": "", "FASTPRUNE_CACHE": str(tmp_path / "cache"),
-               "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            **s3.env(),
+            "AWS_SESSION_TOKEN": "",
+            "FASTPRUNE_CACHE": str(tmp_path / "cache"),
+            "OMP_NUM_THREADS": "1",
+        }
         env.pop("FASTPRUNE_REMOTE_TIMEOUT", None)
-        result = subprocess.run([str(Path(sys.executable).parent / "fastprune"), "-v", "step", "sample",
-                                 "--train-data", f"s3://{bucket}/sst2/train.tsv", "--task", "sst2", "--num-samples",
-                                 "8", "--out", str(tmp_path / "sample")], env=env, capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "fastprune"),
+                "-v",
+                "step",
+                "sample",
+                "--train-data",
+                f"s3://{bucket}/sst2/train.tsv",
+                "--task",
+                "sst2",
+                "--num-samples",
+                "8",
+                "--out",
+                str(tmp_path / "sample"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     shown = result.stdout + result.stderr
     assert result.returncode == 0, shown[-3000:]
     assert "DEBUG" in shown or "INFO fastprune" in shown  # verbose output is there

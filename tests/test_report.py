@@ -33,20 +33,42 @@ def _candidate(root, constraint, metric_after, params_after, latency_ms, metric=
     c = root / f"c{constraint}"
     return {
         "searched": _stage(c / "searched", stage="search", constraint=constraint, metric=metric),
-        "pruned": _stage(c / "pruned", stage="export", flops_ratio=constraint - 0.01, params_before=1000,
-                         params_after=params_after, task="sst2", source="models:/m/1"),
-        "evaluation": _stage(c / "evaluation", stage="evaluate", metric="accuracy", metric_before=90.0,
-                             metric_after=metric_after, dev_examples=200),
-        "profile": _stage(c / "profile", stage="profile", latency_before_ms=10.0, latency_after_ms=latency_ms,
-                          speedup=10.0 / latency_ms, device="cpu"),
+        "pruned": _stage(
+            c / "pruned",
+            stage="export",
+            flops_ratio=constraint - 0.01,
+            params_before=1000,
+            params_after=params_after,
+            task="sst2",
+            source="models:/m/1",
+        ),
+        "evaluation": _stage(
+            c / "evaluation",
+            stage="evaluate",
+            metric="accuracy",
+            metric_before=90.0,
+            metric_after=metric_after,
+            dev_examples=200,
+        ),
+        "profile": _stage(
+            c / "profile",
+            stage="profile",
+            latency_before_ms=10.0,
+            latency_after_ms=latency_ms,
+            speedup=10.0 / latency_ms,
+            device="cpu",
+        ),
     }
 
 
 @pytest.fixture
 def candidates(tmp_path):
     # C=0.3 is smallest but fails the gate (max drop 2); C=0.5 passes and is smaller than C=0.7, which is fastest
-    return [_candidate(tmp_path, 0.3, 80.0, 300, 4.0), _candidate(tmp_path, 0.5, 88.5, 500, 6.0),
-            _candidate(tmp_path, 0.7, 89.5, 700, 3.0)]
+    return [
+        _candidate(tmp_path, 0.3, 80.0, 300, 4.0),
+        _candidate(tmp_path, 0.5, 88.5, 500, 6.0),
+        _candidate(tmp_path, 0.7, 89.5, 700, 3.0),
+    ]
 
 
 def test_the_smallest_passing_candidate_is_chosen_and_plotted(candidates, tmp_path):
@@ -103,24 +125,67 @@ def test_fastest_needs_every_passing_candidate_measured():
 
 
 def test_pareto_front():
-    points = [ParetoPoint("a", 0.3, 80, False), ParetoPoint("b", 0.5, 88, True), ParetoPoint("c", 0.6, 87, True),
-              ParetoPoint("d", 0.7, 89, True)]
+    points = [
+        ParetoPoint("a", 0.3, 80, False),
+        ParetoPoint("b", 0.5, 88, True),
+        ParetoPoint("c", 0.6, 87, True),
+        ParetoPoint("d", 0.7, 89, True),
+    ]
     assert [p.label for p in pareto_front(points)] == ["a", "b", "d"]
 
 
 STAGES = {
     "model": {"stage": "prepare", "seconds": 2.0},
-    "sample": {"stage": "sample", "seconds": 1.0, "num_examples": 64, "train_file": "s3://d/train.tsv",
-               "train_sha256": "ab" * 32},
-    "pruned": {"stage": "export", "seconds": 3.0, "task": "sst2", "source": "models:/bert/3", "flops_ratio": 0.412,
-               "params_before": 1_000_000, "params_after": 700_000, "heads_per_layer": [4, 2, 1],
-               "neurons_per_layer": [64, 30, 10]},
-    "evaluation": {"stage": "evaluate", "seconds": 4.0, "metric": "accuracy", "metric_before": 91.0,
-                   "metric_after": 90.25, "metric_drop": 0.75, "dev_examples": 200, "metric_search": 85.0},
-    "profile": {"stage": "profile", "seconds": 5.0, "device": "cpu", "latency_before_ms": 12.0,
-                "latency_after_ms": 6.0, "speedup": 2.0,
-                "profile": {"entries": [{"model": "original", "dtype": "float32", "batch_size": 2, "seq_len": 16,
-                                         "p50_ms": 12.0, "p90_ms": 13.0, "throughput": 166.0, "speedup": 1.0}]}},
+    "sample": {
+        "stage": "sample",
+        "seconds": 1.0,
+        "num_examples": 64,
+        "train_file": "s3://d/train.tsv",
+        "train_sha256": "ab" * 32,
+    },
+    "pruned": {
+        "stage": "export",
+        "seconds": 3.0,
+        "task": "sst2",
+        "source": "models:/bert/3",
+        "flops_ratio": 0.412,
+        "params_before": 1_000_000,
+        "params_after": 700_000,
+        "heads_per_layer": [4, 2, 1],
+        "neurons_per_layer": [64, 30, 10],
+    },
+    "evaluation": {
+        "stage": "evaluate",
+        "seconds": 4.0,
+        "metric": "accuracy",
+        "metric_before": 91.0,
+        "metric_after": 90.25,
+        "metric_drop": 0.75,
+        "dev_examples": 200,
+        "metric_search": 85.0,
+    },
+    "profile": {
+        "stage": "profile",
+        "seconds": 5.0,
+        "device": "cpu",
+        "latency_before_ms": 12.0,
+        "latency_after_ms": 6.0,
+        "speedup": 2.0,
+        "profile": {
+            "entries": [
+                {
+                    "model": "original",
+                    "dtype": "float32",
+                    "batch_size": 2,
+                    "seq_len": 16,
+                    "p50_ms": 12.0,
+                    "p90_ms": 13.0,
+                    "throughput": 166.0,
+                    "speedup": 1.0,
+                }
+            ]
+        },
+    },
 }
 
 
@@ -128,8 +193,11 @@ def test_run_report_shows_what_was_pruned_metrics_speedup_time_and_gate(tmp_path
     picture = kept_units_picture([4, 2, 1], 4, [64, 30, 10], 64, tmp_path / "kept_units.png")
     width, height = _png_size(picture.read_bytes())
     assert width > 400 and height > 100
-    gate = {"passed": True, "reason": "accuracy 91.00 -> 90.25: a drop of 0.75 points, within the allowed 1",
-            "pipeline_run": "run-7"}
+    gate = {
+        "passed": True,
+        "reason": "accuracy 91.00 -> 90.25: a drop of 0.75 points, within the allowed 1",
+        "pipeline_run": "run-7",
+    }
     md, page = run_report(STAGES, gate, picture, "bert-pruned version 4", "champion").write(tmp_path)
 
     text = md.read_text()
@@ -145,8 +213,10 @@ def test_run_report_shows_what_was_pruned_metrics_speedup_time_and_gate(tmp_path
     html = page.read_text()
     assert '<span class="passed">passed</span>' in html and "data:image/png;base64," in html
 
-    noisy = {**STAGES, "profile": {**STAGES["profile"], "speedup_p10": 1.2, "speedup_p90": 2.9, "noisy": True,
-                                   "repeats": 20}}
+    noisy = {
+        **STAGES,
+        "profile": {**STAGES["profile"], "speedup_p10": 1.2, "speedup_p90": 2.9, "noisy": True, "repeats": 20},
+    }
     text = run_report(noisy, gate, None, "x").markdown()
     assert "| latency p50 (cpu) | 12.00 ms | 6.00 ms | speedup 2.00× (p10-p90 1.20-2.90) **noisy** |" in text
     assert "**The latency measurement was noisy**: over 20 interleaved repeats" in text

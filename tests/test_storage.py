@@ -156,8 +156,9 @@ def test_round_trip_writes_manifest_last(artifact: Path, bucket: str, s3: S3Serv
 
 
 @server
-def test_corrupted_object_is_rejected_and_nothing_left(artifact: Path, bucket: str, s3: S3Server,
-                                                      tmp_path: Path) -> None:
+def test_corrupted_object_is_rejected_and_nothing_left(
+    artifact: Path, bucket: str, s3: S3Server, tmp_path: Path
+) -> None:
     uri = f"s3://{bucket}/model"
     upload_dir(artifact, uri)
     s3.client().put_object(Bucket=bucket, Key="model/sub/deeper/notes.txt", Body=b"PRUNED\n")  # same size
@@ -218,9 +219,9 @@ def test_missing_bucket_is_named(artifact: Path, s3_env: S3Server, tmp_path: Pat
 
 
 @server
-def test_wrong_secret_mentions_credentials_not_the_secret(artifact: Path, bucket: str, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_secret_mentions_credentials_not_the_secret(
+    artifact: Path, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     real_secret = os.environ["AWS_SECRET_ACCESS_KEY"]
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", WRONG_SECRET)
     caplog.set_level(logging.DEBUG, logger="fastprune")
@@ -248,8 +249,9 @@ def test_unreachable_endpoint_fails_fast(artifact: Path, monkeypatch: pytest.Mon
 
 
 @server
-def test_fetch_remote_folders_and_objects(artifact: Path, bucket: str, s3: S3Server, tmp_path: Path,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_fetch_remote_folders_and_objects(
+    artifact: Path, bucket: str, s3: S3Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cache = tmp_path / "cache"
     upload_dir(artifact, f"s3://{bucket}/verified")
     first = fetch(f"s3://{bucket}/verified/", cache)

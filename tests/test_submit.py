@@ -26,37 +26,53 @@ def kfp(monkeypatch):
 @pytest.fixture
 def params_file(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"model": "s3://models/bert-sst2", "task": "sst2", "train_data": "s3://d/train.tsv",
-                                    "dev_data": "s3://d/dev.tsv", "constraint": 0.6, "gpu_limit": 0}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "s3://models/bert-sst2",
+                "task": "sst2",
+                "train_data": "s3://d/train.tsv",
+                "dev_data": "s3://d/dev.tsv",
+                "constraint": 0.6,
+                "gpu_limit": 0,
+            }
+        )
+    )
     return path
 
 
-@pytest.mark.parametrize("cron, expected", [
-    ("0 3 * * *", "0 0 3 * * *"),
-    ("*/15 9-17 * * MON-FRI", "0 */15 9-17 * * MON-FRI"),
-    ("  30  2 1,15 jan-jun/2 0 ", "0 30 2 1,15 jan-jun/2 0"),
-    ("0 0 9 ? * 2-6", "0 0 9 ? * 2-6"),  # already Kubeflow's 6 fields
-    ("@daily", "0 0 0 * * *"),
-    ("@weekly", "0 0 0 * * 0"),
-])
+@pytest.mark.parametrize(
+    "cron, expected",
+    [
+        ("0 3 * * *", "0 0 3 * * *"),
+        ("*/15 9-17 * * MON-FRI", "0 */15 9-17 * * MON-FRI"),
+        ("  30  2 1,15 jan-jun/2 0 ", "0 30 2 1,15 jan-jun/2 0"),
+        ("0 0 9 ? * 2-6", "0 0 9 ? * 2-6"),  # already Kubeflow's 6 fields
+        ("@daily", "0 0 0 * * *"),
+        ("@weekly", "0 0 0 * * 0"),
+    ],
+)
 def test_cron_is_converted_to_kubeflows_six_fields(cron, expected):
     assert kfp_cron(cron) == expected
 
 
-@pytest.mark.parametrize("cron, message", [
-    ("61 * * * *", "minute field '61' is out of range: 61 is not within 0-59"),
-    ("0 24 * * *", "hour field '24' is out of range: 24 is not within 0-23"),
-    ("0 3 0 * *", "day-of-month field '0' is out of range: 0 is not within 1-31"),
-    ("0 3 * 13 *", "month field '13' is out of range"),
-    ("0 3 * * 7", "day-of-week field '7' is out of range: 7 is not within 0-6"),
-    ("0 3 * * FUN", "day-of-week field 'FUN' has 'FUN', which is not a number or a name"),
-    ("*/0 * * * *", "minute field '*/0' has the step '0', which must be a positive number"),
-    ("30-10 * * * *", "start is after its end"),
-    ("0 3 * *", "4 fields"),
-    ("60 0 3 * * *", "second field '60' is out of range"),
-    ("@fortnightly", "unknown macro"),
-    ("? 3 * * *", "minute field '?' has '?', which is not a number"),  # '?' only in the day fields
-])
+@pytest.mark.parametrize(
+    "cron, message",
+    [
+        ("61 * * * *", "minute field '61' is out of range: 61 is not within 0-59"),
+        ("0 24 * * *", "hour field '24' is out of range: 24 is not within 0-23"),
+        ("0 3 0 * *", "day-of-month field '0' is out of range: 0 is not within 1-31"),
+        ("0 3 * 13 *", "month field '13' is out of range"),
+        ("0 3 * * 7", "day-of-week field '7' is out of range: 7 is not within 0-6"),
+        ("0 3 * * FUN", "day-of-week field 'FUN' has 'FUN', which is not a number or a name"),
+        ("*/0 * * * *", "minute field '*/0' has the step '0', which must be a positive number"),
+        ("30-10 * * * *", "start is after its end"),
+        ("0 3 * *", "4 fields"),
+        ("60 0 3 * * *", "second field '60' is out of range"),
+        ("@fortnightly", "unknown macro"),
+        ("? 3 * * *", "minute field '?' has '?', which is not a number"),  # '?' only in the day fields
+    ],
+)
 def test_bad_cron_is_refused_naming_the_field_and_the_valid_range(cron, message):
     with pytest.raises(ConfigError) as error:
         kfp_cron(cron)
@@ -67,8 +83,19 @@ def test_bad_cron_is_refused_naming_the_field_and_the_valid_range(cron, message)
 def test_submit_uploads_a_version_and_starts_a_run(kfp, params_file, monkeypatch, capsys, caplog):
     monkeypatch.setenv("KFP_TOKEN", TOKEN)
     caplog.set_level(logging.DEBUG)
-    argv = ["submit", "--host", HOST, "--namespace", "team-a", "--params", str(params_file), "--constraint", "0.5",
-            "--experiment", "nightly"]
+    argv = [
+        "submit",
+        "--host",
+        HOST,
+        "--namespace",
+        "team-a",
+        "--params",
+        str(params_file),
+        "--constraint",
+        "0.5",
+        "--experiment",
+        "nightly",
+    ]
     assert main(argv) == 0
 
     assert kfp.clients == [{"host": HOST, "namespace": "team-a", "existing_token": TOKEN}]
@@ -76,9 +103,15 @@ def test_submit_uploads_a_version_and_starts_a_run(kfp, params_file, monkeypatch
     assert list(kfp.pipelines) == ["fastprune"]
     versions = kfp.versions[pipeline_id]
     assert versions[-1]["name"].startswith("v0.1.0-") and versions[-1]["spec"]["pipelineInfo"]["name"] == "fastprune"
-    (run_id, run), = kfp.runs.items()
-    assert run["params"] == {"model": "s3://models/bert-sst2", "task": "sst2", "train_data": "s3://d/train.tsv",
-                             "dev_data": "s3://d/dev.tsv", "constraint": 0.5, "gpu_limit": 0}
+    ((run_id, run),) = kfp.runs.items()
+    assert run["params"] == {
+        "model": "s3://models/bert-sst2",
+        "task": "sst2",
+        "train_data": "s3://d/train.tsv",
+        "dev_data": "s3://d/dev.tsv",
+        "constraint": 0.5,
+        "gpu_limit": 0,
+    }
     assert (run["pipeline_id"], run["version_id"]) == (pipeline_id, versions[-1]["id"])
     assert run["experiment_id"] == kfp.experiments["nightly"] and run["name"] == "fastprune-bert-sst2"
     out = capsys.readouterr().out
@@ -104,10 +137,26 @@ def test_a_changed_pipeline_is_uploaded_as_a_new_version(kfp, params_file):
 
 
 def test_schedule_creates_a_recurring_run(kfp, params_file, capsys):
-    assert main(["submit", "--host", HOST, "--params", str(params_file), "--schedule", "30 2 * * 1",
-                 "--max-concurrency", "2", "--run-name", "weekly-bert"]) == 0
+    assert (
+        main(
+            [
+                "submit",
+                "--host",
+                HOST,
+                "--params",
+                str(params_file),
+                "--schedule",
+                "30 2 * * 1",
+                "--max-concurrency",
+                "2",
+                "--run-name",
+                "weekly-bert",
+            ]
+        )
+        == 0
+    )
     assert kfp.runs == {}
-    (job_id, job), = kfp.recurring_runs.items()
+    ((job_id, job),) = kfp.recurring_runs.items()
     assert job["cron"] == "0 30 2 * * 1" and job["max_concurrency"] == 2 and job["no_catchup"] is True
     assert job["name"] == "weekly-bert" and job["params"]["constraint"] == 0.6
     assert kfp.version(job["version_id"])["spec"]["pipelineInfo"]["name"] == "fastprune"
@@ -129,18 +178,25 @@ def test_sweep_pipeline_with_constraints_from_a_json_file(kfp, tmp_path):
     assert main(argv) == 0
     assert list(kfp.pipelines) == ["fastprune-sweep"]
     (run,) = kfp.runs.values()
-    assert run["params"] == {"model": "models:/bert-sst2/3", "constraints": [0.4, 0.6], "objective": "fastest",
-                             "max_metric_drop": 0.5}
+    assert run["params"] == {
+        "model": "models:/bert-sst2/3",
+        "constraints": [0.4, 0.6],
+        "objective": "fastest",
+        "max_metric_drop": 0.5,
+    }
     assert kfp.version(run["version_id"])["spec"]["pipelineInfo"]["name"] == "fastprune-sweep"
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"constraint": 1.5}, "constraint: Value error, constraint must be a fraction strictly between 0 and 1"),
-    ({"constriant": 0.5}, "unknown parameter 'constriant' (valid: model, task"),
-    ({"task": "imdb"}, "unknown task 'imdb'; valid tasks: cola, sst2"),
-    ({"gpu_limit": -1}, "gpu_limit: Input should be greater than or equal to 0"),
-    (["model", "x"], "must hold a mapping of parameter names to values"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"constraint": 1.5}, "constraint: Value error, constraint must be a fraction strictly between 0 and 1"),
+        ({"constriant": 0.5}, "unknown parameter 'constriant' (valid: model, task"),
+        ({"task": "imdb"}, "unknown task 'imdb'; valid tasks: cola, sst2"),
+        ({"gpu_limit": -1}, "gpu_limit: Input should be greater than or equal to 0"),
+        (["model", "x"], "must hold a mapping of parameter names to values"),
+    ],
+)
 def test_bad_parameter_files_are_refused_clearly(kfp, tmp_path, capsys, content, message):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(content))
@@ -170,8 +226,9 @@ def test_host_namespace_and_token_file_come_from_the_environment(kfp, params_fil
     monkeypatch.setenv("KFP_TOKEN_FILE", str(token))
     monkeypatch.setenv("KFP_UI_HOST", "https://ui.example.com")
     assert main(["submit", "--params", str(params_file)]) == 0
-    assert kfp.clients == [{"host": HOST, "namespace": "team-b", "existing_token": TOKEN,
-                            "ui_host": "https://ui.example.com"}]
+    assert kfp.clients == [
+        {"host": HOST, "namespace": "team-b", "existing_token": TOKEN, "ui_host": "https://ui.example.com"}
+    ]
     assert "https://ui.example.com/#/runs/details/" in capsys.readouterr().out
 
     monkeypatch.delenv("KFP_HOST")

@@ -8,8 +8,17 @@ import report  # noqa: E402
 
 
 def _run(task, method, seed, constraint, tuning, seconds=30.0):
-    return {"kind": "method", "task": task, "method": method, "seed": seed, "constraint": constraint,
-            "tuning": tuning, "prune_seconds": seconds, "metric": "accuracy", "unpruned": 86.0}  # fmt: skip
+    return {
+        "kind": "method",
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "constraint": constraint,
+        "tuning": tuning,
+        "prune_seconds": seconds,
+        "metric": "accuracy",
+        "unpruned": 86.0,
+    }
 
 
 def _records(sst2_at_06, sst2_seconds, mrpc_at_05):
@@ -18,9 +27,13 @@ def _records(sst2_at_06, sst2_seconds, mrpc_at_05):
     for seed, (a, b, s) in enumerate(zip([85.8, 85.6, 85.7], sst2_at_06, sst2_seconds, strict=True)):
         records += [_run("sst2", report.DEFAULT, seed, 0.5, a, s), _run("sst2", report.DEFAULT, seed, 0.6, b, s)]
     for seed in range(2):
-        records += [_run("mrpc", report.PAPER, seed, 0.4, 70.0), _run("mrpc", report.DEFAULT, seed, 0.4, 75.0 + seed),
-                    _run("mrpc", report.PAPER, seed, 0.5, 74.0), _run("mrpc", report.DEFAULT, seed, 0.5, mrpc_at_05)]
-    return report.Results(records)  # fmt: skip
+        records += [
+            _run("mrpc", report.PAPER, seed, 0.4, 70.0),
+            _run("mrpc", report.DEFAULT, seed, 0.4, 75.0 + seed),
+            _run("mrpc", report.PAPER, seed, 0.5, 74.0),
+            _run("mrpc", report.DEFAULT, seed, 0.5, mrpc_at_05),
+        ]
+    return report.Results(records)
 
 
 def test_accuracy_targets_are_judged_from_the_runs():
@@ -38,17 +51,28 @@ def test_accuracy_targets_are_judged_from_the_runs():
 
 def test_sessions_list_only_those_whose_runs_the_report_shows():
     def session(started, minutes, tasks):
-        return {"kind": "session", "started": started, "seconds": minutes * 60.0, "tasks": tasks, "mode": "custom",
-                "seeds": [0], "constraints": [0.5], "methods": [report.DEFAULT]}  # fmt: skip
+        return {
+            "kind": "session",
+            "started": started,
+            "seconds": minutes * 60.0,
+            "tasks": tasks,
+            "mode": "custom",
+            "seeds": [0],
+            "constraints": [0.5],
+            "methods": [report.DEFAULT],
+        }
 
     def run(task, time):
         return {**_run(task, report.DEFAULT, 0, 0.5, 85.0), "time": time}
 
-    records = [session("2026-11-27T10:00:00+00:00", 10, ["sst2"]),  # its run was rerun later: not listed
-               session("2026-11-27T11:00:00+00:00", 10, ["sst2", "rte"]),
-               run("sst2", "2026-11-27T11:05:00+00:00"), run("rte", "2026-11-27T11:09:59+00:00"),
-               run("mrpc", "2026-11-27T11:06:00+00:00"),  # another task: written by a run that did not finish
-               run("rte", "2026-11-27T12:00:00+00:00")]  # fmt: skip
+    records = [
+        session("2026-11-27T10:00:00+00:00", 10, ["sst2"]),  # its run was rerun later: not listed
+        session("2026-11-27T11:00:00+00:00", 10, ["sst2", "rte"]),
+        run("sst2", "2026-11-27T11:05:00+00:00"),
+        run("rte", "2026-11-27T11:09:59+00:00"),
+        run("mrpc", "2026-11-27T11:06:00+00:00"),  # another task: written by a run that did not finish
+        run("rte", "2026-11-27T12:00:00+00:00"),
+    ]
     lines = "\n".join(report.machine_section(report.Results(records)))
     assert "2026-11-27T10:00:00" not in lines and "Not listed: 1 earlier session(s)" in lines
     assert "| 2026-11-27T11:00:00+00:00 | custom | sst2 rte | 0 | 0.5 | refit-resplit | 10.0 | 2 |" in lines

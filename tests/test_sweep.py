@@ -41,8 +41,14 @@ def compiled(tmp_path_factory):
 def test_fisher_once_then_a_parallel_for_over_the_constraints(compiled):
     spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"fetch-model", "sample-data", "compute-fisher", "for-loop-1", "select-candidate",
-                          "condition-2"}
+    assert set(tasks) == {
+        "fetch-model",
+        "sample-data",
+        "compute-fisher",
+        "for-loop-1",
+        "select-candidate",
+        "condition-2",
+    }
     loop = tasks["for-loop-1"]
     assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--constraints"}
     assert loop["iteratorPolicy"] == {"parallelismLimit": 3}
@@ -50,7 +56,8 @@ def test_fisher_once_then_a_parallel_for_over_the_constraints(compiled):
     body = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
     assert set(body) == LOOP_STEPS
     assert body["search-masks"]["inputs"]["parameters"]["constraint"] == {
-        "componentInputParameter": "pipelinechannel--constraints-loop-item"}
+        "componentInputParameter": "pipelinechannel--constraints-loop-item"
+    }
     assert spec["root"]["inputDefinitions"]["parameters"]["constraints"]["parameterType"] == "LIST"
 
 
@@ -63,7 +70,8 @@ def test_the_candidates_are_collected_and_only_a_passing_one_registered(compiled
     inputs = spec["components"]["comp-select-candidate"]["inputDefinitions"]["artifacts"]
     assert all(inputs[name]["isArtifactList"] for name in collected)
     assert tasks["condition-2"]["triggerPolicy"]["condition"] == (
-        "inputs.parameter_values['pipelinechannel--select-candidate-Output'] == true")
+        "inputs.parameter_values['pipelinechannel--select-candidate-Output'] == true"
+    )
     assert set(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == {"register-model"}
     outputs = spec["components"]["comp-select-candidate"]["outputDefinitions"]["artifacts"]
     assert outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML", "the Pareto plot, rendered by the UI"
@@ -100,11 +108,22 @@ def swept(tiny_sst2_model, tmp_path_factory):
     dev = tmp / "dev.tsv"
     dev.write_text("".join((SST2 / "dev.tsv").read_text().splitlines(keepends=True)[:201]))
     params = tmp / "sweep.yaml"
-    params.write_text(yaml.safe_dump({
-        "task": "sst2", "train_data": str(SST2 / "train.tsv"), "dev_data": str(dev), "constraints": CONSTRAINTS,
-        "objective": "smallest", "num_samples": 64, "max_metric_drop": 100.0, "gpu_limit": 0,
-        "profile_batch_size": 2, "profile_seq_len": 16,
-    }))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "task": "sst2",
+                "train_data": str(SST2 / "train.tsv"),
+                "dev_data": str(dev),
+                "constraints": CONSTRAINTS,
+                "objective": "smallest",
+                "num_samples": 64,
+                "max_metric_drop": 100.0,
+                "gpu_limit": 0,
+                "profile_batch_size": 2,
+                "profile_seq_len": 16,
+            }
+        )
+    )
     try:
         with mlflow_server(tmp) as uri:
             mlflow.set_tracking_uri(uri)
@@ -114,8 +133,20 @@ def swept(tiny_sst2_model, tmp_path_factory):
             client = MlflowClient(uri)
             client.create_registered_model(SOURCE)
             client.create_model_version(SOURCE, f"{run.info.artifact_uri}/model", run.info.run_id)
-            argv = ["trigger", "--registered-model", SOURCE, "--tracking-uri", uri, "--local", "--pipeline", "sweep",
-                    "--pipeline-root", str(tmp / "root"), "--params", str(params)]
+            argv = [
+                "trigger",
+                "--registered-model",
+                SOURCE,
+                "--tracking-uri",
+                uri,
+                "--local",
+                "--pipeline",
+                "sweep",
+                "--pipeline-root",
+                str(tmp / "root"),
+                "--params",
+                str(params),
+            ]
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 code = main(argv)
@@ -140,8 +171,10 @@ def test_the_smallest_passing_candidate_is_registered(swept):
     metrics = client.get_run(version.run_id).data.metrics
     assert metrics["flops_ratio"] <= 0.3 + 1e-9
     assert metrics["params_after"] == sweep["candidates"][0]["params_after"]
-    chosen, candidate = (swept.folder / "select-candidate" / "chosen_pruned",
-                         swept.folder / "for-loop-1-iteration-0" / "export-model" / "pruned")
+    chosen, candidate = (
+        swept.folder / "select-candidate" / "chosen_pruned",
+        swept.folder / "for-loop-1-iteration-0" / "export-model" / "pruned",
+    )
     assert verify_manifest(chosen) == verify_manifest(candidate), "the registered model is that candidate's"
     (line,) = [line for line in format_sweep(sweep).splitlines() if line.endswith("<- registered")]
     assert "C=0.3" in line
@@ -182,16 +215,27 @@ def test_the_source_version_is_marked_and_never_pruned_twice(swept, capsys):
 
 @pytest.mark.server
 def test_the_gate_decides_among_the_real_candidates(swept, tmp_path):
-    parts = {"searched": ("search-masks", "masks"), "rearranged": ("rearrange-masks", "rearranged"),
-             "tuned": ("tune-masks", "tuned"), "pruned": ("export-model", "pruned"),
-             "evaluation": ("evaluate-models", "evaluation"), "profile": ("profile-latency", "profile")}
-    candidates = [{part: swept.folder / f"for-loop-1-iteration-{i}" / step / name
-                   for part, (step, name) in parts.items()} for i in range(len(CONSTRAINTS))]
+    parts = {
+        "searched": ("search-masks", "masks"),
+        "rearranged": ("rearrange-masks", "rearranged"),
+        "tuned": ("tune-masks", "tuned"),
+        "pruned": ("export-model", "pruned"),
+        "evaluation": ("evaluate-models", "evaluation"),
+        "profile": ("profile-latency", "profile"),
+    }
+    candidates = [
+        {part: swept.folder / f"for-loop-1-iteration-{i}" / step / name for part, (step, name) in parts.items()}
+        for i in range(len(CONSTRAINTS))
+    ]
     drops = [stage_info(c["evaluation"])["metric_drop"] for c in candidates]
     for max_drop in (min(drops) - 0.5, *sorted(drops)):
         info = select_stage(tmp_path / f"s{max_drop}", {"max_drop": max_drop}, candidates)
         passing = [i for i, d in enumerate(drops) if d <= max_drop]
         expected = min(passing, key=lambda i: stage_info(candidates[i]["pruned"])["params_after"]) if passing else None
         assert info["chosen"] == expected, (drops, max_drop)
-    assert json.loads((swept.folder / "select-candidate" / "executor_output.json").read_text())[
-        "parameterValues"]["Output"] is True
+    assert (
+        json.loads((swept.folder / "select-candidate" / "executor_output.json").read_text())["parameterValues"][
+            "Output"
+        ]
+        is True
+    )

@@ -32,8 +32,17 @@ def env(tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     params = tmp_path / "fastprune.yaml"
-    params.write_text(yaml.safe_dump({"task": "sst2", "train_data": "s3://data/train.tsv",
-                                      "dev_data": "s3://data/dev.tsv", "constraint": 0.5, "gpu_limit": 0}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "task": "sst2",
+                "train_data": "s3://data/train.tsv",
+                "dev_data": "s3://data/dev.tsv",
+                "constraint": 0.5,
+                "gpu_limit": 0,
+            }
+        )
+    )
     return params
 
 
@@ -68,10 +77,16 @@ def test_each_version_is_pruned_once_and_new_ones_are_picked_up(env, tracking_ur
     assert set(runs) == {f"models:/{name}/1", f"models:/{name}/2"}
     for version in ("1", "2"):
         run_id, run = runs[f"models:/{name}/{version}"]
-        assert run["params"] == {"model": f"models:/{name}/{version}", "task": "sst2", "constraint": 0.5,
-                                 "train_data": "s3://data/train.tsv", "dev_data": "s3://data/dev.tsv",
-                                 "gpu_limit": 0, "registered_model_name": f"{name}-pruned",
-                                 "mlflow_uri": tracking_uri}
+        assert run["params"] == {
+            "model": f"models:/{name}/{version}",
+            "task": "sst2",
+            "constraint": 0.5,
+            "train_data": "s3://data/train.tsv",
+            "dev_data": "s3://data/dev.tsv",
+            "gpu_limit": 0,
+            "registered_model_name": f"{name}-pruned",
+            "mlflow_uri": tracking_uri,
+        }
         assert run["name"] == f"fastprune-{name}-v{version}"
         tags = _tags(tracking_uri, name)[version]
         assert (tags[STATUS], tags[RUN], tags[ATTEMPTS]) == ("submitted", run_id, "1")
@@ -142,8 +157,20 @@ def test_a_failed_local_run_is_recorded_and_retried(env, tracking_uri, tmp_path,
     trigger would retry it, and after --max-attempts it gives up."""
     name = "broken-src"
     _register(tracking_uri, name, content="not a model")
-    argv = ["trigger", "--registered-model", name, "--local", "--pipeline-root", str(tmp_path / "root"), "--params",
-            str(env), "--train-data", str(SST2_TRAIN), "--dev-data", str(SST2_DEV)]  # real files: checked up front
+    argv = [
+        "trigger",
+        "--registered-model",
+        name,
+        "--local",
+        "--pipeline-root",
+        str(tmp_path / "root"),
+        "--params",
+        str(env),
+        "--train-data",
+        str(SST2_TRAIN),
+        "--dev-data",
+        str(SST2_DEV),
+    ]  # real files: checked up front
     assert main(argv) == 1, "a failed local run fails the CI job"
     tags = _tags(tracking_uri, name)["1"]
     assert (tags[STATUS], tags[ATTEMPTS]) == ("failed", "1") and PRUNED_RUN not in tags
@@ -164,17 +191,24 @@ def _version(**tags) -> SourceVersion:
     return SourceVersion("m", "1", {k: v for k, v in tags.items() if v is not None})
 
 
-@pytest.mark.parametrize("tags, state, action, reason", [
-    ({}, None, "prune", "not pruned yet"),
-    ({PRUNED_RUN: "r1", STATUS: "succeeded"}, None, "skip", "already pruned by run r1"),
-    ({STATUS: "submitted", RUN: "r1"}, "RUNNING", "skip", "run r1 is running"),
-    ({STATUS: "submitted", RUN: "r1"}, "SUCCEEDED", "done", "run r1 succeeded"),
-    ({STATUS: "submitted", RUN: "r1", ATTEMPTS: "1"}, "CANCELED", "retry", "attempt 2 of 3 after: run r1 ended"),
-    ({STATUS: "running", UPDATED: (NOW - timedelta(hours=1)).isoformat()}, None, "skip", "running 1 h 0 min ago"),
-    ({STATUS: "running", UPDATED: (NOW - timedelta(days=2)).isoformat(), ATTEMPTS: "1"}, None, "retry",
-     "no news of run (none) for 48 h 0 min"),
-    ({STATUS: "failed", ATTEMPTS: "3", ERROR: "boom"}, None, "skip", "failed 3 times, the limit (last: boom)"),
-])
+@pytest.mark.parametrize(
+    "tags, state, action, reason",
+    [
+        ({}, None, "prune", "not pruned yet"),
+        ({PRUNED_RUN: "r1", STATUS: "succeeded"}, None, "skip", "already pruned by run r1"),
+        ({STATUS: "submitted", RUN: "r1"}, "RUNNING", "skip", "run r1 is running"),
+        ({STATUS: "submitted", RUN: "r1"}, "SUCCEEDED", "done", "run r1 succeeded"),
+        ({STATUS: "submitted", RUN: "r1", ATTEMPTS: "1"}, "CANCELED", "retry", "attempt 2 of 3 after: run r1 ended"),
+        ({STATUS: "running", UPDATED: (NOW - timedelta(hours=1)).isoformat()}, None, "skip", "running 1 h 0 min ago"),
+        (
+            {STATUS: "running", UPDATED: (NOW - timedelta(days=2)).isoformat(), ATTEMPTS: "1"},
+            None,
+            "retry",
+            "no news of run (none) for 48 h 0 min",
+        ),
+        ({STATUS: "failed", ATTEMPTS: "3", ERROR: "boom"}, None, "skip", "failed 3 times, the limit (last: boom)"),
+    ],
+)
 def test_decisions(tags, state, action, reason):
     decision = decide(_version(**tags), lambda run_id: state, 3, timedelta(hours=24), NOW)
     assert decision.action == action and reason in decision.reason
@@ -192,8 +226,12 @@ def test_the_example_ci_workflow_uses_valid_commands_and_parameters():
 
     repo = Path(__file__).resolve().parents[1]
     workflow = yaml.safe_load((repo / "examples" / "github-actions" / "prune-new-model-versions.yml").read_text())
-    commands = [step["run"] for job in workflow["jobs"].values() for step in job["steps"]
-                if step.get("run", "").startswith("fastprune ")]
+    commands = [
+        step["run"]
+        for job in workflow["jobs"].values()
+        for step in job["steps"]
+        if step.get("run", "").startswith("fastprune ")
+    ]
     assert len(commands) == 3 and any("--local" in c for c in commands) and any("--host" in c for c in commands)
     for command in commands:
         argv = shlex.split(re.sub(r"\$(\w+)", r"value-of-\1", command))[1:]  # the variables are set in CI
@@ -215,8 +253,14 @@ def test_registered_model_layouts(tmp_path):
 
     plain = files(tmp_path / "plain", "config.json", "model.safetensors")
     assert _model_folder(plain, "u") == plain
-    flavour = files(tmp_path / "flavour", "MLmodel", "model/config.json", "model/model.safetensors",
-                    "components/tokenizer/vocab.txt", "components/tokenizer/tokenizer_config.json")
+    flavour = files(
+        tmp_path / "flavour",
+        "MLmodel",
+        "model/config.json",
+        "model/model.safetensors",
+        "components/tokenizer/vocab.txt",
+        "components/tokenizer/tokenizer_config.json",
+    )
     assert _model_folder(flavour, "u") == flavour / "model"
     assert (flavour / "model" / "vocab.txt").is_file(), "the tokenizer is put beside the model"
     nested = files(tmp_path / "nested", "artifacts/hf/config.json", "artifacts/hf/pytorch_model.bin", "README.md")

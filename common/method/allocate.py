@@ -27,15 +27,17 @@ from .fisher import MaskGradients
 from .search import check_constraint, search_flops
 
 
-def search_by(allocation: str, grads: MaskGradients, dims: ModelDims, seq_len: float, constraint: float,
-              start: int = 0) -> Masks:  # fmt: skip
+def search_by(
+    allocation: str, grads: MaskGradients, dims: ModelDims, seq_len: float, constraint: float, start: int = 0
+) -> Masks:
     """The FLOPs search over the layers from ``start`` up (``constraint`` of their dense MACs), with the budget
     split between them by ``allocation``: global, uniform or block."""
     heads, neurons = grads.head_importance()[start:], grads.neuron_importance()[start:]
     top = dataclasses.replace(dims, num_layers=len(heads))
     if allocation == "block":
-        return search_flops_block(grads.head[:, start:], grads.neuron[:, start:], heads, neurons, top, seq_len,
-                                  constraint)  # fmt: skip
+        return search_flops_block(
+            grads.head[:, start:], grads.neuron[:, start:], heads, neurons, top, seq_len, constraint
+        )
     if allocation == "uniform":
         return uniform_masks(heads, neurons, top, seq_len, constraint)
     return search_flops(heads, neurons, top, seq_len, constraint)
@@ -56,9 +58,12 @@ def removal_curve(rows: torch.Tensor, importance: torch.Tensor) -> tuple[torch.T
 
 def allocate(curves: list[torch.Tensor], costs: list[float], budget: float) -> list[int]:
     """Units kept per block: minimise ``sum_j curves[j][k_j]`` subject to ``sum_j costs[j] * k_j <= budget``."""
+
     def pick(price: float) -> list[int]:
-        return [int(torch.argmin(c + price * w * torch.arange(len(c), dtype=c.dtype)))
-                for c, w in zip(curves, costs, strict=True)]
+        return [
+            int(torch.argmin(c + price * w * torch.arange(len(c), dtype=c.dtype)))
+            for c, w in zip(curves, costs, strict=True)
+        ]
 
     def spent(ks: list[int]) -> float:
         return sum(k * w for k, w in zip(ks, costs, strict=True))
@@ -74,8 +79,11 @@ def allocate(curves: list[torch.Tensor], costs: list[float], budget: float) -> l
     ks = pick(high)
     left = budget - spent(ks)
     while True:  # fill what the relaxation left: the best loss saved per MAC that still fits
-        gains = [((c[k] - c[k + 1]) / w, j) for j, (c, w, k) in enumerate(zip(curves, costs, ks, strict=True))
-                 if k + 1 < len(c) and w <= left + 1e-9]
+        gains = [
+            ((c[k] - c[k + 1]) / w, j)
+            for j, (c, w, k) in enumerate(zip(curves, costs, ks, strict=True))
+            if k + 1 < len(c) and w <= left + 1e-9
+        ]
         if not gains:
             return ks
         _, j = max(gains)
@@ -83,8 +91,15 @@ def allocate(curves: list[torch.Tensor], costs: list[float], budget: float) -> l
         left -= costs[j]
 
 
-def search_flops_block(head_rows: torch.Tensor, neuron_rows: torch.Tensor, head_importance: torch.Tensor,
-                       neuron_importance: torch.Tensor, dims: ModelDims, seq_len: float, constraint: float) -> Masks:
+def search_flops_block(
+    head_rows: torch.Tensor,
+    neuron_rows: torch.Tensor,
+    head_importance: torch.Tensor,
+    neuron_importance: torch.Tensor,
+    dims: ModelDims,
+    seq_len: float,
+    constraint: float,
+) -> Masks:
     """Masks within ``constraint`` of the dense MACs of these layers (``head_rows`` [R, L, H], ``neuron_rows``
     [R, L, F] gradient rows; importances [L, H], [L, F] with -inf for unavailable units), the budget split between
     the blocks by the block-diagonal Fisher (module docstring)."""

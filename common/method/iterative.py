@@ -45,14 +45,22 @@ def iterative_fisher(
     the loss (see :func:`~fastprune.common.method.fisher.collect_mask_gradients`)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    grads = collect_mask_gradients(model, batches, device=device, progress=progress, labels=labels, seed=seed,
-                                   task=task)
+    grads = collect_mask_gradients(
+        model, batches, device=device, progress=progress, labels=labels, seed=seed, task=task
+    )
     for k, target in enumerate(schedule(constraint, steps)[:-1]):
         masks = search(grads, target)
         if grads.available is not None:
             masks = Masks(masks.head * grads.available.head, masks.neuron * grads.available.neuron)
-        log.info("iterative Fisher step %d/%d: constraint %.3f, %d heads and %d neurons kept", k + 1, steps, target,
-                 int(masks.head.sum()), int(masks.neuron.sum()))  # fmt: skip
-        grads = collect_mask_gradients(model, batches, masks=masks, device=device, progress=progress, labels=labels,
-                                       seed=seed + k + 1, task=task)  # fmt: skip
+        log.info(
+            "iterative Fisher step %d/%d: constraint %.3f, %d heads and %d neurons kept",
+            k + 1,
+            steps,
+            target,
+            int(masks.head.sum()),
+            int(masks.neuron.sum()),
+        )
+        grads = collect_mask_gradients(
+            model, batches, masks=masks, device=device, progress=progress, labels=labels, seed=seed + k + 1, task=task
+        )
     return grads

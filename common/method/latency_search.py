@@ -153,6 +153,4 @@ def search_latency(
 
 def _check_shape(tensor: torch.Tensor, expected: tuple[int, int], name: str) -> None:
     if tuple(tensor.shape) != expected:
-        raise ConfigError(
-            f"{name} must have shape {list(expected)} to match the table, got {list(tensor.shape)}"
-        )
+        raise ConfigError(f"{name} must have shape {list(expected)} to match the table, got {list(tensor.shape)}")

@@ -35,20 +35,6 @@ BlockKind = str  # "head" (attention block) or "neuron" (FFN block)
 # ----- small helpers ------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ----- the piecewise-linear fit -------------------------------------------------------------------
 class BlockFit(BaseModel):
     """latency(n) = 0 for n = 0, ``flat_ms`` for 0 < n <= ``threshold``, and
@@ -305,31 +291,4 @@ def _bind(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
 # ----- cost of masks and the latency-constrained search --------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # ----- end-to-end profiling ------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -88,8 +88,9 @@ def _damping(gram: torch.Tensor, ridge: float, bias: bool = True) -> torch.Tenso
     """The ridge term of a system over weight columns with a bias column last (``bias``; else weight columns only):
     ``ridge`` times the mean diagonal of the weight columns, and nothing on the bias (it is not pulled back)."""
     weights = gram.diagonal()[:-1] if bias else gram.diagonal()
-    damp = torch.full((len(gram),), ridge * float(weights.mean().clamp(min=1e-12)), dtype=gram.dtype,
-                      device=gram.device)  # fmt: skip
+    damp = torch.full(
+        (len(gram),), ridge * float(weights.mean().clamp(min=1e-12)), dtype=gram.dtype, device=gram.device
+    )
     if bias:
         damp[-1] = 0.0
     return torch.diag(damp)
@@ -105,8 +106,9 @@ class LeastSquares:
         self.btb = 0.0
 
     @classmethod
-    def collect(cls, data, n_in: int, n_out: int, device, folds: int = 1,
-                columns: torch.Tensor | None = None) -> list[LeastSquares]:  # fmt: skip
+    def collect(
+        cls, data, n_in: int, n_out: int, device, folds: int = 1, columns: torch.Tensor | None = None
+    ) -> list[LeastSquares]:
         """The statistics of ``data``'s batches, dealt round-robin into ``folds`` parts; of the input ``columns``
         only, when given."""
         parts = [cls(n_in, n_out, device) for _ in range(folds)]
@@ -131,15 +133,23 @@ class LeastSquares:
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
 
-def cross_validated_ridge(folds: list[LeastSquares], proj: nn.Linear | Columns, mask_row: torch.Tensor, unit_size: int,
-                          grid: tuple[float, ...] = RIDGE_GRID) -> float:
+def cross_validated_ridge(
+    folds: list[LeastSquares],
+    proj: nn.Linear | Columns,
+    mask_row: torch.Tensor,
+    unit_size: int,
+    grid: tuple[float, ...] = RIDGE_GRID,
+) -> float:
     """The ridge of ``grid`` whose refit, fit on one fold of the tuning batches, reconstructs the other fold best
     (two-fold cross-validation of the block's reconstruction error)."""
     a, b = folds
 
     def held_out(ridge: float) -> float:
-        errors = [other.error(fit[0]) for fold, other in ((a, b), (b, a))
-                  if (fit := refit(fold, proj, mask_row, unit_size, ridge)) is not None]  # fmt: skip
+        errors = [
+            other.error(fit[0])
+            for fold, other in ((a, b), (b, a))
+            if (fit := refit(fold, proj, mask_row, unit_size, ridge)) is not None
+        ]
         return sum(errors) if len(errors) == 2 else float("inf")
 
     return min(grid, key=held_out)
@@ -173,7 +183,8 @@ def _removal_costs(inv: torch.Tensor, theta: torch.Tensor, unit_size: int, units
     n = units * unit_size
     if unit_size == 1:
         return theta[:n].pow(2).sum(1) / inv.diagonal()[:n].clamp(min=1e-30)
-    blocks = torch.stack([inv[u * unit_size:(u + 1) * unit_size, u * unit_size:(u + 1) * unit_size]
-                          for u in range(units)])  # fmt: skip
+    blocks = torch.stack(
+        [inv[u * unit_size : (u + 1) * unit_size, u * unit_size : (u + 1) * unit_size] for u in range(units)]
+    )
     t = theta[:n].view(units, unit_size, -1)
     return torch.einsum("uik,uij,ujk->u", t, torch.linalg.pinv(blocks), t)

@@ -53,10 +53,15 @@ def rearrange_masks(masks: Masks, grads: MaskGradients) -> Masks:
     """Rearrange every layer's heads and neurons; per-layer kept counts stay as they are. Units outside
     ``grads.available`` (pruned by an earlier iterative step) stay pruned."""
     available = grads.available or Masks.ones_like(masks)
-    head = torch.stack([_rearrange_available(masks.head[i], grads.head[:, i], available.head[i])
-                        for i in range(masks.head.shape[0])])  # fmt: skip
-    neuron = torch.stack([_rearrange_available(masks.neuron[i], grads.neuron[:, i], available.neuron[i])
-                          for i in range(masks.neuron.shape[0])])  # fmt: skip
+    head = torch.stack(
+        [_rearrange_available(masks.head[i], grads.head[:, i], available.head[i]) for i in range(masks.head.shape[0])]
+    )
+    neuron = torch.stack(
+        [
+            _rearrange_available(masks.neuron[i], grads.neuron[:, i], available.neuron[i])
+            for i in range(masks.neuron.shape[0])
+        ]
+    )
     return Masks(head, neuron)
 
 

@@ -37,10 +37,18 @@ class BudgetResplit:
     within the budget of ``initial`` (the masks tuning starts from).
     ``available`` (from an iterative Fisher) marks units no step may bring back; ``task`` computes the loss."""
 
-    def __init__(self, model: nn.Module, initial: Masks, seq_len: float, device: torch.device | str = "cpu",
-                 labels: LabelSource = "data", available: Masks | None = None,
-                 table: LatencyTable | None = None, allocation: str = "global",
-                 task: Task | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        initial: Masks,
+        seq_len: float,
+        device: torch.device | str = "cpu",
+        labels: LabelSource = "data",
+        available: Masks | None = None,
+        table: LatencyTable | None = None,
+        allocation: str = "global",
+        task: Task | None = None,
+    ) -> None:
         self.model, self.seq_len, self.device, self.labels, self.task = model, seq_len, device, labels, task
         self.allocation = allocation
         self.dims = adapter_for(model).dims(model.config)
@@ -85,14 +93,30 @@ class BudgetResplit:
             measured.head[layer:] *= self.available.head[layer:].to(measured.head)
             measured.neuron[layer:] *= self.available.neuron[layer:].to(measured.neuron)
         with torch.inference_mode(False), torch.enable_grad():
-            grads = collect_mask_gradients(self.model, batches, masks=measured, device=self.device, progress=False,
-                                           labels=self.labels, start=(layer, hidden), task=self.task)  # fmt: skip
+            grads = collect_mask_gradients(
+                self.model,
+                batches,
+                masks=measured,
+                device=self.device,
+                progress=False,
+                labels=self.labels,
+                start=(layer, hidden),
+                task=self.task,
+            )
         share, chosen = self._split(grads, layer, left)
         before = (int((masks.head[layer] != 0).sum()), int((masks.neuron[layer] != 0).sum()))
         masks.head[layer:] = chosen.head.to(masks.head)
         masks.neuron[layer:] = chosen.neuron.to(masks.neuron)
         after = (int(chosen.head[0].sum()), int(chosen.neuron[0].sum()))
-        self.log.append({"layer": layer, "share": share, "heads": [before[0], after[0]],
-                         "neurons": [before[1], after[1]]})  # fmt: skip
-        log.info("re-split at layer %d: %.3f of the layers above kept; heads %d -> %d, neurons %d -> %d", layer, share,
-                 before[0], after[0], before[1], after[1])  # fmt: skip
+        self.log.append(
+            {"layer": layer, "share": share, "heads": [before[0], after[0]], "neurons": [before[1], after[1]]}
+        )
+        log.info(
+            "re-split at layer %d: %.3f of the layers above kept; heads %d -> %d, neurons %d -> %d",
+            layer,
+            share,
+            before[0],
+            after[0],
+            before[1],
+            after[1],
+        )

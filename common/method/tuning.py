@@ -156,10 +156,6 @@ def _try_run(layer: nn.Module, hidden: torch.Tensor, call: _LayerCall) -> None:
         pass
 
 
-
-
-
-
 def tune_masks(
     model: nn.Module,
     masks: Masks,
@@ -221,8 +217,16 @@ def tune_masks(
                 mask_row = student.head[i] if block == "attention" else student.neuron[i]
                 proj = adapter.linear(layer, _PROJECTION[block])
                 if mode != "scales":
-                    report, params = _refit_block(data, proj, mask_row, dims.head_size if block == "attention" else 1,
-                                                  ridge, i, block, reselect=mode == "reselect")  # fmt: skip
+                    report, params = _refit_block(
+                        data,
+                        proj,
+                        mask_row,
+                        dims.head_size if block == "attention" else 1,
+                        ridge,
+                        i,
+                        block,
+                        reselect=mode == "reselect",
+                    )
                     new = {weight_key(i, _PROJECTION[block], name): value.cpu() for name, value in params.items()}
                     student.weights.update(new)
                     refits.enter_context(weights_applied(model, new, adapter))
@@ -330,8 +334,16 @@ def _scale_equations(data, proj: nn.Linear, block: str, dims) -> NormalEquations
     return eq
 
 
-def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, ridge: Ridge, layer: int,
-                 block: str, reselect: bool = False) -> tuple[BlockReport, dict[str, torch.Tensor]]:  # fmt: skip
+def _refit_block(
+    data,
+    proj: nn.Linear,
+    mask_row: torch.Tensor,
+    unit_size: int,
+    ridge: Ridge,
+    layer: int,
+    block: str,
+    reselect: bool = False,
+) -> tuple[BlockReport, dict[str, torch.Tensor]]:
     """The kept columns and the bias of ``proj`` refit (see the module doc): the report and the new ``weight``
     and ``bias`` (empty when nothing was refit); ``mask_row`` becomes binary, its scales folded into the weights.
     ``reselect`` first re-chooses which units the block keeps (as many as before) by their least-squares error
@@ -342,8 +354,14 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
     if not reselect:  # the refit needs the statistics of the kept columns only (the pruned ones stay 0)
         cols = ((mask_row != 0).nonzero() * unit_size + torch.arange(unit_size, device=mask_row.device)).flatten()
         fitted, mask_row = Columns(proj.weight[:, cols], proj.bias), mask_row[mask_row != 0].clone()
-    folds = LeastSquares.collect(data, fitted.weight.shape[1], fitted.weight.shape[0], fitted.weight.device,
-                                  folds=2 if ridge == "auto" else 1, columns=cols)  # fmt: skip
+    folds = LeastSquares.collect(
+        data,
+        fitted.weight.shape[1],
+        fitted.weight.shape[0],
+        fitted.weight.device,
+        folds=2 if ridge == "auto" else 1,
+        columns=cols,
+    )
     stats = folds[0] if len(folds) == 1 else folds[0] + folds[1]
     before = stats.error(current_map(fitted, mask_row, unit_size))
     kept = int((mask_row != 0).sum())
@@ -368,31 +386,14 @@ def _refit_block(data, proj: nn.Linear, mask_row: torch.Tensor, unit_size: int, 
         return BlockReport(layer, block, False, before, before, float(mask_row.abs().max()), "solver failed"), {}
     theta, after = fit
     if cols is not None:  # back to every input column
-        theta = torch.cat([theta.new_zeros(full_proj.in_features, theta.shape[1]).index_copy(0, cols, theta[:-1]),
-                           theta[-1:]])  # fmt: skip
+        theta = torch.cat(
+            [theta.new_zeros(full_proj.in_features, theta.shape[1]).index_copy(0, cols, theta[:-1]), theta[-1:]]
+        )
     full_row.copy_((full_row != 0).to(full_row.dtype))
     params = {"weight": theta[:-1].T.to(full_proj.weight.dtype).contiguous()}  # pruned columns 0 (masks 0 too)
     if full_proj.bias is not None:  # a family without biases keeps none
         params["bias"] = theta[-1].to(full_proj.bias.dtype)
     return BlockReport(layer, block, True, before, after, 1.0, f"{note}refit {kept} units"), params
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _advance(adapter, layer, student: Masks, i, hidden, calls, head_size) -> list[torch.Tensor]:

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def heldout_loss(model: nn.Module, masks: Masks, batches: list[dict], device: torch.device | str = "cpu",
-                 task: Task | None = None) -> float:
+def heldout_loss(
+    model: nn.Module, masks: Masks, batches: list[dict], device: torch.device | str = "cpu", task: Task | None = None
+) -> float:
     """The task loss (against the data's labels) of the masked model, averaged over examples of the held-out
     batches. ``task`` computes the loss (by default the built-in task that fits the model's head)."""
     task = task or task_for_model(model)
@@ -37,8 +38,9 @@ def heldout_loss(model: nn.Module, masks: Masks, batches: list[dict], device: to
 class StageValidator:
     """Chooses between a stage's input and output masks by held-out loss, and records the decisions."""
 
-    def __init__(self, model: nn.Module, batches: list[dict], device: torch.device | str = "cpu",
-                 task: Task | None = None):
+    def __init__(
+        self, model: nn.Module, batches: list[dict], device: torch.device | str = "cpu", task: Task | None = None
+    ):
         self.model, self.batches, self.device, self.task = model, batches, device, task
         self.report: dict[str, dict] = {}
         self._last: tuple[Masks, float] | None = None  # the last chosen masks and their loss
@@ -54,6 +56,11 @@ class StageValidator:
         accepted = loss_after <= loss_before
         self.report[stage] = {"loss_before": loss_before, "loss_after": loss_after, "accepted": accepted}
         self._last = (after, loss_after) if accepted else (before, loss_before)
-        log.info("stage %s: held-out loss %.4f -> %.4f (%s)", stage, loss_before, loss_after,
-                 "kept" if accepted else "rejected")  # fmt: skip
+        log.info(
+            "stage %s: held-out loss %.4f -> %.4f (%s)",
+            stage,
+            loss_before,
+            loss_after,
+            "kept" if accepted else "rejected",
+        )
         return self._last[0]

@@ -19,12 +19,27 @@ from typing import Any
 from ..errors import FastpruneError, IntegrityError, UnsupportedArchitectureError
 from .arch import STRUCTURE_KEY, adapter_for
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
-                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 CONVERT_HINT = (
-    "convert it to safetensors once, where you trust the file: python -c \"from transformers import "
+    'convert it to safetensors once, where you trust the file: python -c "from transformers import '
     "AutoModelForSequenceClassification as M; M.from_pretrained('OLD').save_pretrained('NEW')\" (transformers "
     "5 writes safetensors; with transformers 4 add safe_serialization=True; AutoModelForQuestionAnswering for a QA "
     "model; copy the tokenizer files too)"
@@ -42,8 +57,10 @@ class TensorInfo:
 
 
 def _corrupt(path: Path, why: str) -> IntegrityError:
-    return IntegrityError(f"{path} is not a valid safetensors file: {why}; expected a complete file written by "
-                          "safetensors (save_pretrained): copy or export it again")
+    return IntegrityError(
+        f"{path} is not a valid safetensors file: {why}; expected a complete file written by "
+        "safetensors (save_pretrained): copy or export it again"
+    )
 
 
 def read_header(path: str | Path) -> dict[str, TensorInfo]:
@@ -75,17 +92,25 @@ def read_header(path: str | Path) -> dict[str, TensorInfo]:
             raise _corrupt(path, f"tensor {name!r} has {end - begin} bytes for shape {list(info.shape)} {info.dtype}")
         end_of_data = max(end_of_data, end)
     if end_of_data != size - 8 - length:
-        raise _corrupt(path, f"its tensors need {end_of_data} bytes of data but the file holds {size - 8 - length} "
-                             "(truncated or corrupt)")
+        raise _corrupt(
+            path,
+            f"its tensors need {end_of_data} bytes of data but the file holds {size - 8 - length} "
+            "(truncated or corrupt)",
+        )
     return tensors
 
 
 def _entry(path: Path, name: str, entry: Any) -> TensorInfo:
-    ok = (isinstance(entry, dict) and entry.get("dtype") in _DTYPE_BYTES and isinstance(entry.get("shape"), list)
-          and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"])
-          and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
-          and all(isinstance(o, int) and not isinstance(o, bool) for o in entry["data_offsets"])
-          and 0 <= entry["data_offsets"][0] <= entry["data_offsets"][1])
+    ok = (
+        isinstance(entry, dict)
+        and entry.get("dtype") in _DTYPE_BYTES
+        and isinstance(entry.get("shape"), list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"])
+        and isinstance(entry.get("data_offsets"), list)
+        and len(entry["data_offsets"]) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in entry["data_offsets"])
+        and 0 <= entry["data_offsets"][0] <= entry["data_offsets"][1]
+    )
     if not ok or not isinstance(entry, dict):
         raise _corrupt(path, f"the header entry of tensor {name!r} is malformed (corrupt)")
     return TensorInfo(entry["dtype"], tuple(entry["shape"]))
@@ -102,7 +127,8 @@ def check_weights_format(folder: str | Path, allow_pickle: bool = False) -> None
         raise PickleCheckpointError(
             f"{folder} holds pickle weights only ({', '.join(pickles)}), which can run code when loaded: fastprune "
             f"reads safetensors only. Either {CONVERT_HINT}, or pass --allow-pickle (allow_pickle=True) if you "
-            "trust the file")
+            "trust the file"
+        )
 
 
 # ----- pruned configs ---------------------------------------------------------------------------------------
@@ -126,17 +152,24 @@ def model_class(config, where: str):
     architectures = getattr(config, "architectures", None) or []
     name = architectures[0] if architectures else None
     if not isinstance(name, str) or name not in allowed or len(architectures) != 1:
-        raise IntegrityError(f"{where}/config.json names architectures {architectures!r}: expected exactly one of "
-                             f"{sorted(allowed)} (model_type {config.model_type!r})")
+        raise IntegrityError(
+            f"{where}/config.json names architectures {architectures!r}: expected exactly one of "
+            f"{sorted(allowed)} (model_type {config.model_type!r})"
+        )
     return allowed[name]
 
 
 def _counts(structure: dict, key: str, layers: int, limit: int, where: str) -> list[int]:
     values = structure.get(key)
-    if not isinstance(values, list) or len(values) != layers or not all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= limit for v in values):
-        raise IntegrityError(f"{where}/config.json: {STRUCTURE_KEY}.{key} must list {layers} integers from 0 to "
-                             f"{limit} (one per layer, at most the config's), got {str(values)[:200]}")
+    if (
+        not isinstance(values, list)
+        or len(values) != layers
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= limit for v in values)
+    ):
+        raise IntegrityError(
+            f"{where}/config.json: {STRUCTURE_KEY}.{key} must list {layers} integers from 0 to "
+            f"{limit} (one per layer, at most the config's), got {str(values)[:200]}"
+        )
     return values
 
 
@@ -154,24 +187,35 @@ def check_pruned_config(config, tensors: dict[str, TensorInfo], where: str) -> N
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise IntegrityError(f"{where}/config.json: {name} must be a positive integer, got {value!r}")
     if not adapter.cfg_head_size and dims.hidden_size % dims.num_heads:
-        raise IntegrityError(f"{where}/config.json: hidden size {dims.hidden_size} is not a multiple of the "
-                             f"{dims.num_heads} heads")
+        raise IntegrityError(
+            f"{where}/config.json: hidden size {dims.hidden_size} is not a multiple of the {dims.num_heads} heads"
+        )
     structure = getattr(config, STRUCTURE_KEY, None)
     if structure is None:
         return
     if not isinstance(structure, dict) or not structure:
-        raise IntegrityError(f"{where}/config.json: {STRUCTURE_KEY} must be an object with num_heads and "
-                             f"intermediate_size lists, got {str(structure)[:200]}")
+        raise IntegrityError(
+            f"{where}/config.json: {STRUCTURE_KEY} must be an object with num_heads and "
+            f"intermediate_size lists, got {str(structure)[:200]}"
+        )
     _counts(structure, "num_heads", dims.num_layers, dims.num_heads, where)
     _counts(structure, "intermediate_size", dims.num_layers, dims.intermediate_size, where)
     if "num_key_value_heads" in structure:
         _counts(structure, "num_key_value_heads", dims.num_layers, dims.kv_heads, where)
     groups = structure.get("head_groups")
-    if groups is not None and not (isinstance(groups, list) and len(groups) == dims.num_layers and all(
-            isinstance(g, list) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < dims.kv_heads
-                                        for i in g) for g in groups)):
-        raise IntegrityError(f"{where}/config.json: {STRUCTURE_KEY}.head_groups must list, per layer, the key/value "
-                             f"group (0 to {dims.kv_heads - 1}) of each kept head, got {str(groups)[:200]}")
+    if groups is not None and not (
+        isinstance(groups, list)
+        and len(groups) == dims.num_layers
+        and all(
+            isinstance(g, list)
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < dims.kv_heads for i in g)
+            for g in groups
+        )
+    ):
+        raise IntegrityError(
+            f"{where}/config.json: {STRUCTURE_KEY}.head_groups must list, per layer, the key/value "
+            f"group (0 to {dims.kv_heads - 1}) of each kept head, got {str(groups)[:200]}"
+        )
 
 
 def check_shapes(expected: dict, tensors: dict[str, TensorInfo], where: str) -> None:
@@ -181,8 +225,10 @@ def check_shapes(expected: dict, tensors: dict[str, TensorInfo], where: str) -> 
         found = tensors.get(name)
         if found is None or found.shape != tuple(tensor.shape):
             got = "missing" if found is None else f"of shape {list(found.shape)}"
-            raise IntegrityError(f"{where}: the weights do not match config.json: {name} should be "
-                                 f"{list(tensor.shape)}, the file's is {got}")
+            raise IntegrityError(
+                f"{where}: the weights do not match config.json: {name} should be "
+                f"{list(tensor.shape)}, the file's is {got}"
+            )
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise IntegrityError(f"{where}: the weights hold tensors the config's model does not have: {extra[:5]}")

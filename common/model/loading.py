@@ -25,8 +25,11 @@ _DEVICE = re.compile(r"(?P<kind>cpu|cuda|mps)(?::(?P<index>\d+))?")
 def available_devices() -> list[str]:
     """The devices this machine can run on: ``cpu``, ``cuda:0``... and ``mps``."""
     mps = getattr(torch.backends, "mps", None)
-    return (["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
-            + (["mps"] if mps is not None and mps.is_available() else []))
+    return (
+        ["cpu"]
+        + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+        + (["mps"] if mps is not None and mps.is_available() else [])
+    )
 
 
 def check_device(device: str | None, available: bool = True) -> str:
@@ -36,21 +39,27 @@ def check_device(device: str | None, available: bool = True) -> str:
         return "auto"
     match = _DEVICE.fullmatch(str(device).strip().lower())
     if match is None or (match["kind"] != "cuda" and match["index"] not in (None, "0")):
-        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps (available here: "
-                          f"{', '.join(available_devices())})")
+        raise ConfigError(
+            f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps (available here: "
+            f"{', '.join(available_devices())})"
+        )
     if available:
         here = available_devices()
         kind, index = match["kind"], int(match["index"] or 0)
         if kind == "cuda" and not any(d.startswith("cuda") for d in here):
-            raise ConfigError(f"device {device!r} is not available: this machine has no CUDA GPU (available: "
-                              f"{', '.join(here)})")
+            raise ConfigError(
+                f"device {device!r} is not available: this machine has no CUDA GPU (available: {', '.join(here)})"
+            )
         if kind == "cuda" and f"cuda:{index}" not in here:
             count = sum(d.startswith("cuda") for d in here)
-            raise ConfigError(f"device {device!r} is not available: this machine has {count} CUDA GPU"
-                              f"{'s' if count > 1 else ''} (available: {', '.join(here)})")
+            raise ConfigError(
+                f"device {device!r} is not available: this machine has {count} CUDA GPU"
+                f"{'s' if count > 1 else ''} (available: {', '.join(here)})"
+            )
         if kind == "mps" and "mps" not in here:
-            raise ConfigError(f"device {device!r} is not available: this machine has no Apple MPS (available: "
-                              f"{', '.join(here)})")
+            raise ConfigError(
+                f"device {device!r} is not available: this machine has no Apple MPS (available: {', '.join(here)})"
+            )
     return str(device).strip().lower()
 
 
@@ -105,19 +114,29 @@ def load_model(
     else:
         cls = task.auto_model_class()
         try:
-            model = cls.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                        use_safetensors=None if allow_pickle else True).to(device).eval()
+            model = (
+                cls.from_pretrained(
+                    source, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
+                )
+                .to(device)
+                .eval()
+            )
         except OSError as e:
             if allow_pickle or Path(source).is_dir():
                 raise ModelTaskMismatchError(f"cannot load the model weights of {where}: {e}") from e
-            raise PickleCheckpointError(f"cannot load safetensors weights of {where} ({str(e).splitlines()[0]}): "
-                                        "fastprune reads safetensors only; if the model has pickle weights only, "
-                                        f"either {CONVERT_HINT}, or pass --allow-pickle (allow_pickle=True) if you "
-                                        "trust the file") from e
+            raise PickleCheckpointError(
+                f"cannot load safetensors weights of {where} ({str(e).splitlines()[0]}): "
+                "fastprune reads safetensors only; if the model has pickle weights only, "
+                f"either {CONVERT_HINT}, or pass --allow-pickle (allow_pickle=True) if you "
+                "trust the file"
+            ) from e
         tokenizer = None
     if tokenizer_source is not None or tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or source, trust_remote_code=trust_remote_code,
-                                                  **({"config": config} if tokenizer_source is None else {}))
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_source or source,
+            trust_remote_code=trust_remote_code,
+            **({"config": config} if tokenizer_source is None else {}),
+        )
     check_tokenizer(tokenizer, config, where)
     log.info("loaded %s (%s) on %s", where, type(model).__name__, device)
     return model, tokenizer

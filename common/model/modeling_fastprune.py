@@ -105,8 +105,13 @@ def _resized(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linea
     """An uninitialised Linear of the new shape, like ``linear`` otherwise (its weights are loaded next)."""
     with warnings.catch_warnings():  # zero-sized layers (every head or neuron pruned) are valid
         warnings.simplefilter("ignore", UserWarning)
-        return nn.Linear(in_features, out_features, bias=linear.bias is not None, device=linear.weight.device,
-                         dtype=linear.weight.dtype)  # fmt: skip
+        return nn.Linear(
+            in_features,
+            out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
 
 
 def _no_heads_forward(self: Any, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:

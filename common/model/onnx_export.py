@@ -59,9 +59,7 @@ def model_output_names(model: nn.Module) -> tuple[str, ...]:
         return QA_OUTPUTS
     if name.endswith("ForSequenceClassification"):
         return ("logits",)
-    raise ConfigError(
-        f"ONNX export supports *ForSequenceClassification and *ForQuestionAnswering models, got {name}"
-    )
+    raise ConfigError(f"ONNX export supports *ForSequenceClassification and *ForQuestionAnswering models, got {name}")
 
 
 def example_inputs(
@@ -139,9 +137,7 @@ def _session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def check_onnx(
-    model: nn.Module, path: str | Path, batch_size: int = 3, seq_len: int = 13, atol: float = 1e-4
-) -> float:
+def check_onnx(model: nn.Module, path: str | Path, batch_size: int = 3, seq_len: int = 13, atol: float = 1e-4) -> float:
     """Largest absolute difference between onnxruntime (CPU) and torch outputs on a random padded
     input; raises ``OnnxExportError`` above ``atol``."""
     input_names, output_names = model_input_names(model), model_output_names(model)

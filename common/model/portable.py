@@ -26,8 +26,10 @@ MODELING_FILE = "modeling_fastprune.py"
 PREFIX = modeling_fastprune.MODEL_TYPE_PREFIX
 CLASS_PREFIX = "Fastprune"
 log = logging.getLogger(__name__)
-_AUTO_CLASSES = {"ForSequenceClassification": "AutoModelForSequenceClassification",
-                 "ForQuestionAnswering": "AutoModelForQuestionAnswering"}  # fmt: skip
+_AUTO_CLASSES = {
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+}
 
 
 def fits_stock_config(structure: dict[str, list[int]], dense_heads: int) -> bool:
@@ -61,9 +63,11 @@ def make_portable(folder: Path, adapter: ArchAdapter, dense_heads: int) -> bool:
         return False
     config_class = model_class.config_class
     module = MODELING_FILE.removesuffix(".py")
-    config.update(model_type=PREFIX + base_type, architectures=[model_class.__name__],
-                  auto_map={"AutoConfig": f"{module}.{config_class.__name__}",
-                            auto_class: f"{module}.{model_class.__name__}"})  # fmt: skip
+    config.update(
+        model_type=PREFIX + base_type,
+        architectures=[model_class.__name__],
+        auto_map={"AutoConfig": f"{module}.{config_class.__name__}", auto_class: f"{module}.{model_class.__name__}"},
+    )
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     shutil.copyfile(modeling_fastprune.__file__, folder / MODELING_FILE)
     return True

@@ -128,11 +128,14 @@ class ProfileResult(BaseModel):
     device: str
     entries: list[ProfileEntry]
 
-    def entry(self, model: str, dtype: str = "float32", batch_size: int | None = None,
-              seq_len: int | None = None) -> ProfileEntry:
+    def entry(
+        self, model: str, dtype: str = "float32", batch_size: int | None = None, seq_len: int | None = None
+    ) -> ProfileEntry:
         for e in self.entries:
-            if (e.model, e.dtype) == (model, dtype_name(dtype)) and batch_size in (None, e.batch_size) and (
-                seq_len in (None, e.seq_len)
+            if (
+                (e.model, e.dtype) == (model, dtype_name(dtype))
+                and batch_size in (None, e.batch_size)
+                and (seq_len in (None, e.seq_len))
             ):
                 return e
         raise KeyError(f"no profile for model={model!r} dtype={dtype} batch={batch_size} seq={seq_len}")
@@ -174,13 +177,24 @@ def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
     return model.eval()
 
 
-def _stats(model: str, dtype: str, batch: int, seq: int, samples: list[float], repeats: int,
-           warmup: int) -> ProfileEntry:
+def _stats(
+    model: str, dtype: str, batch: int, seq: int, samples: list[float], repeats: int, warmup: int
+) -> ProfileEntry:
     stats = spread.spread(samples)
     return ProfileEntry(
-        model=model, dtype=dtype, batch_size=batch, seq_len=seq, p50_ms=stats.median, p10_ms=stats.p10,
-        p90_ms=stats.p90, mean_ms=float(np.mean(samples)), noisy=stats.noisy,
-        throughput=batch / (stats.median / 1000.0), speedup=1.0, repeats=repeats, warmup=warmup,
+        model=model,
+        dtype=dtype,
+        batch_size=batch,
+        seq_len=seq,
+        p50_ms=stats.median,
+        p10_ms=stats.p10,
+        p90_ms=stats.p90,
+        mean_ms=float(np.mean(samples)),
+        noisy=stats.noisy,
+        throughput=batch / (stats.median / 1000.0),
+        speedup=1.0,
+        repeats=repeats,
+        warmup=warmup,
     )
 
 
@@ -211,9 +225,7 @@ def profile_models(
         prepared = {name: _prepare(m, device, to_dtype(dtype)) for name, m in models.items()}
         for batch in batch_sizes:
             for seq in seq_lens:
-                entries += _profile_setting(
-                    prepared, device, dtype, batch, seq, repeats, warmup, vocab_size, seed
-                )
+                entries += _profile_setting(prepared, device, dtype, batch, seq, repeats, warmup, vocab_size, seed)
     return ProfileResult(device=device_name(device), entries=entries)
 
 
@@ -232,9 +244,7 @@ def _profile_setting(
     calls = [_bind_kwargs(m, inputs) for m in models.values()]
     with torch.inference_mode():
         samples = time_interleaved(calls, device, repeats, warmup)
-    entries = [
-        _stats(name, dtype, batch, seq, s, repeats, warmup) for name, s in zip(models, samples, strict=True)
-    ]
+    entries = [_stats(name, dtype, batch, seq, s, repeats, warmup) for name, s in zip(models, samples, strict=True)]
     for e, s in zip(entries, samples, strict=True):
         speedup = spread.paired_speedup(samples[0], s)
         e.speedup, e.speedup_p10, e.speedup_p90 = speedup.median, speedup.p10, speedup.p90

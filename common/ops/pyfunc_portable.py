@@ -89,9 +89,13 @@ def classify(model, tokenizer, frame: pd.DataFrame, kind: str, max_length: int, 
     probabilities = logits.softmax(-1).double()
     names = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
     labels = pd.Series([names.get(int(i), str(int(i))) for i in probabilities.argmax(-1)], dtype=object)
-    return pd.DataFrame({"label": labels,
-                         "score": probabilities.max(-1).values.numpy(),
-                         "probabilities": probabilities.numpy().tolist()})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "label": labels,
+            "score": probabilities.max(-1).values.numpy(),
+            "probabilities": probabilities.numpy().tolist(),
+        }
+    )
 
 
 def _best_span(start: np.ndarray, end: np.ndarray, offsets: list, n_best: int, max_answer: int):
@@ -122,18 +126,29 @@ def answer(
     """The best answer span of each (question, context) row over its windows of ``max_length`` tokens."""
     missing = [c for c in ("question", "context") if c not in frame.columns]
     if missing:
-        raise _bad_input(f"a question-answering model needs 'question' and 'context' columns; missing {missing}, "
-                         f"got {list(frame.columns)}")  # fmt: skip
+        raise _bad_input(
+            f"a question-answering model needs 'question' and 'context' columns; missing {missing}, "
+            f"got {list(frame.columns)}"
+        )
     if frame.empty:
         return pd.DataFrame({c: [] for c in QA_COLUMNS})
     questions = [q.lstrip() for q in frame["question"].astype(str)]
     contexts = frame["context"].astype(str).tolist()
     longest = max(len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"])
     if max_length - longest - tokenizer.num_special_tokens_to_add(pair=True) <= doc_stride:
-        raise _bad_input(f"a question of {longest} tokens leaves too little room for the context in "
-                         f"{max_length} tokens: shorten it")  # fmt: skip
-    enc = tokenizer(questions, contexts, truncation="only_second", max_length=max_length, stride=doc_stride,
-                    return_overflowing_tokens=True, return_offsets_mapping=True, padding=False)  # fmt: skip
+        raise _bad_input(
+            f"a question of {longest} tokens leaves too little room for the context in {max_length} tokens: shorten it"
+        )
+    enc = tokenizer(
+        questions,
+        contexts,
+        truncation="only_second",
+        max_length=max_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+    )
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     features = [{k: list(enc[k][i]) for k in keys} for i in range(len(enc["input_ids"]))]
     left = getattr(tokenizer, "padding_side", "right") == "left"
@@ -181,6 +196,7 @@ class PortableTextModel(PythonModel):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         kind, max_length = self.settings.get("kind", "classification"), int(self.settings.get("max_length", 128))
         if kind == "qa":
-            return answer(self.model, self.tokenizer, frame, max_length,
-                          version_2=bool(self.settings.get("version_2", False)))  # fmt: skip
+            return answer(
+                self.model, self.tokenizer, frame, max_length, version_2=bool(self.settings.get("version_2", False))
+            )
         return classify(self.model, self.tokenizer, frame, kind, max_length)

@@ -55,9 +55,11 @@ def check_tracking_uri(uri: str) -> None:
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.Timeout as e:
-        raise RegistryError(f"the MLflow tracking server at {where} did not answer within {timeout:g} s "
-                            f"({TIMEOUT_ENV}): is it running and reachable? Check --mlflow-uri (the pipeline's "
-                            "mlflow_uri)") from e
+        raise RegistryError(
+            f"the MLflow tracking server at {where} did not answer within {timeout:g} s "
+            f"({TIMEOUT_ENV}): is it running and reachable? Check --mlflow-uri (the pipeline's "
+            "mlflow_uri)"
+        ) from e
     except requests.RequestException as e:
         raise RegistryError(
             f"cannot reach the MLflow tracking server at {where} ({type(e).__name__}): is it running? "
@@ -74,25 +76,30 @@ def mlflow_error(error: MlflowException, where: str, action: str) -> RegistryErr
     timeout says after how long; never a password."""
     message = redact(error.message).splitlines()[0] if error.message else type(error).__name__
     if error.error_code in _AUTH_CODES or re.search(r"\b40[13]\b", message):
-        return RegistryError(f"MLflow at {where} refused the credentials while {action} (authentication failed): "
-                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, to "
-                             "an account the server accepts")
+        return RegistryError(
+            f"MLflow at {where} refused the credentials while {action} (authentication failed): "
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, to "
+            "an account the server accepts"
+        )
     if re.search(r"timed? ?out|Max retries exceeded", message, re.IGNORECASE):
-        return RegistryError(f"MLflow at {where} did not answer while {action}: timed out after "
-                             f"{bound_description()}: {message[:300]}")
+        return RegistryError(
+            f"MLflow at {where} did not answer while {action}: timed out after {bound_description()}: {message[:300]}"
+        )
     return RegistryError(f"MLflow at {where} refused {action}: {message[:500]}")
 
 
-def accuracy_gate(before: float, after: float, max_drop: float, metric: str,
-                  higher_is_better: bool = True) -> tuple[bool, str]:
+def accuracy_gate(
+    before: float, after: float, max_drop: float, metric: str, higher_is_better: bool = True
+) -> tuple[bool, str]:
     """Whether the task metric got worse by at most ``max_drop`` points (dropped, or rose where lower is better, as
     the task's ``higher_is_better`` says), and a sentence saying so."""
     drop = before - after if higher_is_better else after - before
     passed = drop <= max_drop
     verdict = "within" if passed else "more than"
     change = "a drop" if higher_is_better else "a rise"
-    return passed, (f"{metric} {before:.2f} -> {after:.2f}: {change} of {drop:.2f} points, "
-                    f"{verdict} the allowed {max_drop:g}")
+    return passed, (
+        f"{metric} {before:.2f} -> {after:.2f}: {change} of {drop:.2f} points, {verdict} the allowed {max_drop:g}"
+    )
 
 
 def higher_is_better(evaluation: dict) -> bool:
@@ -105,8 +112,13 @@ def higher_is_better(evaluation: dict) -> bool:
 
 def evaluation_gate(evaluation: dict, max_drop: float) -> tuple[bool, str]:
     """:func:`accuracy_gate` on an evaluate stage's result, in its metric's direction."""
-    return accuracy_gate(evaluation["metric_before"], evaluation["metric_after"], max_drop, evaluation["metric"],
-                         higher_is_better(evaluation))
+    return accuracy_gate(
+        evaluation["metric_before"],
+        evaluation["metric_after"],
+        max_drop,
+        evaluation["metric"],
+        higher_is_better(evaluation),
+    )
 
 
 # ----- the pyfunc ------------------------------------------------------------------------------------------
@@ -144,23 +156,6 @@ def log_pruned_model(pruned: Path, task: str, workdir: Path):
 # ----- registration ------------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ----- registered models as a source -------------------------------------------------------------------------------
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))/?$")
 
@@ -169,8 +164,10 @@ def parse_models_uri(uri: str) -> tuple[str, int | None, str | None]:
     """(name, version, alias) of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
     match = _MODELS_URI.match(uri)
     if not match:
-        raise ConfigError(f"bad registered model URI {uri!r}: use models:/NAME/VERSION (e.g. models:/bert-sst2/3) "
-                          "or models:/NAME@ALIAS")
+        raise ConfigError(
+            f"bad registered model URI {uri!r}: use models:/NAME/VERSION (e.g. models:/bert-sst2/3) "
+            "or models:/NAME@ALIAS"
+        )
     version = match["version"]
     return match["name"], int(version) if version else None, match["alias"]
 
@@ -187,8 +184,9 @@ def fetch_registered_model(uri: str, cache_dir: Path, tracking_uri: str | None =
     client = mlflow.MlflowClient(tracking_uri)
     where = redacted(tracking_uri or mlflow.get_tracking_uri())
     try:
-        found = (client.get_model_version_by_alias(name, alias) if alias
-                 else client.get_model_version(name, str(version)))
+        found = (
+            client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+        )
     except MlflowException as e:
         raise RegistryError(f"MLflow at {where} has no {uri}: {e.message}") from None
     exact = f"models:/{name}/{found.version}"
@@ -219,11 +217,13 @@ def _model_folder(root: Path, uri: str) -> Path:
                 shutil.copyfile(file, flavour_model / file.name)
         return flavour_model
     weights = ("*.safetensors", "pytorch_model*.bin")
-    found = sorted(c.parent for c in root.rglob("config.json")
-                   if any(next(c.parent.glob(w), None) for w in weights))
+    found = sorted(c.parent for c in root.rglob("config.json") if any(next(c.parent.glob(w), None) for w in weights))
     if len(found) == 1:
         return found[0]
     listing = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())[:20]
-    what = "several model folders: " + ", ".join(str(f.relative_to(root)) for f in found) if found else (
-        "no Hugging Face model folder (a config.json beside safetensors or pytorch_model.bin weights)")
+    what = (
+        "several model folders: " + ", ".join(str(f.relative_to(root)) for f in found)
+        if found
+        else ("no Hugging Face model folder (a config.json beside safetensors or pytorch_model.bin weights)")
+    )
     raise RegistryError(f"{uri} holds {what}; its files: {listing}")

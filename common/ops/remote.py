@@ -37,8 +37,10 @@ def remote_timeout() -> float:
     except ValueError:
         value = float("nan")
     if not 0 < value <= 3600:
-        raise ConfigError(f"{TIMEOUT_ENV}={text!r} is not a timeout: give seconds, a number in (0, 3600] "
-                          f"(default {DEFAULT_TIMEOUT:g})")
+        raise ConfigError(
+            f"{TIMEOUT_ENV}={text!r} is not a timeout: give seconds, a number in (0, 3600] "
+            f"(default {DEFAULT_TIMEOUT:g})"
+        )
     return value
 
 
@@ -53,8 +55,9 @@ def boto_config(**options):
     from botocore.config import Config
 
     t = remote_timeout()
-    return Config(connect_timeout=t, read_timeout=t, retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
-                  **options)
+    return Config(
+        connect_timeout=t, read_timeout=t, retries={"total_max_attempts": ATTEMPTS, "mode": "standard"}, **options
+    )
 
 
 def apply_remote_timeouts() -> None:
@@ -62,12 +65,15 @@ def apply_remote_timeouts() -> None:
     before the first request; it is idempotent."""
     t = remote_timeout()
     whole = str(max(1, round(t)))  # MLflow and the hub read integers
-    derived = {"MLFLOW_HTTP_REQUEST_TIMEOUT": whole,
-               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(ATTEMPTS - 1),
-               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an integer for MLflow
-               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-               "HF_HUB_DOWNLOAD_TIMEOUT": whole, "HF_HUB_ETAG_TIMEOUT": whole,
-               "AWS_MAX_ATTEMPTS": str(ATTEMPTS)}  # boto3 clients made by others (MLflow's S3 artifact store)
+    derived = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": whole,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(ATTEMPTS - 1),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an integer for MLflow
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+        "HF_HUB_DOWNLOAD_TIMEOUT": whole,
+        "HF_HUB_ETAG_TIMEOUT": whole,
+        "AWS_MAX_ATTEMPTS": str(ATTEMPTS),
+    }  # boto3 clients made by others (MLflow's S3 artifact store)
     ours = os.environ.get("_FASTPRUNE_DERIVED", "")
     for name, value in derived.items():
         if name not in os.environ or name in ours.split(","):
@@ -77,11 +83,36 @@ def apply_remote_timeouts() -> None:
 
 # ----- secrets --------------------------------------------------------------------------------------------------
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]+)@")
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD",
-              "MLFLOW_TRACKING_TOKEN", "KFP_TOKEN", "KFP_COOKIES", "HF_TOKEN")
-THIRD_PARTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "requests", "mlflow", "kfp", "kfp_server_api",
-                       "kubernetes", "huggingface_hub", "httpx", "httpcore", "filelock", "git", "alembic",
-                       "sqlalchemy", "datasets", "fsspec")
+SECRET_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "KFP_TOKEN",
+    "KFP_COOKIES",
+    "HF_TOKEN",
+)
+THIRD_PARTY_LOGGERS = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "requests",
+    "mlflow",
+    "kfp",
+    "kfp_server_api",
+    "kubernetes",
+    "huggingface_hub",
+    "httpx",
+    "httpcore",
+    "filelock",
+    "git",
+    "alembic",
+    "sqlalchemy",
+    "datasets",
+    "fsspec",
+)
 
 
 def redact(text: str) -> str:

@@ -76,12 +76,16 @@ class Report:
             elif kind == "image":
                 path, caption = content
                 data = base64.b64encode(Path(path).read_bytes()).decode()
-                body.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{_inline(caption)}</figcaption></figure>")
+                body.append(
+                    f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{_inline(caption)}</figcaption></figure>"
+                )
             elif kind == "pre":
                 body.append(f"<pre>{html.escape(str(content))}</pre>")
-        return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
-                f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+        return (
+            f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+        )
 
     def write(self, folder: Path, stem: str = "report") -> tuple[Path, Path]:
         """``<stem>.md`` and ``<stem>.html`` in ``folder`` (the pictures are expected there already)."""
@@ -109,14 +113,17 @@ def _pyplot():
     return plt
 
 
-def kept_units_picture(heads: Sequence[int], num_heads: int, neurons: Sequence[int], intermediate_size: int,
-                       path: Path) -> Path:
+def kept_units_picture(
+    heads: Sequence[int], num_heads: int, neurons: Sequence[int], intermediate_size: int, path: Path
+) -> Path:
     """Bars of the attention heads (left) and FFN neurons (right) kept in each layer, against the total."""
     plt = _pyplot()
     layers = list(range(len(heads)))
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.9 + 0.32 * len(layers)), sharey=True)
-    for axis, kept, total, what in ((left, heads, num_heads, "heads"), (right, neurons, intermediate_size,
-                                                                        "FFN neurons")):
+    for axis, kept, total, what in (
+        (left, heads, num_heads, "heads"),
+        (right, neurons, intermediate_size, "FFN neurons"),
+    ):
         axis.barh(layers, [total] * len(layers), color="#e8e8e8")
         axis.barh(layers, kept, color="#1f77b4")
         for y, k in zip(layers, kept, strict=True):
@@ -151,8 +158,16 @@ def pareto_front(points: Sequence[ParetoPoint], higher_is_better: bool = True) -
     return front
 
 
-def pareto_picture(points: Sequence[ParetoPoint], cost_label: str, metric_label: str, metric_before: float,
-                   gate: float, chosen: str | None, path: Path, higher_is_better: bool = True) -> Path:
+def pareto_picture(
+    points: Sequence[ParetoPoint],
+    cost_label: str,
+    metric_label: str,
+    metric_before: float,
+    gate: float,
+    chosen: str | None,
+    path: Path,
+    higher_is_better: bool = True,
+) -> Path:
     """The task metric against the cost kept: every candidate, the Pareto front, the original model, the gate's
     threshold and the chosen candidate."""
     plt = _pyplot()
@@ -162,13 +177,21 @@ def pareto_picture(points: Sequence[ParetoPoint], cost_label: str, metric_label:
     for passed, colour, name in ((True, "#1a7f37", "passes the gate"), (False, "#cf222e", "fails the gate")):
         chosen_set = [p for p in points if p.passed == passed]
         if chosen_set:
-            axis.scatter([p.cost for p in chosen_set], [p.metric for p in chosen_set], color=colour, zorder=2,
-                         label=name)
+            axis.scatter(
+                [p.cost for p in chosen_set], [p.metric for p in chosen_set], color=colour, zorder=2, label=name
+            )
     for p in points:
         axis.annotate(p.label, (p.cost, p.metric), textcoords="offset points", xytext=(5, 5), fontsize=8)
         if p.label == chosen:
-            axis.scatter([p.cost], [p.metric], s=260, facecolors="none", edgecolors="black", zorder=3,
-                         label=f"registered ({p.label})")
+            axis.scatter(
+                [p.cost],
+                [p.metric],
+                s=260,
+                facecolors="none",
+                edgecolors="black",
+                zorder=3,
+                label=f"registered ({p.label})",
+            )
     axis.scatter([1.0], [metric_before], marker="*", s=160, color="black", zorder=2, label="original")
     axis.axhline(gate, linestyle="--", color="#cf222e", linewidth=1, label=f"gate ({gate:.2f})")
     axis.set_xlabel(cost_label)
@@ -190,8 +213,9 @@ def _range(low, high) -> str:
     return "" if low is None or high is None else f" (p10-p90 {low:.2f}-{high:.2f})"
 
 
-def run_report(stages: dict[str, dict], gate: dict, picture: Path | None, title: str, alias: str | None = None
-               ) -> Report:
+def run_report(
+    stages: dict[str, dict], gate: dict, picture: Path | None, title: str, alias: str | None = None
+) -> Report:
     """The report of one pruning run from its stages' ``stage.json`` (keys: pruned, evaluation, and where present
     model, sample, profile, ...) and the gate decision (``passed``, ``reason``)."""
     ev, pruned = stages["evaluation"], stages["pruned"]
@@ -202,64 +226,132 @@ def run_report(stages: dict[str, dict], gate: dict, picture: Path | None, title:
     report.add("p", f"Accuracy gate **{verdict}**: {gate['reason']}." + (f" Alias `{alias}` {moved}." if alias else ""))
     facts = [f"source model `{pruned['source']}`, task {pruned['task']}"]
     if sample:
-        facts.append(f"pruning sample: {sample.get('num_examples')} examples of `{sample.get('train_file')}` "
-                     f"(sha256 `{str(sample.get('train_sha256'))[:16]}…`)")
+        facts.append(
+            f"pruning sample: {sample.get('num_examples')} examples of `{sample.get('train_file')}` "
+            f"(sha256 `{str(sample.get('train_sha256'))[:16]}…`)"
+        )
     if gate.get("pipeline_run"):
         facts.append(f"pipeline run `{gate['pipeline_run']}`")
     report.add("list", facts)
 
     report.add("h2", "Before and after")
     metric = ev["metric"]
-    rows = [[metric, _f(ev["metric_before"]), _f(ev["metric_after"]), f"{-ev['metric_drop']:+.2f} points"],
-            ["FLOPs kept", "1.000", _f(pruned.get("flops_ratio"), 3),
-             f"{_f(pruned.get('flops_ratio_exported'), 3)} as exported (FFNs padded with zero neurons)"
-             if "flops_ratio_exported" in pruned else ""],
-            ["parameters", f"{pruned['params_before']:,}", f"{pruned['params_after']:,}",
-             f"{pruned['params_after'] / pruned['params_before']:.1%} kept"]]
+    rows = [
+        [metric, _f(ev["metric_before"]), _f(ev["metric_after"]), f"{-ev['metric_drop']:+.2f} points"],
+        [
+            "FLOPs kept",
+            "1.000",
+            _f(pruned.get("flops_ratio"), 3),
+            f"{_f(pruned.get('flops_ratio_exported'), 3)} as exported (FFNs padded with zero neurons)"
+            if "flops_ratio_exported" in pruned
+            else "",
+        ],
+        [
+            "parameters",
+            f"{pruned['params_before']:,}",
+            f"{pruned['params_after']:,}",
+            f"{pruned['params_after'] / pruned['params_before']:.1%} kept",
+        ],
+    ]
     if profile:
-        rows.append([f"latency p50 ({profile.get('device', '?')})", _f(profile.get("latency_before_ms"), 2, " ms"),
-                     _f(profile.get("latency_after_ms"), 2, " ms"), f"speedup {_f(profile.get('speedup'), 2, '×')}"
-                     + _range(profile.get("speedup_p10"), profile.get("speedup_p90"))
-                     + (" **noisy**" if profile.get("noisy") else "")])
+        rows.append(
+            [
+                f"latency p50 ({profile.get('device', '?')})",
+                _f(profile.get("latency_before_ms"), 2, " ms"),
+                _f(profile.get("latency_after_ms"), 2, " ms"),
+                f"speedup {_f(profile.get('speedup'), 2, '×')}"
+                + _range(profile.get("speedup_p10"), profile.get("speedup_p90"))
+                + (" **noisy**" if profile.get("noisy") else ""),
+            ]
+        )
         if profile.get("latency_after_onnx_ms") is not None:
-            rows.append([f"latency p50, {profile.get('onnx_model', 'ONNX')} (onnxruntime)",
-                         _f(profile.get("latency_before_ms"), 2, " ms"), _f(profile.get("latency_after_onnx_ms"), 2,
-                                                                            " ms"),
-                         f"speedup {_f(profile.get('speedup_onnx'), 2, '×')} over the original in torch"])
+            rows.append(
+                [
+                    f"latency p50, {profile.get('onnx_model', 'ONNX')} (onnxruntime)",
+                    _f(profile.get("latency_before_ms"), 2, " ms"),
+                    _f(profile.get("latency_after_onnx_ms"), 2, " ms"),
+                    f"speedup {_f(profile.get('speedup_onnx'), 2, '×')} over the original in torch",
+                ]
+            )
     if ev.get("metric_after_onnx") is not None:
-        rows.append([f"{metric}, ONNX (onnxruntime)", _f(ev["metric_before"]), _f(ev["metric_after_onnx"]),
-                     f"{ev['metric_after_onnx'] - ev['metric_before']:+.2f} points"])
+        rows.append(
+            [
+                f"{metric}, ONNX (onnxruntime)",
+                _f(ev["metric_before"]),
+                _f(ev["metric_after_onnx"]),
+                f"{ev['metric_after_onnx'] - ev['metric_before']:+.2f} points",
+            ]
+        )
     report.add("table", (["", "before", "after", "change"], rows))
     if profile.get("noisy"):
-        report.add("p", f"**The latency measurement was noisy**: over {profile.get('repeats', 'its')} interleaved "
-                        "repeats the p10-p90 range of a latency or of the speedup exceeded 20% of its median (a busy "
-                        "machine). Re-measure on a quiet one: `fastprune profile --model ORIGINAL --pruned PRUNED`.")
-    masked = [(name, ev[key]) for name, key in (("after search", "metric_search"), ("after rearrangement",
-              "metric_rearranged"), ("after tuning (masked)", "metric_tuned_masked")) if key in ev]
+        report.add(
+            "p",
+            f"**The latency measurement was noisy**: over {profile.get('repeats', 'its')} interleaved "
+            "repeats the p10-p90 range of a latency or of the speedup exceeded 20% of its median (a busy "
+            "machine). Re-measure on a quiet one: `fastprune profile --model ORIGINAL --pruned PRUNED`.",
+        )
+    masked = [
+        (name, ev[key])
+        for name, key in (
+            ("after search", "metric_search"),
+            ("after rearrangement", "metric_rearranged"),
+            ("after tuning (masked)", "metric_tuned_masked"),
+        )
+        if key in ev
+    ]
     if masked:
-        report.add("p", f"{metric} of the masked model along the way: " +
-                   ", ".join(f"{name} {value:.2f}" for name, value in masked) +
-                   f"; exported model {ev['metric_after']:.2f} ({ev['dev_examples']} dev examples).")
+        report.add(
+            "p",
+            f"{metric} of the masked model along the way: "
+            + ", ".join(f"{name} {value:.2f}" for name, value in masked)
+            + f"; exported model {ev['metric_after']:.2f} ({ev['dev_examples']} dev examples).",
+        )
 
     report.add("h2", "What was pruned")
     if picture is not None:
         report.add("image", (picture, "attention heads and FFN neurons kept per layer"))
-    report.add("p", f"heads kept per layer: `{pruned.get('heads_per_layer')}`; "
-                    f"neurons kept per layer: `{pruned.get('neurons_per_layer')}`")
+    report.add(
+        "p",
+        f"heads kept per layer: `{pruned.get('heads_per_layer')}`; "
+        f"neurons kept per layer: `{pruned.get('neurons_per_layer')}`",
+    )
 
     report.add("h2", "Time per stage")
     seconds = [[info["stage"], _f(info["seconds"], 1)] for info in stages.values() if "seconds" in info]
-    report.add("table", (["stage", "seconds"], seconds + [["total", _f(sum(i["seconds"] for i in stages.values()
-                                                                          if "seconds" in i), 1)]]))
+    report.add(
+        "table",
+        (
+            ["stage", "seconds"],
+            seconds + [["total", _f(sum(i["seconds"] for i in stages.values() if "seconds" in i), 1)]],
+        ),
+    )
     entries = profile.get("profile", {}).get("entries", [])
     if entries:
         report.add("h2", f"Latency on {profile.get('device', '?')}")
-        report.add("p", "Timed interleaved (one call of each model in turn, repeated); medians, with the p10-p90 "
-                        "range over the repeats; each speedup is the median of the per-repeat ratios.")
-        report.add("table", (["model", "dtype", "batch", "seq", "p50 ms", "p10-p90 ms", "seq/s", "speedup",
-                              "speedup p10-p90", ""], [
-            [e["model"], e["dtype"], e["batch_size"], e["seq_len"], _f(e["p50_ms"]),
-             f"{_f(e.get('p10_ms'))}-{_f(e['p90_ms'])}", _f(e["throughput"], 1), _f(e["speedup"], 2, "×"),
-             f"{_f(e.get('speedup_p10'))}-{_f(e.get('speedup_p90'))}", "**noisy**" if e.get("noisy") else ""]
-            for e in entries]))
+        report.add(
+            "p",
+            "Timed interleaved (one call of each model in turn, repeated); medians, with the p10-p90 "
+            "range over the repeats; each speedup is the median of the per-repeat ratios.",
+        )
+        report.add(
+            "table",
+            (
+                ["model", "dtype", "batch", "seq", "p50 ms", "p10-p90 ms", "seq/s", "speedup", "speedup p10-p90", ""],
+                [
+                    [
+                        e["model"],
+                        e["dtype"],
+                        e["batch_size"],
+                        e["seq_len"],
+                        _f(e["p50_ms"]),
+                        f"{_f(e.get('p10_ms'))}-{_f(e['p90_ms'])}",
+                        _f(e["throughput"], 1),
+                        _f(e["speedup"], 2, "×"),
+                        f"{_f(e.get('speedup_p10'))}-{_f(e.get('speedup_p90'))}",
+                        "**noisy**" if e.get("noisy") else "",
+                    ]
+                    for e in entries
+                ],
+            ),
+        )
     return report

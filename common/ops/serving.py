@@ -25,12 +25,14 @@ SERVED_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors
 TEXT_INPUTS = Schema([ColSpec("string", "text"), ColSpec("string", "text_pair", required=False)])
 QA_INPUTS = Schema([ColSpec("string", "question"), ColSpec("string", "context")])
 OUTPUTS = {
-    "classification": Schema([ColSpec("string", "label"), ColSpec("double", "score"),
-                              ColSpec(Array(DataType.double), "probabilities")]),
+    "classification": Schema(
+        [ColSpec("string", "label"), ColSpec("double", "score"), ColSpec(Array(DataType.double), "probabilities")]
+    ),
     "regression": Schema([ColSpec("double", "score")]),
-    "qa": Schema([ColSpec("string", "answer"), ColSpec("long", "start"), ColSpec("long", "end"),
-                  ColSpec("double", "score")]),
-}  # fmt: skip
+    "qa": Schema(
+        [ColSpec("string", "answer"), ColSpec("long", "start"), ColSpec("long", "end"), ColSpec("double", "score")]
+    ),
+}
 
 
 def signature(task: Task) -> ModelSignature:
@@ -83,25 +85,31 @@ def hf_load_snippet(folder: str, task: str) -> str:
     """Python that loads an exported folder with transformers alone (no fastprune)."""
     qa = get_task(task).kind == "qa"
     auto = "AutoModelForQuestionAnswering" if qa else "AutoModelForSequenceClassification"
-    use = ('inputs = tokenizer("Who wrote it?", "It was written by Ann Lee.", return_tensors="pt")\n'
-           "out = model(**inputs)\n"
-           "start, end = int(out.start_logits.argmax()), int(out.end_logits.argmax())\n"
-           'print(tokenizer.decode(inputs["input_ids"][0, start : end + 1]))'
-           if qa else
-           'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
-           'classify("a fine movie")')  # fmt: skip
+    use = (
+        'inputs = tokenizer("Who wrote it?", "It was written by Ann Lee.", return_tensors="pt")\n'
+        "out = model(**inputs)\n"
+        "start, end = int(out.start_logits.argmax()), int(out.end_logits.argmax())\n"
+        'print(tokenizer.decode(inputs["input_ids"][0, start : end + 1]))'
+        if qa
+        else 'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)\nclassify("a fine movie")'
+    )
     imports = f"{auto}, AutoTokenizer" + ("" if qa else ", pipeline")
-    return (f"from transformers import {imports}\n\n"
-            f'model = {auto}.from_pretrained("{folder}", trust_remote_code=True)  # its own modeling code\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n{use}\n')  # fmt: skip
+    return (
+        f"from transformers import {imports}\n\n"
+        f'model = {auto}.from_pretrained("{folder}", trust_remote_code=True)  # its own modeling code\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n{use}\n'
+    )
 
 
 def mlflow_serve_snippet(
     model_uri: str, task: str, tracking_uri: str = "http://mlflow.example.com", port: int = 5001
 ) -> str:
     """Shell commands that serve a registered version in a fresh environment (no fastprune) and query it."""
-    record = ('{"question": "Who wrote it?", "context": "It was written by Ann Lee."}' if get_task(task).kind == "qa"
-              else '{"text": "a fine movie"}')  # fmt: skip
+    record = (
+        '{"question": "Who wrote it?", "context": "It was written by Ann Lee."}'
+        if get_task(task).kind == "qa"
+        else '{"text": "a fine movie"}'
+    )
     return (
         f"python -m venv serve && . serve/bin/activate   # the venv's bin on PATH: mlflow runs uvicorn from it\n"
         f"pip install {' '.join(requirements())}\n"

@@ -42,8 +42,17 @@ from .remote import boto_config, bound_description
 logger = logging.getLogger(__name__)
 
 _CREDENTIAL_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden", "InvalidToken",
-     "ExpiredToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "403",
+        "Forbidden",
+        "InvalidToken",
+        "ExpiredToken",
+        "InvalidClientTokenId",
+        "AuthorizationHeaderMalformed",
+    }
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -60,7 +69,7 @@ def split_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b/`` -> ``("bucket", "a/b")``; rejects keys with ``..`` or empty bucket names."""
     if not is_remote(uri):
         raise StorageError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket:
         raise StorageError(f"no bucket name in {uri!r} (expected s3://bucket/prefix)")
     key = key.strip("/")
@@ -73,8 +82,6 @@ def join_key(prefix: str, relative: str) -> str:
     """The key of ``relative`` under ``prefix``; refuses anything that would escape the prefix."""
     check_relative(relative, what=f"key {relative!r} under prefix {prefix!r}")
     return f"{prefix}/{relative}" if prefix else relative
-
-
 
 
 # --------------------------------------------------------------------------------------------- client
@@ -118,24 +125,31 @@ def _storage_error(exc: BaseException, action: str, bucket: str, key: str, endpo
     target = f"s3://{bucket}/{key}"
     if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
         what = "did not accept a connection" if isinstance(exc, ConnectTimeoutError) else "did not answer"
-        return StorageError(f"the S3 endpoint {endpoint} {what} while {action} {target}: timed out after "
-                            f"{bound_description()}; check AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL and the server")
+        return StorageError(
+            f"the S3 endpoint {endpoint} {what} while {action} {target}: timed out after "
+            f"{bound_description()}; check AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL and the server"
+        )
     if isinstance(exc, BotoConnectionError):
-        return StorageError(f"cannot reach the S3 endpoint {endpoint} while {action} {target} "
-                            f"({type(exc).__name__}, {bound_description()}): check AWS_ENDPOINT_URL / "
-                            "MLFLOW_S3_ENDPOINT_URL and the network")
+        return StorageError(
+            f"cannot reach the S3 endpoint {endpoint} while {action} {target} "
+            f"({type(exc).__name__}, {bound_description()}): check AWS_ENDPOINT_URL / "
+            "MLFLOW_S3_ENDPOINT_URL and the network"
+        )
     if isinstance(exc, NoCredentialsError):
-        return StorageError(f"no S3 credentials found while {action} {target}: "
-                            "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        return StorageError(
+            f"no S3 credentials found while {action} {target}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+        )
     if not isinstance(exc, ClientError):  # botocore messages name parameters, never credential values
         return StorageError(f"S3 error while {action} {target} at {endpoint}: {type(exc).__name__}: {exc}")
     code = _error_code(exc)
     if code == "NoSuchBucket":
         return StorageError(f"bucket {bucket!r} does not exist at {endpoint} (while {action} {target})")
     if code in _CREDENTIAL_CODES:
-        return StorageError(f"S3 at {endpoint} refused the credentials ({code}) while {action} {target}: "
-                            "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) "
-                            "and the bucket permissions")
+        return StorageError(
+            f"S3 at {endpoint} refused the credentials ({code}) while {action} {target}: "
+            "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) "
+            "and the bucket permissions"
+        )
     if code in _MISSING_CODES:
         return StorageError(f"{target} does not exist at {endpoint} (while {action})")
     message = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message", "")
@@ -154,20 +168,6 @@ def _s3_errors(client: Any, action: str, bucket: str, key: str = "") -> Iterator
 
 
 # ------------------------------------------------------------------------------------------- manifest
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------- single files
@@ -218,7 +218,7 @@ def _list_objects(client: Any, bucket: str, prefix: str) -> dict[str, str]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
             for item in page.get("Contents", []):
                 if not item["Key"].endswith("/"):
-                    objects[item["Key"][len(start):]] = item.get("ETag", "")
+                    objects[item["Key"][len(start) :]] = item.get("ETag", "")
     return objects
 
 
@@ -282,10 +282,6 @@ def _download_into(client: Any, bucket: str, key: str, root: Path, rel: str) -> 
     target.parent.mkdir(parents=True, exist_ok=True)
     with _s3_errors(client, "downloading", bucket, key):
         client.download_file(bucket, key, str(target))
-
-
-
-
 
 
 def _download_raw_dir(client: Any, bucket: str, prefix: str, objects: dict[str, str], dest: Path) -> Path:

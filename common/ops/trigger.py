@@ -116,8 +116,9 @@ def _set(client, version: SourceVersion | tuple[str, str], tags: dict[str, str |
             client.set_model_version_tag(name, number, key, str(value)[:500])
 
 
-def mark_succeeded(client, name: str, version: str, run_id: str, pruned_model: str | None = None,
-                   gate: str | None = None) -> None:
+def mark_succeeded(
+    client, name: str, version: str, run_id: str, pruned_model: str | None = None, gate: str | None = None
+) -> None:
     """Record on the source version that ``run_id`` pruned it (into ``pruned_model``): it is never pruned again."""
     tags = {PRUNED_RUN: run_id, STATUS: "succeeded", RUN: run_id, ERROR: None}
     if pruned_model:
@@ -146,8 +147,9 @@ def source_versions(client, name: str, alias: str | None = None, stage: str | No
     if alias:
         aliases = dict(getattr(model, "aliases", {}) or {})
         if alias not in aliases:
-            raise TriggerError(f"registered model {name!r} has no alias {alias!r}; its aliases: "
-                               f"{sorted(aliases) or 'none'}")
+            raise TriggerError(
+                f"registered model {name!r} has no alias {alias!r}; its aliases: {sorted(aliases) or 'none'}"
+            )
         found = [client.get_model_version_by_alias(name, alias)]
     else:
         escaped = name.replace("'", "\\'")
@@ -169,8 +171,13 @@ def _age(tags: dict[str, str], now: datetime) -> timedelta | None:
         return None
 
 
-def decide(version: SourceVersion, state: Callable[[str], str | None], max_attempts: int,
-           stale_after: timedelta, now: datetime | None = None) -> Decision:
+def decide(
+    version: SourceVersion,
+    state: Callable[[str], str | None],
+    max_attempts: int,
+    stale_after: timedelta,
+    now: datetime | None = None,
+) -> Decision:
     """Whether to prune ``version`` now, from its tags (and, for a run in flight, the run's ``state``)."""
     now = now or _now()
     tags = version.tags
@@ -197,8 +204,11 @@ def decide(version: SourceVersion, state: Callable[[str], str | None], max_attem
             status, error = "failed", f"no news of run {run_id or '(none)'} for {_duration(age) if age else 'ever'}"
     if status == "failed":
         if attempts >= max_attempts:
-            return Decision("skip", f"failed {attempts} times, the limit (last: {error}); raise --max-attempts or "
-                                    f"delete the tag {STATUS} to try again")
+            return Decision(
+                "skip",
+                f"failed {attempts} times, the limit (last: {error}); raise --max-attempts or "
+                f"delete the tag {STATUS} to try again",
+            )
         return Decision("retry", f"attempt {attempts + 1} of {max_attempts} after: {error}")
     if status == "succeeded":
         return Decision("skip", f"already pruned by run {run_id}")
@@ -211,17 +221,29 @@ def _duration(delta: timedelta) -> str:
 
 
 # ----- the trigger ---------------------------------------------------------------------------------------------
-def trigger(client, name: str, launcher: Launcher, arguments: dict, *, alias: str | None = None,
-            stage: str | None = None, max_attempts: int = 3, stale_after: timedelta = timedelta(hours=24),
-            limit: int | None = None, dry_run: bool = False, report: Callable[[Outcome], None] | None = None
-            ) -> list[Outcome]:
+def trigger(
+    client,
+    name: str,
+    launcher: Launcher,
+    arguments: dict,
+    *,
+    alias: str | None = None,
+    stage: str | None = None,
+    max_attempts: int = 3,
+    stale_after: timedelta = timedelta(hours=24),
+    limit: int | None = None,
+    dry_run: bool = False,
+    report: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
     """Prune, with ``launcher``, every version of ``name`` (or the one behind ``alias``, or those in ``stage``) not
     pruned yet: one pipeline run per version, with ``arguments`` and ``model=models:/NAME/VERSION``."""
     if max_attempts < 1:
         raise TriggerError(f"max_attempts must be at least 1, got {max_attempts}")
     if arguments.get("registered_model_name") == name:
-        raise TriggerError(f"the pruned models must be registered under another name than the source {name!r} "
-                           "(default: NAME-pruned), or the trigger would prune its own results")
+        raise TriggerError(
+            f"the pruned models must be registered under another name than the source {name!r} "
+            "(default: NAME-pruned), or the trigger would prune its own results"
+        )
     outcomes: list[Outcome] = []
     launched = 0
 
@@ -263,8 +285,9 @@ def _launch(client, launcher: Launcher, version: SourceVersion, arguments: dict,
         raise
     if not result.finished:
         _set(client, version, {STATUS: "submitted", RUN: result.run_id})
-        return Outcome(version, "submitted", f"{decision.reason}; run started {launcher.where}", result.run_id,
-                       result.url)
+        return Outcome(
+            version, "submitted", f"{decision.reason}; run started {launcher.where}", result.run_id, result.url
+        )
     if result.error is not None:
         mark_failed(client, version, result.run_id, result.error)
         return Outcome(version, "failed", result.error, result.run_id, result.url)

@@ -25,13 +25,17 @@ def onnx_signature(path: str | Path) -> dict[str, list[tuple[str, str, list[int]
     def describe(value) -> tuple[str, str, list[int]]:
         tensor = value.type.tensor_type
         if tensor.elem_type not in TRITON_TYPES:
-            raise ConfigError(f"{path}: {value.name} has ONNX element type {tensor.elem_type}, which has no Triton "
-                              f"type here (known: {sorted(TRITON_TYPES)})")  # fmt: skip
+            raise ConfigError(
+                f"{path}: {value.name} has ONNX element type {tensor.elem_type}, which has no Triton "
+                f"type here (known: {sorted(TRITON_TYPES)})"
+            )
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
         return value.name, TRITON_TYPES[tensor.elem_type], dims
 
-    return {"inputs": [describe(v) for v in graph.input if v.name not in initializers],
-            "outputs": [describe(v) for v in graph.output]}  # fmt: skip
+    return {
+        "inputs": [describe(v) for v in graph.input if v.name not in initializers],
+        "outputs": [describe(v) for v in graph.output],
+    }
 
 
 def triton_config(path: str | Path, name: str) -> str:
@@ -39,8 +43,10 @@ def triton_config(path: str | Path, name: str) -> str:
     signature = onnx_signature(path)
 
     def block(kind: str) -> str:
-        entries = ",\n".join(f'  {{\n    name: "{n}"\n    data_type: {t}\n    dims: [ {", ".join(map(str, d))} ]\n  }}'
-                             for n, t, d in signature[kind])  # fmt: skip
+        entries = ",\n".join(
+            f'  {{\n    name: "{n}"\n    data_type: {t}\n    dims: [ {", ".join(map(str, d))} ]\n  }}'
+            for n, t, d in signature[kind]
+        )
         return f"{kind[:-1]} [\n{entries}\n]\n"
 
     return (

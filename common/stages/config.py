@@ -56,8 +56,23 @@ class TuningConfig(TuningChoices, TuningExtras):
     """Mask tuning (layer-wise least squares)."""
 
 
-class PruneConfig(RemoteCode, Columns, EvalBatchSize, Rearrange, ServingDtype, LatencyTable, Device, Allocation,
-                  CostSeqLen, ConstraintMetric, Constraint, DevData, TrainData, Task, ModelSource):
+class PruneConfig(
+    RemoteCode,
+    Columns,
+    EvalBatchSize,
+    Rearrange,
+    ServingDtype,
+    LatencyTable,
+    Device,
+    Allocation,
+    CostSeqLen,
+    ConstraintMetric,
+    Constraint,
+    DevData,
+    TrainData,
+    Task,
+    ModelSource,
+):
     """Everything ``fastprune prune`` needs: the options of every stage (sample, fisher and tuning nested)."""
 
     sample: SampleConfig = SampleConfig()
@@ -76,8 +91,10 @@ class PruneConfig(RemoteCode, Columns, EvalBatchSize, Rearrange, ServingDtype, L
 
 def _check_allocation(allocation: str, metric: str) -> None:
     if allocation != "global" and metric != "flops":
-        raise ConfigError(f"allocation {allocation!r} supports the FLOPs constraint only; use allocation 'global' "
-                          f"with metric {metric!r}")
+        raise ConfigError(
+            f"allocation {allocation!r} supports the FLOPs constraint only; use allocation 'global' "
+            f"with metric {metric!r}"
+        )
 
 
 def _check_latency_dtype(metric: str, dtype: str, device: str) -> None:
@@ -86,14 +103,18 @@ def _check_latency_dtype(metric: str, dtype: str, device: str) -> None:
         return
     where = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if where.type != "cuda":
-        raise ConfigError(f"serving_dtype {dtype} is measured on CUDA devices only, not on {where}: use float32 "
-                          "there, or run the search on a GPU")
+        raise ConfigError(
+            f"serving_dtype {dtype} is measured on CUDA devices only, not on {where}: use float32 "
+            "there, or run the search on a GPU"
+        )
 
 
 def _check_iterative(steps: int, metric: str) -> None:
     if steps > 1 and metric != "flops":
-        raise ConfigError(f"iterative Fisher (fisher_steps={steps}) works with the FLOPs constraint only, not "
-                          f"{metric!r}; use fisher_steps=1 with a latency constraint")
+        raise ConfigError(
+            f"iterative Fisher (fisher_steps={steps}) works with the FLOPs constraint only, not "
+            f"{metric!r}; use fisher_steps=1 with a latency constraint"
+        )
 
 
 # ----- the parameters of each pipeline stage (common/stages/run.py); flat, so the CLI and KFP can map them -----
@@ -135,8 +156,9 @@ class FisherParams(FisherConfig, Device, Constraint, ConstraintMetric, CostSeqLe
         return self
 
 
-class SearchParams(Constraint, ConstraintMetric, CostSeqLen, Device, LatencyTable, ServingDtype, Allocation,
-                   StageParams):
+class SearchParams(
+    Constraint, ConstraintMetric, CostSeqLen, Device, LatencyTable, ServingDtype, Allocation, StageParams
+):
     """Search the masks within the budget."""
 
     @model_validator(mode="after")
@@ -158,15 +180,19 @@ class TuneParams(TuningConfig, Device, StageParams):
 
 class ExportParams(OnnxExport, StageParams):
     neuron_multiple: int = Field(
-        NEURON_MULTIPLE, ge=1, description="pad each layer's FFN with zero neurons to a multiple of this (fast fp16 "
-        "kernels on GPUs need multiples of 8); 1: no padding. Exact: the outputs do not change")
+        NEURON_MULTIPLE,
+        ge=1,
+        description="pad each layer's FFN with zero neurons to a multiple of this (fast fp16 "
+        "kernels on GPUs need multiples of 8); 1: no padding. Exact: the outputs do not change",
+    )
 
 
 class OnnxParams(StageParams):
     """The ONNX folder of an exported model (``fastprune onnx``)."""
 
-    quantize: Literal["none", "int8"] = Field("none", description="none: fp32; int8: onnxruntime dynamic "
-                                              "quantization (per channel)")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="none: fp32; int8: onnxruntime dynamic quantization (per channel)"
+    )
     opset: int = Field(17, ge=14, description="ONNX opset")
 
 

@@ -40,8 +40,9 @@ def fingerprint(folder: Path, names: list[str]) -> str:
 
 def model_fingerprint(folder: Path) -> str:
     """The fingerprint of a model folder: its config and weight files (not the tokenizer or fastprune's notes)."""
-    names = [p.name for p in folder.iterdir() if p.is_file() and (p.name in _MODEL_FILES or
-                                                                  p.suffix in _WEIGHT_SUFFIXES)]
+    names = [
+        p.name for p in folder.iterdir() if p.is_file() and (p.name in _MODEL_FILES or p.suffix in _WEIGHT_SUFFIXES)
+    ]
     return fingerprint(folder, names)
 
 
@@ -50,8 +51,10 @@ def sample_fingerprint(folder: Path) -> str:
     return fingerprint(folder, [p.name for p in folder.iterdir() if p.is_file() and p.suffix == ".parquet"])
 
 
-OWN_LINEAGE = {"prepare": ("model_fingerprint", model_fingerprint), "sample": ("sample_fingerprint",
-                                                                             sample_fingerprint)}
+OWN_LINEAGE = {
+    "prepare": ("model_fingerprint", model_fingerprint),
+    "sample": ("sample_fingerprint", sample_fingerprint),
+}
 """The stages that start a lineage, and the fingerprint each records of its own output."""
 
 
@@ -79,7 +82,8 @@ def inherited_lineage(stage: str, inputs: dict[str, Path | None]) -> dict[str, s
                 raise ConfigError(
                     f"stage {stage}: its inputs come from different runs: {where} ({path}) was made for "
                     f"{_WHAT[key]} {_short(first)} but {name} ({folder}) for {_WHAT[key]} {_short(value)}; give "
-                    f"inputs made from the same model, task and sample")
+                    f"inputs made from the same model, task and sample"
+                )
             seen.setdefault(key, (value, name, folder))
     return {key: value for key, (value, _, _) in seen.items()}
 

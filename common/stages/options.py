@@ -273,8 +273,11 @@ class Columns(Options):
 
 class RemoteCode(Options):
     trust_remote_code: bool = Field(False, description="run the model repository's own code (off: refused)")
-    allow_pickle: bool = Field(False, description="also load pickle weights (pytorch_model.bin, *.pt, *.pth) when the "
-                               "model has no safetensors: only for files you trust (off: refused)")
+    allow_pickle: bool = Field(
+        False,
+        description="also load pickle weights (pytorch_model.bin, *.pt, *.pth) when the "
+        "model has no safetensors: only for files you trust (off: refused)",
+    )
 
 
 # ----- a pipeline run: its inputs, the registration and the cluster ----------------------------------------------
@@ -301,9 +304,11 @@ class RunOptions(Options):
 
 class OnnxExport(Options):
     onnx: Literal["none", "fp32", "int8"] = Field(
-        "none", description="also write the exported model's ONNX folder (model.onnx, config, tokenizer; its onnx/ "
+        "none",
+        description="also write the exported model's ONNX folder (model.onnx, config, tokenizer; its onnx/ "
         "sub-folder), evaluated, profiled and registered with it: fp32, or int8 (onnxruntime dynamic quantization, "
-        "per channel)")
+        "per channel)",
+    )
 
 
 class Objective(Options):

@@ -21,8 +21,12 @@ def looks_local(source: str) -> bool:
     if is_remote(source) or source.startswith("models:/"):
         return False
     path = Path(source).expanduser()
-    return (source.startswith(("/", ".", "~")) or source.count("/") > 1 or path.exists()
-            or path.suffix.lower() in _DATA_SUFFIXES)
+    return (
+        source.startswith(("/", ".", "~"))
+        or source.count("/") > 1
+        or path.exists()
+        or path.suffix.lower() in _DATA_SUFFIXES
+    )
 
 
 def check_exists(source: str | None, what: str) -> None:

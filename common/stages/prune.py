@@ -49,20 +49,36 @@ def prune(cfg: PruneConfig, output: str | Path, overwrite: bool = False) -> dict
             "load": run_stage("prepare", model, _params(PrepareParams, flat, skip=("dev_data",))),
             "fisher": run_stage("fisher", grads, _params(FisherParams, flat), model=model, sample=sample),
             "search": run_stage("search", searched, _params(SearchParams, flat), model=model, grads=grads),
-            "rearrange": run_stage("rearrange", rearranged, _params(RearrangeParams, flat), grads=grads,
-                                   masks=searched),
+            "rearrange": run_stage(
+                "rearrange", rearranged, _params(RearrangeParams, flat), grads=grads, masks=searched
+            ),
         }
         if cfg.tuning.tune:
-            stages["tune"] = run_stage("tune", tuned, _params(TuneParams, flat), model=model, sample=sample,
-                                       grads=grads, searched=searched, masks=rearranged)
+            stages["tune"] = run_stage(
+                "tune",
+                tuned,
+                _params(TuneParams, flat),
+                model=model,
+                sample=sample,
+                grads=grads,
+                searched=searched,
+                masks=rearranged,
+            )
         else:
             tuned = rearranged
         stages["export"] = run_stage("export", result / "model", ExportParams(), model=model, masks=tuned)
         shutil.copyfile(tuned / MASKS_FILE, result / "masks.safetensors")
         if cfg.dev_data:
             masked = {"searched": searched, "rearranged": rearranged} if cfg.eval_stages else {}
-            stages["evaluate"] = run_stage("evaluate", work / "evaluation", _params(EvaluateParams, flat), model=model,
-                                           pruned=result / "model", tuned=tuned, **masked)
+            stages["evaluate"] = run_stage(
+                "evaluate",
+                work / "evaluation",
+                _params(EvaluateParams, flat),
+                model=model,
+                pruned=result / "model",
+                tuned=tuned,
+                **masked,
+            )
         summary = _summary(cfg, task, stages)
         (result / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -135,9 +151,14 @@ def format_summary(summary: dict) -> str:
     ]
     tuned = [r for r in summary["tuning"] if r["tuned"]]
     if tuned:
-        lines.append("  reconstruction error fell: " + ", ".join(
-            f"L{r['layer']} {'attn' if r['block'] == 'attention' else 'ffn'} "
-            f"-{100 * (1 - r['error_after'] / r['error_before']) if r['error_before'] else 0:.0f}%" for r in tuned))
+        lines.append(
+            "  reconstruction error fell: "
+            + ", ".join(
+                f"L{r['layer']} {'attn' if r['block'] == 'attention' else 'ffn'} "
+                f"-{100 * (1 - r['error_after'] / r['error_before']) if r['error_before'] else 0:.0f}%"
+                for r in tuned
+            )
+        )
     if summary.get("metric_before") is not None:
         stages = [
             ("before", "metric_before"),

@@ -43,8 +43,12 @@ CANDIDATE_TAG = "fastprune.candidate"  # a model version's registration: its pip
 
 
 def _params(stages: dict[str, dict]) -> dict[str, str]:
-    return {f"{info['stage']}.{key}": json.dumps(value) if isinstance(value, list) else str(value)
-            for info in stages.values() for key, value in info["params"].items() if key != "tracking_uri"}
+    return {
+        f"{info['stage']}.{key}": json.dumps(value) if isinstance(value, list) else str(value)
+        for info in stages.values()
+        for key, value in info["params"].items()
+        if key != "tracking_uri"
+    }
 
 
 def _metrics(stages: dict[str, dict]) -> dict[str, float]:
@@ -57,25 +61,44 @@ def _metrics(stages: dict[str, dict]) -> dict[str, float]:
 
 def _tags(p: RegisterParams, stages: dict[str, dict], passed: bool, reason: str) -> dict[str, str]:
     pruned, sample = stages["pruned"], stages.get("sample", {})
-    tags = {"task": pruned["task"], "source_model": pruned["source"], "data_sha256": sample.get("train_sha256"),
-            "train_data": sample.get("train_file"), "pipeline_run": p.pipeline_run,
-            "gate": "passed" if passed else "failed", "gate_reason": reason}
+    tags = {
+        "task": pruned["task"],
+        "source_model": pruned["source"],
+        "data_sha256": sample.get("train_sha256"),
+        "train_data": sample.get("train_file"),
+        "pipeline_run": p.pipeline_run,
+        "gate": "passed" if passed else "failed",
+        "gate_reason": reason,
+    }
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def _write_report(p: RegisterParams, stages: dict[str, dict], tags: dict, version: str, tuned: Path,
-                  out: Path, deploy: dict | None = None) -> list[Path]:
+def _write_report(
+    p: RegisterParams,
+    stages: dict[str, dict],
+    tags: dict,
+    version: str,
+    tuned: Path,
+    out: Path,
+    deploy: dict | None = None,
+) -> list[Path]:
     """``report.md``, ``report.html`` (self-contained) and the picture of the units kept per layer, in ``out``."""
     from ..model.masks import Masks
     from ..ops.report import KEPT_UNITS_PNG, kept_units_picture, run_report
 
     masks = Masks.load(tuned / MASKS_FILE)
-    picture = kept_units_picture(masks.heads_per_layer(), masks.head.shape[1], masks.neurons_per_layer(),
-                                 masks.neuron.shape[1], out / KEPT_UNITS_PNG)
+    picture = kept_units_picture(
+        masks.heads_per_layer(),
+        masks.head.shape[1],
+        masks.neurons_per_layer(),
+        masks.neuron.shape[1],
+        out / KEPT_UNITS_PNG,
+    )
     gate = {"passed": tags["gate"] == "passed", "reason": tags["gate_reason"], "pipeline_run": tags.get("pipeline_run")}
     report = run_report(stages, gate, picture, f"{p.model_name} version {version}", p.alias)
     if deploy is not None:
         from ..ops.deploy_report import add_deploy_section
+
         add_deploy_section(report, f"models:/{p.model_name}/{version}", task=tags["task"], **deploy)
     markdown, page = report.write(out)
     return [markdown, page, picture]
@@ -85,9 +108,11 @@ def _description(stages: dict[str, dict], tags: dict, run_id: str) -> str:
     """The model version's description (MLflow renders it as Markdown): the gate decision and the key figures."""
     pruned, profile = stages["pruned"], stages.get("profile", {})
     speedup = f", speedup {profile['speedup']:.2f}x on {profile.get('device')}" if "speedup" in profile else ""
-    return (f"**Gate {tags['gate']}**: {tags['gate_reason']}. FLOPs kept {pruned['flops_ratio']:.3f}, parameters "
-            f"{pruned['params_before']:,} -> {pruned['params_after']:,}{speedup}. "
-            f"Full report: `runs:/{run_id}/{REPORT_HTML}` (and `{REPORT_FILE}`).")
+    return (
+        f"**Gate {tags['gate']}**: {tags['gate_reason']}. FLOPs kept {pruned['flops_ratio']:.3f}, parameters "
+        f"{pruned['params_before']:,} -> {pruned['params_after']:,}{speedup}. "
+        f"Full report: `runs:/{run_id}/{REPORT_HTML}` (and `{REPORT_FILE}`)."
+    )
 
 
 def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation: Path, **others: Path) -> dict:
@@ -112,13 +137,23 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
     try:
         client = mlflow.MlflowClient()
         earlier = _registered_candidate(client, p.model_name, candidate)
-        with registration_run(p.experiment, f"{p.model_name}-{tags.get('pipeline_run', 'cli')}",
-                              earlier.run_id if earlier else None, kubeflow) as (run, run_source), \
-                tempfile.TemporaryDirectory() as scratch:
+        with (
+            registration_run(
+                p.experiment,
+                f"{p.model_name}-{tags.get('pipeline_run', 'cli')}",
+                earlier.run_id if earlier else None,
+                kubeflow,
+            ) as (run, run_source),
+            tempfile.TemporaryDirectory() as scratch,
+        ):
             if earlier:
                 version = str(earlier.version)
-                log.info("%s version %s was registered by an earlier attempt of %s: finishing it", p.model_name,
-                         version, p.pipeline_run)  # fmt: skip
+                log.info(
+                    "%s version %s was registered by an earlier attempt of %s: finishing it",
+                    p.model_name,
+                    version,
+                    p.pipeline_run,
+                )
             else:
                 mlflow.log_params(_params(stages))
                 mlflow.log_metrics(_metrics(stages))
@@ -129,27 +164,39 @@ def register(p: RegisterParams, out: Path, pruned: Path, tuned: Path, evaluation
                 info = log_pruned_model(without_onnx(pruned, Path(scratch)), stages["pruned"]["task"], out)
                 version_tags = {**tags, CANDIDATE_TAG: candidate} if candidate else tags
                 version = str(mlflow.register_model(info.model_uri, p.model_name, tags=version_tags).version)
-            client.update_model_version(p.model_name, version, description=_description(stages, tags,
-                                                                                        run.info.run_id))
+            client.update_model_version(p.model_name, version, description=_description(stages, tags, run.info.run_id))
             if passed:
                 client.set_registered_model_alias(p.model_name, p.alias, version)
             onnx = onnx_metadata(pruned)
             for key, value in onnx_version_tags(run.info.run_id, onnx).items():
                 client.set_model_version_tag(p.model_name, version, key, value)
-            deploy = {"run_id": run.info.run_id, "onnx": onnx,
-                      "model_folder": f"artifacts/{'model' if onnx else pruned.name}"}  # see without_onnx
+            deploy = {
+                "run_id": run.info.run_id,
+                "onnx": onnx,
+                "model_folder": f"artifacts/{'model' if onnx else pruned.name}",
+            }  # see without_onnx
             for file in _write_report(p, stages, tags, version, tuned, out, deploy):
                 mlflow.log_artifact(str(file))
             client.set_model_version_tag(p.model_name, version, "report", f"runs:/{run.info.run_id}/{REPORT_HTML}")
     except MlflowException as e:
         raise RegistryError(f"MLflow at {uri} refused to register {p.model_name}: {e.message}") from e
     log.info("registered %s version %s (%s)", p.model_name, version, reason)
-    _mark_source(stages["pruned"]["source"], p.pipeline_run or run.info.run_id, f"models:/{p.model_name}/{version}",
-                 tags["gate"])
-    return {"model_name": p.model_name, "version": version, "alias": p.alias if passed else None,
-            "model_uri": f"models:/{p.model_name}/{version}", "run_id": run.info.run_id, "tracking_uri": uri,
-            "gate": tags["gate"], "gate_reason": reason, "gate_passed": passed, "mlflow_run": run_source,
-            **({"onnx": f"runs:/{run.info.run_id}/{onnx['artifact_path']}"} if onnx else {})}
+    _mark_source(
+        stages["pruned"]["source"], p.pipeline_run or run.info.run_id, f"models:/{p.model_name}/{version}", tags["gate"]
+    )
+    return {
+        "model_name": p.model_name,
+        "version": version,
+        "alias": p.alias if passed else None,
+        "model_uri": f"models:/{p.model_name}/{version}",
+        "run_id": run.info.run_id,
+        "tracking_uri": uri,
+        "gate": tags["gate"],
+        "gate_reason": reason,
+        "gate_passed": passed,
+        "mlflow_run": run_source,
+        **({"onnx": f"runs:/{run.info.run_id}/{onnx['artifact_path']}"} if onnx else {}),
+    }
 
 
 def _candidate(p: RegisterParams, pruned: Path) -> str | None:

@@ -71,8 +71,12 @@ STAGES: dict[str, Stage] = {
     "evaluate": Stage(run_evaluate, EvaluateParams, ("model", "pruned"), ("searched", "rearranged", "tuned")),
     "profile": Stage(run_profile, ProfileParams, ("model", "pruned")),
     "onnx": Stage(run_onnx, OnnxParams, ("pruned",)),
-    "register": Stage(_run_register, RegisterParams, ("pruned", "tuned", "evaluation"),
-                      ("model", "sample", "grads", "searched", "rearranged", "profile")),
+    "register": Stage(
+        _run_register,
+        RegisterParams,
+        ("pruned", "tuned", "evaluation"),
+        ("model", "sample", "grads", "searched", "rearranged", "profile"),
+    ),
 }
 
 if tuple(STAGES) != STAGE_ORDER:  # the register stage orders stage folders by STAGE_ORDER
@@ -90,8 +94,10 @@ def run_stage(name: str, out: str | Path, params: BaseModel | dict, **inputs: st
     missing = [k for k in stage.inputs if inputs.get(k) is None]
     unknown = sorted(set(inputs) - set(stage.inputs) - set(stage.optional))
     if missing or unknown:
-        raise ConfigError(f"stage {name} needs inputs {list(stage.inputs)} (optional {list(stage.optional)}); "
-                          f"missing {missing}, unknown {unknown}")
+        raise ConfigError(
+            f"stage {name} needs inputs {list(stage.inputs)} (optional {list(stage.optional)}); "
+            f"missing {missing}, unknown {unknown}"
+        )
     folders = {k: Path(v) if v is not None else None for k, v in inputs.items()}
     for folder in folders.values():
         if folder is not None:
@@ -101,8 +107,14 @@ def run_stage(name: str, out: str | Path, params: BaseModel | dict, **inputs: st
     start = time.perf_counter()
     with staged_folder(Path(out)) as staging:
         result = stage.func(p, staging, **folders)
-        info = {"stage": name, "params": p.model_dump(mode="json"), "seconds": round(time.perf_counter() - start, 3),
-                **lineage, **result, **own_lineage(name, staging)}
+        info = {
+            "stage": name,
+            "params": p.model_dump(mode="json"),
+            "seconds": round(time.perf_counter() - start, 3),
+            **lineage,
+            **result,
+            **own_lineage(name, staging),
+        }
         (staging / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
         write_manifest(staging)
     return info

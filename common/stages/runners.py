@@ -67,10 +67,7 @@ log = logging.getLogger(__name__)
 # is a fresh process, and these imports cost seconds.
 
 
-
 # ----- reading stage folders -----------------------------------------------------------------------
-
-
 
 
 def _task(folder: Path) -> Task:
@@ -121,16 +118,24 @@ def _dims(model_folder: Path) -> ModelDims:
 
 
 def _masks_summary(masks: Masks, dims: ModelDims | None = None, seq_len: float | None = None) -> dict:
-    summary: dict[str, Any] = {"heads_per_layer": masks.heads_per_layer(),
-                               "neurons_per_layer": masks.neurons_per_layer()}
+    summary: dict[str, Any] = {
+        "heads_per_layer": masks.heads_per_layer(),
+        "neurons_per_layer": masks.neurons_per_layer(),
+    }
     if dims is not None and seq_len is not None:
         summary["flops_ratio"] = flops_ratio(masks, dims, seq_len)
     return summary
 
 
 # ----- the method's building blocks ----------------------------------------------------------------
-def search_masks(grads: MaskGradients, dims: ModelDims, constraint: float, seq_len: float, latency_table=None,
-                 allocation: str = "global") -> Masks:  # fmt: skip
+def search_masks(
+    grads: MaskGradients,
+    dims: ModelDims,
+    constraint: float,
+    seq_len: float,
+    latency_table=None,
+    allocation: str = "global",
+) -> Masks:
     """FLOPs-constrained search (``allocation``: see :class:`~fastprune.common.stages.config.SearchParams`), or
     latency-constrained when a latency table is given."""
     if latency_table is not None:
@@ -141,7 +146,12 @@ def search_masks(grads: MaskGradients, dims: ModelDims, constraint: float, seq_l
 
 
 def teacher_masks(
-    grads: MaskGradients, dims: ModelDims, constraint: float, seq_len: float, kind: str, latency_table=None,
+    grads: MaskGradients,
+    dims: ModelDims,
+    constraint: float,
+    seq_len: float,
+    kind: str,
+    latency_table=None,
     allocation: str = "global",
 ) -> Masks | None:
     """The tuning teacher: the model masked at the looser constraint sqrt(C) (the paper's schedule),
@@ -171,9 +181,15 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
     model, tokenizer = load_model(local, task, "cpu", p.trust_remote_code, allow_pickle=p.allow_pickle)
     save_pruned(model, out, tokenizer, metadata={"source": source, "task": task.name})
     dims = adapter_for(model).dims(model.config)
-    return {"task": task.name, "source": source, "architecture": type(model).__name__,
-            "parameters": parameter_count(model), "num_layers": dims.num_layers, "num_heads": dims.num_heads,
-            "intermediate_size": dims.intermediate_size}
+    return {
+        "task": task.name,
+        "source": source,
+        "architecture": type(model).__name__,
+        "parameters": parameter_count(model),
+        "num_layers": dims.num_layers,
+        "num_heads": dims.num_heads,
+        "intermediate_size": dims.intermediate_size,
+    }
 
 
 def run_sample(p: SampleParams, out: Path) -> dict:
@@ -190,8 +206,14 @@ def run_sample(p: SampleParams, out: Path) -> dict:
         held_out.to_parquet(str(out / HOLDOUT_FILE))
     sample.to_parquet(str(out / SAMPLE_FILE))
     checksum = sha256_file(local) if isinstance(local, Path) and local.is_file() else None
-    return {"task": task.name, "train_file": source, "train_sha256": checksum, "train_examples": len(train),
-            "num_examples": len(sample), **({"warnings": warnings} if warnings else {})}
+    return {
+        "task": task.name,
+        "train_file": source,
+        "train_sha256": checksum,
+        "train_examples": len(train),
+        "num_examples": len(sample),
+        **({"warnings": warnings} if warnings else {}),
+    }
 
 
 def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
@@ -209,8 +231,9 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
         return search_masks(g, dims, constraint, seq_len)
 
     seed = stage_info(sample)["params"]["seed"]
-    grads = iterative_fisher(net, batches, p.constraint, p.fisher_steps, search, device, p.progress, p.fisher_labels,
-                             seed, task)
+    grads = iterative_fisher(
+        net, batches, p.constraint, p.fisher_steps, search, device, p.progress, p.fisher_labels, seed, task
+    )
     grads.save(out / GRADS_FILE)
     result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
     if grads.available is not None:
@@ -228,16 +251,27 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
         from ..method.latency_table import build_lut
 
         start = time.perf_counter()
-        table = build_lut(AutoConfig.from_pretrained(model), resolve_device(p.device), p.latency_batch_size,
-                          p.latency_seq_len, dtype=p.serving_dtype)
+        table = build_lut(
+            AutoConfig.from_pretrained(model),
+            resolve_device(p.device),
+            p.latency_batch_size,
+            p.latency_seq_len,
+            dtype=p.serving_dtype,
+        )
         table.save(out / LATENCY_TABLE_FILE)
         result["latency_table_seconds"] = round(time.perf_counter() - start, 3)
     masks = search_masks(MaskGradients.load(grads / GRADS_FILE), dims, p.constraint, seq_len, table, p.allocation)
     masks.save(out / MASKS_FILE)
     if table is not None:
         result["latency_ratio_fitted"] = latency_ratio(masks, table)
-    warnings = budget_warnings(p.constraint, p.constraint_metric, masks.heads_per_layer(), masks.neurons_per_layer(),
-                               dims.num_layers * dims.num_heads, dims.num_layers * dims.intermediate_size)
+    warnings = budget_warnings(
+        p.constraint,
+        p.constraint_metric,
+        masks.heads_per_layer(),
+        masks.neurons_per_layer(),
+        dims.num_layers * dims.num_heads,
+        dims.num_layers * dims.intermediate_size,
+    )
     return {**result, **_masks_summary(masks, dims, seq_len), **({"warnings": warnings} if warnings else {})}
 
 
@@ -280,18 +314,37 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         if p.tuning_resplit:
             made = stage_info(grads)["params"]
             labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
-            resplit = BudgetResplit(net, chosen, search["seq_len"], device, labels, fisher.available, table,
-                                    allocation, task)  # fmt: skip
-        tuned, reports = tune_masks(net, chosen, teacher, batches, device, p.ridge(), p.tuning_scale_bound,
-                                    p.tuning_policy, progress=p.progress, num_samples=p.tuning_samples or None,
-                                    mode=p.tuning_mode, resplit=resplit, task=task)
+            resplit = BudgetResplit(
+                net, chosen, search["seq_len"], device, labels, fisher.available, table, allocation, task
+            )
+        tuned, reports = tune_masks(
+            net,
+            chosen,
+            teacher,
+            batches,
+            device,
+            p.ridge(),
+            p.tuning_scale_bound,
+            p.tuning_policy,
+            progress=p.progress,
+            num_samples=p.tuning_samples or None,
+            mode=p.tuning_mode,
+            resplit=resplit,
+            task=task,
+        )
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
         validation = validator.report
     chosen.save(out / MASKS_FILE)
-    return {"seq_len": search["seq_len"], "tuning": [r.as_dict() for r in reports], "blocks": len(reports),
-            "layers_tuned": sum(r.tuned for r in reports), "validation": validation,
-            **({"resplit": resplit.log} if resplit else {}), **_masks_summary(chosen)}
+    return {
+        "seq_len": search["seq_len"],
+        "tuning": [r.as_dict() for r in reports],
+        "blocks": len(reports),
+        "layers_tuned": sum(r.tuned for r in reports),
+        "validation": validation,
+        **({"resplit": resplit.log} if resplit else {}),
+        **_masks_summary(chosen),
+    }
 
 
 def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
@@ -309,10 +362,17 @@ def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
         from ..model.onnx_folder import ONNX_SUBFOLDER, build_onnx_folder
 
         onnx = {"onnx": build_onnx_folder(out, out / ONNX_SUBFOLDER, "int8" if p.onnx == "int8" else "none")}
-    return {"task": task.name, "source": stage_info(model)["source"], "params_before": before, "params_after": after,
-            **onnx, "params_ratio": after / before, **_masks_summary(tuned, dims, seq_len),
-            "neurons_per_layer_exported": shape["intermediate_size"],
-            "flops_ratio_exported": exported / dense_macs(dims, seq_len)}
+    return {
+        "task": task.name,
+        "source": stage_info(model)["source"],
+        "params_before": before,
+        "params_after": after,
+        **onnx,
+        "params_ratio": after / before,
+        **_masks_summary(tuned, dims, seq_len),
+        "neurons_per_layer_exported": shape["intermediate_size"],
+        "flops_ratio_exported": exported / dense_macs(dims, seq_len),
+    }
 
 
 _MASKED_METRICS = {"searched": "metric_search", "rearranged": "metric_rearranged", "tuned": "metric_tuned_masked"}
@@ -328,8 +388,13 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
         return evaluate_masked(m, mask, tokenizer, task, dev, device, p.eval_batch_size)
 
     before = run(net)
-    result = {"task": task.name, "metric": task.metric, "higher_is_better": task.higher_is_better,
-              "dev_examples": len(dev), "metric_before": before[task.metric]}
+    result = {
+        "task": task.name,
+        "metric": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "dev_examples": len(dev),
+        "metric_before": before[task.metric],
+    }
     chance = chance_warning(task, list(dev["label"]) if "label" in dev.column_names else [], before)
     if chance:
         result["warnings"] = [chance]
@@ -343,8 +408,7 @@ def run_evaluate(p: EvaluateParams, out: Path, model: Path, pruned: Path, **mask
     if (pruned / "onnx" / "model.onnx").is_file():  # the export step's ONNX folder, on onnxruntime (CPU)
         from ..model.onnx_folder import OrtModel
 
-        onnx = evaluate_masked(OrtModel(pruned / "onnx"), None, pruned_tokenizer, task, dev, "cpu",
-                               p.eval_batch_size)
+        onnx = evaluate_masked(OrtModel(pruned / "onnx"), None, pruned_tokenizer, task, dev, "cpu", p.eval_batch_size)
         result["metric_after_onnx"] = onnx[task.metric]
     return {**result, "metrics_before": before, "metrics_after": after, "device": str(device)}
 
@@ -368,25 +432,34 @@ def run_profile(p: ProfileParams, out: Path, model: Path, pruned: Path) -> dict:
     onnx = onnx_candidate(pruned, device, p.serving_dtype)  # the export step's ONNX folder, on onnxruntime (CPU)
     if onnx is not None:
         models[onnx[0]] = onnx[1]
-    profile = profile_models(models, (p.profile_batch_size,), (p.profile_seq_len,), device, (p.serving_dtype,),
-                             p.repeats, p.warmup, vocab_size=cast(Any, original.config).vocab_size)
+    profile = profile_models(
+        models,
+        (p.profile_batch_size,),
+        (p.profile_seq_len,),
+        device,
+        (p.serving_dtype,),
+        p.repeats,
+        p.warmup,
+        vocab_size=cast(Any, original.config).vocab_size,
+    )
     if not profile.entries:
         raise ConfigError(f"serving_dtype {p.serving_dtype} is measured on CUDA devices only, not on {device}")
     (out / PROFILE_FILE).write_text(profile.to_markdown())
     first, second = profile.entries[:2]
-    result = {"device": profile.device, "latency_before_ms": first.p50_ms, "latency_after_ms": second.p50_ms,
-              "speedup": second.speedup, "speedup_p10": second.speedup_p10, "speedup_p90": second.speedup_p90,
-              "noisy": any(e.noisy for e in profile.entries), "repeats": p.repeats}
+    result = {
+        "device": profile.device,
+        "latency_before_ms": first.p50_ms,
+        "latency_after_ms": second.p50_ms,
+        "speedup": second.speedup,
+        "speedup_p10": second.speedup_p10,
+        "speedup_p90": second.speedup_p90,
+        "noisy": any(e.noisy for e in profile.entries),
+        "repeats": p.repeats,
+    }
     if onnx is not None:
         third = profile.entries[2]
         result.update(latency_after_onnx_ms=third.p50_ms, speedup_onnx=third.speedup, onnx_model=third.model)
     return {**result, "profile": profile.to_dict()}
 
 
-
-
 # ----- the registry of stages, and running one ---------------------------------------------------------
-
-
-
-

@@ -38,23 +38,39 @@ def chance_warning(task: Task, labels: list, metrics: dict[str, float]) -> str |
         at_chance = not task.better_than_chance(value)
     if not at_chance:
         return None
-    return warn(f"the unpruned model scores {name} {value:.2f} on the dev set, at or below chance ({chance:.2f}) for "
-                f"task {task.name}: it is probably the wrong model for this task, or the wrong task for this model")
+    return warn(
+        f"the unpruned model scores {name} {value:.2f} on the dev set, at or below chance ({chance:.2f}) for "
+        f"task {task.name}: it is probably the wrong model for this task, or the wrong task for this model"
+    )
 
 
-def budget_warnings(constraint: float, metric: str, heads_per_layer: list[int], neurons_per_layer: list[int],
-                    total_heads: int, total_neurons: int) -> list[str]:
+def budget_warnings(
+    constraint: float,
+    metric: str,
+    heads_per_layer: list[int],
+    neurons_per_layer: list[int],
+    total_heads: int,
+    total_neurons: int,
+) -> list[str]:
     """Warnings for a budget that leaves a model at chance level: every attention head removed, or a constraint
     below :data:`MIN_SANE_CONSTRAINT`."""
     found = []
     kept = f"{sum(heads_per_layer)} of {total_heads} heads and {sum(neurons_per_layer)} of {total_neurons} FFN neurons"
     if sum(heads_per_layer) == 0:
-        found.append(warn(f"the {metric} constraint {constraint:g} removed every attention head (kept {kept}): the "
-                          f"pruned model cannot relate tokens to each other and will likely score at chance level; "
-                          f"raise the constraint"))
+        found.append(
+            warn(
+                f"the {metric} constraint {constraint:g} removed every attention head (kept {kept}): the "
+                f"pruned model cannot relate tokens to each other and will likely score at chance level; "
+                f"raise the constraint"
+            )
+        )
     elif constraint < MIN_SANE_CONSTRAINT:
-        found.append(warn(f"the {metric} constraint {constraint:g} is below {MIN_SANE_CONSTRAINT:g} (kept {kept}): "
-                          f"models pruned this far are rarely better than chance"))
+        found.append(
+            warn(
+                f"the {metric} constraint {constraint:g} is below {MIN_SANE_CONSTRAINT:g} (kept {kept}): "
+                f"models pruned this far are rarely better than chance"
+            )
+        )
     return found
 
 
@@ -63,7 +79,11 @@ def sampling_warning(num_samples: int, available: int, replace: bool) -> str | N
     if num_samples <= available:
         return None
     if replace:
-        return warn(f"num_samples {num_samples} is larger than the {available} training examples: drew {num_samples} "
-                    f"with replacement, each example {num_samples / available:.1f}x on average (oversampled)")
-    return warn(f"num_samples {num_samples} is larger than the {available} training examples: the sample was capped "
-                f"at {available} (drawn without replacement)")
+        return warn(
+            f"num_samples {num_samples} is larger than the {available} training examples: drew {num_samples} "
+            f"with replacement, each example {num_samples / available:.1f}x on average (oversampled)"
+        )
+    return warn(
+        f"num_samples {num_samples} is larger than the {available} training examples: the sample was capped "
+        f"at {available} (drawn without replacement)"
+    )

@@ -11,8 +11,16 @@ from ..errors import ConfigError, IntegrityError
 _MASKS = ("search", "rearrange", "tune")
 _MODELS = ("prepare", "export")
 EXPECTED: dict[str, tuple[str, ...]] = {
-    "model": _MODELS, "pruned": _MODELS, "sample": ("sample",), "grads": ("fisher",), "masks": _MASKS,
-    "searched": _MASKS, "rearranged": _MASKS, "tuned": _MASKS, "evaluation": ("evaluate",), "profile": ("profile",),
+    "model": _MODELS,
+    "pruned": _MODELS,
+    "sample": ("sample",),
+    "grads": ("fisher",),
+    "masks": _MASKS,
+    "searched": _MASKS,
+    "rearranged": _MASKS,
+    "tuned": _MASKS,
+    "evaluation": ("evaluate",),
+    "profile": ("profile",),
 }
 
 
@@ -24,10 +32,13 @@ def check_input_kinds(stage: str, folders: dict[str, Path | None]) -> None:
         try:
             written_by = json.loads((folder / "stage.json").read_text()).get("stage")
         except (OSError, ValueError, AttributeError) as e:
-            raise IntegrityError(f"--{name} {folder}: no readable stage.json ({type(e).__name__}): not the output "
-                                 "of a fastprune stage") from None
+            raise IntegrityError(
+                f"--{name} {folder}: no readable stage.json ({type(e).__name__}): not the output of a fastprune stage"
+            ) from None
         allowed = EXPECTED[name]
         if written_by not in allowed:
-            raise ConfigError(f"--{name} {folder} is the output of stage {written_by!r}, but stage {stage} needs "
-                              f"the output of stage {' or '.join(allowed)} there (fastprune step "
-                              f"{allowed[0]} ... --out FOLDER)")
+            raise ConfigError(
+                f"--{name} {folder} is the output of stage {written_by!r}, but stage {stage} needs "
+                f"the output of stage {' or '.join(allowed)} there (fastprune step "
+                f"{allowed[0]} ... --out FOLDER)"
+            )

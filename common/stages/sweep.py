@@ -30,8 +30,9 @@ class SelectParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     objective: Literal["smallest", "fastest"] = Field(
-        "smallest", description="smallest: fewest parameters (then FLOPs); fastest: lowest measured p50 latency "
-        "(of the ONNX model when the export made one for every candidate)"
+        "smallest",
+        description="smallest: fewest parameters (then FLOPs); fastest: lowest measured p50 latency "
+        "(of the ONNX model when the export made one for every candidate)",
     )
     max_drop: float = Field(1.0, description="the accuracy gate: largest allowed drop of the metric, in points")
 
@@ -87,10 +88,24 @@ def load_candidate(index: int, folders: dict[str, Path], max_drop: float) -> Can
     search, pruned, ev = (stage_info(folders[p]) for p in ("searched", "pruned", "evaluation"))
     profile = stage_info(folders["profile"]) if folders.get("profile") is not None else {}
     passed, reason = evaluation_gate(ev, max_drop)
-    return Candidate(index, search["constraint"], search["metric"], ev["metric"], ev["metric_before"],
-                     ev["metric_after"], pruned["flops_ratio"], pruned["params_before"], pruned["params_after"],
-                     profile.get("latency_before_ms"), profile.get("latency_after_ms"), profile.get("speedup"),
-                     passed, reason, profile.get("latency_after_onnx_ms"), higher_is_better(ev))
+    return Candidate(
+        index,
+        search["constraint"],
+        search["metric"],
+        ev["metric"],
+        ev["metric_before"],
+        ev["metric_after"],
+        pruned["flops_ratio"],
+        pruned["params_before"],
+        pruned["params_after"],
+        profile.get("latency_before_ms"),
+        profile.get("latency_after_ms"),
+        profile.get("speedup"),
+        passed,
+        reason,
+        profile.get("latency_after_onnx_ms"),
+        higher_is_better(ev),
+    )
 
 
 def choose(candidates: list[Candidate], objective: str) -> Candidate | None:
@@ -102,8 +117,10 @@ def choose(candidates: list[Candidate], objective: str) -> Candidate | None:
     if objective == "fastest":
         unmeasured = [c.label for c in passing if c.latency_after_ms is None]
         if unmeasured:
-            raise ConfigError(f"objective 'fastest' needs the latency of every candidate; {unmeasured} have no "
-                              "profile: profile them or use objective 'smallest'")
+            raise ConfigError(
+                f"objective 'fastest' needs the latency of every candidate; {unmeasured} have no "
+                "profile: profile them or use objective 'smallest'"
+            )
         if all(c.latency_onnx_ms is not None for c in passing):  # served as ONNX: chosen on ONNX latency
             return min(passing, key=lambda c: (c.latency_onnx_ms, c.params_after, -c.quality))
         return min(passing, key=lambda c: (c.latency_after_ms, c.params_after, -c.quality))
@@ -128,31 +145,73 @@ def sweep_report(candidates: list[Candidate], chosen: Candidate | None, p: Selec
     points = [ParetoPoint(c.label, costs[c.index], c.metric_after, c.passed) for c in candidates]
     higher = candidates[0].higher_is_better
     threshold = before - p.max_drop if higher else before + p.max_drop  # the worst metric the gate passes
-    pareto_picture(points, cost_label, candidates[0].metric, before, threshold,
-                   chosen.label if chosen else None, folder / PARETO_PNG, higher)
+    pareto_picture(
+        points,
+        cost_label,
+        candidates[0].metric,
+        before,
+        threshold,
+        chosen.label if chosen else None,
+        folder / PARETO_PNG,
+        higher,
+    )
     on_front = {q.label for q in pareto_front(points, higher)}
     report = Report(f"Budget sweep: {len(candidates)} budgets, objective {p.objective}")
     if chosen is None:
         change = "a drop" if higher else "a rise"
-        report.add("p", f"No candidate passed the accuracy gate ({change} of at most {p.max_drop:g} points from "
-                        f"{before:.2f}): **nothing registered**.")
+        report.add(
+            "p",
+            f"No candidate passed the accuracy gate ({change} of at most {p.max_drop:g} points from "
+            f"{before:.2f}): **nothing registered**.",
+        )
     else:
-        why = "fewest parameters" if p.objective == "smallest" else "lowest measured latency" + (
-            " of its ONNX model" if chosen.latency_onnx_ms is not None else "")
-        report.add("p", f"Registered **{chosen.label}** ({why} among the {sum(c.passed for c in candidates)} "
-                        f"candidates that **passed** the gate): {chosen.reason}.")
+        why = (
+            "fewest parameters"
+            if p.objective == "smallest"
+            else "lowest measured latency" + (" of its ONNX model" if chosen.latency_onnx_ms is not None else "")
+        )
+        report.add(
+            "p",
+            f"Registered **{chosen.label}** ({why} among the {sum(c.passed for c in candidates)} "
+            f"candidates that **passed** the gate): {chosen.reason}.",
+        )
     report.add("image", (folder / PARETO_PNG, f"{candidates[0].metric} against {cost_label}"))
-    rows = [[c.label, f"{c.flops_ratio:.3f}", f"{c.params_after / c.params_before:.1%}",
-             "–" if c.latency_after_ms is None else f"{c.latency_after_ms:.2f}",
-             "–" if c.speedup is None else f"{c.speedup:.2f}×",
-             "–" if c.latency_onnx_ms is None else f"{c.latency_onnx_ms:.2f}", f"{c.metric_after:.2f}",
-             f"{c.drop:+.2f}", "**passed**" if c.passed else "**failed**",
-             "yes" if c.label in on_front else "", "**registered**" if chosen and c.index == chosen.index else ""]
-            for c in candidates]
-    report.add("table", (["budget", "FLOPs kept", "params kept", "latency ms", "speedup", "ONNX ms",
-                          candidates[0].metric, "drop", "gate", "Pareto", ""], rows))
-    report.add("p", f"Original model: {candidates[0].metric} {before:.2f}; gate threshold "
-                    f"{threshold:.2f}.")
+    rows = [
+        [
+            c.label,
+            f"{c.flops_ratio:.3f}",
+            f"{c.params_after / c.params_before:.1%}",
+            "–" if c.latency_after_ms is None else f"{c.latency_after_ms:.2f}",
+            "–" if c.speedup is None else f"{c.speedup:.2f}×",
+            "–" if c.latency_onnx_ms is None else f"{c.latency_onnx_ms:.2f}",
+            f"{c.metric_after:.2f}",
+            f"{c.drop:+.2f}",
+            "**passed**" if c.passed else "**failed**",
+            "yes" if c.label in on_front else "",
+            "**registered**" if chosen and c.index == chosen.index else "",
+        ]
+        for c in candidates
+    ]
+    report.add(
+        "table",
+        (
+            [
+                "budget",
+                "FLOPs kept",
+                "params kept",
+                "latency ms",
+                "speedup",
+                "ONNX ms",
+                candidates[0].metric,
+                "drop",
+                "gate",
+                "Pareto",
+                "",
+            ],
+            rows,
+        ),
+    )
+    report.add("p", f"Original model: {candidates[0].metric} {before:.2f}; gate threshold {threshold:.2f}.")
     return report
 
 
@@ -166,11 +225,20 @@ def select_stage(out: str | Path, params: SelectParams | dict, candidates: list[
         for folder in folders.values():
             if folder is not None:
                 verify_manifest(folder)
-    inherited_lineage("select", {f"{part} of candidate {i}": Path(folder) for i, folders in enumerate(candidates)
-                                 for part, folder in folders.items() if folder is not None})  # one model and task
+    inherited_lineage(
+        "select",
+        {
+            f"{part} of candidate {i}": Path(folder)
+            for i, folders in enumerate(candidates)
+            for part, folder in folders.items()
+            if folder is not None
+        },
+    )  # one model and task
     start = time.perf_counter()
-    judged = [load_candidate(i, {k: Path(v) for k, v in f.items() if v is not None}, p.max_drop)
-              for i, f in enumerate(candidates)]
+    judged = [
+        load_candidate(i, {k: Path(v) for k, v in f.items() if v is not None}, p.max_drop)
+        for i, f in enumerate(candidates)
+    ]
     befores = {round(c.metric_before, 6) for c in judged}
     if len(befores) > 1:
         raise ConfigError(f"the candidates were evaluated on different data (metric before pruning: {befores})")
@@ -178,15 +246,22 @@ def select_stage(out: str | Path, params: SelectParams | dict, candidates: list[
     with staged_folder(Path(out)) as staging:
         report = sweep_report(judged, chosen, p, staging)
         report.write(staging, "sweep")
-        info = {"stage": "select", "params": p.model_dump(mode="json"),
-                "seconds": round(time.perf_counter() - start, 3), "chosen": None if chosen is None else chosen.index,
-                "chosen_constraint": None if chosen is None else chosen.constraint, "registered": chosen is not None,
-                "num_candidates": len(judged), "num_passed": sum(c.passed for c in judged),
-                "metric_before": judged[0].metric_before,
-                "candidates": [{**asdict(c), "label": c.label} for c in judged]}
+        info = {
+            "stage": "select",
+            "params": p.model_dump(mode="json"),
+            "seconds": round(time.perf_counter() - start, 3),
+            "chosen": None if chosen is None else chosen.index,
+            "chosen_constraint": None if chosen is None else chosen.constraint,
+            "registered": chosen is not None,
+            "num_candidates": len(judged),
+            "num_passed": sum(c.passed for c in judged),
+            "metric_before": judged[0].metric_before,
+            "candidates": [{**asdict(c), "label": c.label} for c in judged],
+        }
         if chosen is not None:
-            info.update(metric_after=chosen.metric_after, flops_ratio=chosen.flops_ratio,
-                        params_after=chosen.params_after)
+            info.update(
+                metric_after=chosen.metric_after, flops_ratio=chosen.flops_ratio, params_after=chosen.params_after
+            )
         (staging / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
         write_manifest(staging)
     return info

@@ -21,12 +21,16 @@ def read_guarded(path: Path, read: Callable[[], T]) -> T:
     except DataError:
         raise
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}): it may be binary "
-                        f"or in another encoding; expected {VALID}") from None
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}): it may be binary "
+            f"or in another encoding; expected {VALID}"
+        ) from None
     except csv.Error as e:
         limit = csv.field_size_limit()
-        raise DataError(f"{path} cannot be read as {path.suffix.lstrip('.') or 'delimited'} text ({e}): expected "
-                        f"{VALID}, with fields of at most {limit} characters") from None
+        raise DataError(
+            f"{path} cannot be read as {path.suffix.lstrip('.') or 'delimited'} text ({e}): expected "
+            f"{VALID}, with fields of at most {limit} characters"
+        ) from None
     except (ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise DataError(f"{path} cannot be read ({type(e).__name__}: {first}): expected {VALID}") from None

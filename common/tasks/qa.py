@@ -83,19 +83,19 @@ def _flatten_official(data: dict, where: str) -> list[dict]:
             for paragraph in article["paragraphs"]:
                 for qa in paragraph["qas"]:
                     answers = [] if qa.get("is_impossible") else qa.get("answers", [])
-                    rows.append({
-                        "id": qa["id"],
-                        "question": qa["question"],
-                        "context": paragraph["context"],
-                        "answers": {
-                            "text": [a["text"] for a in answers],
-                            "answer_start": [a["answer_start"] for a in answers],
-                        },
-                    })
+                    rows.append(
+                        {
+                            "id": qa["id"],
+                            "question": qa["question"],
+                            "context": paragraph["context"],
+                            "answers": {
+                                "text": [a["text"] for a in answers],
+                                "answer_start": [a["answer_start"] for a in answers],
+                            },
+                        }
+                    )
     except (KeyError, TypeError) as err:
-        raise DataError(
-            f"{where}: malformed SQuAD json (expected data -> paragraphs -> qas; bad key {err})"
-        ) from err
+        raise DataError(f"{where}: malformed SQuAD json (expected data -> paragraphs -> qas; bad key {err})") from err
     return rows
 
 
@@ -113,19 +113,13 @@ def _as_rows(raw: Any, where: str) -> list[dict]:
 def _check_row(row: dict, n: int, where: str) -> dict:
     missing = [c for c in COLUMNS if c not in row]
     if missing:
-        raise DataError(
-            f"{where}: row {n} lacks column(s) {missing}; found {sorted(row)}; need {list(COLUMNS)}"
-        )
+        raise DataError(f"{where}: row {n} lacks column(s) {missing}; found {sorted(row)}; need {list(COLUMNS)}")
     answers = row["answers"]
     if not isinstance(answers, dict) or not {"text", "answer_start"} <= set(answers):
-        raise DataError(
-            f"{where}: row {n} answers must be {{'text': [...], 'answer_start': [...]}}, got {answers!r}"
-        )
+        raise DataError(f"{where}: row {n} answers must be {{'text': [...], 'answer_start': [...]}}, got {answers!r}")
     texts, starts = list(answers["text"]), [int(s) for s in answers["answer_start"]]
     if len(texts) != len(starts):
-        raise DataError(
-            f"{where}: row {n} (id {row['id']}) has {len(texts)} answer texts but {len(starts)} starts"
-        )
+        raise DataError(f"{where}: row {n} (id {row['id']}) has {len(texts)} answer texts but {len(starts)} starts")
     context = str(row["context"])
     for text, start in zip(texts, starts, strict=True):
         if context[start : start + len(text)] != text:
@@ -133,8 +127,12 @@ def _check_row(row: dict, n: int, where: str) -> dict:
                 f"{where}: row {n} (id {row['id']}) answer {text!r} is not at answer_start {start} of the "
                 f"context (found {context[start : start + len(text)]!r})"
             )
-    return {"id": str(row["id"]), "question": str(row["question"]), "context": context,
-            "answers": {"text": texts, "answer_start": starts}}
+    return {
+        "id": str(row["id"]),
+        "question": str(row["question"]),
+        "context": context,
+        "answers": {"text": texts, "answer_start": starts},
+    }
 
 
 def load_squad(source: str | Path | list[dict], version_2: bool = False) -> datasets.Dataset:
@@ -150,8 +148,9 @@ def load_squad(source: str | Path | list[dict], version_2: bool = False) -> data
         raise DataError(f"{where}: duplicate question ids, e.g. {duplicates[:3]}")
     unanswerable = sum(not r["answers"]["text"] for r in rows)
     if unanswerable and not version_2:
-        raise DataError(f"{where}: {unanswerable} of {len(rows)} questions have no answer (SQuAD v2 style); "
-                        "use task squad_v2")
+        raise DataError(
+            f"{where}: {unanswerable} of {len(rows)} questions have no answer (SQuAD v2 style); use task squad_v2"
+        )
     return datasets.Dataset.from_list(rows, features=FEATURES)
 
 
@@ -213,8 +212,9 @@ def _answer_positions(answers: dict, offsets: Sequence, seq_ids: Sequence) -> tu
     return start, end
 
 
-def prepare_train_features(ds: datasets.Dataset, tokenizer: Any, max_length: int = 384,
-                           doc_stride: int = 128) -> list[dict]:
+def prepare_train_features(
+    ds: datasets.Dataset, tokenizer: Any, max_length: int = 384, doc_stride: int = 128
+) -> list[dict]:
     """One unpadded feature per window: model inputs plus start/end positions (0 = CLS = no answer)."""
     _check_setup(ds, tokenizer, max_length, doc_stride)
     features = []
@@ -227,8 +227,9 @@ def prepare_train_features(ds: datasets.Dataset, tokenizer: Any, max_length: int
     return features
 
 
-def prepare_eval_features(ds: datasets.Dataset, tokenizer: Any, max_length: int = 384,
-                          doc_stride: int = 128) -> tuple[list[dict], list[dict]]:
+def prepare_eval_features(
+    ds: datasets.Dataset, tokenizer: Any, max_length: int = 384, doc_stride: int = 128
+) -> tuple[list[dict], list[dict]]:
     """Unpadded model inputs per window, and meta (example_id, context-only offset_mapping) per window."""
     _check_setup(ds, tokenizer, max_length, doc_stride)
     features, meta = [], []
@@ -275,8 +276,9 @@ _eval_features = _FeatureCache()
 
 
 # ------------------------------------------------------------------------------------------ post-process
-def _best_span(start: np.ndarray, end: np.ndarray, offsets: list, n_best: int,
-               max_answer_length: int) -> tuple[float, int, int] | None:
+def _best_span(
+    start: np.ndarray, end: np.ndarray, offsets: list, n_best: int, max_answer_length: int
+) -> tuple[float, int, int] | None:
     """Highest start+end score over valid context spans of one feature: (score, char_start, char_end). Among the
     ``n_best`` best starts and ends; ties go to the better start, then the better end."""
     n = len(offsets)
@@ -292,14 +294,19 @@ def _best_span(start: np.ndarray, end: np.ndarray, offsets: list, n_best: int,
     return float(scores[i, j]), offsets[starts[i]][0], offsets[ends[j]][1]
 
 
-def best_answers(ds: datasets.Dataset, meta: list[dict], start_logits: Sequence, end_logits: Sequence,
-                 n_best: int = 20, max_answer_length: int = 30, version_2: bool = False) -> dict[str, dict | None]:
+def best_answers(
+    ds: datasets.Dataset,
+    meta: list[dict],
+    start_logits: Sequence,
+    end_logits: Sequence,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    version_2: bool = False,
+) -> dict[str, dict | None]:
     """The best span of each example over all its features: ``{"answer", "start", "end", "score"}`` (character
     offsets into its context, start+end logit score), or None when no span is valid or the null score wins (v2)."""
     if not len(meta) == len(start_logits) == len(end_logits):
-        raise ValueError(
-            f"{len(meta)} features but {len(start_logits)}/{len(end_logits)} start/end logit rows"
-        )
+        raise ValueError(f"{len(meta)} features but {len(start_logits)}/{len(end_logits)} start/end logit rows")
     by_example: dict[str, list[int]] = collections.defaultdict(list)
     for i, m in enumerate(meta):
         by_example[m["example_id"]].append(i)
@@ -314,14 +321,23 @@ def best_answers(ds: datasets.Dataset, meta: list[dict], start_logits: Sequence,
             if span is not None and (best is None or span[0] > best[0]):
                 best = span
         null_wins = version_2 and null is not None and (best is None or null > best[0])
-        answers[example_id] = None if best is None or null_wins else {
-            "answer": context[best[1] : best[2]], "start": best[1], "end": best[2], "score": best[0]}
+        answers[example_id] = (
+            None
+            if best is None or null_wins
+            else {"answer": context[best[1] : best[2]], "start": best[1], "end": best[2], "score": best[0]}
+        )
     return answers
 
 
-def postprocess_predictions(ds: datasets.Dataset, meta: list[dict], start_logits: Sequence,
-                            end_logits: Sequence, n_best: int = 20, max_answer_length: int = 30,
-                            version_2: bool = False) -> dict[str, str]:
+def postprocess_predictions(
+    ds: datasets.Dataset,
+    meta: list[dict],
+    start_logits: Sequence,
+    end_logits: Sequence,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    version_2: bool = False,
+) -> dict[str, str]:
     """Answer text per example id: best span over all its features ("" when the null score wins in v2)."""
     spans = best_answers(ds, meta, start_logits, end_logits, n_best, max_answer_length, version_2)
     return {example_id: span["answer"] if span else "" for example_id, span in spans.items()}
@@ -355,8 +371,7 @@ def _score(prediction: str | None, answers: list[str]) -> tuple[float, float]:
     return exact, max(_f1(prediction, g) for g in golds)
 
 
-def squad_scores(predictions: dict[str, str], ds: datasets.Dataset,
-                 version_2: bool = False) -> dict[str, float]:
+def squad_scores(predictions: dict[str, str], ds: datasets.Dataset, version_2: bool = False) -> dict[str, float]:
     """Exact match and F1 in percent, max over gold answers; missing predictions score 0."""
     exact, f1, has_answer = [], [], []
     for example_id, answers in zip(ds["id"], ds["answers"], strict=True):
@@ -382,8 +397,14 @@ def _unpad(rows: torch.Tensor, lengths: list[int], left: bool) -> list[np.ndarra
     return [r[len(r) - n :] if left else r[:n] for r, n in zip(rows_np, lengths, strict=True)]
 
 
-def qa_logits(model: torch.nn.Module, tokenizer: Any, features: list[dict], batch_size: int = 32,
-              device: torch.device | str | None = None, progress: bool = False) -> tuple[list, list]:
+def qa_logits(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    features: list[dict],
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> tuple[list, list]:
     """Unpadded start and end logits of each feature (dynamic padding, inference mode)."""
     from tqdm.auto import tqdm
 
@@ -407,9 +428,17 @@ def qa_logits(model: torch.nn.Module, tokenizer: Any, features: list[dict], batc
     return starts, ends
 
 
-def evaluate_qa(model: torch.nn.Module, tokenizer: Any, ds: datasets.Dataset, batch_size: int = 32,
-                max_length: int = 384, doc_stride: int = 128, device: torch.device | str | None = None,
-                version_2: bool = False, progress: bool = False) -> dict[str, float]:
+def evaluate_qa(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    ds: datasets.Dataset,
+    batch_size: int = 32,
+    max_length: int = 384,
+    doc_stride: int = 128,
+    device: torch.device | str | None = None,
+    version_2: bool = False,
+    progress: bool = False,
+) -> dict[str, float]:
     """SQuAD exact match / F1 of a QA model on `ds`."""
     features, meta = _eval_features.get(ds, tokenizer, max_length, doc_stride)
     starts, ends = qa_logits(model, tokenizer, features, batch_size, device, progress)
@@ -417,14 +446,23 @@ def evaluate_qa(model: torch.nn.Module, tokenizer: Any, ds: datasets.Dataset, ba
     return squad_scores(predictions, ds, version_2=version_2)
 
 
-def answer_questions(model: torch.nn.Module, tokenizer: Any, questions: Sequence[str], contexts: Sequence[str],
-                     max_length: int = 384, doc_stride: int = 128, version_2: bool = False,
-                     batch_size: int = 32) -> list[dict | None]:
+def answer_questions(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    max_length: int = 384,
+    doc_stride: int = 128,
+    version_2: bool = False,
+    batch_size: int = 32,
+) -> list[dict | None]:
     """The best answer span of each (question, context) pair, as :func:`best_answers` gives it."""
     ids = [str(i) for i in range(len(questions))]
     empty: dict[str, list] = {"text": [], "answer_start": []}
-    ds = datasets.Dataset.from_dict({"id": ids, "question": list(questions), "context": list(contexts),
-                                     "answers": [empty] * len(ids)}, features=FEATURES)  # fmt: skip
+    ds = datasets.Dataset.from_dict(
+        {"id": ids, "question": list(questions), "context": list(contexts), "answers": [empty] * len(ids)},
+        features=FEATURES,
+    )
     features, meta = prepare_eval_features(ds, tokenizer, max_length, doc_stride)
     starts, ends = qa_logits(model, tokenizer, features, batch_size)
     spans = best_answers(ds, meta, starts, ends, version_2=version_2)

@@ -22,9 +22,18 @@ def v2_request(tokenizer, texts: list[str], max_length: int = 128) -> dict:
     """The V2 inference request: one INT64 tensor per tokenizer output (input_ids, attention_mask and, for BERT-like
     models, token_type_ids: the ONNX model's inputs), shape [batch, sequence]."""
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-    return {"inputs": [{"name": name, "shape": list(encoded[name].shape), "datatype": "INT64",
-                        "data": encoded[name].astype(np.int64).flatten().tolist()}
-                       for name in tokenizer.model_input_names if name in encoded]}  # fmt: skip
+    return {
+        "inputs": [
+            {
+                "name": name,
+                "shape": list(encoded[name].shape),
+                "datatype": "INT64",
+                "data": encoded[name].astype(np.int64).flatten().tolist(),
+            }
+            for name in tokenizer.model_input_names
+            if name in encoded
+        ]
+    }
 
 
 def labels(response: dict, id2label: dict) -> list[tuple[str, float]]:
@@ -48,8 +57,12 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.folder, trust_remote_code=False)  # the tokenizer needs no code
     id2label = json.loads((args.folder / "config.json").read_text()).get("id2label", {})
-    request = urllib.request.Request(args.url, data=json.dumps(v2_request(tokenizer, args.texts)).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
+    request = urllib.request.Request(
+        args.url,
+        data=json.dumps(v2_request(tokenizer, args.texts)).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=args.timeout) as answer:
         for text, (label, probability) in zip(args.texts, labels(json.load(answer), id2label), strict=True):
             print(f"{label}\t{probability:.3f}\t{text}")
