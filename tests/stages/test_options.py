@@ -262,5 +262,5 @@ def test_the_readme_table_of_options_is_current():
 
     from fastprune.flags import options_table
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert options_table() in readme, "regenerate it: python -m fastprune.flags"

@@ -23,7 +23,7 @@ from fastprune.common.ops.triton import triton_config
 from google.protobuf import text_format
 from tiny import tiny_model, tiny_tokenizer
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "serving"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "serving"
 TRITON_MODEL = EXAMPLES / "triton" / "fastprune-sst2"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 TEXTS = ["a gorgeous , witty , seductive movie .", "the movie is a disaster", "fine"]

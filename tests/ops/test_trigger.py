@@ -224,7 +224,7 @@ def test_the_example_ci_workflow_uses_valid_commands_and_parameters():
 
     from fastprune.cli import build_parser
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     workflow = yaml.safe_load((repo / "examples" / "github-actions" / "prune-new-model-versions.yml").read_text())
     commands = [
         step["run"]

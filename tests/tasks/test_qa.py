@@ -23,7 +23,7 @@ from fastprune.common.tasks.qa import (
 )
 from tiny import tiny_model, tiny_tokenizer
 
-SMALL = Path(__file__).resolve().parent / "data" / "squad_small.json"
+SMALL = Path(__file__).resolve().parents[1] / "data" / "squad_small.json"
 
 
 @pytest.fixture(scope="module")
