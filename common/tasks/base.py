@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelTaskMismatchError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,9 +106,16 @@ class Task(ABC):
     def auto_model_class(self) -> Any:
         """The ``transformers`` auto class that loads a model fine-tuned for the task."""
 
-    @abstractmethod
     def check_model(self, config: Any, where: str) -> None:
-        """Raise :class:`~fastprune.common.errors.ModelTaskMismatchError` unless the model has the task's head."""
+        """Raise :class:`~fastprune.common.errors.ModelTaskMismatchError` unless the model has the task's head (an
+        architecture named ``*`` + the auto class's head, e.g. ``BertForSequenceClassification``)."""
+        head = self.auto_model_class().__name__.removeprefix("AutoModel")
+        architectures = getattr(config, "architectures", None) or []
+        if not any(a.endswith(head) for a in architectures):
+            raise ModelTaskMismatchError(
+                f"{where} is not fine-tuned for task {self.name}: its architectures are {architectures or 'unset'}, "
+                f"expected a *{head} model (fine-tune it on the task first)"
+            )
 
     def pretrained_model(self, source: str | Path, reinit_mismatched: bool = False) -> nn.Module:
         """A pretrained (or other task's) model with a new head for this task, to fine-tune."""

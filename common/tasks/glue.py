@@ -68,12 +68,7 @@ class ClassificationTask(Task):
         return AutoModelForSequenceClassification
 
     def check_model(self, config: Any, where: str) -> None:
-        architectures = getattr(config, "architectures", None) or []
-        if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise ModelTaskMismatchError(
-                f"{where} is not fine-tuned for task {self.name}: its architectures are {architectures or 'unset'}, "
-                "expected a *ForSequenceClassification model (fine-tune it on the task first)"
-            )
+        super().check_model(config, where)
         if config.num_labels != self.num_labels:
             raise ModelTaskMismatchError(
                 f"{where} has {config.num_labels} labels but task {self.name} needs {self.num_labels}"

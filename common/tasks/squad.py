@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import ModelTaskMismatchError
 from .base import Task, draw_classes
 
 if TYPE_CHECKING:
@@ -61,14 +60,6 @@ class ExtractiveQATask(Task):
         from transformers import AutoModelForQuestionAnswering
 
         return AutoModelForQuestionAnswering
-
-    def check_model(self, config: Any, where: str) -> None:
-        architectures = getattr(config, "architectures", None) or []
-        if not any(a.endswith("ForQuestionAnswering") for a in architectures):
-            raise ModelTaskMismatchError(
-                f"{where} is not fine-tuned for task {self.name}: its architectures are {architectures or 'unset'}, "
-                "expected a *ForQuestionAnswering model (fine-tune it on the task first)"
-            )
 
     def sampled_loss(self, outputs: Any, generator: torch.Generator) -> torch.Tensor:
         """Cross-entropy of the start and of the end logits against positions drawn from their softmax."""
