@@ -8,5 +8,6 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${FASTPRUNE_TORCH:-2.13.0}"
-.venv/bin/python -m pip install -q -e '.[dev]'
+# the folder-to-package mapping makes setuptools warn about editable installs of it; nothing is wrong with it
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e '.[dev]'
 echo "fastprune installed in $(pwd)/.venv"
