@@ -77,6 +77,7 @@ class ArchAdapter:
     style: BlockStyle = BERT_STYLE
     cfg_norm_eps: str = "layer_norm_eps"
     cost: MacCost = MAC_COST
+    causal: bool = False  # a decoder (causal language model) family rather than an encoder
 
     def __post_init__(self) -> None:
         if self.style.placement == "pre" and not (self.attn_residual and self.ffn_residual):
@@ -283,6 +284,41 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
     ),
 )
 
+_LLAMA_LIKE: dict[str, Any] = dict(
+    layers="layers",
+    attention="self_attn",
+    query="self_attn.q_proj",
+    key="self_attn.k_proj",
+    value="self_attn.v_proj",
+    attn_out="self_attn.o_proj",
+    ffn_gate="mlp.gate_proj",
+    ffn_in="mlp.up_proj",
+    ffn_out="mlp.down_proj",
+    heads_attrs=(),  # transformers 5's Llama attention infers its head count from the projections' shapes
+    group_attrs=("num_key_value_groups",),
+    cfg_layers="num_hidden_layers",
+    cfg_heads="num_attention_heads",
+    cfg_kv_heads="num_key_value_heads",
+    cfg_head_size="head_dim",
+    cfg_hidden="hidden_size",
+    cfg_intermediate="intermediate_size",
+    attn_residual="input_layernorm",  # pre-norm: the residual stream is the norm's input
+    ffn_residual="post_attention_layernorm",
+    style=BlockStyle(norm="rms", placement="pre", activation="silu", bias=False),
+    cfg_norm_eps="rms_norm_eps",
+    causal=True,
+)
+"""Llama's layout, shared by Mistral and the Qwen2/Qwen3 families in transformers 5 (Qwen2 adds biases to q/k/v,
+Qwen3 a per-head RMSNorm on queries and keys: both are per-unit or per-head-size, so slicing heads keeps them)."""
+
+ADAPTERS = (
+    *ADAPTERS,
+    ArchAdapter(family="llama", model_types=("llama",), **_LLAMA_LIKE),
+    ArchAdapter(family="mistral", model_types=("mistral",), **_LLAMA_LIKE),
+    ArchAdapter(family="qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
+    ArchAdapter(family="qwen3", model_types=("qwen3",), **_LLAMA_LIKE),
+)
+
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
 
 
@@ -292,7 +328,7 @@ def adapter_for(model_or_config) -> ArchAdapter:
     model_type = getattr(config, "model_type", None)
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
-            if getattr(config, "is_decoder", False):
+            if getattr(config, "is_decoder", False) and not adapter.causal:
                 raise UnsupportedArchitectureError(
                     f"model_type {model_type!r} configured as a decoder is not supported: fastprune prunes "
                     "encoder models for classification and extractive QA"
