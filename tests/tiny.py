@@ -117,3 +117,52 @@ def trained_tiny_model(path: Path, steps: int = 150, family: str = "bert") -> Pa
     train = load_task_data(SST2 / "train.tsv", task)
     finetune(model, tokenizer, task, train, steps=steps, lr=1e-3, progress=False)
     return save_finetuned(model, tokenizer, path)
+
+
+TEXT = REPO / "fastprune" / "data" / "text"
+
+
+def tiny_llama(layers: int = 2, hidden: int = 32, heads: int = 4, groups: int = 2, intermediate: int = 48, seed: int = 0):
+    """A randomly initialised tiny Llama (grouped-query attention, gated MLP, pre-norm, rotary) over the tiny
+    tokenizer's vocabulary, in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer()),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=groups,
+        head_dim=hidden // heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def trained_tiny_llama(path: Path, steps: int = 60, max_length: int = 64) -> Path:
+    """A tiny Llama trained briefly on next tokens of the bundled Macbeth (well below the vocabulary's perplexity),
+    saved with its tokenizer to ``path``."""
+    from fastprune.common.tasks.spec import get_task
+
+    task = get_task("causal-lm")
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama()
+    sample, _ = task.draw_sample(task.load_data(TEXT / "macbeth_gut.txt"), 64, seed=0, max_length=max_length)
+    batches = task.batches(sample, tokenizer, 8, max_length)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        loss = task.fisher_loss(model, batches[step % len(batches)])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

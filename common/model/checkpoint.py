@@ -134,16 +134,21 @@ def check_weights_format(folder: str | Path, allow_pickle: bool = False) -> None
 # ----- pruned configs ---------------------------------------------------------------------------------------
 def model_class(config, where: str):
     """The transformers class ``config.architectures`` names, if it is a sequence classifier, a question-answering
-    model or the bare encoder of a supported family (nothing else is ever instantiated: no ``pipeline``,
-    ``Trainer``...)."""
-    from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    model, a causal language model or the bare model of a supported family (nothing else is ever instantiated: no
+    ``pipeline``, ``Trainer``...)."""
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+    )
 
     try:
         adapter_for(config)
     except UnsupportedArchitectureError as e:
         raise IntegrityError(f"{where}/config.json: {e}") from None
     allowed: dict[str, Any] = {}
-    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModel):
+    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModelForCausalLM, AutoModel):
         try:
             cls: Any = auto._model_mapping[type(config)]
         except KeyError:
@@ -218,11 +223,26 @@ def check_pruned_config(config, tensors: dict[str, TensorInfo], where: str) -> N
         )
 
 
-def check_shapes(expected: dict, tensors: dict[str, TensorInfo], where: str) -> None:
+def tied_names(model) -> dict[str, tuple[str, ...]]:
+    """Each parameter name of ``model`` with every name of the same tensor (tied weights: a causal LM's input
+    embeddings and output head), for those that have more than one."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return {name: tuple(group) for group in names.values() if len(group) > 1 for name in group}
+
+
+def check_shapes(
+    expected: dict, tensors: dict[str, TensorInfo], where: str, tied: dict[str, tuple[str, ...]] | None = None
+) -> None:
     """Every tensor the model holds (``expected``: a state dict, on the meta device) must be in the file with the
-    same shape, and the file must hold nothing else."""
+    same shape, and the file must hold nothing else. A tied tensor is stored once, under any of its ``tied``
+    names."""
+    tied = tied or {}
     for name, tensor in expected.items():
         found = tensors.get(name)
+        if found is None and any(alias in tensors for alias in tied.get(name, ())):
+            continue  # stored under another of its names
         if found is None or found.shape != tuple(tensor.shape):
             got = "missing" if found is None else f"of shape {list(found.shape)}"
             raise IntegrityError(

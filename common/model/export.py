@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from ..errors import ConfigError, IntegrityError
 from ..folders import staged_folder
 from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
-from .checkpoint import check_pruned_config, check_shapes, model_class, read_header
+from .checkpoint import check_pruned_config, check_shapes, model_class, read_header, tied_names
 from .masks import Masks, weight_targets
 from .portable import make_portable, read_config
 
@@ -132,7 +132,7 @@ def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_token
             adapter_for(skeleton).reshape_to(skeleton, structure)
         except (ValueError, IndexError, RuntimeError, TypeError) as e:
             raise IntegrityError(f"{path}/config.json: its {STRUCTURE_KEY} does not fit the model: {e}") from None
-    check_shapes(skeleton.state_dict(), tensors, str(path))
+    check_shapes(skeleton.state_dict(), tensors, str(path), tied_names(skeleton))
     model = _build(cls, config, structure)
     try:
         load_model(model, str(path / WEIGHTS), strict=True, device=str(device))

@@ -4,6 +4,8 @@ and MLflow pyfunc."""
 
 from __future__ import annotations
 
+import json
+
 from ..tasks.spec import get_task
 from .report import Report
 from .serving import hf_load_snippet, mlflow_serve_snippet
@@ -38,12 +40,8 @@ def _onnx(task_is_qa: bool, run_id: str, artifact_path: str) -> str:
     )
 
 
-def _pyfunc(task_is_qa: bool, model_uri: str) -> str:
-    frame = (
-        'pd.DataFrame({"question": ["Who wrote it?"], "context": ["It was written by Ann Lee."]})'
-        if task_is_qa
-        else 'pd.DataFrame({"text": ["a fine movie"]})'
-    )
+def _pyfunc(task: str, model_uri: str) -> str:
+    frame = f"pd.DataFrame({json.dumps({column: [value] for column, value in get_task(task).serving_example})})"
     return (
         f'import mlflow\nimport pandas as pd\n\nmodel = mlflow.pyfunc.load_model("{model_uri}")\nmodel.predict({frame})'
     )
@@ -55,9 +53,9 @@ def add_deploy_section(
     """Append the section. ``model_folder``: where the exported folder lies inside the MLflow model's artifacts;
     ``onnx``: the ONNX folder's metadata and ``artifact_path`` in the run, or None when none was made."""
     report.add("h2", "How to deploy this version")
-    report.add("p", "**MLflow pyfunc** (raw text in, labels and scores out):")
+    report.add("p", "**MLflow pyfunc** (raw text in; labels and scores, answers or generated text out):")
     task_is_qa = get_task(task).kind == "qa"  # the snippets of an extractive-QA model
-    report.add("pre", _pyfunc(task_is_qa, model_uri))
+    report.add("pre", _pyfunc(task, model_uri))
     report.add("p", "As a REST service, from a fresh environment without fastprune:")
     report.add("pre", mlflow_serve_snippet(model_uri, task))
     report.add(

@@ -9,7 +9,8 @@ has those, and ``mlflow.pyfunc.load_model(...).predict(frame)`` answers:
   ``id2label``), ``score`` (its probability) and ``probabilities`` (one per label, in id order);
 - a regressor (STS-B): ``score``;
 - an extractive question-answering model, from ``question`` and ``context``: ``answer``, its ``start`` and ``end``
-  (character offsets in the context; -1 when there is none) and ``score`` (start plus end logit).
+  (character offsets in the context; -1 when there is none) and ``score`` (start plus end logit);
+- a causal language model, from ``prompt``: ``text``, its greedy continuation (``max_new_tokens`` tokens at most).
 
 The model folder is checked against its ``MANIFEST.json`` (sha256 of every file) before it loads.
 """
@@ -26,7 +27,12 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
-from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 MODELING_FILE = "modeling_fastprune.py"  # the folder's own modeling code, when no stock config describes it
 MANIFEST = "MANIFEST.json"
@@ -51,11 +57,15 @@ def check_manifest(folder: Path) -> None:
             raise MlflowException(f"{file} does not match its sha256 in {MANIFEST}")
 
 
-def load_folder(folder: str | Path, question_answering: bool):
-    """The model (eval mode) and tokenizer of an exported folder, with transformers alone."""
+_MODEL_CLASSES = {"qa": AutoModelForQuestionAnswering, "causal-lm": AutoModelForCausalLM}
+
+
+def load_folder(folder: str | Path, kind: str):
+    """The model (eval mode) and tokenizer of an exported folder of a task ``kind`` (``qa``, ``causal-lm``, else a
+    sequence classifier), with transformers alone."""
     folder = Path(folder)
     own_code = (folder / MODELING_FILE).is_file()  # shipped in the folder with the model, not fetched
-    cls = AutoModelForQuestionAnswering if question_answering else AutoModelForSequenceClassification
+    cls = _MODEL_CLASSES.get(kind, AutoModelForSequenceClassification)
     model = cls.from_pretrained(folder, trust_remote_code=own_code).eval()
     return model, AutoTokenizer.from_pretrained(folder, config=model.config)
 
@@ -182,19 +192,37 @@ def answer(
     return pd.DataFrame(rows, columns=QA_COLUMNS).astype({"answer": object})
 
 
+def generate(model, tokenizer, frame: pd.DataFrame, max_new_tokens: int) -> pd.DataFrame:
+    """``text``: the greedy continuation of each ``prompt``, one prompt at a time (no padding to get wrong)."""
+    if "prompt" not in frame.columns:
+        raise _bad_input(f"the input needs a 'prompt' column; got {list(frame.columns)}")
+    texts = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.inference_mode():
+        for prompt in frame["prompt"].astype(str):
+            encoded = tokenizer(prompt, return_tensors="pt")
+            ids = {k: encoded[k] for k in ("input_ids", "attention_mask")}  # no token_type_ids
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            texts.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+    return pd.DataFrame({"text": pd.Series(texts, dtype=object)})
+
+
 class PortableTextModel(PythonModel):
     """The pyfunc: the exported folder (artifact ``model``) loaded with transformers; the task in ``model_config``
-    (``kind``: classification, regression or qa; ``max_length``; ``version_2`` for SQuAD v2)."""
+    (``kind``: classification, regression, qa or causal-lm; ``max_length``; ``version_2`` for SQuAD v2;
+    ``max_new_tokens`` for a causal LM)."""
 
     def load_context(self, context) -> None:
         folder = Path(context.artifacts["model"])
         check_manifest(folder)
         self.settings = dict(context.model_config or {})
-        self.model, self.tokenizer = load_folder(folder, self.settings.get("kind") == "qa")
+        self.model, self.tokenizer = load_folder(folder, str(self.settings.get("kind", "classification")))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         kind, max_length = self.settings.get("kind", "classification"), int(self.settings.get("max_length", 128))
+        if kind == "causal-lm":
+            return generate(self.model, self.tokenizer, frame, int(self.settings.get("max_new_tokens", 32)))
         if kind == "qa":
             return answer(
                 self.model, self.tokenizer, frame, max_length, version_2=bool(self.settings.get("version_2", False))

@@ -7,6 +7,7 @@ the inputs and the outputs of the task's kind.
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,6 +33,7 @@ OUTPUTS = {
     "qa": Schema(
         [ColSpec("string", "answer"), ColSpec("long", "start"), ColSpec("long", "end"), ColSpec("double", "score")]
     ),
+    "causal-lm": Schema([ColSpec("string", "text")]),
 }
 
 
@@ -52,7 +54,9 @@ def requirements() -> list[str]:
 
 def model_config(task: Task) -> dict:
     version_2 = getattr(task, "version_2", False)  # extractive QA with unanswerable questions
-    return {"task": task.name, "kind": task.kind, "max_length": task.max_length, "version_2": version_2}
+    config = {"task": task.name, "kind": task.kind, "max_length": task.max_length, "version_2": version_2}
+    new_tokens = getattr(task, "max_new_tokens", None)  # a causal LM's continuation length
+    return config if new_tokens is None else {**config, "max_new_tokens": new_tokens}
 
 
 def write_entry_point(workdir: Path) -> Path:
@@ -83,7 +87,16 @@ def log_portable_model(pruned: Path, task: str, workdir: Path, name: str = "mode
 # ----- snippets (the README and the run report show them) --------------------------------------------------------
 def hf_load_snippet(folder: str, task: str) -> str:
     """Python that loads an exported folder with transformers alone (no fastprune)."""
-    qa = get_task(task).kind == "qa"
+    kind = get_task(task).kind
+    if kind == "causal-lm":
+        return (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{folder}", trust_remote_code=True)  # its own modeling code\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n'
+            'inputs = tokenizer("The history of the city begins", return_tensors="pt")\n'
+            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))\n"
+        )
+    qa = kind == "qa"
     auto = "AutoModelForQuestionAnswering" if qa else "AutoModelForSequenceClassification"
     use = (
         'inputs = tokenizer("Who wrote it?", "It was written by Ann Lee.", return_tensors="pt")\n'
@@ -105,11 +118,7 @@ def mlflow_serve_snippet(
     model_uri: str, task: str, tracking_uri: str = "http://mlflow.example.com", port: int = 5001
 ) -> str:
     """Shell commands that serve a registered version in a fresh environment (no fastprune) and query it."""
-    record = (
-        '{"question": "Who wrote it?", "context": "It was written by Ann Lee."}'
-        if get_task(task).kind == "qa"
-        else '{"text": "a fine movie"}'
-    )
+    record = json.dumps(dict(get_task(task).serving_example))
     return (
         f"python -m venv serve && . serve/bin/activate   # the venv's bin on PATH: mlflow runs uvicorn from it\n"
         f"pip install {' '.join(requirements())}\n"

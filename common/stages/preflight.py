@@ -46,6 +46,25 @@ def check_dev_data(source: str | None, task: str, text_columns=None, label_colum
     load_task_data(resolve_source(source)[0], get_task(task), "validation", text_columns, label_column)
 
 
+def check_local_model(source: str, task: str, train_data: str | None = None, max_length: int | None = None) -> None:
+    """A local model folder must fit the task (its head: a decoder for ``causal-lm``, a classifier for GLUE...),
+    read from its config.json alone; and the task's check of the training data against the model's tokenizer
+    (:meth:`~fastprune.common.tasks.base.Task.check_data`: text shorter than one window) runs when both are local."""
+    folder = Path(source).expanduser()
+    if not looks_local(source) or not (folder / "config.json").is_file():
+        return
+    from ..model.loading import check_model_for_task
+    from ..model.portable import read_config
+
+    spec = get_task(task)
+    check_model_for_task(read_config(folder), spec, str(folder))
+    if train_data and looks_local(train_data) and spec.checks_data:
+        from transformers import AutoTokenizer
+
+        data = spec.load_data(Path(train_data).expanduser(), "train")
+        spec.check_data(data, AutoTokenizer.from_pretrained(folder), max_length, f"training data {train_data}")
+
+
 def check_prune_inputs(cfg, output: str | Path, overwrite: bool = False) -> Path:
     """What ``fastprune prune`` checks before loading the model (``cfg`` is a :class:`PruneConfig`, whose
     validation already checked the parameters and the device)."""
@@ -53,6 +72,7 @@ def check_prune_inputs(cfg, output: str | Path, overwrite: bool = False) -> Path
     check_exists(cfg.model, "model")
     check_exists(cfg.train_data, "training data")
     check_dev_data(cfg.dev_data, cfg.task, cfg.text_columns, cfg.label_column)
+    check_local_model(cfg.model, cfg.task, cfg.train_data, cfg.sample.max_length)
     return output
 
 
@@ -69,3 +89,7 @@ def check_pipeline_inputs(arguments: dict, pipeline_root: str | Path, default_ta
     check_exists(arguments.get("model"), "model")
     check_exists(arguments.get("train_data"), "training data")
     check_dev_data(arguments.get("dev_data"), arguments.get("task") or default_task)
+    if arguments.get("model"):
+        check_local_model(
+            arguments["model"], arguments.get("task") or default_task, arguments.get("train_data"), arguments.get("max_length")
+        )

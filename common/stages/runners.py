@@ -194,13 +194,13 @@ def run_prepare(p: PrepareParams, out: Path) -> dict:
 
 def run_sample(p: SampleParams, out: Path) -> dict:
     """Draw the pruning sample from the training data; record the data's sha256."""
-    from ..tasks.data import sample_dataset, split_holdout
+    from ..tasks.data import split_holdout
 
     task = get_task(p.task)
     local, source = resolve_source(p.train_data)
     train = task.load_data(local, "train", p.text_columns, p.label_column)
-    sample = sample_dataset(train, p.num_samples, p.seed, p.replace)
-    warnings = [w for w in [sampling_warning(p.num_samples, len(train), p.replace)] if w]
+    sample, available = task.draw_sample(train, p.num_samples, p.seed, p.replace, p.max_length)
+    warnings = [w for w in [sampling_warning(p.num_samples, available, p.replace)] if w]
     if p.holdout:
         sample, held_out = split_holdout(sample, p.holdout, p.seed)
         held_out.to_parquet(str(out / HOLDOUT_FILE))

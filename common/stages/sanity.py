@@ -34,8 +34,8 @@ def chance_warning(task: Task, labels: list, metrics: dict[str, float]) -> str |
         chance, value, name = 100.0 * max(majority, 1.0 / num_labels), score, "accuracy"
         at_chance = value <= chance
     else:
-        chance, value, name = task.chance, score, task.metric
-        at_chance = not task.better_than_chance(value)
+        chance, value, name = metrics.get("chance", task.chance), score, task.metric  # a metric may state it
+        at_chance = not task.better_than_chance(value, chance)
     if not at_chance:
         return None
     return warn(

@@ -59,6 +59,7 @@ class Task(ABC):
     reads_first_token: bool = False  # only the first token of the last layer feeds the head (mask tuning)
     serving_inputs: tuple[tuple[str, bool], ...] = (("text", True),)  # (column, required) of the pyfunc's input
     serving_example: tuple[tuple[str, str], ...] = (("text", "a fine movie"),)  # one input row (MLflow runs it)
+    checks_data: bool = False  # :meth:`check_data` needs the tokenizer: run it before any compute
 
     # ----- reading and batching --------------------------------------------------------------------------------
     @abstractmethod
@@ -89,6 +90,19 @@ class Task(ABC):
         features = self.encode(ds, tokenizer, max_length)
         return make_batches(features, tokenizer, batch_size or self.batch_size, group_by_length, self.label_keys)
 
+    def draw_sample(
+        self, ds: Dataset, num_samples: int, seed: int, replace: bool = True, max_length: int | None = None
+    ) -> tuple[Dataset, int]:
+        """The pruning sample: ``num_samples`` examples drawn by ``seed`` (with replacement unless not ``replace``),
+        and how many the data holds to draw from. ``max_length`` is the sample's (tasks that cut windows use it)."""
+        from .data import sample_dataset
+
+        return sample_dataset(ds, num_samples, seed, replace), len(ds)
+
+    def check_data(self, ds: Dataset, tokenizer: Any, max_length: int | None, what: str) -> None:
+        """Raise a :class:`~fastprune.common.errors.DataError` when the data cannot make one example with this
+        tokenizer (tasks that set :attr:`checks_data`)."""
+
     def examples(self, batch: dict) -> int:
         """How many examples a batch holds (one Fisher row each)."""
         return len(batch["input_ids"])
@@ -112,9 +126,12 @@ class Task(ABC):
         head = self.auto_model_class().__name__.removeprefix("AutoModel")
         architectures = getattr(config, "architectures", None) or []
         if not any(a.endswith(head) for a in architectures):
+            decoder = any(a.endswith("ForCausalLM") for a in architectures)
             raise ModelTaskMismatchError(
                 f"{where} is not fine-tuned for task {self.name}: its architectures are {architectures or 'unset'}, "
-                f"expected a *{head} model (fine-tune it on the task first)"
+                f"expected a *{head} model ("
+                + ("it is a causal language model: use --task causal-lm" if decoder else "fine-tune it on the task first")
+                + ")"
             )
 
     def pretrained_model(self, source: str | Path, reinit_mismatched: bool = False) -> nn.Module:
@@ -158,8 +175,11 @@ class Task(ABC):
         """How much worse ``after`` is than ``before`` (positive: worse), in the metric's units."""
         return before - after if self.higher_is_better else after - before
 
-    def better_than_chance(self, value: float) -> bool:
-        return value > self.chance if self.higher_is_better else value < self.chance
+    def better_than_chance(self, value: float, chance: float | None = None) -> bool:
+        """Whether ``value`` beats ``chance`` (default :attr:`chance`; a model-dependent level such as a causal LM's
+        vocabulary size comes with its evaluation) in the metric's direction."""
+        level = self.chance if chance is None else chance
+        return value > level if self.higher_is_better else value < level
 
     # ----- serving (the MLflow pyfunc) -------------------------------------------------------------------------
     @abstractmethod

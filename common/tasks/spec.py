@@ -1,4 +1,4 @@
-"""The tasks fastprune knows: GLUE classification/regression and SQuAD extractive QA, as registered
+"""The tasks fastprune knows: GLUE classification/regression, SQuAD extractive QA and causal language modelling, as registered
 :class:`~.base.Task` objects; :func:`~.base.register_task` adds others."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import LABEL_KEYS, LabelSource, Task, lookup_task, register_task
+from .causal_lm import CausalLMTask
 from .glue import ClassificationTask, RegressionTask
 from .squad import ExtractiveQATask
 
@@ -109,10 +110,11 @@ _BUILT_IN: tuple[Task, ...] = (
         avg_seq_len=170,
         hub=("rajpurkar/squad_v2", None),
     ),
+    CausalLMTask(name="causal-lm"),
 )
 
 for _task in _BUILT_IN:
-    register_task(_task, aliases=("squad2",) if _task.name == "squad_v2" else ())
+    register_task(_task, aliases={"squad_v2": ("squad2",), "causal-lm": ("clm",)}.get(_task.name, ()))
 
 TASKS: dict[str, Task] = {t.name: t for t in _BUILT_IN}
 """The built-in tasks; :func:`get_task` also finds those registered later."""
