@@ -122,7 +122,9 @@ def trained_tiny_model(path: Path, steps: int = 150, family: str = "bert") -> Pa
 TEXT = REPO / "fastprune" / "data" / "text"
 
 
-def tiny_llama(layers: int = 2, hidden: int = 32, heads: int = 4, groups: int = 2, intermediate: int = 48, seed: int = 0):
+def tiny_llama(
+    layers: int = 2, hidden: int = 32, heads: int = 4, groups: int = 2, intermediate: int = 48, seed: int = 0
+):
     """A randomly initialised tiny Llama (grouped-query attention, gated MLP, pre-norm, rotary) over the tiny
     tokenizer's vocabulary, in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM

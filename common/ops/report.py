@@ -237,7 +237,12 @@ def run_report(
     report.add("h2", "Before and after")
     metric = ev["metric"]
     rows = [
-        [metric, _f(ev["metric_before"]), _f(ev["metric_after"]), f"{ev['metric_after'] - ev['metric_before']:+.2f} points"],
+        [
+            metric,
+            _f(ev["metric_before"]),
+            _f(ev["metric_after"]),
+            f"{ev['metric_after'] - ev['metric_before']:+.2f} points",
+        ],
         [
             "FLOPs kept",
             "1.000",

@@ -91,5 +91,8 @@ def check_pipeline_inputs(arguments: dict, pipeline_root: str | Path, default_ta
     check_dev_data(arguments.get("dev_data"), arguments.get("task") or default_task)
     if arguments.get("model"):
         check_local_model(
-            arguments["model"], arguments.get("task") or default_task, arguments.get("train_data"), arguments.get("max_length")
+            arguments["model"],
+            arguments.get("task") or default_task,
+            arguments.get("train_data"),
+            arguments.get("max_length"),
         )

@@ -130,7 +130,11 @@ class Task(ABC):
             raise ModelTaskMismatchError(
                 f"{where} is not fine-tuned for task {self.name}: its architectures are {architectures or 'unset'}, "
                 f"expected a *{head} model ("
-                + ("it is a causal language model: use --task causal-lm" if decoder else "fine-tune it on the task first")
+                + (
+                    "it is a causal language model: use --task causal-lm"
+                    if decoder
+                    else "fine-tune it on the task first"
+                )
                 + ")"
             )
 

@@ -140,7 +140,9 @@ class CausalLMTask(Task):
             raise DataError(f"task {self.name}: the sample holds no window of two tokens or more")
         size = batch_size or self.batch_size
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return [pad_windows([f["input_ids"] for f in features[i : i + size]], pad) for i in range(0, len(features), size)]
+        return [
+            pad_windows([f["input_ids"] for f in features[i : i + size]], pad) for i in range(0, len(features), size)
+        ]
 
     def model_inputs(self, batch: dict) -> dict:
         """The ids and attention mask, without a key/value cache (layers are re-run by the tuning)."""
@@ -177,7 +179,9 @@ class CausalLMTask(Task):
             targets = drawn.view(real.shape).masked_fill(~real, IGNORE)
         else:
             targets = batch["labels"][:, 1:]
-        nll = nn.functional.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=IGNORE, reduction="none")
+        nll = nn.functional.cross_entropy(
+            logits.transpose(1, 2).float(), targets, ignore_index=IGNORE, reduction="none"
+        )
         counts = (targets != IGNORE).sum(1).clamp(min=1)
         return (nll.sum(1) / counts).mean()
 
@@ -227,7 +231,9 @@ class CausalLMTask(Task):
 
         if "prompt" not in frame.columns:
             raise ValueError(f"the input needs a 'prompt' column; got {list(frame.columns)}")
-        return pd.DataFrame({"text": continue_prompts(model, tokenizer, frame["prompt"].astype(str), self.max_new_tokens)})
+        return pd.DataFrame(
+            {"text": continue_prompts(model, tokenizer, frame["prompt"].astype(str), self.max_new_tokens)}
+        )
 
 
 def continue_prompts(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:

@@ -94,14 +94,18 @@ def test_perplexity_is_exp_of_the_mean_next_token_nll(tokenizer, tmp_path):
 
 def test_lower_perplexity_is_better_in_the_gate_the_sweep_and_the_warnings():
     assert not TASK.higher_is_better and TASK.metric_drop(20.0, 23.0) == 3.0
-    assert evaluation_gate({"task": "causal-lm", "metric": "perplexity", "metric_before": 20.0, "metric_after": 20.5}, 1.0)[0]
+    assert evaluation_gate(
+        {"task": "causal-lm", "metric": "perplexity", "metric_before": 20.0, "metric_after": 20.5}, 1.0
+    )[0]
     passed, reason = evaluation_gate(
         {"metric": "perplexity", "higher_is_better": False, "metric_before": 20.0, "metric_after": 23.0}, 1.0
     )
     assert not passed and "a rise of 3.00 points" in reason
 
     def candidate(i: int, after: float) -> Candidate:
-        return Candidate(i, 0.7, "flops", "perplexity", 20.0, after, 0.7, 100, 80, None, None, None, True, "", None, False)
+        return Candidate(
+            i, 0.7, "flops", "perplexity", 20.0, after, 0.7, 100, 80, None, None, None, True, "", None, False
+        )
 
     assert choose([candidate(0, 25.0), candidate(1, 22.0), candidate(2, 24.0)], "smallest").index == 1
     assert candidate(0, 25.0).drop == 5.0
@@ -135,4 +139,3 @@ def test_the_pyfunc_predict_continues_prompts(tokenizer):
     assert list(out.columns) == ["text"] and len(out) == 2 and all(isinstance(t, str) and t for t in out["text"])
     with pytest.raises(ValueError, match="'prompt' column"):
         TASK.predict(tiny_llama(), tokenizer, pd.DataFrame({"text": ["x"]}))
-

