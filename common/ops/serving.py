@@ -91,7 +91,7 @@ def hf_load_snippet(folder: str, task: str) -> str:
     if kind == "causal-lm":
         return (
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f'model = AutoModelForCausalLM.from_pretrained("{folder}", trust_remote_code=True)  # its own modeling code\n'
+            f'model = AutoModelForCausalLM.from_pretrained("{folder}", trust_remote_code=True)  # its own code\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n'
             'inputs = tokenizer("The history of the city begins", return_tensors="pt")\n'
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))\n"

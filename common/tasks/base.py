@@ -101,7 +101,8 @@ class Task(ABC):
 
     def check_data(self, ds: Dataset, tokenizer: Any, max_length: int | None, what: str) -> None:
         """Raise a :class:`~fastprune.common.errors.DataError` when the data cannot make one example with this
-        tokenizer (tasks that set :attr:`checks_data`)."""
+        tokenizer (tasks that set :attr:`checks_data`; any data will do by default)."""
+        return None
 
     def examples(self, batch: dict) -> int:
         """How many examples a batch holds (one Fisher row each)."""

@@ -236,7 +236,7 @@ class CausalLMTask(Task):
         )
 
 
-def continue_prompts(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+def continue_prompts(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     """The greedy continuation of each prompt, one at a time (no padding to get wrong)."""
     out = []
     with torch.inference_mode():

@@ -1,5 +1,5 @@
-"""The tasks fastprune knows: GLUE classification/regression, SQuAD extractive QA and causal language modelling, as registered
-:class:`~.base.Task` objects; :func:`~.base.register_task` adds others."""
+"""The tasks fastprune knows: GLUE classification/regression, SQuAD extractive QA and causal language modelling,
+as registered :class:`~.base.Task` objects; :func:`~.base.register_task` adds others."""
 
 from __future__ import annotations
 
