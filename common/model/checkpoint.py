@@ -134,8 +134,8 @@ def check_weights_format(folder: str | Path, allow_pickle: bool = False) -> None
 # ----- pruned configs ---------------------------------------------------------------------------------------
 def model_class(config, where: str):
     """The transformers class ``config.architectures`` names, if it is a sequence classifier, a question-answering
-    model, a causal language model or the bare model of a supported family (nothing else is ever instantiated: no
-    ``pipeline``, ``Trainer``...)."""
+    model, a decoder family's causal language model or the bare model of a supported family (nothing else is ever
+    instantiated: no ``pipeline``, ``Trainer``...)."""
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
@@ -144,11 +144,12 @@ def model_class(config, where: str):
     )
 
     try:
-        adapter_for(config)
+        adapter = adapter_for(config)
     except UnsupportedArchitectureError as e:
         raise IntegrityError(f"{where}/config.json: {e}") from None
     allowed: dict[str, Any] = {}
-    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModelForCausalLM, AutoModel):
+    causal = (AutoModelForCausalLM,) if adapter.causal else ()  # a decoder family's language model, no encoder's
+    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering, *causal, AutoModel):
         try:
             cls: Any = auto._model_mapping[type(config)]
         except KeyError:

@@ -257,7 +257,10 @@ class Task(Options):
 
 
 class TrainData(Options):
-    train_data: str = Field(description="training data (tsv/csv/json/jsonl/parquet; s3:// URI) or hub dataset id")
+    train_data: str = Field(
+        description="training data (tsv/csv/json/jsonl/parquet; for causal-lm also txt or a folder of .txt; s3:// URI) "
+        "or hub dataset id"
+    )
 
 
 class DevData(Options):
