@@ -24,11 +24,11 @@ import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 from torch import nn
 
 from ..errors import ConfigError
@@ -179,6 +179,15 @@ class LatencyTable(BaseModel):
     mode: LatencyMode = "prefill"
     build_seconds: float = 0.0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _heads_only(cls, data: Any) -> Any:
+        """A table saved before attention was timed per group count (encoders: one group a head) still loads."""
+        if isinstance(data, dict) and "heads" in data and "attention" not in data:
+            data = {**data, "attention": [(h, h, ms) for h, ms in data["heads"]]}
+            del data["heads"]
+        return data
+
     @classmethod
     def from_measurements(
         cls,
@@ -196,9 +205,9 @@ class LatencyTable(BaseModel):
     ) -> LatencyTable:
         """``attention`` holds (heads, groups, ms) points; ``heads`` (heads, ms) points at the fewest groups that
         hold the heads (under plain attention, the only ones)."""
-        points = sorted({(int(h), int(g)): float(ms) for h, g, ms in attention}.items())
-        points += [((int(h), _fewest_groups(int(h), dims)), float(ms)) for h, ms in heads]
-        triples = sorted((h, g, ms) for (h, g), ms in points)
+        points = {(int(h), int(g)): float(ms) for h, g, ms in attention}
+        points.update({(int(h), _fewest_groups(int(h), dims)): float(ms) for h, ms in heads})
+        triples = [(h, g, ms) for (h, g), ms in sorted(points.items())]
         neurons = sorted((int(n), float(ms)) for n, ms in neurons)
         group_ms = fit_group_ms(triples) if dims.grouped else 0.0
         return cls(

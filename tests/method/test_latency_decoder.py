@@ -4,6 +4,7 @@ neuron grid, for a prefill and for one decoding step over a key/value cache; a t
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -155,6 +156,15 @@ def test_the_latency_search_meets_the_target_with_groups_as_sliced(tables, mode)
         assert by_structure == pytest.approx(masks_latency(masks, table))
         ids = torch.randint(0, 64, (1, 5), generator=generator)
         assert sliced(input_ids=ids).logits.shape == (1, 5, 64)
+
+
+def test_a_table_saved_before_groups_were_timed_still_loads(tmp_path):
+    table = build_lut(tiny_config("bert"), "cpu", 1, 4, neuron_grid=[8], repeats=1, warmup=0)
+    old = table.model_dump(mode="json")
+    old["heads"] = [[h, ms] for h, _, ms in old.pop("attention")]
+    del old["group_ms"], old["mode"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert LatencyTable.load(tmp_path / "old.json") == table
 
 
 def test_decode_is_refused_for_an_encoder_before_any_timing(monkeypatch):
