@@ -16,8 +16,6 @@ log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SST2_TRAIN = DATA_DIR / "sst2" / "train.tsv"
 SST2_DEV = DATA_DIR / "sst2" / "dev.tsv"
-TEXT_TRAIN = DATA_DIR / "text" / "macbeth_gut.txt"  # public-domain text for causal LMs (see its README)
-TEXT_DEV = DATA_DIR / "text" / "britannica-11th-head.txt"
 
 
 def minilm_dir() -> Path:

@@ -145,26 +145,3 @@ def tiny_llama(
         eos_token_id=3,
     )
     return LlamaForCausalLM(config).eval()
-
-
-def trained_tiny_llama(path: Path, steps: int = 60, max_length: int = 64) -> Path:
-    """A tiny Llama trained briefly on next tokens of the bundled Macbeth (well below the vocabulary's perplexity),
-    saved with its tokenizer to ``path``."""
-    from fastprune.common.tasks.spec import get_task
-
-    task = get_task("causal-lm")
-    tokenizer = tiny_tokenizer()
-    model = tiny_llama()
-    sample, _ = task.draw_sample(task.load_data(TEXT / "macbeth_gut.txt"), 64, seed=0, max_length=max_length)
-    batches = task.batches(sample, tokenizer, 8, max_length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(steps):
-        loss = task.fisher_loss(model, batches[step % len(batches)])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path

@@ -128,15 +128,12 @@ class Task(ABC):
         architectures = getattr(config, "architectures", None) or []
         if not any(a.endswith(head) for a in architectures):
             decoder = any(a.endswith("ForCausalLM") for a in architectures)
+            hint = (
+                "it is a causal language model: use --task causal-lm" if decoder else "fine-tune it on the task first"
+            )
             raise ModelTaskMismatchError(
                 f"{where} is not fine-tuned for task {self.name}: its architectures are {architectures or 'unset'}, "
-                f"expected a *{head} model ("
-                + (
-                    "it is a causal language model: use --task causal-lm"
-                    if decoder
-                    else "fine-tune it on the task first"
-                )
-                + ")"
+                f"expected a *{head} model ({hint})"
             )
 
     def pretrained_model(self, source: str | Path, reinit_mismatched: bool = False) -> nn.Module:
