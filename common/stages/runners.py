@@ -200,7 +200,7 @@ def run_sample(p: SampleParams, out: Path) -> dict:
     local, source = resolve_source(p.train_data)
     train = task.load_data(local, "train", p.text_columns, p.label_column)
     sample, available = task.draw_sample(train, p.num_samples, p.seed, p.replace, p.max_length)
-    warnings = [w for w in [sampling_warning(p.num_samples, available, p.replace)] if w]
+    warnings = [w for w in [sampling_warning(p.num_samples, available, p.replace, task.sample_unit)] if w]
     if p.holdout:
         sample, held_out = split_holdout(sample, p.holdout, p.seed)
         held_out.to_parquet(str(out / HOLDOUT_FILE))

@@ -74,16 +74,17 @@ def budget_warnings(
     return found
 
 
-def sampling_warning(num_samples: int, available: int, replace: bool) -> str | None:
-    """A warning when the sample asks for more examples than the data holds, saying what was done."""
+def sampling_warning(num_samples: int, available: int, replace: bool, unit: str = "training examples") -> str | None:
+    """A warning when the sample asks for more examples than the data holds (``unit``: what it counts), saying what
+    was done."""
     if num_samples <= available:
         return None
     if replace:
         return warn(
-            f"num_samples {num_samples} is larger than the {available} training examples: drew {num_samples} "
+            f"num_samples {num_samples} is larger than the {available} {unit}: drew {num_samples} "
             f"with replacement, each example {num_samples / available:.1f}x on average (oversampled)"
         )
     return warn(
-        f"num_samples {num_samples} is larger than the {available} training examples: the sample was capped "
+        f"num_samples {num_samples} is larger than the {available} {unit}: the sample was capped "
         f"at {available} (drawn without replacement)"
     )

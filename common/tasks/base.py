@@ -60,6 +60,7 @@ class Task(ABC):
     serving_inputs: tuple[tuple[str, bool], ...] = (("text", True),)  # (column, required) of the pyfunc's input
     serving_example: tuple[tuple[str, str], ...] = (("text", "a fine movie"),)  # one input row (MLflow runs it)
     checks_data: bool = False  # :meth:`check_data` needs the tokenizer: run it before any compute
+    sample_unit: str = "training examples"  # what :meth:`draw_sample` draws, for the warnings
 
     # ----- reading and batching --------------------------------------------------------------------------------
     @abstractmethod

@@ -51,6 +51,7 @@ class CausalLMTask(Task):
     chars_per_token: float = 6.0  # a calibration slot's characters per window token (an upper bound)
     max_new_tokens: int = 32  # the pyfunc's continuation length
     checks_data: bool = True
+    sample_unit: str = "window slots of the training text"
     serving_inputs: tuple[tuple[str, bool], ...] = (("prompt", True),)
     serving_example: tuple[tuple[str, str], ...] = (("prompt", "The history of the city begins"),)
 

@@ -12,7 +12,7 @@ import torch
 from fastprune.common.errors import DataError, ModelTaskMismatchError
 from fastprune.common.model.loading import check_model_for_task
 from fastprune.common.ops.registry import evaluation_gate
-from fastprune.common.stages.sanity import chance_warning
+from fastprune.common.stages.sanity import chance_warning, sampling_warning
 from fastprune.common.stages.sweep import Candidate, choose
 from fastprune.common.tasks.spec import get_task
 from tiny import TEXT, tiny_config, tiny_llama
@@ -50,6 +50,8 @@ def test_windows_are_cut_and_sampled_by_seed(macbeth, tokenizer):
     assert sample["text"] == again["text"] and sample["text"] != other["text"]
     distinct, _ = TASK.draw_sample(macbeth, slots, seed=0, replace=False, max_length=32)
     assert len(set(distinct["text"])) == slots  # without replacement: every slot once
+    warning = sampling_warning(slots + 1, slots, False, TASK.sample_unit)
+    assert f"larger than the {slots} window slots of the training text" in warning
     batches = TASK.batches(sample, tokenizer, batch_size=5, max_length=32)
     assert [len(b["input_ids"]) for b in batches] == [5, 5, 2]
     for b in batches:
