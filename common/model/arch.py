@@ -317,7 +317,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         cfg_heads="num_attention_heads",
         cfg_hidden="hidden_size",
         cfg_intermediate="intermediate_size",
-        attn_residual="attention.attn.q",  # post-norm, as BERT
+        attn_residual="attention.attn.q",  # post-norm as BERT's: timed as BERT's blocks (SDPA, the bias add untimed)
         ffn_residual="intermediate.dense",
         shared_bias="position_bias",  # the encoder's relative position bias, one channel per head, to every layer
     ),

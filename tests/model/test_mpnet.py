@@ -137,3 +137,12 @@ def test_the_portable_file_mirrors_the_shared_bias_and_other_families_are_refuse
     assert modeling_fastprune.SHARED_BIAS == {"mpnet": "position_bias"}
     with pytest.raises(UnsupportedArchitectureError, match="model_type='gpt2'.*mpnet"):
         adapter_for(GPT2Config())
+
+
+def test_a_sliced_mpnet_exports_to_onnx(tmp_path):
+    """The channel selection is traced into the graph: onnxruntime agrees with torch (export_onnx checks it)."""
+    from fastprune.common.model.onnx_export import export_onnx
+
+    model = tiny_model("mpnet")
+    pruned = export_pruned(model, _masks(adapter_for(model).dims(model.config)))
+    assert export_onnx(pruned, tmp_path / "model.onnx", atol=1e-4).is_file()
