@@ -217,7 +217,6 @@ def check_pruned_config(config, tensors: dict[str, TensorInfo], where: str) -> N
             f"{where}/config.json: {STRUCTURE_KEY}.head_groups must list, per layer, the key/value "
             f"group (0 to {dims.kv_heads - 1}) of each kept head, got {str(groups)[:200]}"
         )
-
     if adapter.shared_bias:
         _check_bias_heads(structure.get(BIAS_HEADS_KEY), heads, dims.num_heads, where)
 

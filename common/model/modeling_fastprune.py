@@ -167,7 +167,7 @@ def _select_bias_heads(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, d
     """Forward pre-hook: the shared position bias's channels of the attention's kept heads."""
     name, position = module.fastprune_bias_at
     bias = kwargs.get(name, args[position] if len(args) > position else None)
-    if bias is None:
+    if bias is None or module.fastprune_bias_heads == tuple(range(bias.shape[1])):  # a layer keeping every head
         return args, kwargs
     index = module.fastprune_bias_index
     if index is None or index.device != bias.device:
