@@ -303,24 +303,18 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         attn_residual="attention.q_lin",
         ffn_residual="ffn.lin1",
     ),
-    ArchAdapter(
+    ArchAdapter(  # BERT's layout and post-norm blocks (timed as BERT's: SDPA, the bias add untimed), other names
         family="mpnet",
         model_types=("mpnet",),
-        layers="encoder.layer",
-        attention="attention.attn",
-        query="attention.attn.q",
-        key="attention.attn.k",
-        value="attention.attn.v",
-        attn_out="attention.attn.o",
-        ffn_in="intermediate.dense",
-        ffn_out="output.dense",
-        heads_attrs=("num_attention_heads",),
-        cfg_layers="num_hidden_layers",
-        cfg_heads="num_attention_heads",
-        cfg_hidden="hidden_size",
-        cfg_intermediate="intermediate_size",
-        attn_residual="attention.attn.q",  # post-norm as BERT's: timed as BERT's blocks (SDPA, the bias add untimed)
-        ffn_residual="intermediate.dense",
+        **_BERT_LIKE
+        | dict(
+            attention="attention.attn",
+            query="attention.attn.q",
+            key="attention.attn.k",
+            value="attention.attn.v",
+            attn_out="attention.attn.o",
+            attn_residual="attention.attn.q",
+        ),
         shared_bias="position_bias",  # the encoder's relative position bias, one channel per head, to every layer
     ),
 )
