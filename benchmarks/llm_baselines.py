@@ -27,11 +27,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from fastprune.common.model.arch import ModelDims, adapter_for
 from fastprune.common.model.cost import dense_macs, group_macs, head_macs, masked_macs, neuron_macs
 from fastprune.common.model.masks import Masks
+from torch import nn
 
 BASELINES = ("magnitude", "wanda-sp", "flap", "uniform-fisher")
 

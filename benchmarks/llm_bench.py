@@ -40,6 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llm_baselines as bl  # noqa: E402
 import llm_ours  # noqa: E402
 import llm_report  # noqa: E402
+from fastprune.common.method.baselines import magnitude_importance  # noqa: E402
+from fastprune.common.model.arch import adapter_for  # noqa: E402
+from fastprune.common.model.cost import dense_macs as dense_cost  # noqa: E402
+from fastprune.common.model.cost import flops_ratio, structure_macs  # noqa: E402
+from fastprune.common.model.masks import Masks  # noqa: E402
 from llm_data import (  # noqa: E402
     causal_lm_task,
     decoder_params,
@@ -53,12 +58,6 @@ from llm_data import (  # noqa: E402
     window_batches,
 )
 from suite import PeakMemory, machine  # noqa: E402
-
-from fastprune.common.method.baselines import magnitude_importance  # noqa: E402
-from fastprune.common.model.arch import adapter_for  # noqa: E402
-from fastprune.common.model.cost import flops_ratio, structure_macs  # noqa: E402
-from fastprune.common.model.cost import dense_macs as dense_cost  # noqa: E402
-from fastprune.common.model.masks import Masks  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED = next((p / "shared" for p in HERE.parents if (p / "shared" / "data").is_dir()), HERE.parents[1] / "shared")
@@ -165,7 +164,8 @@ class Bench:
     # ----- runs -----------------------------------------------------------------------------------------------
     def run(self) -> None:
         if not any(r["method"] == "dense" for r in llm_report.load(self.args.jsonl)):
-            self.write({"method": "dense", "seed": None, "constraint": 1.0, "flops_kept": 1.0, "ppl": self.perplexities(None),
+            ppl = self.perplexities(None)
+            self.write({"method": "dense", "seed": None, "constraint": 1.0, "flops_kept": 1.0, "ppl": ppl,
                         "prune_seconds": 0.0, **self.costs(self.dense)})  # fmt: skip
         for seed in self.args.seeds:
             self.run_seed(seed)
@@ -203,8 +203,8 @@ class Bench:
                 pruned = llm_torch_pruning.prune_to_flops(self.model, batches, c, s)
                 seconds = time.perf_counter() - start
             counts = sliced_counts(pruned)
-            self.write({"method": method, "seed": seed, "constraint": c,
-                        "flops_kept": structure_macs(adapter_for(pruned).structure(pruned), dims, s) / dense_cost(dims, s),
+            kept = structure_macs(adapter_for(pruned).structure(pruned), dims, s) / dense_cost(dims, s)
+            self.write({"method": method, "seed": seed, "constraint": c, "flops_kept": kept,
                         "ppl": self.perplexities(None, model=pruned), "prune_seconds": round(seconds, 1),
                         **mem.as_dict(), **self.costs(counts)})  # fmt: skip
             return

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from fastprune.common.model.arch import ModelDims, adapter_for
 from fastprune.common.model.masks import Masks, pruning_applied
 from fastprune.common.tasks.base import Task
+from torch import nn
 
 
 def text_windows(tokenizer: Any, paths: Sequence[Path], length: int) -> torch.Tensor:

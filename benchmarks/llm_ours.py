@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from torch import nn
-
 from fastprune.common.method.allocate import search_by
 from fastprune.common.method.fisher import MaskGradients, collect_mask_gradients
 from fastprune.common.method.rearrange import rearrange_masks
@@ -22,6 +20,7 @@ from fastprune.common.model.arch import adapter_for
 from fastprune.common.model.cost import flops_ratio
 from fastprune.common.model.masks import Masks
 from fastprune.common.tasks.base import Task
+from torch import nn
 
 STAGES = ("search", "rearrange", "tune", "resplit")
 

@@ -158,7 +158,8 @@ def markdown(records: list[dict[str, Any]], plotted: bool) -> str:
     lines = [
         "# Decoder LLM accuracy: SmolLM2-135M, retraining-free (issue 20)",
         "",
-        f"Machine: {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, torch {machine.get('torch', '?')}, "
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, "
+        f"torch {machine.get('torch', '?')}, "
         f"transformers {machine.get('transformers', '?')}; load averages seen during the runs (1, 5, 15 min): "
         + (", ".join(loads[:1] + loads[-1:]) if loads else "?"),
         "",

@@ -14,10 +14,9 @@ from __future__ import annotations
 import copy
 import math
 
-from torch import nn
-
 from fastprune.common.model.arch import adapter_for
 from fastprune.common.model.cost import dense_macs, neuron_macs, units_macs
+from torch import nn
 
 
 def mlp_neurons_for(model: nn.Module, constraint: float, seq_len: float) -> int:
