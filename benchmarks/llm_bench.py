@@ -89,9 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="seed 0, FLOPs 0.8 0.6, 32 calibration windows, 8 eval")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--jsonl", type=Path, default=JSONL)
+    if "--quick" in (sys.argv[1:] if argv is None else argv):  # its defaults; flags given explicitly win
+        p.set_defaults(seeds=[0], constraints=[0.8, 0.6], calib_windows=32, eval_windows=8)
     args = p.parse_args(argv)
-    if args.quick:
-        args.seeds, args.constraints, args.calib_windows, args.eval_windows = [0], [0.8, 0.6], 32, 8
     bad = [c for c in args.constraints if not 0.0 < c < 1.0]
     if bad:
         p.error(f"--constraints must be FLOPs fractions strictly between 0 and 1, got {bad}")
