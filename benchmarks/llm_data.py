@@ -108,11 +108,12 @@ def sliced_counts(model: nn.Module) -> dict[str, int]:
 # ----- a causal-LM task for fastprune's Fisher pass and tuning, until fastprune ships its own ---------------------
 def causal_lm_task() -> Task:
     """fastprune's ``causal-lm`` task when registered (the decoder issue), else :class:`WindowTask`."""
+    from fastprune.common.errors import ConfigError
     from fastprune.common.tasks.base import lookup_task
 
     try:
         return lookup_task("causal-lm")
-    except Exception:
+    except ConfigError:
         return WindowTask(name="bench-causal-lm", metric="perplexity", higher_is_better=False, max_length=512)
 
 
