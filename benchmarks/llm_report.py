@@ -150,7 +150,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def markdown(records: list[dict[str, Any]], plotted: bool) -> str:
+def markdown(records: list[dict[str, Any]], plotted: bool, notes: Path | None = None) -> str:
+    """The report; ``notes`` (a markdown file written by hand: findings, what falls short) is appended."""
     runs = [r for r in records if r.get("method") == "dense"]
     machine = runs[-1]["machine"] if runs else {}
     loads = [
@@ -182,17 +183,20 @@ def markdown(records: list[dict[str, Any]], plotted: bool) -> str:
     ]
     if errors:
         lines += ["", "Runs that failed:", "", *(f"- `{e}`" for e in errors)]
+    if notes is not None and notes.is_file():
+        lines += ["", notes.read_text(encoding="utf-8").strip()]
     return "\n".join(lines) + "\n"
 
 
 def write_all(jsonl: Path) -> list[Path]:
-    """``<stem>.md`` and ``<stem>.png`` beside the JSONL, rebuilt from it."""
+    """``<stem>.md`` and ``<stem>.png`` beside the JSONL, rebuilt from it (with ``<stem>_notes.md`` appended)."""
     records = load(jsonl)
     if not records:
         return []
     png = plot(records, jsonl.with_suffix(".png"))
     md = jsonl.with_suffix(".md")
     tmp = md.with_suffix(".tmp")
-    tmp.write_text(markdown(records, png is not None), encoding="utf-8")
+    notes = jsonl.with_name(jsonl.stem + "_notes.md")
+    tmp.write_text(markdown(records, png is not None, notes), encoding="utf-8")
     tmp.replace(md)
     return [md, *([png] if png else [])]
