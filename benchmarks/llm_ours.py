@@ -1,0 +1,89 @@
+"""fastprune's own stages on a decoder LLM, through its library (the Task API), for the LLM benchmark: the Fisher pass,
+the FLOPs search (global or uniform allocation), rearrangement, least-squares refit tuning against the dense model,
+and the budget re-split during tuning: the ablation's cumulative stages ``search``, ``rearrange``, ``tune`` and
+``resplit``.
+
+The search is asked for the largest budget whose masks cost at most the target under the exact cost model (a
+key/value group charged while any of its heads is kept): until the search charges groups itself it would overspend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastprune.common.method.allocate import search_by
+from fastprune.common.method.fisher import MaskGradients, collect_mask_gradients
+from fastprune.common.method.rearrange import rearrange_masks
+from fastprune.common.method.resplit import BudgetResplit
+from fastprune.common.method.tuning import tune_masks
+from fastprune.common.model.arch import adapter_for
+from fastprune.common.model.cost import flops_ratio
+from fastprune.common.model.masks import Masks
+from fastprune.common.tasks.base import Task
+from torch import nn
+
+STAGES = ("search", "rearrange", "tune", "resplit")
+
+
+def fisher(model: nn.Module, batches: list[dict], task: Task) -> MaskGradients:
+    """Per-window mask gradients of the next-token loss (the empirical Fisher rows)."""
+    return collect_mask_gradients(model, batches, device="cpu", progress=False, task=task)
+
+
+def searched(
+    model: nn.Module, grads: MaskGradients, seq_len: float, constraint: float, allocation: str = "global"
+) -> Masks:
+    """The search's masks at the largest asked budget whose exact cost is at most ``constraint`` (bisection)."""
+    dims = adapter_for(model).dims(model.config)
+
+    def search(asked: float) -> Masks:
+        return search_by(allocation, grads, dims, seq_len, asked)
+
+    masks = search(constraint)
+    if flops_ratio(masks, dims, seq_len) <= constraint:
+        return masks
+    low, high = constraint * 0.5, constraint
+    for _ in range(30):
+        mid = (low + high) / 2
+        if flops_ratio(search(mid), dims, seq_len) <= constraint:
+            low = mid
+        else:
+            high = mid
+    return search(low)
+
+
+def stages(
+    model: nn.Module,
+    grads: MaskGradients,
+    batches: list[dict],
+    task: Task,
+    seq_len: float,
+    constraint: float,
+    allocation: str,
+    upto: str,
+) -> Iterator[tuple[str, Masks]]:
+    """The masks after each stage up to ``upto`` (one of :data:`STAGES`), as each is done: ``search``,
+    ``rearrange`` (of the search's), ``tune`` (refit of the rearranged against the dense model), ``resplit`` (the
+    refit with the budget re-split, from the rearranged masks)."""
+    if upto not in STAGES:
+        raise ValueError(f"unknown stage {upto!r}; valid: {', '.join(STAGES)}")
+    masks = searched(model, grads, seq_len, constraint, allocation)
+    yield "search", masks
+    if upto == "search":
+        return
+    masks = rearrange_masks(masks, grads)
+    yield "rearrange", masks
+    for stage in STAGES[2 : STAGES.index(upto) + 1]:
+        resplit = BudgetResplit(model, masks, seq_len, "cpu", allocation=allocation, task=task)
+        tuned, _ = tune_masks(
+            model,
+            masks,
+            None,
+            batches,
+            "cpu",
+            progress=False,
+            mode="refit",
+            resplit=resplit if stage == "resplit" else None,
+            task=task,
+        )
+        yield stage, tuned
