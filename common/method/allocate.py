@@ -20,11 +20,11 @@ import dataclasses
 import torch
 
 from ..model.arch import ModelDims
-from ..model.cost import head_macs, neuron_macs
+from ..model.cost import dense_macs, group_macs, head_macs, neuron_macs
 from ..model.masks import Masks
 from .baselines import uniform_masks
 from .fisher import MaskGradients
-from .search import check_constraint, search_flops
+from .search import check_constraint, masks_from_blocks, search_flops, unit_blocks
 
 
 def search_by(
@@ -56,41 +56,6 @@ def removal_curve(rows: torch.Tensor, importance: torch.Tensor) -> tuple[torch.T
     return order, suffix.pow(2).sum(0)
 
 
-def allocate(curves: list[torch.Tensor], costs: list[float], budget: float) -> list[int]:
-    """Units kept per block: minimise ``sum_j curves[j][k_j]`` subject to ``sum_j costs[j] * k_j <= budget``."""
-
-    def pick(price: float) -> list[int]:
-        return [
-            int(torch.argmin(c + price * w * torch.arange(len(c), dtype=c.dtype)))
-            for c, w in zip(curves, costs, strict=True)
-        ]
-
-    def spent(ks: list[int]) -> float:
-        return sum(k * w for k, w in zip(ks, costs, strict=True))
-
-    if spent([len(c) - 1 for c in curves]) <= budget:
-        return [len(c) - 1 for c in curves]
-    low, high = 0.0, 1.0
-    while spent(pick(high)) > budget:
-        high *= 4.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (low, mid) if spent(pick(mid)) <= budget else (mid, high)
-    ks = pick(high)
-    left = budget - spent(ks)
-    while True:  # fill what the relaxation left: the best loss saved per MAC that still fits
-        gains = [
-            ((c[k] - c[k + 1]) / w, j)
-            for j, (c, w, k) in enumerate(zip(curves, costs, ks, strict=True))
-            if k + 1 < len(c) and w <= left + 1e-9
-        ]
-        if not gains:
-            return ks
-        _, j = max(gains)
-        ks[j] += 1
-        left -= costs[j]
-
-
 def search_flops_block(
     head_rows: torch.Tensor,
     neuron_rows: torch.Tensor,
@@ -104,14 +69,17 @@ def search_flops_block(
     [R, L, F] gradient rows; importances [L, H], [L, F] with -inf for unavailable units), the budget split between
     the blocks by the block-diagonal Fisher (module docstring)."""
     constraint = check_constraint(constraint)
-    layers = head_importance.shape[0]
-    head_cost, neuron_cost = head_macs(seq_len, dims), neuron_macs(seq_len, dims)
-    budget = constraint * (head_importance.numel() * head_cost + neuron_importance.numel() * neuron_cost)
-    blocks = [removal_curve(head_rows[:, i], head_importance[i]) for i in range(layers)]
-    blocks += [removal_curve(neuron_rows[:, i], neuron_importance[i]) for i in range(layers)]
-    ks = allocate([loss for _, loss in blocks], [head_cost] * layers + [neuron_cost] * layers, budget)
-    head, neuron = torch.zeros(head_importance.shape), torch.zeros(neuron_importance.shape)
-    for i in range(layers):
-        head[i, blocks[i][0][: ks[i]]] = 1.0
-        neuron[i, blocks[layers + i][0][: ks[layers + i]]] = 1.0
-    return Masks(head, neuron)
+    budget = constraint * dense_macs(dims, seq_len)
+
+    def head_curve(i: int, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return removal_curve(head_rows[:, i][:, units], head_importance[i, units])
+
+    def neuron_curve(i: int, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return removal_curve(neuron_rows[:, i][:, units], neuron_importance[i, units])
+
+    # one block per key/value group under grouped-query attention (the group paid while it keeps a head), else
+    # one per layer's heads
+    group_size, group_cost = (dims.group_size, group_macs(seq_len, dims)) if dims.grouped else (dims.num_heads, 0.0)
+    heads = unit_blocks(head_importance, group_size, head_macs(seq_len, dims), group_cost, head_curve)
+    neurons = unit_blocks(neuron_importance, neuron_importance.shape[1], neuron_macs(seq_len, dims), 0.0, neuron_curve)
+    return masks_from_blocks(heads, neurons, budget, head_importance.shape, neuron_importance.shape)

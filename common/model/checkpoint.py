@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ..errors import FastpruneError, IntegrityError, UnsupportedArchitectureError
 from .arch import STRUCTURE_KEY, adapter_for
 
@@ -134,16 +136,21 @@ def check_weights_format(folder: str | Path, allow_pickle: bool = False) -> None
 # ----- pruned configs ---------------------------------------------------------------------------------------
 def model_class(config, where: str):
     """The transformers class ``config.architectures`` names, if it is a sequence classifier, a question-answering
-    model or the bare encoder of a supported family (nothing else is ever instantiated: no ``pipeline``,
+    model, a causal language model or the bare model of a supported family (nothing else is ever instantiated: no ``pipeline``,
     ``Trainer``...)."""
-    from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+    )
 
     try:
         adapter_for(config)
     except UnsupportedArchitectureError as e:
         raise IntegrityError(f"{where}/config.json: {e}") from None
     allowed: dict[str, Any] = {}
-    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModel):
+    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModelForCausalLM, AutoModel):
         try:
             cls: Any = auto._model_mapping[type(config)]
         except KeyError:
@@ -218,11 +225,19 @@ def check_pruned_config(config, tensors: dict[str, TensorInfo], where: str) -> N
         )
 
 
-def check_shapes(expected: dict, tensors: dict[str, TensorInfo], where: str) -> None:
-    """Every tensor the model holds (``expected``: a state dict, on the meta device) must be in the file with the
-    same shape, and the file must hold nothing else."""
+def check_shapes(model: nn.Module, tensors: dict[str, TensorInfo], where: str) -> None:
+    """Every tensor the model holds (on the meta device) must be in the file with the same shape, and the file must
+    hold nothing else. Tied parameters (a causal LM's output and input embeddings) are stored once, under any one
+    of their names."""
+    expected = model.state_dict()
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    stored_under = {n: names for names in aliases.values() for n in names if len(names) > 1}
     for name, tensor in expected.items():
         found = tensors.get(name)
+        if found is None and name in stored_under:
+            found = next((tensors[n] for n in stored_under[name] if n in tensors), None)
         if found is None or found.shape != tuple(tensor.shape):
             got = "missing" if found is None else f"of shape {list(found.shape)}"
             raise IntegrityError(

@@ -132,7 +132,7 @@ def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_token
             adapter_for(skeleton).reshape_to(skeleton, structure)
         except (ValueError, IndexError, RuntimeError, TypeError) as e:
             raise IntegrityError(f"{path}/config.json: its {STRUCTURE_KEY} does not fit the model: {e}") from None
-    check_shapes(skeleton.state_dict(), tensors, str(path))
+    check_shapes(skeleton, tensors, str(path))
     model = _build(cls, config, structure)
     try:
         load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
