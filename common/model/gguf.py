@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import struct
 from pathlib import Path
 
 import torch
@@ -43,12 +44,9 @@ def check_gguf(path: str | Path) -> str:
         raise ConfigError(f"reading {path.name} needs the {' and '.join(missing)} package(s): {INSTALL_HINT}")
     if not path.is_file():
         raise ConfigError(f"GGUF model {str(path)!r} is not a file")
-    from gguf import GGUFReader
-
     try:
-        field = GGUFReader(str(path)).fields["general.architecture"]
-        architecture = bytes(field.parts[field.data[0]]).decode()
-    except (KeyError, IndexError, ValueError, OSError) as e:
+        architecture = read_architecture(path)
+    except (KeyError, ValueError, OSError, struct.error, UnicodeDecodeError) as e:
         raise IntegrityError(f"{path} is not a readable GGUF model file: {e}") from None
     if architecture not in gguf_model_types():
         raise UnsupportedArchitectureError(
@@ -56,6 +54,49 @@ def check_gguf(path: str | Path) -> str:
             f"supported GGUF architectures: {', '.join(gguf_model_types())}"
         )
     return architecture
+
+
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
+_STRING, _ARRAY = 8, 9
+
+
+def read_architecture(path: Path) -> str:
+    """``general.architecture`` from a GGUF header, reading the key/value pairs up to it only (a model's tokenizer
+    arrays, tens of thousands of strings, usually come after it)."""
+    with open(path, "rb") as f:
+
+        def unpack(fmt: str):
+            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+        def string() -> str:
+            return f.read(unpack("Q")).decode()
+
+        def skip(kind: int) -> None:
+            if kind == _STRING:
+                f.seek(unpack("Q"), 1)
+            elif kind == _ARRAY:
+                inner, count = unpack("I"), unpack("Q")
+                if inner in _SCALAR_BYTES:
+                    f.seek(_SCALAR_BYTES[inner] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(inner)
+            elif kind in _SCALAR_BYTES:
+                f.seek(_SCALAR_BYTES[kind], 1)
+            else:
+                raise ValueError(f"unknown GGUF value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError("no GGUF magic number")
+        if unpack("I") < 2:
+            raise ValueError("GGUF version 1 is not supported")
+        _tensors, pairs = unpack("Q"), unpack("Q")
+        for _ in range(pairs):
+            key, kind = string(), unpack("I")
+            if key == "general.architecture" and kind == _STRING:
+                return string()
+            skip(kind)
+    raise KeyError("general.architecture")
 
 
 def gguf_config(path: str | Path):
@@ -75,8 +116,11 @@ def load_gguf(path: str | Path, auto_class, device: torch.device | str = "cpu") 
     from transformers import AutoTokenizer
 
     path = Path(path)
-    config = gguf_config(path)
+    check_gguf(path)
     loaded = auto_class.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     model = auto_class.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
     del loaded

@@ -176,10 +176,13 @@ class KVExpandedLinear(nn.Linear):
             )
         self.weight, self.bias = linear.weight, linear.bias
         self.head_size = head_size
-        self.register_buffer("head_groups", head_groups.to(linear.weight.device), persistent=False)
+        # a plain attribute, not a buffer: built on the CPU even when the model is built on the meta device
+        self.head_groups = torch.as_tensor(head_groups.tolist(), dtype=torch.long, device="cpu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
+        if self.head_groups.device != out.device:
+            self.head_groups = self.head_groups.to(out.device)
         heads = out.view(*out.shape[:-1], -1, self.head_size).index_select(-2, self.head_groups)
         return heads.flatten(-2)
 
@@ -216,7 +219,7 @@ def reshape_layers(model: Any, base_model_type: str, structure: dict) -> None:
             for path in (key, value):
                 _set(layer, path, _resized(_get(layer, path), _get(layer, path).in_features, width))
         else:
-            _reshape_groups(layer, attention, (key, value), torch.tensor(groups_of, dtype=torch.long), head_size)
+            _reshape_groups(layer, (key, value), [int(g) for g in groups_of], head_size)
             setattr(attention, str(group_attr), _per_group(groups_of))
         old = _get(layer, attn_out)
         _set(layer, attn_out, _resized(old, width, old.out_features))
@@ -247,14 +250,14 @@ def _per_group(head_groups: list[int]) -> int:
     return len(head_groups) // len(set(head_groups)) if _in_order(head_groups) else 1
 
 
-def _reshape_groups(layer: Any, attention: Any, paths: tuple[str, str], head_groups: torch.Tensor, size: int) -> None:
+def _reshape_groups(layer: Any, paths: tuple[str, str], head_groups: list[int], size: int) -> None:
     """Key and value projections of the kept groups; expanded to one head per query head when uneven."""
-    groups = len(set(head_groups.tolist()))
+    groups = len(set(head_groups))
     for path in paths:
         old = _get(layer, path)
         new = _resized(old, old.in_features, groups * size)
-        even = not head_groups.numel() or _in_order(head_groups.tolist())
-        _set(layer, path, new if even else KVExpandedLinear(new, head_groups, size))
+        even = not head_groups or _in_order(head_groups)
+        _set(layer, path, new if even else KVExpandedLinear(new, torch.tensor(head_groups, device="cpu"), size))
 
 
 class _Pruned:
