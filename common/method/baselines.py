@@ -145,7 +145,9 @@ def _uniform_grouped(
     for kept_groups in range(groups + 1):
         for heads in range(1 if kept_groups else 0, size + 1 if kept_groups else 1):
             group_cost = kept_groups * group_macs(seq_len, dims)
-            neurons = _neurons_left(layer_budget - group_cost, kept_groups * heads, dims, seq_len, dims.intermediate_size)
+            neurons = _neurons_left(
+                layer_budget - group_cost, kept_groups * heads, dims, seq_len, dims.intermediate_size
+            )
             if neurons < 0:
                 continue
             best_groups = torch.sort(tops[:, :, heads], dim=1, descending=True).values[:, :kept_groups]

@@ -101,9 +101,7 @@ def spend_curve(units: int, unit_cost: float, fixed: float = 0.0) -> torch.Tenso
     return k * unit_cost + (k > 0).double() * fixed
 
 
-def unit_blocks(
-    importance: torch.Tensor, size: int, unit_cost: float, fixed: float, curve: Curve
-) -> list[Block]:
+def unit_blocks(importance: torch.Tensor, size: int, unit_cost: float, fixed: float, curve: Curve) -> list[Block]:
     """One block per ``size`` consecutive units of every layer of ``importance`` [L, N] (a key/value group's query
     heads, or a whole layer: ``size=N``), each costing ``fixed`` while it keeps a unit; ``curve(layer, units)`` gives
     the block's order and loss curve."""
@@ -181,8 +179,11 @@ def search_flops_grouped(
     constraint = check_constraint(constraint)
     budget = constraint * dense_macs(dims, seq_len)
     size = dims.group_size
-    blocks = [diagonal_curve(head_importance[i, g * size : (g + 1) * size]) for i in range(len(head_importance))
-              for g in range(dims.kv_heads)]
+    blocks = [
+        diagonal_curve(head_importance[i, g * size : (g + 1) * size])
+        for i in range(len(head_importance))
+        for g in range(dims.kv_heads)
+    ]
     heads_max, groups_max = sum(len(order) for order, _ in blocks), len(blocks)
     best = torch.full((heads_max + 1, groups_max + 1), -math.inf, dtype=torch.float64)
     best[0, 0] = 0.0

@@ -143,7 +143,12 @@ class ArchAdapter:
         dtype): what bounds a decoder's batch and context when it generates."""
         head_size = self.dims(model.config).head_size
         width = next(model.parameters()).element_size()
-        return 2 * head_size * width * sum(self.cached_heads_in_layer(layer, head_size) for layer in self.layer_modules(model))
+        return (
+            2
+            * head_size
+            * width
+            * sum(self.cached_heads_in_layer(layer, head_size) for layer in self.layer_modules(model))
+        )
 
     def neurons_in_layer(self, layer: nn.Module) -> int:
         return self.linear(layer, "ffn_out").in_features

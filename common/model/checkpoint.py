@@ -136,8 +136,8 @@ def check_weights_format(folder: str | Path, allow_pickle: bool = False) -> None
 # ----- pruned configs ---------------------------------------------------------------------------------------
 def model_class(config, where: str):
     """The transformers class ``config.architectures`` names, if it is a sequence classifier, a question-answering
-    model, a causal language model or the bare model of a supported family (nothing else is ever instantiated: no ``pipeline``,
-    ``Trainer``...)."""
+    model, a causal language model or the bare model of a supported family (nothing else is ever instantiated: no
+    ``pipeline``, ``Trainer``...)."""
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,

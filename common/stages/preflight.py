@@ -80,8 +80,11 @@ def check_model_config(source: str | None, allocation: str = "global") -> None:
     if groups is not None and (groups < 1 or heads % groups):
         raise ConfigError(
             f"model {source!r}: its {groups} key/value groups do not divide its {heads} query heads"
-            + (" (--allocation uniform keeps the same number of query heads in every kept group)" if allocation ==
-               "uniform" else "")
+            + (
+                " (--allocation uniform keeps the same number of query heads in every kept group)"
+                if allocation == "uniform"
+                else ""
+            )
             + "; num_key_value_heads must be a positive divisor of num_attention_heads"
         )
     adapter.dims(config)

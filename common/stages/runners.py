@@ -384,7 +384,9 @@ def _cache_summary(dense: nn.Module, pruned: nn.Module) -> dict:
     adapter = adapter_for(dense)
     if not adapter.causal:
         return {}
-    return {"kv_cache_bytes_per_token": {"dense": adapter.kv_cache_bytes(dense), "pruned": adapter.kv_cache_bytes(pruned)}}
+    return {
+        "kv_cache_bytes_per_token": {"dense": adapter.kv_cache_bytes(dense), "pruned": adapter.kv_cache_bytes(pruned)}
+    }
 
 
 _MASKED_METRICS = {"searched": "metric_search", "rearranged": "metric_rearranged", "tuned": "metric_tuned_masked"}
