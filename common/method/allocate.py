@@ -10,12 +10,16 @@ layer's heads or neurons: removing the set ``P`` of one block costs ``||sum_{i i
 rows. This search gives each block (one layer's heads, one layer's neurons) the curve of that cost against the
 number of units kept (each block keeping its units of largest diagonal importance, as the paper's search does), and
 splits the budget between the blocks to minimise the summed cost: a Lagrangian relaxation (one price per MAC,
-bisected until the budget is spent), then the budget left filled greedily by the best loss saved per MAC.
+bisected until the budget is spent), then the budget left filled greedily by the best loss saved per MAC. Under
+grouped-query attention each key/value group's query heads are a block whose group cost is paid while it keeps a
+head, so the split also decides which groups go.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -24,7 +28,10 @@ from ..model.cost import dense_macs, group_macs, head_macs, neuron_macs
 from ..model.masks import Masks
 from .baselines import uniform_masks
 from .fisher import MaskGradients
-from .search import check_constraint, masks_from_blocks, search_flops, unit_blocks
+from .search import check_constraint, search_flops
+
+Curve = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``curve(layer, units)``: a block's available units, most important first, and its loss of keeping the first k."""
 
 
 def search_by(
@@ -41,6 +48,86 @@ def search_by(
     if allocation == "uniform":
         return uniform_masks(heads, neurons, top, seq_len, constraint)
     return search_flops(heads, neurons, top, seq_len, constraint)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Units whose kept count one allocation decides: one layer's neurons, or the query heads of one key/value group
+    (of one layer's heads under plain attention). ``order``: the available units (indices into the block's row of
+    the importance table), most important first; ``loss[k]`` and ``spend[k]``: the estimated loss and the MACs of
+    keeping ``order[:k]``."""
+
+    layer: int
+    units: torch.Tensor  # the block's units in its layer's row of the table
+    order: torch.Tensor
+    loss: torch.Tensor
+    spend: torch.Tensor
+
+
+def spend_curve(units: int, unit_cost: float, fixed: float = 0.0) -> torch.Tensor:
+    """MACs of keeping 0..units units of ``unit_cost`` each, plus ``fixed`` once any is kept (a key/value group)."""
+    k = torch.arange(units + 1, dtype=torch.float64)
+    return k * unit_cost + (k > 0).double() * fixed
+
+
+def unit_blocks(importance: torch.Tensor, size: int, unit_cost: float, fixed: float, curve: Curve) -> list[Block]:
+    """One block per ``size`` consecutive units of every layer of ``importance`` [L, N] (a key/value group's query
+    heads, or a whole layer: ``size=N``), each costing ``fixed`` while it keeps a unit; ``curve(layer, units)`` gives
+    the block's order and loss curve."""
+    blocks = []
+    for i in range(importance.shape[0]):
+        for start in range(0, importance.shape[1], size):
+            units = torch.arange(start, start + size)
+            order, loss = curve(i, units)
+            blocks.append(Block(i, units, order, loss, spend_curve(len(order), unit_cost, fixed)))
+    return blocks
+
+
+def allocate(curves: list[torch.Tensor], spends: list[torch.Tensor], budget: float) -> list[int]:
+    """Units kept per block: minimise ``sum_j curves[j][k_j]`` subject to ``sum_j spends[j][k_j] <= budget`` (each
+    spend curve increasing from 0): a Lagrangian relaxation (one price per MAC, bisected until the budget is spent),
+    then the budget left filled greedily by the best loss saved per MAC."""
+
+    def pick(price: float) -> list[int]:
+        return [int(torch.argmin(c + price * w)) for c, w in zip(curves, spends, strict=True)]
+
+    def spent(ks: list[int]) -> float:
+        return sum(float(w[k]) for k, w in zip(ks, spends, strict=True))
+
+    if spent([len(c) - 1 for c in curves]) <= budget:
+        return [len(c) - 1 for c in curves]
+    low, high = 0.0, 1.0
+    while spent(pick(high)) > budget:
+        high *= 4.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (low, mid) if spent(pick(mid)) <= budget else (mid, high)
+    ks = pick(high)
+    left = budget - spent(ks)
+    while True:  # fill what the relaxation left: the best loss saved per MAC that still fits
+        gains = [
+            (float(c[k] - c[k + 1]) / float(w[k + 1] - w[k]), j)
+            for j, (c, w, k) in enumerate(zip(curves, spends, ks, strict=True))
+            if k + 1 < len(c) and float(w[k + 1] - w[k]) <= left + 1e-9
+        ]
+        if not gains:
+            return ks
+        _, j = max(gains)
+        left -= float(spends[j][ks[j] + 1] - spends[j][ks[j]])
+        ks[j] += 1
+
+
+def masks_from_blocks(
+    head_blocks: list[Block], neuron_blocks: list[Block], budget: float, head_shape, neuron_shape
+) -> Masks:
+    """Masks of the units kept when ``budget`` MACs are split between the blocks by :func:`allocate`."""
+    blocks = head_blocks + neuron_blocks
+    ks = allocate([b.loss for b in blocks], [b.spend for b in blocks], budget)
+    head, neuron = torch.zeros(head_shape), torch.zeros(neuron_shape)
+    for j, (block, k) in enumerate(zip(blocks, ks, strict=True)):
+        table = head if j < len(head_blocks) else neuron
+        table[block.layer, block.units[block.order[:k]]] = 1.0
+    return Masks(head, neuron)
 
 
 def removal_curve(rows: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 import torch
-from fastprune.common.method.allocate import removal_curve, search_by, search_flops_block
+from fastprune.common.method.allocate import allocate, removal_curve, search_by, search_flops_block, spend_curve
 from fastprune.common.method.fisher import MaskGradients
-from fastprune.common.method.search import allocate, search_flops, spend_curve
+from fastprune.common.method.search import search_flops
 from fastprune.common.model.arch import ModelDims
 from fastprune.common.model.cost import dense_macs, flops_ratio, masked_macs
 from fastprune.common.stages.config import PruneConfig, SearchParams
