@@ -101,5 +101,6 @@ def check_pipeline_inputs(arguments: dict, pipeline_root: str | Path, default_ta
     if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write into the pipeline root {root}: no write permission")
     check_exists(arguments.get("model"), "model")
+    check_model_config(arguments.get("model"), arguments.get("allocation") or "global")
     check_exists(arguments.get("train_data"), "training data")
     check_dev_data(arguments.get("dev_data"), arguments.get("task") or default_task)
