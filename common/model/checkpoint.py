@@ -136,8 +136,8 @@ def check_weights_format(folder: str | Path, allow_pickle: bool = False) -> None
 # ----- pruned configs ---------------------------------------------------------------------------------------
 def model_class(config, where: str):
     """The transformers class ``config.architectures`` names, if it is a sequence classifier, a question-answering
-    model, a causal language model or the bare model of a supported family (nothing else is ever instantiated: no
-    ``pipeline``, ``Trainer``...)."""
+    model, a causal language model (decoder families) or the bare model of a supported family (nothing else is ever
+    instantiated: no ``pipeline``, ``Trainer``...)."""
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
@@ -146,11 +146,12 @@ def model_class(config, where: str):
     )
 
     try:
-        adapter_for(config)
+        causal = adapter_for(config).causal
     except UnsupportedArchitectureError as e:
         raise IntegrityError(f"{where}/config.json: {e}") from None
     allowed: dict[str, Any] = {}
-    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModelForCausalLM, AutoModel):
+    heads = (AutoModelForSequenceClassification, AutoModelForQuestionAnswering)
+    for auto in (*heads, *((AutoModelForCausalLM,) if causal else ()), AutoModel):
         try:
             cls: Any = auto._model_mapping[type(config)]
         except KeyError:
