@@ -17,6 +17,7 @@ from fastprune.common.model.arch import STRUCTURE_KEY, adapter_for
 from fastprune.common.model.export import export_pruned, load_pruned, save_pruned
 from fastprune.common.model.masks import Masks, masks_applied
 from fastprune.common.model.portable import MODELING_FILE
+from fastprune.common.model.slicing import KVExpandedLinear
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PhiConfig
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -78,33 +79,39 @@ def _generate(model, inputs) -> torch.Tensor:
         return model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=0)
 
 
+@pytest.mark.parametrize("even_groups", [True, False], ids=["padded", "expanded"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_masked_equals_sliced_and_generates_the_same_tokens(family):
+def test_masked_equals_sliced_and_generates_the_same_tokens(family, even_groups):
+    """Layer 0's groups keep 2 and 1 heads: padded with a zero-output head (the default: the family's own grouped
+    attention) or with keys and values expanded per query head."""
     model = tiny_decoder(family)
     adapter = adapter_for(model)
     assert adapter.family == family and adapter.causal
     masks, prompt = uneven_masks(), _prompt()
     with masks_applied(model, masks.head, masks.neuron):
         masked, tokens = _logits(model, prompt), _generate(model, prompt)
-    pruned = export_pruned(model, masks, neuron_multiple=1)
+    pruned = export_pruned(model, masks, neuron_multiple=1, even_groups=even_groups)
     torch.testing.assert_close(_logits(pruned, prompt), masked, atol=1e-5, rtol=0)
     assert torch.equal(_generate(pruned, prompt), tokens)
     structure = adapter.structure(pruned)
-    assert structure["num_heads"] == [3, 2, 0] and structure["num_key_value_heads"] == [2, 1, 0]
+    assert structure["num_heads"] == [4 if even_groups else 3, 2, 0] and structure["num_key_value_heads"] == [2, 1, 0]
+    assert isinstance(adapter.linear(adapter.layer_modules(pruned)[0], "key"), KVExpandedLinear) is not even_groups
     assert structure["intermediate_size"][2] == 0
 
 
-def test_kv_cache_bytes_per_token_by_hand():
+@pytest.mark.parametrize(("even_groups", "layer_0"), [(True, 2), (False, 3)])
+def test_kv_cache_bytes_per_token_by_hand(even_groups, layer_0):
     """2 (keys and values) x cached heads x head size x 4 bytes (float32), summed over layers: the dense model caches
-    2 groups per layer; layer 0's uneven groups cache one head per query head (3), layer 1 one group, layer 2 none."""
+    2 groups per layer; layer 0's uneven groups cache their 2 groups when padded, one head per query head (3) when
+    expanded; layer 1 one group, layer 2 none."""
     model = tiny_decoder()
     adapter = adapter_for(model)
     assert adapter.kv_cache_bytes(model) == 2 * (3 * GROUPS) * HEAD_SIZE * 4
-    pruned = export_pruned(model, uneven_masks())
-    assert adapter.kv_cache_bytes(pruned) == 2 * (3 + 1 + 0) * HEAD_SIZE * 4
+    pruned = export_pruned(model, uneven_masks(), even_groups=even_groups)
+    assert adapter.kv_cache_bytes(pruned) == 2 * (layer_0 + 1 + 0) * HEAD_SIZE * 4
     cache = pruned(**_prompt(), use_cache=True).past_key_values  # what generate() keeps: the same shapes
     cached = sum(cache.layers[i].keys.shape[1] for i in range(LAYERS) if cache.layers[i].keys is not None)
-    assert cached == 3 + 1 + 0
+    assert cached == layer_0 + 1 + 0
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
@@ -176,10 +183,11 @@ def loaded_without_fastprune(tmp_path_factory):
     root = tmp_path_factory.mktemp("decoders")
     venv = clean_venv(root / "venv")
     prompt, cases = _prompt(), {}
-    variants = [(f, False) for f in FAMILIES] + [("llama", True), ("qwen2", True)]
-    for family, uniform in variants:
-        name = f"{family}{'-uniform' if uniform else ''}"
-        pruned = export_pruned(tiny_decoder(family), uniform_masks() if uniform else uneven_masks())
+    variants = [(f, "") for f in FAMILIES] + [("llama", "-uniform"), ("qwen2", "-uniform"), ("llama", "-expanded")]
+    for family, kind in variants:
+        name = family + kind
+        masks = uniform_masks() if kind == "-uniform" else uneven_masks()
+        pruned = export_pruned(tiny_decoder(family), masks, even_groups=kind != "-expanded")
         folder = save_pruned(pruned, root / name)
         cases[name] = {"folder": str(folder), "logits": _logits(pruned, prompt), "tokens": _generate(pruned, prompt)}
     torch.save({"cases": cases, "prompt": prompt}, root / "cases.pt")
@@ -189,15 +197,16 @@ def loaded_without_fastprune(tmp_path_factory):
     return root, json.loads(done.stdout.split("RESULTS", 1)[1])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_per_layer_sizes_load_with_transformers_alone(loaded_without_fastprune, family):
+@pytest.mark.parametrize("name", [*FAMILIES, "llama-expanded"])
+def test_per_layer_sizes_load_with_transformers_alone(loaded_without_fastprune, name):
     root, results = loaded_without_fastprune
     assert results["fastprune_imported"] is False
-    result = results[family]
+    result = results[name]
     assert "trust_remote_code=True" in result["plain_error"]  # refused plainly, not loaded into wrong shapes
     assert result["class"].startswith("Fastprune") and result["class"].endswith("ForCausalLM")
     assert result["max_diff"] < 1e-5 and result["same_tokens"] and result["tied"], result
-    assert json.loads((Path(root) / family / "config.json").read_text())[STRUCTURE_KEY]["num_heads"] == [3, 2, 0]
+    heads = json.loads((Path(root) / name / "config.json").read_text())[STRUCTURE_KEY]["num_heads"]
+    assert heads == ([3, 2, 0] if name.endswith("expanded") else [4, 2, 0])
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
