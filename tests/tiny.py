@@ -16,6 +16,7 @@ from transformers import (
     CamembertConfig,
     DistilBertConfig,
     ElectraConfig,
+    MPNetConfig,
     RobertaConfig,
     XLMRobertaConfig,
 )
@@ -92,6 +93,14 @@ def tiny_config(
         )
     if family == "distilbert":
         return DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=intermediate, **common)
+    if family == "mpnet":  # a relative position bias shared by all layers (32 buckets, one channel per head)
+        return MPNetConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            **{**common, "max_position_embeddings": 520},
+        )
     raise ValueError(family)
 
 
@@ -102,7 +111,16 @@ def tiny_model(family: str = "bert", task: str = "classification", num_labels: i
     config = tiny_config(family, num_labels=num_labels, **kw)
     cls = AutoModelForQuestionAnswering if task == "qa" else AutoModelForSequenceClassification
     model = cls.from_config(config)
+    if family == "mpnet":
+        strong_position_bias(model)
     return model.eval()
+
+
+def strong_position_bias(model) -> None:
+    """Give a tiny MPNet a relative position bias as large as a trained one's (its random init is near zero), so
+    that a layer given the wrong heads' channels computes visibly wrong outputs."""
+    with torch.no_grad():
+        model.base_model.encoder.relative_attention_bias.weight.normal_(0.0, 2.0)
 
 
 def trained_tiny_model(path: Path, steps: int = 150, family: str = "bert") -> Path:

@@ -24,6 +24,7 @@ This file imports only torch and transformers.
 
 from __future__ import annotations
 
+import inspect
 import types
 import warnings
 from typing import Any
@@ -47,6 +48,9 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MPNetConfig,
+    MPNetForQuestionAnswering,
+    MPNetForSequenceClassification,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -118,6 +122,23 @@ _LLAMA_LIKE = (
     "num_key_value_heads",
     "head_dim",
 )
+_MPNET = (
+    "encoder.layer",
+    "attention.attn",
+    "attention.attn.q",
+    "attention.attn.k",
+    "attention.attn.v",
+    "attention.attn.o",
+    "intermediate.dense",
+    "output.dense",
+    "num_attention_heads",
+    "hidden_size",
+    "num_attention_heads",
+    None,
+    None,
+    None,
+    None,
+)
 LAYOUTS: dict[str, tuple[str | None, ...]] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
@@ -129,7 +150,13 @@ LAYOUTS: dict[str, tuple[str | None, ...]] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
+    "mpnet": _MPNET,
 }
+SHARED_BIAS = {"mpnet": "position_bias"}
+"""Families whose encoder computes one relative position bias (one channel per dense head) and passes it to every
+layer's attention: the attention's forward argument that carries it. The structure then lists, under
+``position_bias_heads``, the dense head of each kept head, whose bias channel the layer receives."""
+BIAS_HEADS_KEY = "position_bias_heads"
 
 
 def _get(module: Any, dotted: str) -> Any:
@@ -194,6 +221,41 @@ def _no_heads_forward(self: Any, hidden_states: torch.Tensor, *args, **kwargs) -
     return (_get(self, self.fastprune_out)(context) if self.fastprune_out else context), None
 
 
+def keep_bias_heads(attention: Any, heads: Any, argument: str) -> None:
+    """Make a layer's ``attention`` receive only the channels ``heads`` (the dense head of each kept head) of the
+    position bias shared by all layers, passed to it as the forward argument ``argument``. The heads are kept as
+    plain integers (no tensor: ``from_pretrained`` builds the model on the meta device), as a tensor on the bias's
+    device once it runs."""
+    position = list(inspect.signature(type(attention).forward).parameters).index(argument) - 1  # less self
+    if not hasattr(attention, "fastprune_bias_heads"):
+        attention.register_forward_pre_hook(_select_bias_heads, with_kwargs=True)
+    attention.fastprune_bias_heads = tuple(int(h) for h in heads)
+    attention.fastprune_bias_at = (argument, position)
+    attention.fastprune_bias_index = None
+
+
+def bias_heads(attention: Any) -> torch.Tensor | None:
+    """The dense head of each of the attention's heads, if it was sliced by :func:`keep_bias_heads`."""
+    heads = getattr(attention, "fastprune_bias_heads", None)
+    return None if heads is None else torch.tensor(heads, dtype=torch.long, device="cpu")
+
+
+def _select_bias_heads(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: the shared position bias's channels of the attention's kept heads."""
+    name, position = module.fastprune_bias_at
+    bias = kwargs.get(name, args[position] if len(args) > position else None)
+    if bias is None or module.fastprune_bias_heads == tuple(range(bias.shape[1])):  # a layer keeping every head
+        return args, kwargs
+    index = module.fastprune_bias_index
+    if index is None or index.device != bias.device:
+        index = module.fastprune_bias_index = torch.tensor(
+            module.fastprune_bias_heads, dtype=torch.long, device=bias.device
+        )
+    if name in kwargs:
+        return args, {**kwargs, name: bias.index_select(1, index)}
+    return (*args[:position], bias.index_select(1, index), *args[position + 1 :]), kwargs
+
+
 def reshape_layers(model: Any, base_model_type: str, structure: dict) -> None:
     """Re-size every layer of ``model`` (a stock model of ``base_model_type``) to ``structure``: the number of
     attention heads and FFN neurons kept in each layer (and, under grouped-query attention, the key/value group of
@@ -236,6 +298,9 @@ def reshape_layers(model: Any, base_model_type: str, structure: dict) -> None:
             owns_out = attn_out.startswith(attention_at + ".")  # DistilBERT's attention applies its projection
             attention.fastprune_out = attn_out[len(attention_at) + 1 :] if owns_out else None
             attention.forward = types.MethodType(_no_heads_forward, attention)
+    if base_model_type in SHARED_BIAS:
+        for layer, kept in zip(layers, structure.get(BIAS_HEADS_KEY) or [range(h) for h in heads], strict=True):
+            keep_bias_heads(_get(layer, attention_at), kept, SHARED_BIAS[base_model_type])
 
 
 def _in_order(head_groups: list[int]) -> bool:
@@ -311,6 +376,10 @@ class FastpruneQwen3Config(Qwen3Config):
     model_type = MODEL_TYPE_PREFIX + "qwen3"
 
 
+class FastpruneMPNetConfig(MPNetConfig):
+    model_type = MODEL_TYPE_PREFIX + "mpnet"
+
+
 # ----- models -----------------------------------------------------------------------------------------------------
 class FastpruneBertForSequenceClassification(_Pruned, BertForSequenceClassification):
     config_class, base_model_type = FastpruneBertConfig, "bert"
@@ -374,3 +443,11 @@ class FastpruneQwen2ForCausalLM(_Pruned, Qwen2ForCausalLM):
 
 class FastpruneQwen3ForCausalLM(_Pruned, Qwen3ForCausalLM):
     config_class, base_model_type = FastpruneQwen3Config, "qwen3"
+
+
+class FastpruneMPNetForSequenceClassification(_Pruned, MPNetForSequenceClassification):
+    config_class, base_model_type = FastpruneMPNetConfig, "mpnet"
+
+
+class FastpruneMPNetForQuestionAnswering(_Pruned, MPNetForQuestionAnswering):
+    config_class, base_model_type = FastpruneMPNetConfig, "mpnet"
