@@ -10,21 +10,28 @@ layer's heads or neurons: removing the set ``P`` of one block costs ``||sum_{i i
 rows. This search gives each block (one layer's heads, one layer's neurons) the curve of that cost against the
 number of units kept (each block keeping its units of largest diagonal importance, as the paper's search does), and
 splits the budget between the blocks to minimise the summed cost: a Lagrangian relaxation (one price per MAC,
-bisected until the budget is spent), then the budget left filled greedily by the best loss saved per MAC.
+bisected until the budget is spent), then the budget left filled greedily by the best loss saved per MAC. Under
+grouped-query attention each key/value group's query heads are a block whose group cost is paid while it keeps a
+head, so the split also decides which groups go.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from ..model.arch import ModelDims
-from ..model.cost import head_macs, neuron_macs
+from ..model.cost import dense_macs, group_macs, head_macs, neuron_macs
 from ..model.masks import Masks
 from .baselines import uniform_masks
 from .fisher import MaskGradients
 from .search import check_constraint, search_flops
+
+Curve = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``curve(layer, units)``: a block's available units, most important first, and its loss of keeping the first k."""
 
 
 def search_by(
@@ -43,30 +50,49 @@ def search_by(
     return search_flops(heads, neurons, top, seq_len, constraint)
 
 
-def removal_curve(rows: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One block: ``rows`` [R, U] gradient rows of its U units, ``importance`` [U] (-inf: unavailable).
-    Returns ``order`` (the available units, most important first) and ``loss`` [A + 1]: ``loss[k]`` is the
-    block-diagonal Fisher cost of keeping ``order[:k]`` and pruning the rest of the available units."""
-    available = torch.isfinite(importance)
-    order = torch.argsort(importance.masked_fill(~available, -torch.inf), descending=True, stable=True)
-    order = order[: int(available.sum())]
-    g = rows[:, order].double()
-    # suffix[:, k] = sum of the gradients of order[k:], for k = 0..A
-    suffix = torch.cat([g.flip(1).cumsum(1).flip(1), g.new_zeros(len(g), 1)], dim=1)
-    return order, suffix.pow(2).sum(0)
+@dataclass(frozen=True)
+class Block:
+    """Units whose kept count one allocation decides: one layer's neurons, or the query heads of one key/value group
+    (of one layer's heads under plain attention). ``order``: the available units (indices into the block's row of
+    the importance table), most important first; ``loss[k]`` and ``spend[k]``: the estimated loss and the MACs of
+    keeping ``order[:k]``."""
+
+    layer: int
+    units: torch.Tensor  # the block's units in its layer's row of the table
+    order: torch.Tensor
+    loss: torch.Tensor
+    spend: torch.Tensor
 
 
-def allocate(curves: list[torch.Tensor], costs: list[float], budget: float) -> list[int]:
-    """Units kept per block: minimise ``sum_j curves[j][k_j]`` subject to ``sum_j costs[j] * k_j <= budget``."""
+def spend_curve(units: int, unit_cost: float, fixed: float = 0.0) -> torch.Tensor:
+    """MACs of keeping 0..units units of ``unit_cost`` each, plus ``fixed`` once any is kept (a key/value group)."""
+    k = torch.arange(units + 1, dtype=torch.float64)
+    return k * unit_cost + (k > 0).double() * fixed
+
+
+def unit_blocks(importance: torch.Tensor, size: int, unit_cost: float, fixed: float, curve: Curve) -> list[Block]:
+    """One block per ``size`` consecutive units of every layer of ``importance`` [L, N] (a key/value group's query
+    heads, or a whole layer: ``size=N``), each costing ``fixed`` while it keeps a unit; ``curve(layer, units)`` gives
+    the block's order and loss curve."""
+    blocks = []
+    for i in range(importance.shape[0]):
+        for start in range(0, importance.shape[1], size):
+            units = torch.arange(start, start + size)
+            order, loss = curve(i, units)
+            blocks.append(Block(i, units, order, loss, spend_curve(len(order), unit_cost, fixed)))
+    return blocks
+
+
+def allocate(curves: list[torch.Tensor], spends: list[torch.Tensor], budget: float) -> list[int]:
+    """Units kept per block: minimise ``sum_j curves[j][k_j]`` subject to ``sum_j spends[j][k_j] <= budget`` (each
+    spend curve increasing from 0): a Lagrangian relaxation (one price per MAC, bisected until the budget is spent),
+    then the budget left filled greedily by the best loss saved per MAC."""
 
     def pick(price: float) -> list[int]:
-        return [
-            int(torch.argmin(c + price * w * torch.arange(len(c), dtype=c.dtype)))
-            for c, w in zip(curves, costs, strict=True)
-        ]
+        return [int(torch.argmin(c + price * w)) for c, w in zip(curves, spends, strict=True)]
 
     def spent(ks: list[int]) -> float:
-        return sum(k * w for k, w in zip(ks, costs, strict=True))
+        return sum(float(w[k]) for k, w in zip(ks, spends, strict=True))
 
     if spent([len(c) - 1 for c in curves]) <= budget:
         return [len(c) - 1 for c in curves]
@@ -80,15 +106,41 @@ def allocate(curves: list[torch.Tensor], costs: list[float], budget: float) -> l
     left = budget - spent(ks)
     while True:  # fill what the relaxation left: the best loss saved per MAC that still fits
         gains = [
-            ((c[k] - c[k + 1]) / w, j)
-            for j, (c, w, k) in enumerate(zip(curves, costs, ks, strict=True))
-            if k + 1 < len(c) and w <= left + 1e-9
+            (float(c[k] - c[k + 1]) / float(w[k + 1] - w[k]), j)
+            for j, (c, w, k) in enumerate(zip(curves, spends, ks, strict=True))
+            if k + 1 < len(c) and float(w[k + 1] - w[k]) <= left + 1e-9
         ]
         if not gains:
             return ks
         _, j = max(gains)
+        left -= float(spends[j][ks[j] + 1] - spends[j][ks[j]])
         ks[j] += 1
-        left -= costs[j]
+
+
+def masks_from_blocks(
+    head_blocks: list[Block], neuron_blocks: list[Block], budget: float, head_shape, neuron_shape
+) -> Masks:
+    """Masks of the units kept when ``budget`` MACs are split between the blocks by :func:`allocate`."""
+    blocks = head_blocks + neuron_blocks
+    ks = allocate([b.loss for b in blocks], [b.spend for b in blocks], budget)
+    head, neuron = torch.zeros(head_shape), torch.zeros(neuron_shape)
+    for j, (block, k) in enumerate(zip(blocks, ks, strict=True)):
+        table = head if j < len(head_blocks) else neuron
+        table[block.layer, block.units[block.order[:k]]] = 1.0
+    return Masks(head, neuron)
+
+
+def removal_curve(rows: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block: ``rows`` [R, U] gradient rows of its U units, ``importance`` [U] (-inf: unavailable).
+    Returns ``order`` (the available units, most important first) and ``loss`` [A + 1]: ``loss[k]`` is the
+    block-diagonal Fisher cost of keeping ``order[:k]`` and pruning the rest of the available units."""
+    available = torch.isfinite(importance)
+    order = torch.argsort(importance.masked_fill(~available, -torch.inf), descending=True, stable=True)
+    order = order[: int(available.sum())]
+    g = rows[:, order].double()
+    # suffix[:, k] = sum of the gradients of order[k:], for k = 0..A
+    suffix = torch.cat([g.flip(1).cumsum(1).flip(1), g.new_zeros(len(g), 1)], dim=1)
+    return order, suffix.pow(2).sum(0)
 
 
 def search_flops_block(
@@ -104,14 +156,17 @@ def search_flops_block(
     [R, L, F] gradient rows; importances [L, H], [L, F] with -inf for unavailable units), the budget split between
     the blocks by the block-diagonal Fisher (module docstring)."""
     constraint = check_constraint(constraint)
-    layers = head_importance.shape[0]
-    head_cost, neuron_cost = head_macs(seq_len, dims), neuron_macs(seq_len, dims)
-    budget = constraint * (head_importance.numel() * head_cost + neuron_importance.numel() * neuron_cost)
-    blocks = [removal_curve(head_rows[:, i], head_importance[i]) for i in range(layers)]
-    blocks += [removal_curve(neuron_rows[:, i], neuron_importance[i]) for i in range(layers)]
-    ks = allocate([loss for _, loss in blocks], [head_cost] * layers + [neuron_cost] * layers, budget)
-    head, neuron = torch.zeros(head_importance.shape), torch.zeros(neuron_importance.shape)
-    for i in range(layers):
-        head[i, blocks[i][0][: ks[i]]] = 1.0
-        neuron[i, blocks[layers + i][0][: ks[layers + i]]] = 1.0
-    return Masks(head, neuron)
+    budget = constraint * dense_macs(dims, seq_len)
+
+    def head_curve(i: int, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return removal_curve(head_rows[:, i][:, units], head_importance[i, units])
+
+    def neuron_curve(i: int, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return removal_curve(neuron_rows[:, i][:, units], neuron_importance[i, units])
+
+    # one block per key/value group under grouped-query attention (the group paid while it keeps a head), else
+    # one per layer's heads
+    group_size, group_cost = (dims.group_size, group_macs(seq_len, dims)) if dims.grouped else (dims.num_heads, 0.0)
+    heads = unit_blocks(head_importance, group_size, head_macs(seq_len, dims), group_cost, head_curve)
+    neurons = unit_blocks(neuron_importance, neuron_importance.shape[1], neuron_macs(seq_len, dims), 0.0, neuron_curve)
+    return masks_from_blocks(heads, neurons, budget, head_importance.shape, neuron_importance.shape)

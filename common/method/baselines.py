@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..model.arch import ModelDims, adapter_for
-from ..model.cost import dense_macs, head_macs, neuron_macs
+from ..model.cost import dense_macs, group_macs, head_macs, neuron_macs
 from ..model.masks import Masks
 from .search import check_constraint, top_k_mask
 
@@ -123,5 +123,42 @@ def uniform_masks(
 ) -> Masks:
     """Uniform per-layer pruning: the same number of heads and of neurons in every layer (see
     :func:`uniform_split`), each layer keeping its most important ones."""
+    if dims.grouped:
+        return _uniform_grouped(head_importance, neuron_importance, dims, seq_len, constraint)
     heads, neurons = uniform_split(head_importance, neuron_importance, dims, seq_len, constraint)
     return Masks(_top_per_layer(head_importance, heads), _top_per_layer(neuron_importance, neurons))
+
+
+def _uniform_grouped(
+    head_importance: torch.Tensor, neuron_importance: torch.Tensor, dims: ModelDims, seq_len: float, constraint: float
+) -> Masks:
+    """Uniform pruning under grouped-query attention: every layer keeps the same number of key/value groups, each
+    with the same number of query heads (its most important ones; the layer's groups of largest importance so
+    kept), and the same number of neurons: a stock config describes the exported model. Of the splits within the
+    budget, each with as many neurons as it leaves, the one of largest summed importance wins."""
+    layer_budget = _budget(dims, seq_len, constraint) / dims.num_layers
+    layers, groups, size = dims.num_layers, dims.kv_heads, dims.group_size
+    per_group = torch.sort(head_importance.double().view(layers, groups, size), dim=2, descending=True).values
+    tops = torch.cat([per_group.new_zeros(layers, groups, 1), per_group.cumsum(2)], dim=2)  # [L, G, size + 1]
+    neuron_sums = _layer_prefix_sums(neuron_importance)
+    best: tuple[float, int, int, int] = (-math.inf, 0, 0, 0)
+    for kept_groups in range(groups + 1):
+        for heads in range(1 if kept_groups else 0, size + 1 if kept_groups else 1):
+            group_cost = kept_groups * group_macs(seq_len, dims)
+            neurons = _neurons_left(
+                layer_budget - group_cost, kept_groups * heads, dims, seq_len, dims.intermediate_size
+            )
+            if neurons < 0:
+                continue
+            best_groups = torch.sort(tops[:, :, heads], dim=1, descending=True).values[:, :kept_groups]
+            score = float(best_groups.sum() + neuron_sums[neurons])
+            if score > best[0]:
+                best = (score, kept_groups, heads, neurons)
+    _, kept_groups, heads, neurons = best
+    head = torch.zeros(head_importance.shape)
+    for i in range(layers):
+        chosen = torch.argsort(tops[i, :, heads], descending=True, stable=True)[:kept_groups]
+        for g in chosen.tolist():
+            within = torch.argsort(head_importance[i, g * size : (g + 1) * size], descending=True, stable=True)
+            head[i, g * size + within[:heads]] = 1.0
+    return Masks(head, _top_per_layer(neuron_importance, neurons))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..model.dims import ModelDims
 from ..model.masks import Masks
 from .fisher import MaskGradients
 
@@ -49,13 +50,24 @@ def rearrange_units(kept: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     return new_kept
 
 
-def rearrange_masks(masks: Masks, grads: MaskGradients) -> Masks:
+def head_block(dims: ModelDims) -> int | None:
+    """The block of heads rearranged together: a key/value group's query heads (grouped-query attention), else
+    the layer's (None)."""
+    return dims.group_size if dims.grouped else None
+
+
+def rearrange_masks(masks: Masks, grads: MaskGradients, head_block: int | None = None) -> Masks:
     """Rearrange every layer's heads and neurons; per-layer kept counts stay as they are. Units outside
-    ``grads.available`` (pruned by an earlier iterative step) stay pruned."""
+    ``grads.available`` (pruned by an earlier iterative step) stay pruned. ``head_block``: rearrange the heads within
+    blocks of that many (a key/value group's query heads, so that the kept groups, their cost and a uniform split's
+    shape stay as the search chose them; default: the whole layer)."""
     available = grads.available or Masks.ones_like(masks)
-    head = torch.stack(
-        [_rearrange_available(masks.head[i], grads.head[:, i], available.head[i]) for i in range(masks.head.shape[0])]
-    )
+    size = head_block or masks.head.shape[1]
+    head = torch.zeros(masks.head.shape)
+    for i in range(masks.head.shape[0]):
+        for start in range(0, masks.head.shape[1], size):
+            part = slice(start, start + size)
+            head[i, part] = _rearrange_available(masks.head[i, part], grads.head[:, i, part], available.head[i, part])
     neuron = torch.stack(
         [
             _rearrange_available(masks.neuron[i], grads.neuron[:, i], available.neuron[i])

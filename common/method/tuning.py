@@ -226,6 +226,7 @@ def tune_masks(
                         i,
                         block,
                         reselect=mode == "reselect",
+                        group_size=dims.group_size if dims.grouped and block == "attention" else None,
                     )
                     new = {weight_key(i, _PROJECTION[block], name): value.cpu() for name, value in params.items()}
                     student.weights.update(new)
@@ -343,12 +344,15 @@ def _refit_block(
     layer: int,
     block: str,
     reselect: bool = False,
+    group_size: int | None = None,
 ) -> tuple[BlockReport, dict[str, torch.Tensor]]:
     """The kept columns and the bias of ``proj`` refit (see the module doc): the report and the new ``weight``
     and ``bias`` (empty when nothing was refit); ``mask_row`` becomes binary, its scales folded into the weights.
     ``reselect`` first re-chooses which units the block keeps (as many as before) by their least-squares error
     against the teacher (:func:`reselect_units`), and keeps the new choice only if its refit error is lower.
-    ``ridge="auto"`` picks the ridge by :func:`cross_validated_ridge` on the search's units."""
+    ``ridge="auto"`` picks the ridge by :func:`cross_validated_ridge` on the search's units. With ``group_size``
+    (query heads under grouped-query attention) a re-choice must keep as many heads in each key/value group as the
+    search did, so that it adds no group's cost and keeps a uniform split stock."""
     full_proj, full_row, cols = proj, mask_row, None
     fitted: nn.Linear | Columns = proj
     if not reselect:  # the refit needs the statistics of the kept columns only (the pruned ones stay 0)
@@ -376,7 +380,10 @@ def _refit_block(
         chosen = reselect_units(stats, unit_size, kept, ridge, full_proj.bias is not None).to(mask_row.dtype)
         other = refit(stats, fitted, chosen, unit_size, ridge)
         moved = int(((chosen != 0) & (mask_row == 0)).sum())
-        if other is not None and (fit is None or other[1] < fit[1]):
+        same_groups = group_size is None or torch.equal(
+            (chosen != 0).view(-1, group_size).sum(1), (mask_row != 0).view(-1, group_size).sum(1)
+        )
+        if other is not None and same_groups and (fit is None or other[1] < fit[1]):
             fit = other
             mask_row.copy_(chosen)
             note += f"{moved} units re-chosen, "

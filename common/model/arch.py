@@ -136,6 +136,24 @@ class ArchAdapter:
         """Key/value heads (groups) of a layer (its query heads under plain attention)."""
         return self.linear(layer, "key").out_features // head_size
 
+    def cached_heads_in_layer(self, layer: nn.Module, head_size: int) -> int:
+        """Key (and value) heads a layer keeps in the key/value cache per token: its groups, or one per query head
+        where the key/value projections expand uneven groups (:class:`~.slicing.KVExpandedLinear`)."""
+        key = self.linear(layer, "key")
+        return len(key.head_groups) if isinstance(key, KVExpandedLinear) else key.out_features // head_size
+
+    def kv_cache_bytes(self, model: nn.Module) -> int:
+        """Bytes the key/value cache holds per token of context (keys and values of every layer, in the model's
+        dtype): what bounds a decoder's batch and context when it generates."""
+        head_size = self.dims(model.config).head_size
+        width = next(model.parameters()).element_size()
+        return (
+            2
+            * head_size
+            * width
+            * sum(self.cached_heads_in_layer(layer, head_size) for layer in self.layer_modules(model))
+        )
+
     def neurons_in_layer(self, layer: nn.Module) -> int:
         return self.linear(layer, "ffn_out").in_features
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ..errors import FastpruneError, IntegrityError, UnsupportedArchitectureError
 from .arch import STRUCTURE_KEY, adapter_for
 from .modeling_fastprune import BIAS_HEADS_KEY
@@ -135,7 +137,7 @@ def check_weights_format(folder: str | Path, allow_pickle: bool = False) -> None
 # ----- pruned configs ---------------------------------------------------------------------------------------
 def model_class(config, where: str):
     """The transformers class ``config.architectures`` names, if it is a sequence classifier, a question-answering
-    model, a decoder family's causal language model or the bare model of a supported family (nothing else is ever
+    model, a causal language model (decoder families) or the bare model of a supported family (nothing else is ever
     instantiated: no ``pipeline``, ``Trainer``...)."""
     from transformers import (
         AutoModel,
@@ -145,12 +147,12 @@ def model_class(config, where: str):
     )
 
     try:
-        adapter = adapter_for(config)
+        causal = adapter_for(config).causal
     except UnsupportedArchitectureError as e:
         raise IntegrityError(f"{where}/config.json: {e}") from None
     allowed: dict[str, Any] = {}
-    causal = (AutoModelForCausalLM,) if adapter.causal else ()  # a decoder family's language model, no encoder's
-    for auto in (AutoModelForSequenceClassification, AutoModelForQuestionAnswering, *causal, AutoModel):
+    heads = (AutoModelForSequenceClassification, AutoModelForQuestionAnswering)
+    for auto in (*heads, *((AutoModelForCausalLM,) if causal else ()), AutoModel):
         try:
             cls: Any = auto._model_mapping[type(config)]
         except KeyError:
@@ -249,26 +251,19 @@ def _check_bias_heads(kept: Any, heads: list[int], dense: int, where: str) -> No
         )
 
 
-def tied_names(model) -> dict[str, tuple[str, ...]]:
-    """Each parameter name of ``model`` with every name of the same tensor (tied weights: a causal LM's input
-    embeddings and output head), for those that have more than one."""
-    names: dict[int, list[str]] = {}
+def check_shapes(model: nn.Module, tensors: dict[str, TensorInfo], where: str) -> None:
+    """Every tensor the model holds (on the meta device) must be in the file with the same shape, and the file must
+    hold nothing else. Tied parameters (a causal LM's output and input embeddings) are stored once, under any one
+    of their names."""
+    expected = model.state_dict()
+    aliases: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
-    return {name: tuple(group) for group in names.values() if len(group) > 1 for name in group}
-
-
-def check_shapes(
-    expected: dict, tensors: dict[str, TensorInfo], where: str, tied: dict[str, tuple[str, ...]] | None = None
-) -> None:
-    """Every tensor the model holds (``expected``: a state dict, on the meta device) must be in the file with the
-    same shape, and the file must hold nothing else. A tied tensor is stored once, under any of its ``tied``
-    names."""
-    tied = tied or {}
+        aliases.setdefault(id(param), []).append(name)
+    stored_under = {n: names for names in aliases.values() for n in names if len(names) > 1}
     for name, tensor in expected.items():
         found = tensors.get(name)
-        if found is None and any(alias in tensors for alias in tied.get(name, ())):
-            continue  # stored under another of its names
+        if found is None and name in stored_under:
+            found = next((tensors[n] for n in stored_under[name] if n in tensors), None)
         if found is None or found.shape != tuple(tensor.shape):
             got = "missing" if found is None else f"of shape {list(found.shape)}"
             raise IntegrityError(

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from ..errors import ConfigError, IntegrityError
 from ..folders import staged_folder
 from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
-from .checkpoint import check_pruned_config, check_shapes, model_class, read_header, tied_names
+from .checkpoint import check_pruned_config, check_shapes, model_class, read_header
 from .masks import Masks, weight_targets
 from .portable import make_portable, read_config
 
@@ -29,7 +29,11 @@ WEIGHTS = "model.safetensors"
 
 
 def export_pruned(
-    model: nn.Module, masks: Masks, neuron_multiple: int = NEURON_MULTIPLE, adapter: ArchAdapter | None = None
+    model: nn.Module,
+    masks: Masks,
+    neuron_multiple: int = NEURON_MULTIPLE,
+    adapter: ArchAdapter | None = None,
+    even_groups: bool = True,
 ) -> nn.Module:
     """A physically smaller copy of ``model``: each head's scale multiplies its columns of the
     attention output projection, each neuron's its column of the FFN output projection; pruned
@@ -38,7 +42,13 @@ def export_pruned(
     Each layer's FFN is padded to a multiple of ``neuron_multiple`` neurons (1: no padding) with pruned neurons
     whose weights are zeroed, so the model computes exactly what the masked one does; at most
     ``neuron_multiple - 1`` neurons per layer, a fraction of a percent of the FLOPs. ``adapter``: the model's
-    family (default: the registered one for its model type)."""
+    family (default: the registered one for its model type).
+
+    Under grouped-query attention a layer whose kept groups keep different numbers of query heads is padded
+    (``even_groups``) with pruned heads of the short groups, whose output-projection columns are zero, until every
+    kept group has as many: the family's own grouped attention runs and the key/value cache holds one head per kept
+    group (a few query heads computed for nothing). Without it the key/value projections expand the groups
+    (:class:`~.slicing.KVExpandedLinear`) and the cache holds one head per query head in such a layer."""
     if neuron_multiple < 1:
         raise ConfigError(f"neuron_multiple must be a positive integer (1: no padding), got {neuron_multiple}")
     adapter = adapter or adapter_for(model)
@@ -69,9 +79,22 @@ def export_pruned(
                 ffn_in.weight[padding.to(ffn_in.weight.device)] = 0.0
                 if ffn_in.bias is not None:
                     ffn_in.bias[padding.to(ffn_in.bias.device)] = 0.0
-        adapter.slice_layer(layer, head.nonzero().flatten(), keep_neurons, dims.head_size)
+        even = even_groups and dims.grouped
+        keep_heads = _even_groups(head, dims.group_size) if even else head.nonzero().flatten()
+        adapter.slice_layer(layer, keep_heads, keep_neurons, dims.head_size)
     setattr(pruned.config, STRUCTURE_KEY, adapter.structure(pruned))
     return pruned
+
+
+def _even_groups(mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The indices of the kept query heads of ``mask`` (non-zero), with the first pruned heads of each kept group
+    that keeps fewer than the most added, so that every kept group keeps as many."""
+    kept = (mask != 0).view(-1, group_size).clone()
+    target = int(kept.sum(1).max()) if kept.numel() else 0
+    for group in kept:
+        if group.any():
+            group[(~group).nonzero().flatten()[: target - int(group.sum())]] = True
+    return kept.flatten().nonzero().flatten()
 
 
 def _padded(mask: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -132,7 +155,7 @@ def load_pruned(path: str | Path, device: torch.device | str = "cpu", with_token
             adapter_for(skeleton).reshape_to(skeleton, structure)
         except (ValueError, IndexError, RuntimeError, TypeError) as e:
             raise IntegrityError(f"{path}/config.json: its {STRUCTURE_KEY} does not fit the model: {e}") from None
-    check_shapes(skeleton.state_dict(), tensors, str(path), tied_names(skeleton))
+    check_shapes(skeleton, tensors, str(path))
     model = _build(cls, config, structure)
     try:
         load_model(model, str(path / WEIGHTS), strict=True, device=str(device))

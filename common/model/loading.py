@@ -14,6 +14,7 @@ from ..tasks.spec import Task
 from .arch import STRUCTURE_KEY, adapter_for
 from .checkpoint import CONVERT_HINT, PickleCheckpointError, check_local_weights
 from .export import load_pruned
+from .gguf import gguf_config, is_gguf, load_gguf
 from .portable import is_portable_folder, read_config
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,13 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     return torch.device(device)
 
 
+def spread_across_gpus(device: torch.device | str, gpus: int) -> bool:
+    """Whether a model is loaded across every GPU of the step (``device_map="auto"``: a model larger than one
+    device): on ``cuda`` with no index chosen (``--device auto`` or ``cuda``) when the machine has more than one."""
+    device = torch.device(device)
+    return device.type == "cuda" and device.index is None and gpus > 1
+
+
 def check_model_for_task(config, task: Task, where: str) -> None:
     """The model must carry the task's head (fine-tuned for it), as the task checks it (the number of labels...)."""
     adapter_for(config)  # unsupported architectures fail here, naming the supported ones
@@ -96,10 +104,16 @@ def load_model(
     tokenizer_source: str | Path | None = None,
     allow_pickle: bool = False,
 ):
-    """A fine-tuned model (local folder, or a hub id when the hub is reachable) and its tokenizer,
-    checked against the task. A folder written by fastprune's export is rebuilt with its structure.
+    """A fine-tuned model (local folder, a GGUF file, or a hub id when the hub is reachable) and its tokenizer,
+    checked against the task. On ``cuda`` with more than one GPU the model is spread across them
+    (:func:`spread_across_gpus`). A folder written by fastprune's export is rebuilt with its structure.
     Weights are read from safetensors only, unless ``allow_pickle`` (``pytorch_model.bin``...)."""
     where = str(source)
+    if is_gguf(source):  # one llama.cpp file: checked (package, architecture, task) before its weights are read
+        check_model_for_task(gguf_config(source), task, where)
+        model, tokenizer = load_gguf(source, task.auto_model_class(), device)
+        check_tokenizer(tokenizer, model.config, where)
+        return model, tokenizer
     check_local_weights(source, allow_pickle)
     try:
         if is_portable_folder(source):  # fastprune's own export: read as the stock config, its code not run
@@ -113,14 +127,15 @@ def load_model(
         model, tokenizer = load_pruned(source, device)
     else:
         cls = task.auto_model_class()
+        spread = spread_across_gpus(device, torch.cuda.device_count() if torch.cuda.is_available() else 0)
         try:
-            model = (
-                cls.from_pretrained(
-                    source, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
-                )
-                .to(device)
-                .eval()
+            model = cls.from_pretrained(
+                source,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True,
+                **({"device_map": "auto"} if spread else {}),
             )
+            model = (model if spread else model.to(device)).eval()
         except OSError as e:
             if allow_pickle or Path(source).is_dir():
                 raise ModelTaskMismatchError(f"cannot load the model weights of {where}: {e}") from e

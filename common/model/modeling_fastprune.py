@@ -12,7 +12,10 @@ neurons (which no stock config can describe). The folder's ``config.json`` names
 
 Each class is the stock transformers class whose layers are re-sized, in ``__init__`` and before the weights load,
 to the per-layer structure stored in the config under ``fastprune_structure`` (``num_heads`` and
-``intermediate_size``, one entry per layer). A layer may keep no heads (its attention is then only the output
+``intermediate_size``, one entry per layer; under grouped-query attention also ``head_groups``, the key/value group of
+each kept query head: a layer whose groups keep different numbers of query heads hands each query head its group's
+key and value). A causal language model (Llama, Mistral, Qwen2, Qwen3) loads with ``AutoModelForCausalLM`` and
+generates with its key/value cache. A layer may keep no heads (its attention is then only the output
 projection's bias, without calling the attention kernel) or no FFN neurons. Without ``trust_remote_code=True``
 transformers refuses the folder (its model type is not a stock one) instead of loading it into the wrong shapes.
 
@@ -41,9 +44,17 @@ from transformers import (
     ElectraConfig,
     ElectraForQuestionAnswering,
     ElectraForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     MPNetConfig,
     MPNetForQuestionAnswering,
     MPNetForSequenceClassification,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     RobertaConfig,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
@@ -57,7 +68,9 @@ MODEL_TYPE_PREFIX = "fastprune_"
 """The model type of a pruned folder is this prefix followed by the stock model type (``fastprune_bert``)."""
 
 # Where each family keeps its units: (layers, attention, query, key, value, attention output, FFN in, FFN out,
-# the attention's head-count attribute, config fields: hidden size, head count).
+# the attention's head-count attribute, config fields: hidden size, head count; then, for grouped-query attention
+# and a gated MLP: the gate projection, the attention's query-heads-per-group attribute, config fields: key/value
+# head count, head size).
 _BERT_LIKE = (
     "encoder.layer",
     "attention.self",
@@ -70,6 +83,10 @@ _BERT_LIKE = (
     "num_attention_heads",
     "hidden_size",
     "num_attention_heads",
+    None,
+    None,
+    None,
+    None,
 )
 _DISTILBERT = (
     "transformer.layer",
@@ -83,6 +100,27 @@ _DISTILBERT = (
     "n_heads",
     "dim",
     "n_heads",
+    None,
+    None,
+    None,
+    None,
+)
+_LLAMA_LIKE = (
+    "layers",
+    "self_attn",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    None,  # transformers 5's Llama attention infers its head count from the projections' shapes
+    "hidden_size",
+    "num_attention_heads",
+    "mlp.gate_proj",
+    "num_key_value_groups",
+    "num_key_value_heads",
+    "head_dim",
 )
 _MPNET = (
     "encoder.layer",
@@ -96,14 +134,22 @@ _MPNET = (
     "num_attention_heads",
     "hidden_size",
     "num_attention_heads",
+    None,
+    None,
+    None,
+    None,
 )
-LAYOUTS = {
+LAYOUTS: dict[str, tuple[str | None, ...]] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
     "camembert": _BERT_LIKE,
     "electra": _BERT_LIKE,
     "distilbert": _DISTILBERT,
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
     "mpnet": _MPNET,
 }
 SHARED_BIAS = {"mpnet": "position_bias"}
@@ -135,6 +181,37 @@ def _resized(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linea
             device=linear.weight.device,
             dtype=linear.weight.dtype,
         )
+
+
+class KVExpandedLinear(nn.Linear):
+    """A key or value projection holding the kept groups' rows only, whose output repeats, for every kept query
+    head, its group's head (``head_groups[j]``: the group of query head ``j``): a layer whose kept groups keep
+    different numbers of query heads. Its state dict is a plain linear's (the index is not saved: the structure in
+    ``config.json`` rebuilds it)."""
+
+    head_groups: torch.Tensor
+
+    def __init__(self, linear: nn.Linear, head_groups: torch.Tensor, head_size: int):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            super().__init__(
+                linear.in_features,
+                linear.out_features,
+                bias=linear.bias is not None,
+                device=linear.weight.device,
+                dtype=linear.weight.dtype,
+            )
+        self.weight, self.bias = linear.weight, linear.bias
+        self.head_size = head_size
+        # a plain attribute, not a buffer: built on the CPU even when the model is built on the meta device
+        self.head_groups = torch.as_tensor(head_groups.tolist(), dtype=torch.long, device="cpu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.head_groups.device != out.device:
+            self.head_groups = self.head_groups.to(out.device)
+        heads = out.view(*out.shape[:-1], -1, self.head_size).index_select(-2, self.head_groups)
+        return heads.flatten(-2)
 
 
 def _no_heads_forward(self: Any, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
@@ -181,28 +258,40 @@ def _select_bias_heads(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, d
 
 def reshape_layers(model: Any, base_model_type: str, structure: dict) -> None:
     """Re-size every layer of ``model`` (a stock model of ``base_model_type``) to ``structure``: the number of
-    attention heads and FFN neurons kept in each layer."""
-    layers_at, attention_at, *linears, heads_attr, hidden_key, heads_key = LAYOUTS[base_model_type]
-    query, key, value, attn_out, ffn_in, ffn_out = linears
-    hidden, dense_heads = getattr(model.config, hidden_key), getattr(model.config, heads_key)
-    head_size = hidden // dense_heads
+    attention heads and FFN neurons kept in each layer (and, under grouped-query attention, the key/value group of
+    each kept query head)."""
+    layout = LAYOUTS[base_model_type]
+    layers_at, attention_at, query, key, value, attn_out, ffn_in, ffn_out = (str(x) for x in layout[:8])
+    heads_attr, hidden_key, heads_key, ffn_gate, group_attr, _, head_size_key = layout[8:]
+    config = model.config
+    dense_heads = getattr(config, str(heads_key))
+    head_size = (getattr(config, head_size_key, None) if head_size_key else None) or (
+        getattr(config, str(hidden_key)) // dense_heads
+    )
     layers = list(_get(model.base_model, layers_at))
     heads, neurons = structure["num_heads"], structure["intermediate_size"]
-    if not len(layers) == len(heads) == len(neurons):
+    head_groups = structure.get("head_groups") or [None] * len(layers)
+    if not len(layers) == len(heads) == len(neurons) == len(head_groups):
         raise ValueError(f"{STRUCTURE_KEY} describes {len(heads)}/{len(neurons)} layers, the model has {len(layers)}")
-    for layer, n_heads, n_neurons in zip(layers, heads, neurons, strict=True):
+    for layer, n_heads, n_neurons, groups_of in zip(layers, heads, neurons, head_groups, strict=True):
         width = int(n_heads) * head_size
-        for path in (query, key, value):
-            old = _get(layer, path)
-            _set(layer, path, _resized(old, old.in_features, width))
+        _set(layer, query, _resized(_get(layer, query), _get(layer, query).in_features, width))
+        attention = _get(layer, attention_at)
+        if groups_of is None:  # plain attention: a key and value head per query head
+            for path in (key, value):
+                _set(layer, path, _resized(_get(layer, path), _get(layer, path).in_features, width))
+        else:
+            _reshape_groups(layer, (key, value), [int(g) for g in groups_of], head_size)
+            setattr(attention, str(group_attr), _per_group(groups_of))
         old = _get(layer, attn_out)
         _set(layer, attn_out, _resized(old, width, old.out_features))
-        old = _get(layer, ffn_in)
-        _set(layer, ffn_in, _resized(old, old.in_features, int(n_neurons)))
+        for path in (ffn_gate, ffn_in) if ffn_gate else (ffn_in,):
+            old = _get(layer, path)
+            _set(layer, path, _resized(old, old.in_features, int(n_neurons)))
         old = _get(layer, ffn_out)
         _set(layer, ffn_out, _resized(old, int(n_neurons), old.out_features))
-        attention = _get(layer, attention_at)
-        setattr(attention, heads_attr, int(n_heads))
+        if heads_attr:
+            setattr(attention, heads_attr, int(n_heads))
         if hasattr(attention, "all_head_size"):
             attention.all_head_size = width
         if n_heads == 0:
@@ -212,6 +301,28 @@ def reshape_layers(model: Any, base_model_type: str, structure: dict) -> None:
     if base_model_type in SHARED_BIAS:
         for layer, kept in zip(layers, structure.get(BIAS_HEADS_KEY) or [range(h) for h in heads], strict=True):
             keep_bias_heads(_get(layer, attention_at), kept, SHARED_BIAS[base_model_type])
+
+
+def _in_order(head_groups: list[int]) -> bool:
+    """Whether query head ``j`` uses group ``j // (heads / groups)``: the family's own grouped attention."""
+    groups = len(set(head_groups))
+    heads = len(head_groups)
+    return groups > 0 and heads % groups == 0 and head_groups == [j // (heads // groups) for j in range(heads)]
+
+
+def _per_group(head_groups: list[int]) -> int:
+    """The attention's query heads per key/value head: 1 when the projections expand the groups (uneven)."""
+    return len(head_groups) // len(set(head_groups)) if _in_order(head_groups) else 1
+
+
+def _reshape_groups(layer: Any, paths: tuple[str, str], head_groups: list[int], size: int) -> None:
+    """Key and value projections of the kept groups; expanded to one head per query head when uneven."""
+    groups = len(set(head_groups))
+    for path in paths:
+        old = _get(layer, path)
+        new = _resized(old, old.in_features, groups * size)
+        even = not head_groups or _in_order(head_groups)
+        _set(layer, path, new if even else KVExpandedLinear(new, torch.tensor(head_groups, device="cpu"), size))
 
 
 class _Pruned:
@@ -247,6 +358,22 @@ class FastpruneElectraConfig(ElectraConfig):
 
 class FastpruneDistilBertConfig(DistilBertConfig):
     model_type = MODEL_TYPE_PREFIX + "distilbert"
+
+
+class FastpruneLlamaConfig(LlamaConfig):
+    model_type = MODEL_TYPE_PREFIX + "llama"
+
+
+class FastpruneMistralConfig(MistralConfig):
+    model_type = MODEL_TYPE_PREFIX + "mistral"
+
+
+class FastpruneQwen2Config(Qwen2Config):
+    model_type = MODEL_TYPE_PREFIX + "qwen2"
+
+
+class FastpruneQwen3Config(Qwen3Config):
+    model_type = MODEL_TYPE_PREFIX + "qwen3"
 
 
 class FastpruneMPNetConfig(MPNetConfig):
@@ -300,6 +427,22 @@ class FastpruneDistilBertForSequenceClassification(_Pruned, DistilBertForSequenc
 
 class FastpruneDistilBertForQuestionAnswering(_Pruned, DistilBertForQuestionAnswering):
     config_class, base_model_type = FastpruneDistilBertConfig, "distilbert"
+
+
+class FastpruneLlamaForCausalLM(_Pruned, LlamaForCausalLM):
+    config_class, base_model_type = FastpruneLlamaConfig, "llama"
+
+
+class FastpruneMistralForCausalLM(_Pruned, MistralForCausalLM):
+    config_class, base_model_type = FastpruneMistralConfig, "mistral"
+
+
+class FastpruneQwen2ForCausalLM(_Pruned, Qwen2ForCausalLM):
+    config_class, base_model_type = FastpruneQwen2Config, "qwen2"
+
+
+class FastpruneQwen3ForCausalLM(_Pruned, Qwen3ForCausalLM):
+    config_class, base_model_type = FastpruneQwen3Config, "qwen3"
 
 
 class FastpruneMPNetForSequenceClassification(_Pruned, MPNetForSequenceClassification):

@@ -29,12 +29,24 @@ log = logging.getLogger(__name__)
 _AUTO_CLASSES = {
     "ForSequenceClassification": "AutoModelForSequenceClassification",
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForCausalLM": "AutoModelForCausalLM",
 }
 
 
-def fits_stock_config(structure: dict[str, list[int]], dense_heads: int) -> bool:
-    """Whether a stock config describes the structure: every head kept in every layer, one FFN size."""
-    return all(h == dense_heads for h in structure["num_heads"]) and len(set(structure["intermediate_size"])) <= 1
+def fits_stock_config(structure: dict[str, list], dense_heads: int, free_head_count: bool = False) -> bool:
+    """Whether a stock config describes the structure: one FFN size, and every head kept in every layer; or, for a
+    family whose config states its head size and key/value head count (``free_head_count``: Llama and its kin),
+    the same number of key/value groups in every layer, each keeping the same number of query heads, in order."""
+    if len(set(structure["intermediate_size"])) > 1:
+        return False
+    if not free_head_count or "head_groups" not in structure:
+        return all(h == dense_heads for h in structure["num_heads"])
+    shapes = {(len(g), len(set(g))) for g in structure["head_groups"]}
+    if len(shapes) != 1:
+        return False
+    heads, groups = shapes.pop()
+    in_order = [j // (heads // groups) for j in range(heads)] if heads and heads % groups == 0 else None
+    return in_order is not None and all(g == in_order for g in structure["head_groups"])
 
 
 def make_portable(folder: Path, adapter: ArchAdapter, dense_heads: int) -> bool:
@@ -44,10 +56,15 @@ def make_portable(folder: Path, adapter: ArchAdapter, dense_heads: int) -> bool:
     path = folder / "config.json"
     config = json.loads(path.read_text())
     structure = config[STRUCTURE_KEY]
-    if fits_stock_config(structure, dense_heads):
+    free = bool(adapter.cfg_kv_heads and adapter.cfg_head_size)
+    if fits_stock_config(structure, dense_heads, free):
         sizes = structure["intermediate_size"]
         if sizes:
             config[adapter.cfg_intermediate] = sizes[0]
+        if free and structure["num_heads"][0] != dense_heads:  # the stock config of the kept heads and groups
+            head_size = config.get(adapter.cfg_head_size) or config[adapter.cfg_hidden] // dense_heads
+            config.update({adapter.cfg_head_size: head_size, adapter.cfg_heads: structure["num_heads"][0]})
+            config[str(adapter.cfg_kv_heads)] = structure["num_key_value_heads"][0]
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return False
     base_type, architecture = config["model_type"], config["architectures"][0]
@@ -55,8 +72,8 @@ def make_portable(folder: Path, adapter: ArchAdapter, dense_heads: int) -> bool:
     model_class = getattr(modeling_fastprune, CLASS_PREFIX + architecture, None)
     if auto_class is None or model_class is None or model_class.base_model_type != base_type:
         log.warning(
-            "%s (%s) has no portable modeling code (sequence classification and question answering models "
-            "have): the exported folder loads with fastprune's load_pruned only",
+            "%s (%s) has no portable modeling code (sequence classification, question answering and causal "
+            "language models have): the exported folder loads with fastprune's load_pruned only",
             architecture,
             base_type,
         )

@@ -14,6 +14,10 @@ import warnings
 import torch
 from torch import nn
 
+from .modeling_fastprune import KVExpandedLinear
+
+__all__ = ["KVExpandedLinear", "in_order", "no_heads_forward", "plain_linear", "slice_linear", "unit_columns"]
+
 
 def unit_columns(units: torch.Tensor, size: int) -> torch.Tensor:
     """The row (or column) indices of ``units`` of ``size`` consecutive rows each."""
@@ -42,33 +46,6 @@ def slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torc
     if bias is not None:
         new.bias.requires_grad_(linear.bias.requires_grad)
     return new
-
-
-class KVExpandedLinear(nn.Linear):
-    """A key or value projection holding the kept groups' rows only, whose output repeats, for every kept query
-    head, its group's head (``head_groups[j]``: the group of query head ``j``). Its state dict is a plain linear's
-    (the index is not saved: the structure in ``config.json`` rebuilds it)."""
-
-    head_groups: torch.Tensor
-
-    def __init__(self, linear: nn.Linear, head_groups: torch.Tensor, head_size: int):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            super().__init__(
-                linear.in_features,
-                linear.out_features,
-                bias=linear.bias is not None,
-                device=linear.weight.device,
-                dtype=linear.weight.dtype,
-            )
-        self.weight, self.bias = linear.weight, linear.bias
-        self.head_size = head_size
-        self.register_buffer("head_groups", head_groups.to(linear.weight.device), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
-        heads = out.view(*out.shape[:-1], -1, self.head_size).index_select(-2, self.head_groups)
-        return heads.flatten(-2)
 
 
 def plain_linear(linear: nn.Linear) -> nn.Linear:

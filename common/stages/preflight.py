@@ -70,10 +70,44 @@ def check_prune_inputs(cfg, output: str | Path, overwrite: bool = False) -> Path
     validation already checked the parameters and the device)."""
     output = check_output(output, overwrite)
     check_exists(cfg.model, "model")
+    check_model_config(cfg.model, cfg.allocation)
     check_exists(cfg.train_data, "training data")
     check_dev_data(cfg.dev_data, cfg.task, cfg.text_columns, cfg.label_column)
     check_local_model(cfg.model, cfg.task, cfg.train_data, cfg.sample.max_length)
     return output
+
+
+def check_model_config(source: str | None, allocation: str = "global") -> None:
+    """A local model's config (a folder's ``config.json``, a GGUF file's header; no weights read): a supported
+    family whose key/value groups divide its query heads (``allocation`` ``uniform`` keeps the same number of
+    query heads in every kept group)."""
+    if not source or not looks_local(source):
+        return
+    from ..model.arch import adapter_for
+    from ..model.gguf import gguf_config, is_gguf
+    from ..model.portable import read_config
+
+    path = Path(source).expanduser()
+    if is_gguf(path):
+        config = gguf_config(path)
+    elif (path / "config.json").is_file():
+        config = read_config(path)
+    else:
+        return
+    adapter = adapter_for(config)
+    heads = getattr(config, adapter.cfg_heads)
+    groups = getattr(config, adapter.cfg_kv_heads, None) if adapter.cfg_kv_heads else None
+    if groups is not None and (groups < 1 or heads % groups):
+        raise ConfigError(
+            f"model {source!r}: its {groups} key/value groups do not divide its {heads} query heads"
+            + (
+                " (--allocation uniform keeps the same number of query heads in every kept group)"
+                if allocation == "uniform"
+                else ""
+            )
+            + "; num_key_value_heads must be a positive divisor of num_attention_heads"
+        )
+    adapter.dims(config)
 
 
 def check_pipeline_inputs(arguments: dict, pipeline_root: str | Path, default_task: str = "sst2") -> None:
@@ -87,6 +121,7 @@ def check_pipeline_inputs(arguments: dict, pipeline_root: str | Path, default_ta
     if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write into the pipeline root {root}: no write permission")
     check_exists(arguments.get("model"), "model")
+    check_model_config(arguments.get("model"), arguments.get("allocation") or "global")
     check_exists(arguments.get("train_data"), "training data")
     check_dev_data(arguments.get("dev_data"), arguments.get("task") or default_task)
     if arguments.get("model"):

@@ -35,7 +35,7 @@ from ..folders import (
 from ..method.allocate import search_by
 from ..method.fisher import MaskGradients
 from ..method.iterative import iterative_fisher
-from ..method.rearrange import rearrange_masks
+from ..method.rearrange import head_block, rearrange_masks
 from ..method.resplit import BudgetResplit
 from ..method.tuning import DEFAULT_TEACHER, tune_masks
 from ..method.validation import StageValidator
@@ -159,7 +159,7 @@ def teacher_masks(
     if kind == "dense":
         return None
     loose = search_masks(grads, dims, math.sqrt(constraint), seq_len, latency_table, allocation)
-    return rearrange_masks(loose, grads)
+    return rearrange_masks(loose, grads, head_block(dims))
 
 
 def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task: Task, dev, device, batch_size) -> dict:
@@ -245,6 +245,7 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
     """The masks of largest Fisher importance within the FLOPs (or latency) budget."""
     dims, seq_len = _dims(model), p.seq_len or stage_info(grads)["seq_len"]
     result: dict = {"constraint": p.constraint, "metric": p.constraint_metric, "seq_len": seq_len}
+    result["head_block"] = head_block(dims)  # what the rearrangement keeps together (a key/value group's heads)
     table = None
     if p.constraint_metric == "latency":
         from ..method.latency_search import latency_ratio
@@ -279,7 +280,9 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
 def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> dict:
     """Re-choose which units each layer prunes with the block-diagonal Fisher (per-layer counts unchanged)."""
     searched = Masks.load(masks / MASKS_FILE)
-    new = rearrange_masks(searched, MaskGradients.load(grads / GRADS_FILE)) if p.rearrange else searched.clone()
+    gradients = MaskGradients.load(grads / GRADS_FILE)
+    block = stage_info(masks).get("head_block")
+    new = rearrange_masks(searched, gradients, block) if p.rearrange else searched.clone()
     new.save(out / MASKS_FILE)
     moved = int((new.head != searched.head).sum() + (new.neuron != searched.neuron).sum()) // 2
     return {"seq_len": stage_info(masks)["seq_len"], "units_moved": moved, **_masks_summary(new)}
@@ -373,6 +376,17 @@ def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
         **_masks_summary(tuned, dims, seq_len),
         "neurons_per_layer_exported": shape["intermediate_size"],
         "flops_ratio_exported": exported / dense_macs(dims, seq_len),
+        **_cache_summary(net, pruned),
+    }
+
+
+def _cache_summary(dense: nn.Module, pruned: nn.Module) -> dict:
+    """A decoder's key/value cache bytes per token of context, dense and pruned (what bounds generation)."""
+    adapter = adapter_for(dense)
+    if not adapter.causal:
+        return {}
+    return {
+        "kv_cache_bytes_per_token": {"dense": adapter.kv_cache_bytes(dense), "pruned": adapter.kv_cache_bytes(pruned)}
     }
 
 

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from fastprune.common.method.allocate import allocate, removal_curve, search_by, search_flops_block
+from fastprune.common.method.allocate import allocate, removal_curve, search_by, search_flops_block, spend_curve
 from fastprune.common.method.fisher import MaskGradients
 from fastprune.common.method.search import search_flops
 from fastprune.common.model.arch import ModelDims
@@ -42,7 +42,7 @@ def test_allocate_finds_a_cheap_split_within_the_budget():
         else:
             curves = [torch.cat([c, c.new_zeros(1)]) for c in curves]
         costs, budget = [3.0, 1.0, 2.0], float(torch.randint(1, 25, (1,), generator=g))
-        ks = allocate(curves, costs, budget)
+        ks = allocate(curves, [spend_curve(len(c) - 1, w) for c, w in zip(curves, costs, strict=True)], budget)
         assert sum(k * w for k, w in zip(ks, costs, strict=True)) <= budget + 1e-9
         got = sum(float(c[k]) for c, k in zip(curves, ks, strict=True))
         smaller = [

@@ -216,9 +216,15 @@ def test_modeling_file_knows_every_supported_family():
                 adapter.attn_out,
                 adapter.ffn_in,
                 adapter.ffn_out,
-                adapter.heads_attrs[0],
+                adapter.heads_attrs[0] if adapter.heads_attrs else None,
             )
-            assert layout[9:] == (adapter.cfg_hidden, adapter.cfg_heads)
+            assert layout[9:11] == (adapter.cfg_hidden, adapter.cfg_heads)
+            assert layout[11:] == (
+                adapter.ffn_gate,
+                adapter.group_attrs[0] if adapter.group_attrs else None,
+                adapter.cfg_kv_heads,
+                adapter.cfg_head_size,
+            )
 
 
 def test_an_architecture_without_portable_code_keeps_the_previous_folder(tmp_path, caplog):
