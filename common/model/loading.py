@@ -100,6 +100,7 @@ def load_model(
     checked against the task. A folder written by fastprune's export is rebuilt with its structure.
     Weights are read from safetensors only, unless ``allow_pickle`` (``pytorch_model.bin``...)."""
     where = str(source)
+    root, source = source, task.model_folder(source)  # a sentence-transformers folder's encoder may sit below it
     check_local_weights(source, allow_pickle)
     try:
         if is_portable_folder(source):  # fastprune's own export: read as the stock config, its code not run
@@ -138,5 +139,6 @@ def load_model(
             **({"config": config} if tokenizer_source is None else {}),
         )
     check_tokenizer(tokenizer, config, where)
+    task.attach(model, root)
     log.info("loaded %s (%s) on %s", where, type(model).__name__, device)
     return model, tokenizer

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _AUTO_CLASSES = {
     "ForSequenceClassification": "AutoModelForSequenceClassification",
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "Model": "AutoModel",  # the bare encoder (sentence embeddings)
 }
 
 

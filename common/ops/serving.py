@@ -29,6 +29,7 @@ OUTPUTS = {
         [ColSpec("string", "label"), ColSpec("double", "score"), ColSpec(Array(DataType.double), "probabilities")]
     ),
     "regression": Schema([ColSpec("double", "score")]),
+    "embedding": Schema([ColSpec(Array(DataType.double), "embedding")]),
     "qa": Schema(
         [ColSpec("string", "answer"), ColSpec("long", "start"), ColSpec("long", "end"), ColSpec("double", "score")]
     ),
@@ -83,6 +84,12 @@ def log_portable_model(pruned: Path, task: str, workdir: Path, name: str = "mode
 # ----- snippets (the README and the run report show them) --------------------------------------------------------
 def hf_load_snippet(folder: str, task: str) -> str:
     """Python that loads an exported folder with transformers alone (no fastprune)."""
+    if get_task(task).kind == "embedding":
+        return (
+            "from sentence_transformers import SentenceTransformer\n\n"
+            f'model = SentenceTransformer("{folder}", trust_remote_code=True)  # its own modeling code\n'
+            'print(model.encode(["a fine movie", "a good film"]).shape)\n'
+        )
     qa = get_task(task).kind == "qa"
     auto = "AutoModelForQuestionAnswering" if qa else "AutoModelForSequenceClassification"
     use = (

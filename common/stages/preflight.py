@@ -12,7 +12,7 @@ from ..folders import check_output
 from ..ops.storage import is_remote
 from ..tasks.spec import get_task
 
-_DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet")
+_DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet", ".txt")
 
 
 def looks_local(source: str) -> bool:
@@ -35,6 +35,13 @@ def check_exists(source: str | None, what: str) -> None:
         raise ConfigError(f"{what} {source!r} does not exist")
 
 
+def check_model_source(source: str | None, task: str) -> None:
+    """A local model folder the task cannot read is refused (e.g. task embedding: no sentence-transformers folder, a
+    pooling mode fastprune cannot carry)."""
+    if source and looks_local(source) and Path(source).expanduser().exists():
+        get_task(task).check_source(Path(source).expanduser())
+
+
 def check_dev_data(source: str | None, task: str, text_columns=None, label_column: str | None = None) -> None:
     """The dev data is read and every label parsed against ``task`` (a :class:`DataError` naming the row)."""
     if not source:
@@ -51,6 +58,7 @@ def check_prune_inputs(cfg, output: str | Path, overwrite: bool = False) -> Path
     validation already checked the parameters and the device)."""
     output = check_output(output, overwrite)
     check_exists(cfg.model, "model")
+    check_model_source(cfg.model, cfg.task)
     check_exists(cfg.train_data, "training data")
     check_dev_data(cfg.dev_data, cfg.task, cfg.text_columns, cfg.label_column)
     return output
@@ -67,5 +75,6 @@ def check_pipeline_inputs(arguments: dict, pipeline_root: str | Path, default_ta
     if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write into the pipeline root {root}: no write permission")
     check_exists(arguments.get("model"), "model")
+    check_model_source(arguments.get("model"), arguments.get("task") or default_task)
     check_exists(arguments.get("train_data"), "training data")
     check_dev_data(arguments.get("dev_data"), arguments.get("task") or default_task)

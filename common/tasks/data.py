@@ -75,6 +75,9 @@ def _read_records(path: Path, task: ClassificationTask) -> list[dict]:
     return data
 
 
+read_records = _read_records  # for other tasks' tables (duck-typed: text_columns, label_columns, headerless_tsv)
+
+
 def load_hub(name: str, task: Task, split: str) -> list[dict]:
     from datasets import load_dataset
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import LABEL_KEYS, LabelSource, Task, lookup_task, register_task
+from .embedding import EmbeddingTask
 from .glue import ClassificationTask, RegressionTask
 from .squad import ExtractiveQATask
 
@@ -109,10 +110,12 @@ _BUILT_IN: tuple[Task, ...] = (
         avg_seq_len=170,
         hub=("rajpurkar/squad_v2", None),
     ),
+    EmbeddingTask(name="embedding", hub=("sentence-transformers/stsb", None)),
 )
 
+_TASK_ALIASES = {"squad_v2": ("squad2",), "embedding": ("sentence-embedding", "sentence-transformers")}
 for _task in _BUILT_IN:
-    register_task(_task, aliases=("squad2",) if _task.name == "squad_v2" else ())
+    register_task(_task, aliases=_TASK_ALIASES.get(_task.name, ()))
 
 TASKS: dict[str, Task] = {t.name: t for t in _BUILT_IN}
 """The built-in tasks; :func:`get_task` also finds those registered later."""
