@@ -111,7 +111,8 @@ def embed(model, tokenizer, folder: Path, frame: pd.DataFrame, max_length: int, 
     kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m.get("path", "") for m in modules}
     pooling = json.loads((folder / kinds["Pooling"] / "config.json").read_text())
     st_config = folder / "sentence_bert_config.json"  # its max_seq_length, as sentence-transformers truncates
-    max_length = int(json.loads(st_config.read_text()).get("max_seq_length") or max_length) if st_config.is_file() else max_length
+    if st_config.is_file():
+        max_length = int(json.loads(st_config.read_text()).get("max_seq_length") or max_length)
     texts = frame["text"].astype(str).tolist()
     chunks = []
     with torch.inference_mode():

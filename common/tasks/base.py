@@ -125,7 +125,7 @@ class Task(ABC):
         """The model loaded from ``source``, with what the task reads beside its weights (nothing by default)."""
         return model
 
-    def check_source(self, source: str | Path) -> None:
+    def check_source(self, source: str | Path) -> None:  # noqa: B027 (a hook: most tasks check nothing here)
         """Refuse a local model folder the task cannot read, before anything loads (nothing to check by default)."""
 
     def pretrained_model(self, source: str | Path, reinit_mismatched: bool = False) -> nn.Module:

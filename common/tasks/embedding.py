@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import nn
@@ -144,7 +144,7 @@ class EmbeddingTask(Task):
             lines = read_guarded(path, lambda: path.read_text(encoding="utf-8").splitlines())
             records = [{"sentence": line.strip()} for line in lines if line.strip()]
         elif path.is_file():
-            records = read_guarded(path, lambda: read_records(path, self))
+            records = read_guarded(path, lambda: read_records(path, cast(Any, self)))  # its columns as GLUE's
         elif path.suffix.lower() in (*_TABLES, ".txt") or "/" in str(source) and path.parent.exists():
             raise DataError(f"data file {source} does not exist")
         else:
@@ -182,8 +182,9 @@ class EmbeddingTask(Task):
         features = self.encode(ds, tokenizer, max_length)
         n = len(ds)
         paired = len(features) == 2 * n and n > 0
-        length = [max(len(features[i]["input_ids"]), len(features[i + n]["input_ids"]) if paired else 0) for i in range(n)]
-        order = sorted(range(n), key=length.__getitem__) if group_by_length else list(range(n))
+        length = [len(features[i]["input_ids"]) for i in range(len(features))]
+        longest = [max(length[i], length[i + n] if paired else 0) for i in range(n)]
+        order = sorted(range(n), key=longest.__getitem__) if group_by_length else list(range(n))
         size = batch_size or self.batch_size
         out = []
         for first in range(0, n, size):
@@ -255,6 +256,8 @@ class EmbeddingTask(Task):
         progress: bool = False,
     ) -> dict[str, float]:
         """``spearman_cosine`` and ``pearson_cosine`` (percent) of the pairs' cosine similarity with the gold score."""
+        import numpy as np
+
         from .evaluate import regression_metrics
 
         if "label" not in dev.column_names or not any(dev["text_b"]):
@@ -262,7 +265,7 @@ class EmbeddingTask(Task):
         a = self.embed_texts(model, tokenizer, list(dev["text_a"]), device, batch_size)
         b = self.embed_texts(model, tokenizer, list(dev["text_b"]), device, batch_size)
         cosine = nn.functional.cosine_similarity(a, b, dim=-1).double().numpy()
-        found = regression_metrics(cosine, list(dev["label"]))
+        found = regression_metrics(cosine, np.asarray(dev["label"], dtype=float))
         return {"spearman_cosine": found["spearman"], "pearson_cosine": found["pearson"]}
 
     def predict(self, model: nn.Module, tokenizer: Any, frame: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:

@@ -4,6 +4,7 @@ embeddings and the bad inputs."""
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from fastprune.common.errors import DataError, ModelTaskMismatchError
@@ -76,9 +77,11 @@ def test_masked_equals_sliced_and_the_export_round_trips(st_folder, tmp_path):
     assert torch.allclose(TASK.embed_texts(loaded, loaded_tokenizer, TEXTS, "cpu"), masked, atol=1e-5)
     # the MLflow model's code (no fastprune) embeds the same
     portable, portable_tokenizer = pyfunc_portable.load_folder(out, "embedding")
-    frame = pyfunc_portable.embed(portable, portable_tokenizer, out, __import__("pandas").DataFrame({"text": TEXTS}), 128)
-    assert torch.allclose(torch.tensor(frame["embedding"].tolist()).float(), masked, atol=1e-5)
-    assert torch.allclose(torch.tensor(TASK.predict(loaded, loaded_tokenizer, frame.assign(text=TEXTS))["embedding"].tolist()).float(), masked, atol=1e-5)
+    frame = pd.DataFrame({"text": TEXTS})
+    served = pyfunc_portable.embed(portable, portable_tokenizer, out, frame, 128)
+    assert torch.allclose(torch.tensor(served["embedding"].tolist()).float(), masked, atol=1e-5)
+    predicted = TASK.predict(loaded, loaded_tokenizer, frame)  # the registry's PrunedTextModel
+    assert torch.allclose(torch.tensor(predicted["embedding"].tolist()).float(), masked, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["mean", "cls", "max"])
@@ -95,11 +98,6 @@ def test_sentence_transformers_loads_the_export_with_the_same_embeddings(tmp_pat
     out = save_pruned(export_pruned(model, masks), tmp_path / "out", tokenizer)
     pruned = st.SentenceTransformer(str(out), device="cpu", trust_remote_code=True)
     assert torch.allclose(torch.tensor(pruned.encode(TEXTS)), masked, atol=1e-5)
-
-
-def _st_variant(tmp_path, name, **change) -> str:
-    folder = tiny_st_folder(tmp_path / name, **change)
-    return str(folder)
 
 
 def test_a_folder_that_is_not_a_sentence_transformers_model_is_refused(tmp_path):
