@@ -252,12 +252,12 @@ class ModelSource(Options):
 
 class Task(Options):
     task: Annotated[str, AfterValidator(_task_name)] = Field(
-        description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2"
+        description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2, embedding"
     )
 
 
 class TrainData(Options):
-    train_data: str = Field(description="training data (tsv/csv/json/jsonl/parquet; s3:// URI) or hub dataset id")
+    train_data: str = Field(description="training data (tsv/csv/json/jsonl/parquet, txt for embedding; s3:// URI) or hub dataset id")
 
 
 class DevData(Options):
@@ -285,7 +285,7 @@ class RunOptions(Options):
     """The run parameters of both pipelines (listed first in their signatures: mixins come last-first)."""
 
     model: str = Field("textattack/bert-base-uncased-SST-2", description=ModelSource.model_fields["model"].description)
-    task: str = Field("sst2", description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2")
+    task: str = Field("sst2", description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2, embedding")
     train_data: str = Field("sst2", description="training data: s3:// URI, file or hub dataset id")
     dev_data: str = Field("sst2", description="dev data: s3:// URI, file or hub dataset id")
     registered_model_name: str = Field(
