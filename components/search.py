@@ -14,6 +14,7 @@ def search_masks(
     constraint: float = 0.6,
     constraint_metric: str = "flops",
     device: str = "auto",
+    latency_mode: str = "prefill",
     latency_batch_size: int = 32,
     latency_seq_len: int = 128,
     serving_dtype: str = "float32",

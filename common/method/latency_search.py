@@ -6,15 +6,25 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from ..model.dims import ModelDims
 from ..model.masks import Masks
 from .latency_table import BlockFit, LatencyTable
 from .search import check_constraint
 
 
+def groups_per_layer(masks: Masks, dims: ModelDims) -> list[int]:
+    """Key/value groups each layer keeps (those with a kept query head; its heads under plain attention)."""
+    if not dims.grouped:
+        return masks.heads_per_layer()
+    return dims.kept_groups(masks.head).sum(dim=1).tolist()
+
+
 def masks_latency(masks: Masks, table: LatencyTable) -> float:
     """Block latency (ms) of the masked model under the fitted curves: the sum over layers of the
-    attention block's and the FFN block's fitted latency (a block with 0 units costs 0)."""
-    heads = sum(table.head_fit.predict(h) for h in masks.heads_per_layer())
+    attention block's (its query heads over its kept key/value groups) and the FFN block's fitted latency
+    (a block with 0 units costs 0)."""
+    groups = groups_per_layer(masks, table.dims)
+    heads = sum(table.attention_ms(h, g) for h, g in zip(masks.heads_per_layer(), groups, strict=True))
     neurons = sum(table.neuron_fit.predict(n) for n in masks.neurons_per_layer())
     return heads + neurons
 
@@ -118,7 +128,9 @@ def search_latency(
     Heads and neurons are ranked globally by importance, as in the FLOPs search. Under the
     piecewise-linear fit a unit costs the block's slope, except that a layer's first unit pays the
     block's whole flat part (the latency up to the threshold), after which the layer's units up to
-    the threshold are free; the flat part is saved only when the whole block is dropped. For every
+    the threshold are free; the flat part is saved only when the whole block is dropped. Under
+    grouped-query attention the first kept head of a key/value group also pays the group's latency
+    (the table's ``group_ms``): a group whose heads are all dropped goes with its keys and values. For every
     number k of kept heads (the globally top-k), the per-layer head counts give the attention latency;
     the rest of the budget goes to neurons, greedily in global importance order with that per-layer
     cost (neurons that no longer fit are skipped, cheaper later ones are still taken). The k with the
@@ -131,9 +143,8 @@ def search_latency(
     _check_shape(neuron_importance, (d.num_layers, d.intermediate_size), "neuron_importance")
     budget = constraint * table.dense_ms() * (1.0 - 1e-9)  # margin for float summation order
 
-    head_order, head_layer, head_rank = _ranked(head_importance)
-    head_marginal = table.head_fit.predict_tensor(head_rank) - table.head_fit.predict_tensor(head_rank - 1)
-    head_cost = _prefix(head_marginal)
+    head_order, _, _ = _ranked(head_importance)
+    head_cost = _prefix(_head_marginals(head_order, table))
     head_score = _prefix(head_importance.detach().flatten().double().cpu()[head_order])
     fill = _NeuronFill(neuron_importance, table.neuron_fit, d.num_layers)
 
@@ -149,6 +160,23 @@ def search_latency(
     head_mask = torch.zeros(head_importance.numel(), dtype=torch.float32)
     head_mask[head_order[:best_k]] = 1.0
     return Masks(head_mask.view(d.num_layers, d.num_heads), fill.mask(positions, neuron_importance.shape))
+
+
+def _head_marginals(order: torch.Tensor, table: LatencyTable) -> torch.Tensor:
+    """What each head of ``order`` (flat indices into [L, H], in the order they are kept) adds to the fitted latency:
+    the difference of its layer's attention block with and without it, over the layer's key/value groups kept so far
+    (its own group is paid by the first of its heads kept)."""
+    d = table.dims
+    heads, groups = [0] * d.num_layers, [set[int]() for _ in range(d.num_layers)]
+    marginals = []
+    for index in order.tolist():
+        layer, within = divmod(index, d.num_heads)
+        group = within // d.group_size
+        before = table.attention_ms(heads[layer], len(groups[layer]))
+        heads[layer] += 1
+        groups[layer].add(group)
+        marginals.append(table.attention_ms(heads[layer], len(groups[layer])) - before)
+    return torch.tensor(marginals, dtype=torch.float64)
 
 
 def _check_shape(tensor: torch.Tensor, expected: tuple[int, int], name: str) -> None:

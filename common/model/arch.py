@@ -218,13 +218,15 @@ class ArchAdapter:
         setattr(parent, leaf, new)
 
     # ----- the blocks a latency table times ----------------------------------------------
-    def timed_block(self, config, kind: str, units: int) -> nn.Module:
-        """One attention block with ``units`` query heads (``kind="head"``; under grouped-query attention over as
-        few key/value groups as hold them) or one MLP block with ``units`` neurons (``kind="neuron"``), computing as
-        the family's blocks do."""
+    def timed_block(self, config, kind: str, units: int, groups: int | None = None) -> nn.Module:
+        """One attention block with ``units`` query heads (``kind="head"``; under grouped-query attention over
+        ``groups`` key/value groups, default as few as hold them) or one MLP block with ``units`` neurons
+        (``kind="neuron"``), computing as the family's blocks do (a decoder's prefill attends causally)."""
         dims, eps = self.dims(config), self.norm_eps(config)
         if kind == "head":
-            return AttentionBlock(dims.hidden_size, units, dims.head_size, eps, dims.group_size, self.style)
+            return AttentionBlock(
+                dims.hidden_size, units, dims.head_size, eps, dims.group_size, self.style, groups, self.causal
+            )
         return FFNBlock(dims.hidden_size, units, eps, gated=self.ffn_gate is not None, style=self.style)
 
 

@@ -86,7 +86,22 @@ class PruneConfig(
         _check_iterative(self.fisher.fisher_steps, self.constraint_metric)
         _check_allocation(self.allocation, self.constraint_metric)
         _check_latency_dtype(self.constraint_metric, self.serving_dtype, self.device)
+        _check_latency_mode(self.constraint_metric, self.latency_mode, self.task)
         return self
+
+
+def _check_latency_mode(metric: str, mode: str, task: str) -> None:
+    """Decoding steps are timed for decoders only: a task whose models are not causal LMs is refused with
+    ``latency_mode decode`` before any compute (the search stage checks the model's family itself)."""
+    from ..tasks.spec import get_task
+
+    if metric != "latency" or mode != "decode":
+        return
+    if get_task(task).auto_model_class().__name__ != "AutoModelForCausalLM":
+        raise ConfigError(
+            f"latency_mode 'decode' times one-token decoding over a key/value cache, which the encoder models of "
+            f"task {task!r} do not do: use latency_mode 'prefill' (decode needs a decoder, task causal-lm)"
+        )
 
 
 def _check_allocation(allocation: str, metric: str) -> None:

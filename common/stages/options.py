@@ -136,11 +136,19 @@ class ServingDtype(Options):
 
 
 class LatencyTable(Options):
+    latency_mode: Literal["prefill", "decode"] = Field(
+        "prefill",
+        description="what the latency table times (latency constraint): prefill (whole sequences; encoders always) "
+        "or decode (one new token over a key/value cache of latency_seq_len tokens; decoders only)",
+    )
     latency_batch_size: int = Field(
         32, gt=0, description="batch size the latency table is timed at (latency constraint)"
     )
     latency_seq_len: int = Field(
-        128, gt=0, description="sequence length the latency table is timed at (latency constraint)"
+        128,
+        gt=0,
+        description="sequence length the latency table is timed at (latency constraint): the prefill's length, or "
+        "the key/value cache length of a decoding step",
     )
 
 

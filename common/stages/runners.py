@@ -257,6 +257,7 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
             p.latency_batch_size,
             p.latency_seq_len,
             dtype=p.serving_dtype,
+            mode=p.latency_mode,
         )
         table.save(out / LATENCY_TABLE_FILE)
         result["latency_table_seconds"] = round(time.perf_counter() - start, 3)

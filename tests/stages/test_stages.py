@@ -157,6 +157,13 @@ def test_iterative_fisher_stage_keeps_pruned_units_out(steps, tmp_path):
         )
 
 
+def test_a_decode_latency_search_of_an_encoder_is_refused_before_timing(steps, tmp_path):
+    params = {"constraint": 0.5, "constraint_metric": "latency", "latency_mode": "decode", "device": "cpu"}
+    with pytest.raises(Exception, match="latency mode 'decode'.*bert encoder"):
+        run_stage("search", tmp_path / "search", params, model=steps / "prepare", grads=steps / "fisher")
+    assert not (tmp_path / "search").exists()
+
+
 @pytest.mark.parametrize("allocation", ["uniform", "block"])
 def test_search_allocation_reaches_the_tuning_re_split(steps, tmp_path, allocation):
     """The search's allocation also decides the tuning's budget re-split: uniform masks stay uniform through it."""
