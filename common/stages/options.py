@@ -265,7 +265,9 @@ class Task(Options):
 
 
 class TrainData(Options):
-    train_data: str = Field(description="training data (tsv/csv/json/jsonl/parquet, txt for embedding; s3:// URI) or hub dataset id")
+    train_data: str = Field(
+        description="training data (tsv/csv/json/jsonl/parquet, txt for embedding; s3:// URI) or hub dataset id"
+    )
 
 
 class DevData(Options):

@@ -110,19 +110,15 @@ class EmbeddingTask(Task):
         gold score); a ``validation`` split must be scored pairs."""
         from datasets import Dataset
 
+        from .data import pick_columns
+
         records, where = self._records(source, split)
-        found = list(records[0].keys())
-        candidates = [tuple(text_columns)] if text_columns else list(self.text_columns)
-        texts = next((c for c in candidates if all(name in found for name in c)), None)
-        if texts is None:
-            want = " or ".join("+".join(c) for c in candidates)
-            raise DataError(f"{where}: no text column(s) {want} for task {self.name}; found columns {found}")
-        scores = [label_column] if label_column else list(self.label_columns)
-        score = next((c for c in scores if c in found), None)
+        texts, score = pick_columns(records, cast(Any, self), where, text_columns, label_column)
         if split == "validation" and (len(texts) < 2 or score is None):
+            scores = [label_column] if label_column else list(self.label_columns)
             raise DataError(
                 f"{where}: evaluating task {self.name} needs sentence pairs with a gold score (columns e.g. "
-                f"sentence1, sentence2, {' or '.join(scores)}); found columns {found}"
+                f"sentence1, sentence2, {' or '.join(scores)}); found columns {list(records[0])}"
             )
         columns: dict[str, list] = {
             "text_a": [str(r[texts[0]]) for r in records],
