@@ -6,7 +6,7 @@ baselines are evaluated at the same constraint on the dense model: random, weigh
 (:mod:`fastprune.common.method.baselines`, no tuning) and dropping the top layers (the encoder truncated to its first
 ``floor(C * L)`` layers, what people do by hand). With ``--speed`` the exported model's latency is measured against
 the dense one (batch 32, sequence 128, this machine). Every run is appended to ``results/embedding.jsonl``; a table
-is printed.
+is printed and ``results/embedding.md`` rewritten from the JSONL.
 
     .venv/bin/python benchmarks/embedding_bench.py --model minilm --constraints 0.5 --seeds 0 --speed
     .venv/bin/python benchmarks/embedding_bench.py --model mpnet --constraints 0.3 0.4 0.5 0.6 0.7 0.8 --seeds 0 1 2
@@ -132,6 +132,7 @@ def run(args: argparse.Namespace, name: str, work: Path) -> list[dict[str, Any]]
             with RESULTS.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(table([record]), flush=True)
+            render()
     return records
 
 
@@ -175,6 +176,16 @@ def table(records: list[dict[str, Any]]) -> str:
             f"| {r['model']} | {r['seed']} | {r['constraint']} | {cells} | {r['prune_seconds']:.0f} | {speedup} |"
         )
     return "\n".join(lines)
+
+
+def render() -> None:
+    """``results/embedding.md``: every recorded run, one table per model and set of columns."""
+    records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    parts = ["# Sentence embeddings: STS-B dev Spearman (cosine, percent) against FLOPs kept", "", __doc__.strip(), ""]
+    for name in dict.fromkeys(r["model"] for r in records):
+        mine = [r for r in records if r["model"] == name]
+        parts += [f"## {name}", "", table(mine), ""]
+    (RESULTS.parent / "embedding.md").write_text("\n".join(parts))
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
