@@ -16,6 +16,7 @@ from transformers import (
     CamembertConfig,
     DistilBertConfig,
     ElectraConfig,
+    MPNetConfig,
     RobertaConfig,
     XLMRobertaConfig,
 )
@@ -92,6 +93,14 @@ def tiny_config(
         )
     if family == "distilbert":
         return DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=intermediate, **common)
+    if family == "mpnet":  # a relative position bias shared by all layers (32 buckets, one channel per head)
+        return MPNetConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            **{**common, "max_position_embeddings": 520},
+        )
     raise ValueError(family)
 
 
@@ -102,7 +111,16 @@ def tiny_model(family: str = "bert", task: str = "classification", num_labels: i
     config = tiny_config(family, num_labels=num_labels, **kw)
     cls = AutoModelForQuestionAnswering if task == "qa" else AutoModelForSequenceClassification
     model = cls.from_config(config)
+    if family == "mpnet":
+        strong_position_bias(model)
     return model.eval()
+
+
+def strong_position_bias(model) -> None:
+    """Give a tiny MPNet a relative position bias as large as a trained one's (its random init is near zero), so
+    that a layer given the wrong heads' channels computes visibly wrong outputs."""
+    with torch.no_grad():
+        model.base_model.encoder.relative_attention_bias.weight.normal_(0.0, 2.0)
 
 
 def trained_tiny_model(path: Path, steps: int = 150, family: str = "bert") -> Path:
@@ -119,11 +137,13 @@ def trained_tiny_model(path: Path, steps: int = 150, family: str = "bert") -> Pa
     return save_finetuned(model, tokenizer, path)
 
 
-def tiny_st_folder(path: Path, mode: str = "mean", normalize: bool = True, seed: int = 0, **kw) -> Path:
-    """A tiny sentence-transformers folder, written as ``SentenceTransformer.save`` does: the encoder (``BertModel``)
-    and tokenizer at the root, ``modules.json``, ``1_Pooling/config.json`` (``mode``: mean, cls, max or another
-    sentence-transformers mode), ``sentence_bert_config.json``; ``2_Normalize`` is listed without a folder, as in the
-    real all-mpnet-base-v2."""
+def tiny_st_folder(
+    path: Path, mode: str = "mean", normalize: bool = True, seed: int = 0, family: str = "bert", **kw
+) -> Path:
+    """A tiny sentence-transformers folder, written as ``SentenceTransformer.save`` does: the encoder (``BertModel``,
+    or the ``family``'s) and tokenizer at the root, ``modules.json``, ``1_Pooling/config.json`` (``mode``: mean, cls,
+    max or another sentence-transformers mode), ``sentence_bert_config.json``; ``2_Normalize`` is listed without a
+    folder, as in the real all-mpnet-base-v2."""
     import json
 
     from transformers import AutoModel
@@ -131,9 +151,15 @@ def tiny_st_folder(path: Path, mode: str = "mean", normalize: bool = True, seed:
     torch.manual_seed(seed)
     kw.setdefault("vocab_size", len(tiny_tokenizer()))
     kw.setdefault("layers", 2)
-    config = tiny_config("bert", **kw)
-    AutoModel.from_config(config).eval().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    config = tiny_config(family, **kw)
+    encoder = AutoModel.from_config(config).eval()
+    if family == "mpnet":
+        strong_position_bias(encoder)
+    encoder.save_pretrained(path)
+    tokenizer = tiny_tokenizer()
+    if family == "mpnet":  # MPNet reads no token types (its own tokenizer makes none)
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    tokenizer.save_pretrained(path)
     prefix = "sentence_transformers.models."
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": prefix + "Transformer"},

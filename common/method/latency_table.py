@@ -72,7 +72,7 @@ def _fit_at_threshold(n: torch.Tensor, y: torch.Tensor, threshold: int) -> tuple
     """Least squares flat part and slope for a fixed threshold, with slope >= 0 and flat >= 0."""
     x = (n - threshold).clamp(min=0)
     if float(x.abs().sum()) == 0.0:
-        return float(y.mean()), 0.0
+        return max(0.0, float(y.mean())), 0.0
     design = torch.stack([torch.ones_like(x), x], dim=1)
     flat, slope = torch.linalg.lstsq(design, y[:, None]).solution.flatten().tolist()
     if slope < 0:
@@ -115,7 +115,9 @@ def fit_group_ms(points: Sequence[tuple[int, int, float]]) -> float:
         ms_mean = statistics.fmean(ms for _, ms in pts)
         num += sum((g - g_mean) * (ms - ms_mean) for g, ms in pts)
         den += sum((g - g_mean) ** 2 for g, _ in pts)
-    return max(0.0, num / den) if den > 0 else 0.0
+    slope = max(0.0, num / den) if den > 0 else 0.0
+    # at most what every block measured per group: noisy timings must not leave a block a negative remainder
+    return min([slope, *(ms / g for _, g, ms in points if g > 0)])
 
 
 def _interpolate(points: Sequence[tuple[int, float]], n: float) -> float:

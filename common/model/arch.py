@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import UnsupportedArchitectureError
 from .blocks import BERT_STYLE, AttentionBlock, BlockStyle, FFNBlock
 from .dims import MAC_COST, MacCost, ModelDims
+from .modeling_fastprune import BIAS_HEADS_KEY, bias_heads, keep_bias_heads
 from .slicing import KVExpandedLinear, in_order, no_heads_forward, slice_linear, unit_columns
 
 STRUCTURE_KEY = "fastprune_structure"
@@ -78,6 +79,9 @@ class ArchAdapter:
     cfg_norm_eps: str = "layer_norm_eps"
     cost: MacCost = MAC_COST
     causal: bool = False  # a decoder (causal language model) family rather than an encoder
+    # the attention's forward argument carrying a position bias computed once for all layers (one channel per dense
+    # head, MPNet's): a sliced layer's attention receives its kept heads' channels, listed in the structure
+    shared_bias: str | None = None
 
     def __post_init__(self) -> None:
         if self.style.placement == "pre" and not (self.attn_residual and self.ffn_residual):
@@ -155,7 +159,15 @@ class ArchAdapter:
         if self.cfg_kv_heads:
             structure["num_key_value_heads"] = [self.groups_in_layer(layer, head_size) for layer in layers]
             structure["head_groups"] = [self.head_groups(layer, head_size).tolist() for layer in layers]
+        if self.shared_bias:
+            structure[BIAS_HEADS_KEY] = [self.dense_heads(layer, head_size).tolist() for layer in layers]
         return structure
+
+    def dense_heads(self, layer: nn.Module, head_size: int) -> torch.Tensor:
+        """The dense head of each of a layer's heads, as far as slicing records it (for a family with a shared
+        position bias); otherwise taken to be its first heads."""
+        stored = bias_heads(_get(layer, self.attention))
+        return stored if stored is not None else torch.arange(self.heads_in_layer(layer, head_size), device="cpu")
 
     # ----- slicing -----------------------------------------------------------------------
     def slice_layer(
@@ -167,6 +179,8 @@ class ArchAdapter:
         keep_neurons = torch.as_tensor(keep_neurons, dtype=torch.long).flatten()
         cols = unit_columns(keep_heads, head_size)
         attention = _get(layer, self.attention)
+        if self.shared_bias:
+            keep_bias_heads(attention, self.dense_heads(layer, head_size)[keep_heads.cpu()], self.shared_bias)
         if self.cfg_kv_heads:
             self._slice_groups(layer, attention, keep_heads, head_size)
         else:
@@ -207,9 +221,14 @@ class ArchAdapter:
         dims = self.dims(model.config)
         layers = self.layer_modules(model)
         groups = structure.get("head_groups") or [None] * len(layers)
-        for layer, h, f, g in zip(layers, structure["num_heads"], structure["intermediate_size"], groups, strict=True):
+        biased = structure.get(BIAS_HEADS_KEY) if self.shared_bias else None
+        for i, (layer, h, f, g) in enumerate(
+            zip(layers, structure["num_heads"], structure["intermediate_size"], groups, strict=True)
+        ):
             keep = torch.arange(h) if g is None else _heads_with_groups(g, dims.group_size)
             self.slice_layer(layer, keep, torch.arange(f), dims.head_size)
+            if self.shared_bias and biased:
+                keep_bias_heads(_get(layer, self.attention), biased[i], self.shared_bias)
 
     def _replace(self, layer: nn.Module, which: str, new: nn.Linear) -> None:
         path = getattr(self, which)
@@ -283,6 +302,20 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         cfg_intermediate="hidden_dim",
         attn_residual="attention.q_lin",
         ffn_residual="ffn.lin1",
+    ),
+    ArchAdapter(  # BERT's layout and post-norm blocks (timed as BERT's: SDPA, the bias add untimed), other names
+        family="mpnet",
+        model_types=("mpnet",),
+        **_BERT_LIKE
+        | dict(
+            attention="attention.attn",
+            query="attention.attn.q",
+            key="attention.attn.k",
+            value="attention.attn.v",
+            attn_out="attention.attn.o",
+            attn_residual="attention.attn.q",
+        ),
+        shared_bias="position_bias",  # the encoder's relative position bias, one channel per head, to every layer
     ),
 )
 

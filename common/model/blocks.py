@@ -2,7 +2,9 @@
 adapter states (norm kind and placement, activation, biases, key/value groups, gated MLP).
 
 Post-norm (BERT): ``norm(sublayer(x) + x)``. Pre-norm (Llama): ``sublayer(norm(x)) + x``. Rotary position
-embeddings and the padding mask are not timed (elementwise work; the models skip the mask for unpadded batches).
+embeddings and the padding mask are not timed (elementwise work; the models skip the mask for unpadded batches), nor is
+MPNet's relative position bias (MPNet's eager attention plus the bias timed within 15% of this block at 12 and 6 heads,
+either way, at batch 32 x sequence 128 on 2 busy CPU threads: benchmarks/mpnet_check.py, results/mpnet_check_cpu.md).
 An attention block times either a prefill (a whole sequence) or one decoding step over a key/value cache."""
 
 from __future__ import annotations

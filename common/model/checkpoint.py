@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import FastpruneError, IntegrityError, UnsupportedArchitectureError
 from .arch import STRUCTURE_KEY, adapter_for
+from .modeling_fastprune import BIAS_HEADS_KEY
 
 _DTYPE_BYTES = {
     "F64": 8,
@@ -198,7 +199,7 @@ def check_pruned_config(config, tensors: dict[str, TensorInfo], where: str) -> N
             f"{where}/config.json: {STRUCTURE_KEY} must be an object with num_heads and "
             f"intermediate_size lists, got {str(structure)[:200]}"
         )
-    _counts(structure, "num_heads", dims.num_layers, dims.num_heads, where)
+    heads = _counts(structure, "num_heads", dims.num_layers, dims.num_heads, where)
     _counts(structure, "intermediate_size", dims.num_layers, dims.intermediate_size, where)
     if "num_key_value_heads" in structure:
         _counts(structure, "num_key_value_heads", dims.num_layers, dims.kv_heads, where)
@@ -215,6 +216,30 @@ def check_pruned_config(config, tensors: dict[str, TensorInfo], where: str) -> N
         raise IntegrityError(
             f"{where}/config.json: {STRUCTURE_KEY}.head_groups must list, per layer, the key/value "
             f"group (0 to {dims.kv_heads - 1}) of each kept head, got {str(groups)[:200]}"
+        )
+    if adapter.shared_bias:
+        _check_bias_heads(structure.get(BIAS_HEADS_KEY), heads, dims.num_heads, where)
+
+
+def _check_bias_heads(kept: Any, heads: list[int], dense: int, where: str) -> None:
+    """A family with a shared position bias lists the dense head of each kept head (distinct, in 0..dense-1), which
+    may go unsaid only where every layer keeps every head."""
+    if kept is None and all(h == dense for h in heads):
+        return
+    if not (
+        isinstance(kept, list)
+        and len(kept) == len(heads)
+        and all(
+            isinstance(k, list)
+            and len(k) == h
+            and len(set(k)) == h
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < dense for i in k)
+            for k, h in zip(kept, heads, strict=False)
+        )
+    ):
+        raise IntegrityError(
+            f"{where}/config.json: {STRUCTURE_KEY}.{BIAS_HEADS_KEY} must list, per layer, the distinct dense heads "
+            f"(0 to {dense - 1}) that layer keeps, as many as its num_heads {heads}, got {str(kept)[:200]}"
         )
 
 

@@ -24,6 +24,7 @@ This file imports only torch and transformers.
 
 from __future__ import annotations
 
+import inspect
 import types
 import warnings
 from typing import Any
@@ -47,6 +48,10 @@ from transformers import (
     ElectraForQuestionAnswering,
     ElectraForSequenceClassification,
     ElectraModel,
+    MPNetConfig,
+    MPNetForQuestionAnswering,
+    MPNetForSequenceClassification,
+    MPNetModel,
     RobertaConfig,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
@@ -89,6 +94,19 @@ _DISTILBERT = (
     "dim",
     "n_heads",
 )
+_MPNET = (
+    "encoder.layer",
+    "attention.attn",
+    "attention.attn.q",
+    "attention.attn.k",
+    "attention.attn.v",
+    "attention.attn.o",
+    "intermediate.dense",
+    "output.dense",
+    "num_attention_heads",
+    "hidden_size",
+    "num_attention_heads",
+)
 LAYOUTS = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
@@ -96,7 +114,13 @@ LAYOUTS = {
     "camembert": _BERT_LIKE,
     "electra": _BERT_LIKE,
     "distilbert": _DISTILBERT,
+    "mpnet": _MPNET,
 }
+SHARED_BIAS = {"mpnet": "position_bias"}
+"""Families whose encoder computes one relative position bias (one channel per dense head) and passes it to every
+layer's attention: the attention's forward argument that carries it. The structure then lists, under
+``position_bias_heads``, the dense head of each kept head, whose bias channel the layer receives."""
+BIAS_HEADS_KEY = "position_bias_heads"
 
 
 def _get(module: Any, dotted: str) -> Any:
@@ -130,6 +154,41 @@ def _no_heads_forward(self: Any, hidden_states: torch.Tensor, *args, **kwargs) -
     return (_get(self, self.fastprune_out)(context) if self.fastprune_out else context), None
 
 
+def keep_bias_heads(attention: Any, heads: Any, argument: str) -> None:
+    """Make a layer's ``attention`` receive only the channels ``heads`` (the dense head of each kept head) of the
+    position bias shared by all layers, passed to it as the forward argument ``argument``. The heads are kept as
+    plain integers (no tensor: ``from_pretrained`` builds the model on the meta device), as a tensor on the bias's
+    device once it runs."""
+    position = list(inspect.signature(type(attention).forward).parameters).index(argument) - 1  # less self
+    if not hasattr(attention, "fastprune_bias_heads"):
+        attention.register_forward_pre_hook(_select_bias_heads, with_kwargs=True)
+    attention.fastprune_bias_heads = tuple(int(h) for h in heads)
+    attention.fastprune_bias_at = (argument, position)
+    attention.fastprune_bias_index = None
+
+
+def bias_heads(attention: Any) -> torch.Tensor | None:
+    """The dense head of each of the attention's heads, if it was sliced by :func:`keep_bias_heads`."""
+    heads = getattr(attention, "fastprune_bias_heads", None)
+    return None if heads is None else torch.tensor(heads, dtype=torch.long, device="cpu")
+
+
+def _select_bias_heads(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: the shared position bias's channels of the attention's kept heads."""
+    name, position = module.fastprune_bias_at
+    bias = kwargs.get(name, args[position] if len(args) > position else None)
+    if bias is None or module.fastprune_bias_heads == tuple(range(bias.shape[1])):  # a layer keeping every head
+        return args, kwargs
+    index = module.fastprune_bias_index
+    if index is None or index.device != bias.device:
+        index = module.fastprune_bias_index = torch.tensor(
+            module.fastprune_bias_heads, dtype=torch.long, device=bias.device
+        )
+    if name in kwargs:
+        return args, {**kwargs, name: bias.index_select(1, index)}
+    return (*args[:position], bias.index_select(1, index), *args[position + 1 :]), kwargs
+
+
 def reshape_layers(model: Any, base_model_type: str, structure: dict) -> None:
     """Re-size every layer of ``model`` (a stock model of ``base_model_type``) to ``structure``: the number of
     attention heads and FFN neurons kept in each layer."""
@@ -160,6 +219,9 @@ def reshape_layers(model: Any, base_model_type: str, structure: dict) -> None:
             owns_out = attn_out.startswith(attention_at + ".")  # DistilBERT's attention applies its projection
             attention.fastprune_out = attn_out[len(attention_at) + 1 :] if owns_out else None
             attention.forward = types.MethodType(_no_heads_forward, attention)
+    if base_model_type in SHARED_BIAS:
+        for layer, kept in zip(layers, structure.get(BIAS_HEADS_KEY) or [range(h) for h in heads], strict=True):
+            keep_bias_heads(_get(layer, attention_at), kept, SHARED_BIAS[base_model_type])
 
 
 class _Pruned:
@@ -195,6 +257,10 @@ class FastpruneElectraConfig(ElectraConfig):
 
 class FastpruneDistilBertConfig(DistilBertConfig):
     model_type = MODEL_TYPE_PREFIX + "distilbert"
+
+
+class FastpruneMPNetConfig(MPNetConfig):
+    model_type = MODEL_TYPE_PREFIX + "mpnet"
 
 
 # ----- models -----------------------------------------------------------------------------------------------------
@@ -246,6 +312,14 @@ class FastpruneDistilBertForQuestionAnswering(_Pruned, DistilBertForQuestionAnsw
     config_class, base_model_type = FastpruneDistilBertConfig, "distilbert"
 
 
+class FastpruneMPNetForSequenceClassification(_Pruned, MPNetForSequenceClassification):
+    config_class, base_model_type = FastpruneMPNetConfig, "mpnet"
+
+
+class FastpruneMPNetForQuestionAnswering(_Pruned, MPNetForQuestionAnswering):
+    config_class, base_model_type = FastpruneMPNetConfig, "mpnet"
+
+
 # ----- bare encoders (sentence embeddings: sentence-transformers loads them with AutoModel) --------------------------
 class FastpruneBertModel(_Pruned, BertModel):
     config_class, base_model_type = FastpruneBertConfig, "bert"
@@ -269,3 +343,7 @@ class FastpruneElectraModel(_Pruned, ElectraModel):
 
 class FastpruneDistilBertModel(_Pruned, DistilBertModel):
     config_class, base_model_type = FastpruneDistilBertConfig, "distilbert"
+
+
+class FastpruneMPNetModel(_Pruned, MPNetModel):
+    config_class, base_model_type = FastpruneMPNetConfig, "mpnet"

@@ -18,7 +18,7 @@ from fastprune.common.model.portable import MODELING_FILE, read_config
 from safetensors.torch import save_model
 from tiny import tiny_model, tiny_tokenizer
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "mpnet")
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TEXTS = ["a gorgeous , witty , seductive movie .", "the movie is a disaster"]
 

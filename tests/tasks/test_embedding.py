@@ -84,10 +84,10 @@ def test_masked_equals_sliced_and_the_export_round_trips(st_folder, tmp_path):
     assert torch.allclose(torch.tensor(predicted["embedding"].tolist()).float(), masked, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["mean", "cls", "max"])
-def test_sentence_transformers_loads_the_export_with_the_same_embeddings(tmp_path, mode):
+@pytest.mark.parametrize(("mode", "family"), [("mean", "bert"), ("cls", "bert"), ("max", "bert"), ("mean", "mpnet")])
+def test_sentence_transformers_loads_the_export_with_the_same_embeddings(tmp_path, mode, family):
     st = pytest.importorskip("sentence_transformers")
-    folder = tiny_st_folder(tmp_path / "st", mode=mode, normalize=mode != "max")
+    folder = tiny_st_folder(tmp_path / "st", mode=mode, normalize=mode != "max", family=family)
     model, tokenizer = load_model(folder, TASK)
     dense = st.SentenceTransformer(str(folder), device="cpu")  # the dense folder: fastprune pools as it does
     ours = TASK.embed_texts(model, tokenizer, TEXTS, "cpu")
