@@ -163,3 +163,45 @@ def tiny_llama(
         eos_token_id=3,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_st_folder(
+    path: Path, mode: str = "mean", normalize: bool = True, seed: int = 0, family: str = "bert", **kw
+) -> Path:
+    """A tiny sentence-transformers folder, written as ``SentenceTransformer.save`` does: the encoder (``BertModel``,
+    or the ``family``'s) and tokenizer at the root, ``modules.json``, ``1_Pooling/config.json`` (``mode``: mean, cls,
+    max or another sentence-transformers mode), ``sentence_bert_config.json``; ``2_Normalize`` is listed without a
+    folder, as in the real all-mpnet-base-v2."""
+    import json
+
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    kw.setdefault("vocab_size", len(tiny_tokenizer()))
+    kw.setdefault("layers", 2)
+    config = tiny_config(family, **kw)
+    encoder = AutoModel.from_config(config).eval()
+    if family == "mpnet":
+        strong_position_bias(encoder)
+    encoder.save_pretrained(path)
+    tokenizer = tiny_tokenizer()
+    if family == "mpnet":  # MPNet reads no token types (its own tokenizer makes none)
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    tokenizer.save_pretrained(path)
+    prefix = "sentence_transformers.models."
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": prefix + "Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": prefix + "Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": prefix + "Normalize"})
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir()
+    modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
+    chosen = {"mean": "mean_tokens", "cls": "cls_token", "max": "max_tokens"}.get(mode, mode)
+    pooling = {f"pooling_mode_{m}": m == chosen for m in modes}
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": config.hidden_size, **pooling})
+    )
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    return path

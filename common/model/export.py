@@ -20,6 +20,7 @@ from transformers import AutoTokenizer
 
 from ..errors import ConfigError, IntegrityError
 from ..folders import staged_folder
+from ..tasks.st_folder import POOLING_KEY, Pooling, write_st_files
 from .arch import NEURON_MULTIPLE, STRUCTURE_KEY, ArchAdapter, adapter_for, padded_size
 from .checkpoint import check_pruned_config, check_shapes, model_class, read_header
 from .masks import Masks, weight_targets
@@ -127,6 +128,10 @@ def save_pruned(model: nn.Module, path: str | Path, tokenizer=None, metadata: di
         save_model(model, str(tmp / WEIGHTS))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        pooling = getattr(config, POOLING_KEY, None)
+        if pooling:  # an embedding model: a sentence-transformers folder
+            hidden = adapter_for(model).dims(config).hidden_size
+            write_st_files(tmp, Pooling.model_validate({**pooling, "transformer_path": ""}), hidden)
         if metadata:
             (tmp / "fastprune.json").write_text(json.dumps(metadata, indent=2, default=str))
     return path

@@ -114,6 +114,7 @@ def load_model(
         model, tokenizer = load_gguf(source, task.auto_model_class(), device)
         check_tokenizer(tokenizer, model.config, where)
         return model, tokenizer
+    root, source = source, task.model_folder(source)  # a sentence-transformers folder's encoder may sit below it
     check_local_weights(source, allow_pickle)
     try:
         if is_portable_folder(source):  # fastprune's own export: read as the stock config, its code not run
@@ -153,5 +154,6 @@ def load_model(
             **({"config": config} if tokenizer_source is None else {}),
         )
     check_tokenizer(tokenizer, config, where)
+    task.attach(model, root)
     log.info("loaded %s (%s) on %s", where, type(model).__name__, device)
     return model, tokenizer

@@ -10,6 +10,9 @@ neurons (which no stock config can describe). The folder's ``config.json`` names
     tokenizer = AutoTokenizer.from_pretrained(folder)
     classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
 
+A bare encoder (sentence embeddings) loads with ``AutoModel`` the same way, and its sentence-transformers folder with
+``SentenceTransformer(folder, trust_remote_code=True)``.
+
 Each class is the stock transformers class whose layers are re-sized, in ``__init__`` and before the weights load,
 to the per-layer structure stored in the config under ``fastprune_structure`` (``num_heads`` and
 ``intermediate_size``, one entry per layer; under grouped-query attention also ``head_groups``, the key/value group of
@@ -35,15 +38,19 @@ from transformers import (
     BertConfig,
     BertForQuestionAnswering,
     BertForSequenceClassification,
+    BertModel,
     CamembertConfig,
     CamembertForQuestionAnswering,
     CamembertForSequenceClassification,
+    CamembertModel,
     DistilBertConfig,
     DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification,
+    DistilBertModel,
     ElectraConfig,
     ElectraForQuestionAnswering,
     ElectraForSequenceClassification,
+    ElectraModel,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -51,6 +58,7 @@ from transformers import (
     MPNetConfig,
     MPNetForQuestionAnswering,
     MPNetForSequenceClassification,
+    MPNetModel,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -58,9 +66,11 @@ from transformers import (
     RobertaConfig,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
+    RobertaModel,
     XLMRobertaConfig,
     XLMRobertaForQuestionAnswering,
     XLMRobertaForSequenceClassification,
+    XLMRobertaModel,
 )
 
 STRUCTURE_KEY = "fastprune_structure"
@@ -450,4 +460,33 @@ class FastpruneMPNetForSequenceClassification(_Pruned, MPNetForSequenceClassific
 
 
 class FastpruneMPNetForQuestionAnswering(_Pruned, MPNetForQuestionAnswering):
+    config_class, base_model_type = FastpruneMPNetConfig, "mpnet"
+
+
+# ----- bare encoders (sentence embeddings: sentence-transformers loads them with AutoModel) --------------------------
+class FastpruneBertModel(_Pruned, BertModel):
+    config_class, base_model_type = FastpruneBertConfig, "bert"
+
+
+class FastpruneRobertaModel(_Pruned, RobertaModel):
+    config_class, base_model_type = FastpruneRobertaConfig, "roberta"
+
+
+class FastpruneXLMRobertaModel(_Pruned, XLMRobertaModel):
+    config_class, base_model_type = FastpruneXLMRobertaConfig, "xlm-roberta"
+
+
+class FastpruneCamembertModel(_Pruned, CamembertModel):
+    config_class, base_model_type = FastpruneCamembertConfig, "camembert"
+
+
+class FastpruneElectraModel(_Pruned, ElectraModel):
+    config_class, base_model_type = FastpruneElectraConfig, "electra"
+
+
+class FastpruneDistilBertModel(_Pruned, DistilBertModel):
+    config_class, base_model_type = FastpruneDistilBertConfig, "distilbert"
+
+
+class FastpruneMPNetModel(_Pruned, MPNetModel):
     config_class, base_model_type = FastpruneMPNetConfig, "mpnet"

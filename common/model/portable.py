@@ -30,6 +30,7 @@ _AUTO_CLASSES = {
     "ForSequenceClassification": "AutoModelForSequenceClassification",
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
     "ForCausalLM": "AutoModelForCausalLM",
+    "Model": "AutoModel",  # the bare encoder (sentence embeddings)
 }
 
 

@@ -10,7 +10,9 @@ has those, and ``mlflow.pyfunc.load_model(...).predict(frame)`` answers:
 - a regressor (STS-B): ``score``;
 - an extractive question-answering model, from ``question`` and ``context``: ``answer``, its ``start`` and ``end``
   (character offsets in the context; -1 when there is none) and ``score`` (start plus end logit);
-- a causal language model, from ``prompt``: ``text``, its greedy continuation (``max_new_tokens`` tokens at most).
+- a causal language model, from ``prompt``: ``text``, its greedy continuation (``max_new_tokens`` tokens at most);
+- a sentence-embedding model (a sentence-transformers folder), from ``text``: ``embedding`` (a list of floats), pooled
+  as its ``1_Pooling/config.json`` says (mean, CLS or max) and L2-normalised when ``modules.json`` lists Normalize.
 
 The model folder is checked against its ``MANIFEST.json`` (sha256 of every file) before it loads.
 """
@@ -28,6 +30,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 from transformers import (
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -57,12 +60,12 @@ def check_manifest(folder: Path) -> None:
             raise MlflowException(f"{file} does not match its sha256 in {MANIFEST}")
 
 
-_MODEL_CLASSES = {"qa": AutoModelForQuestionAnswering, "causal-lm": AutoModelForCausalLM}
+_MODEL_CLASSES = {"qa": AutoModelForQuestionAnswering, "causal-lm": AutoModelForCausalLM, "embedding": AutoModel}
 
 
 def load_folder(folder: str | Path, kind: str):
-    """The model (eval mode) and tokenizer of an exported folder of a task ``kind`` (``qa``, ``causal-lm``, else a
-    sequence classifier), with transformers alone."""
+    """The model (eval mode) and tokenizer of an exported folder of a task ``kind`` (``qa``, ``causal-lm``,
+    ``embedding``, else a sequence classifier), with transformers alone."""
     folder = Path(folder)
     own_code = (folder / MODELING_FILE).is_file()  # shipped in the folder with the model, not fetched
     cls = _MODEL_CLASSES.get(kind, AutoModelForSequenceClassification)
@@ -106,6 +109,36 @@ def classify(model, tokenizer, frame: pd.DataFrame, kind: str, max_length: int, 
             "probabilities": probabilities.numpy().tolist(),
         }
     )
+
+
+def embed(model, tokenizer, folder: Path, frame: pd.DataFrame, max_length: int, batch_size: int = 64) -> pd.DataFrame:
+    """``embedding`` per row of ``text``: the sentence-transformers folder's pooling of the last hidden states."""
+    if "text" not in frame.columns:
+        raise _bad_input(f"an embedding model needs a 'text' column; got {list(frame.columns)}")
+    modules = json.loads((folder / "modules.json").read_text())
+    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m.get("path", "") for m in modules}
+    pooling = json.loads((folder / kinds["Pooling"] / "config.json").read_text())
+    st_config = folder / "sentence_bert_config.json"  # its max_seq_length, as sentence-transformers truncates
+    if st_config.is_file():
+        max_length = int(json.loads(st_config.read_text()).get("max_seq_length") or max_length)
+    texts = frame["text"].astype(str).tolist()
+    chunks = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            encoded = tokenizer(
+                texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            hidden = model(**encoded).last_hidden_state.float()
+            mask = encoded["attention_mask"].unsqueeze(-1).float()
+            if pooling.get("pooling_mode_cls_token"):
+                out = hidden[:, 0]
+            elif pooling.get("pooling_mode_max_tokens"):
+                out = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
+            else:
+                out = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            chunks.append(torch.nn.functional.normalize(out, dim=-1) if "Normalize" in kinds else out)
+    embeddings = torch.cat(chunks) if chunks else torch.zeros(0, model.config.hidden_size)
+    return pd.DataFrame({"embedding": embeddings.double().numpy().tolist()})
 
 
 def _best_span(start: np.ndarray, end: np.ndarray, offsets: list, n_best: int, max_answer: int):
@@ -209,13 +242,14 @@ def generate(model, tokenizer, frame: pd.DataFrame, max_new_tokens: int) -> pd.D
 
 class PortableTextModel(PythonModel):
     """The pyfunc: the exported folder (artifact ``model``) loaded with transformers; the task in ``model_config``
-    (``kind``: classification, regression, qa or causal-lm; ``max_length``; ``version_2`` for SQuAD v2;
+    (``kind``: classification, regression, qa, causal-lm or embedding; ``max_length``; ``version_2`` for SQuAD v2;
     ``max_new_tokens`` for a causal LM)."""
 
     def load_context(self, context) -> None:
         folder = Path(context.artifacts["model"])
         check_manifest(folder)
         self.settings = dict(context.model_config or {})
+        self.folder = folder
         self.model, self.tokenizer = load_folder(folder, str(self.settings.get("kind", "classification")))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -227,4 +261,6 @@ class PortableTextModel(PythonModel):
             return answer(
                 self.model, self.tokenizer, frame, max_length, version_2=bool(self.settings.get("version_2", False))
             )
+        if kind == "embedding":
+            return embed(self.model, self.tokenizer, self.folder, frame, max_length)
         return classify(self.model, self.tokenizer, frame, kind, max_length)

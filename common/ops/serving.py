@@ -30,6 +30,7 @@ OUTPUTS = {
         [ColSpec("string", "label"), ColSpec("double", "score"), ColSpec(Array(DataType.double), "probabilities")]
     ),
     "regression": Schema([ColSpec("double", "score")]),
+    "embedding": Schema([ColSpec(Array(DataType.double), "embedding")]),
     "qa": Schema(
         [ColSpec("string", "answer"), ColSpec("long", "start"), ColSpec("long", "end"), ColSpec("double", "score")]
     ),
@@ -95,6 +96,12 @@ def hf_load_snippet(folder: str, task: str) -> str:
             f'tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)\n'
             'inputs = tokenizer("The history of the city begins", return_tensors="pt")\n'
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))\n"
+        )
+    if kind == "embedding":
+        return (
+            "from sentence_transformers import SentenceTransformer\n\n"
+            f'model = SentenceTransformer("{folder}", trust_remote_code=True)  # its own modeling code\n'
+            'print(model.encode(["a fine movie", "a good film"]).shape)\n'
         )
     qa = kind == "qa"
     auto = "AutoModelForQuestionAnswering" if qa else "AutoModelForSequenceClassification"

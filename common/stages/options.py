@@ -260,14 +260,14 @@ class ModelSource(Options):
 
 class Task(Options):
     task: Annotated[str, AfterValidator(_task_name)] = Field(
-        description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2, causal-lm"
+        description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2, causal-lm, embedding"
     )
 
 
 class TrainData(Options):
     train_data: str = Field(
-        description="training data (tsv/csv/json/jsonl/parquet; for causal-lm also txt or a folder of .txt; s3:// URI) "
-        "or hub dataset id"
+        description="training data (tsv/csv/json/jsonl/parquet; txt for embedding and causal-lm, or a folder of .txt "
+        "for causal-lm; s3:// URI) or hub dataset id"
     )
 
 
@@ -296,7 +296,7 @@ class RunOptions(Options):
     """The run parameters of both pipelines (listed first in their signatures: mixins come last-first)."""
 
     model: str = Field("textattack/bert-base-uncased-SST-2", description=ModelSource.model_fields["model"].description)
-    task: str = Field("sst2", description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2, causal-lm")
+    task: str = Field("sst2", description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2, causal-lm, embedding")
     train_data: str = Field("sst2", description="training data: s3:// URI, file or hub dataset id")
     dev_data: str = Field("sst2", description="dev data: s3:// URI, file or hub dataset id")
     registered_model_name: str = Field(

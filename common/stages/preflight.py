@@ -12,7 +12,7 @@ from ..folders import check_output
 from ..ops.storage import is_remote
 from ..tasks.spec import get_task
 
-_DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet")
+_DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet", ".txt")
 
 
 def looks_local(source: str) -> bool:
@@ -33,6 +33,13 @@ def check_exists(source: str | None, what: str) -> None:
     """A local path named as ``what`` must exist."""
     if source and looks_local(source) and not Path(source).expanduser().exists():
         raise ConfigError(f"{what} {source!r} does not exist")
+
+
+def check_model_source(source: str | None, task: str) -> None:
+    """A local model folder the task cannot read is refused (e.g. task embedding: no sentence-transformers folder, a
+    pooling mode fastprune cannot carry)."""
+    if source and looks_local(source) and Path(source).expanduser().exists():
+        get_task(task).check_source(Path(source).expanduser())
 
 
 def check_dev_data(source: str | None, task: str, text_columns=None, label_column: str | None = None) -> None:
@@ -71,6 +78,7 @@ def check_prune_inputs(cfg, output: str | Path, overwrite: bool = False) -> Path
     output = check_output(output, overwrite)
     check_exists(cfg.model, "model")
     check_model_config(cfg.model, cfg.allocation)
+    check_model_source(cfg.model, cfg.task)
     check_exists(cfg.train_data, "training data")
     check_dev_data(cfg.dev_data, cfg.task, cfg.text_columns, cfg.label_column)
     check_local_model(cfg.model, cfg.task, cfg.train_data, cfg.sample.max_length)
@@ -122,6 +130,7 @@ def check_pipeline_inputs(arguments: dict, pipeline_root: str | Path, default_ta
         raise ConfigError(f"cannot write into the pipeline root {root}: no write permission")
     check_exists(arguments.get("model"), "model")
     check_model_config(arguments.get("model"), arguments.get("allocation") or "global")
+    check_model_source(arguments.get("model"), arguments.get("task") or default_task)
     check_exists(arguments.get("train_data"), "training data")
     check_dev_data(arguments.get("dev_data"), arguments.get("task") or default_task)
     if arguments.get("model"):

@@ -137,6 +137,17 @@ class Task(ABC):
                 f"expected a *{head} model ({hint})"
             )
 
+    def model_folder(self, source: str | Path) -> str | Path:
+        """Where the model's config, weights and tokenizer are, given what the user named (the source itself)."""
+        return source
+
+    def attach(self, model: nn.Module, source: str | Path) -> nn.Module:
+        """The model loaded from ``source``, with what the task reads beside its weights (nothing by default)."""
+        return model
+
+    def check_source(self, source: str | Path) -> None:  # noqa: B027 (a hook: most tasks check nothing here)
+        """Refuse a local model folder the task cannot read, before anything loads (nothing to check by default)."""
+
     def pretrained_model(self, source: str | Path, reinit_mismatched: bool = False) -> nn.Module:
         """A pretrained (or other task's) model with a new head for this task, to fine-tune."""
         return self.auto_model_class().from_pretrained(source)

@@ -75,6 +75,9 @@ def _read_records(path: Path, task: ClassificationTask) -> list[dict]:
     return data
 
 
+read_records = _read_records  # for other tasks' tables (duck-typed: text_columns, label_columns, headerless_tsv)
+
+
 def load_hub(name: str, task: Task, split: str) -> list[dict]:
     from datasets import load_dataset
 
@@ -95,6 +98,23 @@ def _pick_columns(
     text_columns: Sequence[str] | None,
     label_column: str | None,
 ) -> tuple[tuple[str, ...], str]:
+    texts, label = pick_columns(records, task, where, text_columns, label_column)
+    if label is None:
+        labels = [label_column] if label_column else list(task.label_columns)
+        found = list(records[0].keys())
+        raise DataError(f"{where}: no label column ({' or '.join(labels)}) for task {task.name}; found columns {found}")
+    return texts, label
+
+
+def pick_columns(
+    records: list[dict],
+    task: ClassificationTask,
+    where: str,
+    text_columns: Sequence[str] | None,
+    label_column: str | None,
+) -> tuple[tuple[str, ...], str | None]:
+    """The text columns (named, or the task's first candidate set the records have) and the label column (named, or
+    the first of the task's candidates they have; None when none)."""
     found = list(records[0].keys())
     candidates = [tuple(text_columns)] if text_columns else list(task.text_columns)
     texts = next((c for c in candidates if all(name in found for name in c)), None)
@@ -102,10 +122,7 @@ def _pick_columns(
         want = " or ".join("+".join(c) for c in candidates)
         raise DataError(f"{where}: no text column(s) {want} for task {task.name}; found columns {found}")
     labels = [label_column] if label_column else list(task.label_columns)
-    label = next((c for c in labels if c in found), None)
-    if label is None:
-        raise DataError(f"{where}: no label column ({' or '.join(labels)}) for task {task.name}; found columns {found}")
-    return texts, label
+    return texts, next((c for c in labels if c in found), None)
 
 
 def load_task_data(

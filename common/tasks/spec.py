@@ -7,6 +7,7 @@ from typing import Any
 
 from .base import LABEL_KEYS, LabelSource, Task, lookup_task, register_task
 from .causal_lm import CausalLMTask
+from .embedding import EmbeddingTask
 from .glue import ClassificationTask, RegressionTask
 from .squad import ExtractiveQATask
 
@@ -111,10 +112,16 @@ _BUILT_IN: tuple[Task, ...] = (
         hub=("rajpurkar/squad_v2", None),
     ),
     CausalLMTask(name="causal-lm"),
+    EmbeddingTask(name="embedding", hub=("sentence-transformers/stsb", None)),
 )
 
+_TASK_ALIASES = {
+    "squad_v2": ("squad2",),
+    "causal-lm": ("clm",),
+    "embedding": ("sentence-embedding", "sentence-transformers"),
+}
 for _task in _BUILT_IN:
-    register_task(_task, aliases={"squad_v2": ("squad2",), "causal-lm": ("clm",)}.get(_task.name, ()))
+    register_task(_task, aliases=_TASK_ALIASES.get(_task.name, ()))
 
 TASKS: dict[str, Task] = {t.name: t for t in _BUILT_IN}
 """The built-in tasks; :func:`get_task` also finds those registered later."""

@@ -82,14 +82,14 @@ def test_masked_equals_sliced(task):
 
 @pytest.mark.parametrize("task", ["base", "classification"])
 def test_save_load_round_trip_and_a_broken_structure_is_refused(tmp_path, task):
-    """The bare encoder (what an embedding model is) has no portable class: its folder keeps the stock model type."""
+    """The bare encoder (what an embedding model is) gets the portable class too (sentence-transformers loads it)."""
     model = _model(task)
     adapter = adapter_for(model)
     masks, inputs = _masks(adapter.dims(model.config)), _inputs()
     pruned = export_pruned(model, masks)
     folder = save_pruned(pruned, tmp_path / "m", tiny_tokenizer())
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == ("mpnet" if task == "base" else "fastprune_mpnet")
+    assert config["model_type"] == "fastprune_mpnet"
     assert config[STRUCTURE_KEY][BIAS_HEADS_KEY] == [[1, 3], [], [2], [0, 1, 2, 3]]
     loaded, tokenizer = load_pruned(folder)
     assert type(loaded).__name__ == type(model).__name__ and tokenizer is not None

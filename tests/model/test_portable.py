@@ -227,17 +227,31 @@ def test_modeling_file_knows_every_supported_family():
             )
 
 
-def test_an_architecture_without_portable_code_keeps_the_previous_folder(tmp_path, caplog):
-    """A bare encoder (no task head) has no class in modeling_fastprune.py: its folder is written as before (stock
-    model type, the structure beside it), loads with load_pruned, and a warning says so."""
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_a_bare_encoder_loads_with_automodel(tmp_path, family):
+    """A bare encoder (sentence embeddings) gets the portable code too: AutoModel with trust_remote_code gives the
+    hidden states load_pruned's model gives."""
     from transformers import AutoModel
+
+    encoder = AutoModel.from_config(tiny_model(family).config).eval()
+    folder = save_pruned(export_pruned(encoder, _masks(adapter_for(encoder).dims(encoder.config))), tmp_path / "m")
+    assert (folder / MODELING_FILE).exists()
+    inputs = _inputs()
+    with torch.no_grad():
+        ours = load_pruned(folder)[0](**inputs).last_hidden_state
+        theirs = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()(**inputs).last_hidden_state
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_an_architecture_without_portable_code_keeps_the_previous_folder(tmp_path, caplog):
+    """A masked language model has no class in modeling_fastprune.py: its folder is written as before (stock model
+    type, the structure beside it), and a warning says so."""
+    from transformers import AutoModelForMaskedLM
 
     head = tiny_model("bert")
     masks = _masks(adapter_for(head).dims(head.config))
-    encoder = AutoModel.from_config(head.config).eval()
+    encoder = AutoModelForMaskedLM.from_config(head.config).eval()
     folder = save_pruned(export_pruned(encoder, masks), tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "bert" and "auto_map" not in config and not (folder / MODELING_FILE).exists()
     assert "no portable modeling code" in caplog.text
-    loaded, _ = load_pruned(folder)
-    assert adapter_for(loaded).structure(loaded) == config[STRUCTURE_KEY]

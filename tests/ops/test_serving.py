@@ -112,6 +112,34 @@ def test_regression_and_question_answering(folders, tracking, tmp_path):
         mlflow.pyfunc.load_model(qa_info.model_uri).predict(pd.DataFrame({"text": ["who?"]}))
 
 
+def test_sentence_embeddings(tracking, tmp_path):
+    """An embedding model (a pruned sentence-transformers folder) serves ``embedding`` per ``text``, pooled and
+    normalised as its folder says, the same as fastprune's own loader."""
+    from fastprune.common.model.loading import load_model
+    from tiny import tiny_st_folder
+
+    task = get_task("embedding")
+    model, tokenizer = load_model(tiny_st_folder(tmp_path / "st", mode="cls"), task)
+    dims = adapter_for(model).dims(model.config)
+    head = torch.ones(dims.num_layers, dims.num_heads)
+    head[0, 1:] = 0.0
+    folder = save_pruned(
+        export_pruned(model, Masks(head, torch.ones(dims.num_layers, dims.intermediate_size))),
+        tmp_path / "m",
+        tokenizer,
+    )
+    write_manifest(folder)
+    with mlflow.start_run():
+        info = log_portable_model(folder, "embedding", tmp_path / "e")
+    got = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"text": TEXTS}))
+    expected = _expected(folder, "embedding", pd.DataFrame({"text": TEXTS}))
+    assert list(got.columns) == ["embedding"] and len(got["embedding"][0]) == dims.hidden_size
+    assert torch.allclose(
+        torch.tensor(got["embedding"].tolist()), torch.tensor(expected["embedding"].tolist()), atol=1e-5
+    )
+    assert mlflow.models.get_model_info(info.model_uri).signature.outputs.input_names() == ["embedding"]
+
+
 def test_a_corrupted_folder_is_refused(folders, tracking, tmp_path):
     with mlflow.start_run():
         info = log_portable_model(folders["sst2"], "sst2", tmp_path)
