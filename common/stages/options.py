@@ -296,7 +296,7 @@ class RunOptions(Options):
     """The run parameters of both pipelines (listed first in their signatures: mixins come last-first)."""
 
     model: str = Field("textattack/bert-base-uncased-SST-2", description=ModelSource.model_fields["model"].description)
-    task: str = Field("sst2", description="sst2, mrpc, stsb, rte, qnli, mnli, qqp, cola, squad, squad_v2, causal-lm, embedding")
+    task: str = Field("sst2", description=Task.model_fields["task"].description)
     train_data: str = Field("sst2", description="training data: s3:// URI, file or hub dataset id")
     dev_data: str = Field("sst2", description="dev data: s3:// URI, file or hub dataset id")
     registered_model_name: str = Field(
