@@ -1,6 +1,5 @@
-"""The family seam: a grouped-query, gated-MLP, pre-norm model (a tiny Llama defined here; Llama is not a
-registered family) is described by one adapter, and its query heads, key/value groups and neurons are masked,
-sliced, costed and timed through it."""
+"""The family seam: a grouped-query, gated-MLP, pre-norm model (a tiny Llama) is described by one adapter (data),
+and its query heads, key/value groups and neurons are masked, sliced, costed and timed through it."""
 
 from __future__ import annotations
 
@@ -10,8 +9,7 @@ import pytest
 import torch
 from fastprune.common.errors import ConfigError
 from fastprune.common.method.tuning import tune_masks
-from fastprune.common.model.arch import ArchAdapter, ModelDims, adapter_for
-from fastprune.common.model.blocks import BlockStyle
+from fastprune.common.model.arch import ADAPTERS, ModelDims, adapter_for
 from fastprune.common.model.cost import (
     dense_macs,
     flops_ratio,
@@ -30,31 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 LAYERS, HEADS, GROUPS, HEAD_SIZE, HIDDEN, NEURONS = 3, 4, 2, 8, 32, 24
 
-LLAMA = ArchAdapter(
-    family="llama-test",
-    model_types=("llama",),
-    layers="layers",
-    attention="self_attn",
-    query="self_attn.q_proj",
-    key="self_attn.k_proj",
-    value="self_attn.v_proj",
-    attn_out="self_attn.o_proj",
-    ffn_gate="mlp.gate_proj",
-    ffn_in="mlp.up_proj",
-    ffn_out="mlp.down_proj",
-    heads_attrs=(),
-    group_attrs=("num_key_value_groups",),
-    cfg_layers="num_hidden_layers",
-    cfg_heads="num_attention_heads",
-    cfg_kv_heads="num_key_value_heads",
-    cfg_head_size="head_dim",
-    cfg_hidden="hidden_size",
-    cfg_intermediate="intermediate_size",
-    attn_residual="input_layernorm",  # pre-norm: the residual stream is the norm's input
-    ffn_residual="post_attention_layernorm",
-    style=BlockStyle(norm="rms", placement="pre", activation="silu", bias=False),
-    cfg_norm_eps="rms_norm_eps",
-)
+LLAMA = next(a for a in ADAPTERS if a.family == "llama")  # the registered family: its structure as data
 
 
 def _llama(seed: int = 0, attention: str = "sdpa") -> LlamaForCausalLM:
