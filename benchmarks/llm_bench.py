@@ -41,6 +41,7 @@ import llm_baselines as bl  # noqa: E402
 import llm_ours  # noqa: E402
 import llm_report  # noqa: E402
 from fastprune.common.method.baselines import magnitude_importance  # noqa: E402
+from fastprune.common.method.fisher import MaskGradients  # noqa: E402
 from fastprune.common.model.arch import adapter_for  # noqa: E402
 from fastprune.common.model.cost import dense_macs as dense_cost  # noqa: E402
 from fastprune.common.model.cost import flops_ratio, structure_macs  # noqa: E402
@@ -80,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--calib-windows", type=int, default=64)
     p.add_argument("--fisher-windows", type=int, default=None, help="windows of the Fisher pass and tuning")
+    p.add_argument("--calib-len", type=int, default=None, help="calibration window tokens (default --seq-len)")
+    p.add_argument("--fisher-labels", default="data", choices=("data", "model"), help="model: label-free Fisher")
+    p.add_argument("--tuning-ridge", type=_ridge, nargs="+", default=[None], help="refit ridge(s): numbers or auto")
+    p.add_argument("--allocation", default="global", choices=("global", "block"), help="ours' budget split")
+    p.add_argument("--tuning-mode", default="refit", choices=("refit", "reselect"))
+    p.add_argument("--fisher-cache", type=Path, default=None, help="folder keeping Fisher rows between runs")
+    p.add_argument("--variant", default="", help="tag appended to ours' method names (ablations of the settings)")
     p.add_argument("--eval-windows", type=int, default=16, help="first windows of each eval file")
     p.add_argument("--constraints", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6, 0.5])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -102,6 +110,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _ridge(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tuning-ridge must be a number >= 0 or auto, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--tuning-ridge must be a number >= 0 or auto, got {text!r}")
+    return value
+
+
 def load_average() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
@@ -118,7 +138,7 @@ class Bench:
         self.tokenizer = AutoTokenizer.from_pretrained(args.model)
         self.model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
         self.dims = adapter_for(self.model).dims(self.model.config)
-        self.calib = text_windows(self.tokenizer, args.calib, args.seq_len)
+        self.calib = text_windows(self.tokenizer, args.calib, args.calib_len or args.seq_len)
         self.evals = {f.stem: text_windows(self.tokenizer, [f], args.seq_len)[: args.eval_windows] for f in args.eval}
         self.machine = machine(torch.device("cpu"))
         self.task = causal_lm_task()
@@ -127,7 +147,11 @@ class Bench:
     # ----- records --------------------------------------------------------------------------------------------
     def write(self, record: dict[str, Any]) -> None:
         record |= {"machine": self.machine, "load": load_average(), "time": datetime.now(timezone.utc).isoformat()}
-        record |= {"seq_len": self.args.seq_len, "calib_windows": self.args.calib_windows, "command": COMMAND}
+        a = self.args
+        record |= {"seq_len": a.seq_len, "calib_windows": a.calib_windows, "calib_len": a.calib_len or a.seq_len}
+        record |= {"fisher_windows": a.fisher_windows, "fisher_labels": a.fisher_labels, "command": COMMAND}
+        if record["method"].startswith("ours"):
+            record |= {"tuning_ridge": a.tuning_ridge, "tuning_mode": a.tuning_mode, "allocation": a.allocation}
         self.args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(self.args.jsonl, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -161,6 +185,22 @@ class Bench:
                 **self.costs(kept_counts(masks, self.dims)),
             }
         )
+
+    def fisher(self, batches: list[dict], seed: int):
+        """The Fisher rows of the seed's windows, read from ``--fisher-cache`` when an earlier run kept them (the
+        time recorded is then the reading's: give no cache when timing)."""
+        a = self.args
+        cached = None
+        if a.fisher_cache is not None:
+            key = f"s{seed}_n{a.fisher_windows or a.calib_windows}of{a.calib_windows}_l{a.calib_len or a.seq_len}"
+            cached = a.fisher_cache / f"{key}_{a.fisher_labels}_b{a.batch_size}.safetensors"
+            if cached.is_file():
+                return MaskGradients.load(cached)
+        grads = llm_ours.fisher(self.model, batches, self.task, a.fisher_labels, seed)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            grads.save(cached)
+        return grads
 
     # ----- runs -----------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -210,18 +250,21 @@ class Bench:
                         **mem.as_dict(), **self.costs(counts)})  # fmt: skip
             return
         if method.startswith("ours"):
-            allocation = "uniform" if method == "ours-uniform" else "global"
+            allocation = "uniform" if method == "ours-uniform" else self.args.allocation
             with PeakMemory(torch.device("cpu")) as mem:
-                grads, seconds = once("fisher", lambda: llm_ours.fisher(self.model, batches, self.task))
-                stages = llm_ours.stages(self.model, grads, batches, self.task, s, c, allocation, self.args.ours_upto)
+                grads, seconds = once("fisher", lambda: self.fisher(batches, seed))
+                a = self.args
+                stages = llm_ours.stages(
+                    self.model, grads, batches, self.task, s, c, allocation, a.ours_upto, a.tuning_ridge, a.tuning_mode
+                )
                 for stage, masks, spent in _timed(stages):
                     seconds += spent
-                    self.record_masks(f"{method}:{stage}", seed, c, masks, seconds, mem)
+                    self.record_masks(f"{method}{a.variant}:{stage}", seed, c, masks, seconds, mem)
             return
         with PeakMemory(torch.device("cpu")) as mem:
             spent, biases = 0.0, None
             if method == "uniform-fisher":
-                grads, spent = once("fisher", lambda: llm_ours.fisher(self.model, batches, self.task))
+                grads, spent = once("fisher", lambda: self.fisher(batches, seed))
             elif method != "magnitude":
                 stats, spent = once("stats", lambda: bl.channel_stats(self.model, calib.split(self.args.batch_size)))
             start = time.perf_counter()

@@ -9,11 +9,11 @@ key/value group charged while any of its heads is kept): until the search charge
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from fastprune.common.method.allocate import search_by
 from fastprune.common.method.fisher import MaskGradients, collect_mask_gradients
-from fastprune.common.method.rearrange import rearrange_masks
+from fastprune.common.method.rearrange import head_block, rearrange_masks
 from fastprune.common.method.resplit import BudgetResplit
 from fastprune.common.method.tuning import tune_masks
 from fastprune.common.model.arch import adapter_for
@@ -25,9 +25,10 @@ from torch import nn
 STAGES = ("search", "rearrange", "tune", "resplit")
 
 
-def fisher(model: nn.Module, batches: list[dict], task: Task) -> MaskGradients:
-    """Per-window mask gradients of the next-token loss (the empirical Fisher rows)."""
-    return collect_mask_gradients(model, batches, device="cpu", progress=False, task=task)
+def fisher(model: nn.Module, batches: list[dict], task: Task, labels: str = "data", seed: int = 0) -> MaskGradients:
+    """Per-window mask gradients of the next-token loss: the empirical Fisher rows (``labels="data"``) or the true
+    Fisher's, against next tokens drawn from the model (``"model"``, seeded)."""
+    return collect_mask_gradients(model, batches, device="cpu", progress=False, task=task, labels=labels, seed=seed)
 
 
 def searched(
@@ -61,19 +62,25 @@ def stages(
     constraint: float,
     allocation: str,
     upto: str,
+    ridges: Sequence[float | str | None] = (None,),
+    mode: str = "refit",
 ) -> Iterator[tuple[str, Masks]]:
     """The masks after each stage up to ``upto`` (one of :data:`STAGES`), as each is done: ``search``,
     ``rearrange`` (of the search's), ``tune`` (refit of the rearranged against the dense model), ``resplit`` (the
-    refit with the budget re-split, from the rearranged masks)."""
+    refit with the budget re-split, from the rearranged masks). ``ridges`` and ``mode`` are the tuning's (``None``:
+    its default ridge; several: one ``tune@<ridge>`` stage each; ``"reselect"`` re-chooses each block's units before
+    the refit)."""
     if upto not in STAGES:
         raise ValueError(f"unknown stage {upto!r}; valid: {', '.join(STAGES)}")
     masks = searched(model, grads, seq_len, constraint, allocation)
     yield "search", masks
     if upto == "search":
         return
-    masks = rearrange_masks(masks, grads)
+    dims = adapter_for(model).dims(model.config)
+    masks = rearrange_masks(masks, grads, head_block(dims))  # within key/value groups: their cost stays as searched
     yield "rearrange", masks
-    for stage in STAGES[2 : STAGES.index(upto) + 1]:
+    runs = [(stage, ridge) for stage in STAGES[2 : STAGES.index(upto) + 1] for ridge in ridges]
+    for stage, ridge in runs:
         resplit = BudgetResplit(model, masks, seq_len, "cpu", allocation=allocation, task=task)
         tuned, _ = tune_masks(
             model,
@@ -82,8 +89,9 @@ def stages(
             batches,
             "cpu",
             progress=False,
-            mode="refit",
+            mode=mode,  # type: ignore[arg-type]
+            ridge=ridge,  # type: ignore[arg-type]
             resplit=resplit if stage == "resplit" else None,
             task=task,
         )
-        yield stage, tuned
+        yield (stage if len(ridges) == 1 else f"{stage}@{ridge}"), tuned
