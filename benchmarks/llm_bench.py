@@ -124,8 +124,8 @@ def _ridge(text: str) -> float | str:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--tuning-ridge must be a number >= 0 or auto, got {text!r}") from None
-    if value < 0:
+        value = -1.0
+    if not value >= 0:
         raise argparse.ArgumentTypeError(f"--tuning-ridge must be a number >= 0 or auto, got {text!r}")
     return value
 

@@ -98,7 +98,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         return []
     text = texts[0]
     base = mean_ppl(runs[("dense", 1.0)], text)
-    ours = sorted({m for (m, _) in runs if m.startswith("ours:") or m.startswith("ours-")})
+    ours = sorted({m for (m, _) in runs if m.startswith("ours")})
     lines = []
     for c in sorted({c for (_, c) in runs if c < 1.0}, reverse=True):
         baselines = {m: mean_ppl(runs[(m, c)], text) for m in BASELINE_NAMES if (m, c) in runs}
