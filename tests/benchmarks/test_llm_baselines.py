@@ -1,4 +1,5 @@
-"""The LLM benchmark's baselines and measurements (benchmarks/llm_*.py) on a tiny in-process grouped-query Llama."""
+"""The LLM benchmark's baselines, measurements and run of fastprune's stages (benchmarks/llm_*.py) on a tiny
+in-process grouped-query Llama."""
 
 import math
 import sys
@@ -10,7 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import llm_baselines as bl  # noqa: E402
+import llm_bench  # noqa: E402
 import llm_data  # noqa: E402
+import llm_ours  # noqa: E402
 import llm_report  # noqa: E402
 from fastprune.common.model.arch import adapter_for  # noqa: E402
 from fastprune.common.model.cost import dense_macs, flops_ratio, group_macs, head_macs, neuron_macs  # noqa: E402
@@ -187,3 +190,46 @@ def test_report_checks_the_targets_against_dense_and_the_best_baseline():
     )
     assert "target <= 3x: met" in verdicts[1] and "best baseline" not in verdicts[1]
     assert "| ours:tune | 14.00 (1.40x) [2] | 25.00 (2.50x) [1] |" in llm_report.table(records)
+
+
+@pytest.fixture(scope="module")
+def calibration(llama, windows):
+    return llm_data.window_batches(windows, 3), llm_data.causal_lm_task()
+
+
+def test_label_free_fisher_differs_from_the_empirical_and_is_seeded(llama, calibration):
+    batches, task = calibration
+    data = llm_ours.fisher(llama, batches, task)
+    drawn = [llm_ours.fisher(llama, batches, task, "model", seed) for seed in (0, 0, 1)]
+    assert data.head.shape == drawn[0].head.shape == (6, 2, 4)
+    assert torch.equal(drawn[0].head, drawn[1].head)
+    assert not torch.allclose(drawn[0].head, drawn[2].head)
+    assert not torch.allclose(data.head, drawn[0].head)
+
+
+def test_stages_keep_the_budget_and_tune_once_per_ridge(llama, calibration):
+    batches, task = calibration
+    dims = _dims(llama)
+    grads = llm_ours.fisher(llama, batches, task)
+    got = list(llm_ours.stages(llama, grads, batches, task, SEQ, 0.6, "global", "tune", (1e-2, 10.0)))
+    assert [name for name, _ in got] == ["search", "rearrange", "tune@0.01", "tune@10.0"]
+    search, rearranged = got[0][1], got[1][1]
+    # rearrangement within key/value groups keeps the groups the search paid for, so the cost too
+    assert torch.equal(dims.kept_groups(search.head), dims.kept_groups(rearranged.head))
+    assert flops_ratio(rearranged, dims, SEQ) == pytest.approx(flops_ratio(search, dims, SEQ))
+    assert flops_ratio(search, dims, SEQ) <= 0.6
+    weak, strong = got[2][1].weights, got[3][1].weights
+    assert weak.keys() == strong.keys() and weak
+    # a stronger ridge keeps the refit nearer the original weights
+    dense = adapter_for(llama).linear(adapter_for(llama).layer_modules(llama)[0], "ffn_out").weight
+    key = "0.ffn_out.weight"
+    kept = weak[key].abs().sum(0) != 0
+    assert (strong[key] - dense)[:, kept].norm() < (weak[key] - dense)[:, kept].norm()
+
+
+def test_ridge_flag_reads_numbers_and_auto_and_refuses_the_rest():
+    assert llm_bench._ridge("auto") == "auto"
+    assert llm_bench._ridge("0.1") == 0.1
+    for bad in ("-1", "big", "nan"):
+        with pytest.raises(Exception, match="--tuning-ridge must be a number >= 0 or auto"):
+            llm_bench._ridge(bad)
