@@ -166,53 +166,37 @@ def test_the_mlflow_preflight_checks_the_credentials(auth_mlflow, monkeypatch, t
 
 
 # ----- bounded waits ----------------------------------------------------------------------------------------------
+def _trigger(uri: str, params: Path) -> list[str]:
+    return [*"trigger --registered-model bert --local --dry-run --tracking-uri".split(), uri, "--params", str(params)]
+
+
+def _submit(host: str, params: Path) -> list[str]:
+    return ["submit", "--host", host, "--params", str(params)]
+
+
 def test_the_trigger_reports_a_closed_mlflow_port_at_once(params, capsys):
     uri = f"http://127.0.0.1:{closed_port()}"
     start = time.monotonic()
-    assert (
-        main(
-            [
-                "trigger",
-                "--registered-model",
-                "bert",
-                "--local",
-                "--dry-run",
-                "--tracking-uri",
-                uri,
-                "--params",
-                str(params),
-            ]
-        )
-        == 2
-    )
+    assert main(_trigger(uri, params)) == 2
     assert time.monotonic() - start < SLACK_S
     _one_line_error(capsys, f"cannot reach the MLflow tracking server at {uri}")
 
 
-def test_the_trigger_reports_a_hung_mlflow_within_the_bound(params, capsys):
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (_trigger, ("the MLflow tracking server at {uri} did not answer within {bound} s", "FASTPRUNE_REMOTE_TIMEOUT")),
+        (_submit, ("Kubeflow Pipelines at {uri} did not answer", "timed out after")),
+    ],
+    ids=["mlflow", "kubeflow"],
+)
+def test_a_hung_service_is_reported_within_the_bound(params, capsys, command, expected):
     with hung_server() as uri:
         start = time.monotonic()
-        assert (
-            main(
-                [
-                    "trigger",
-                    "--registered-model",
-                    "bert",
-                    "--local",
-                    "--dry-run",
-                    "--tracking-uri",
-                    uri,
-                    "--params",
-                    str(params),
-                ]
-            )
-            == 2
-        )
+        assert main(command(uri, params)) == 2
         elapsed = time.monotonic() - start
     assert elapsed < 3 * BOUND_S + SLACK_S, elapsed
-    _one_line_error(
-        capsys, f"the MLflow tracking server at {uri} did not answer within {BOUND_S} s", "FASTPRUNE_REMOTE_TIMEOUT"
-    )
+    _one_line_error(capsys, *(text.format(uri=uri, bound=BOUND_S) for text in expected))
 
 
 def test_an_s3_fetch_from_a_hung_endpoint_fails_within_the_bound(monkeypatch, tmp_path, capsys):
@@ -267,22 +251,7 @@ def test_one_setting_bounds_every_client(monkeypatch):
 
 def test_a_bad_timeout_setting_is_named(monkeypatch, capsys, params):
     monkeypatch.setenv("FASTPRUNE_REMOTE_TIMEOUT", "soon")
-    assert (
-        main(
-            [
-                "trigger",
-                "--registered-model",
-                "bert",
-                "--local",
-                "--dry-run",
-                "--tracking-uri",
-                "http://127.0.0.1:1",
-                "--params",
-                str(params),
-            ]
-        )
-        == 2
-    )
+    assert main(_trigger("http://127.0.0.1:1", params)) == 2
     _one_line_error(capsys, "FASTPRUNE_REMOTE_TIMEOUT='soon' is not a timeout")
 
 
@@ -290,21 +259,12 @@ def test_a_bad_timeout_setting_is_named(monkeypatch, capsys, params):
 def test_a_kubeflow_401_is_an_authentication_failure(params, capsys):
     with status_server(401) as host:
         start = time.monotonic()
-        assert main(["submit", "--host", host, "--params", str(params)]) == 2
+        assert main(_submit(host, params)) == 2
         elapsed = time.monotonic() - start
     line = _one_line_error(
         capsys, f"Kubeflow Pipelines at {host} refused the credentials", "authentication failed", "KFP_TOKEN"
     )
     assert "healthz endpoint after" not in line and elapsed < SLACK_S
-
-
-def test_a_hung_kubeflow_api_is_reported_within_the_bound(params, capsys):
-    with hung_server() as host:
-        start = time.monotonic()
-        assert main(["submit", "--host", host, "--params", str(params)]) == 2
-        elapsed = time.monotonic() - start
-    assert elapsed < 3 * BOUND_S + SLACK_S, elapsed
-    _one_line_error(capsys, f"Kubeflow Pipelines at {host} did not answer", "timed out after")
 
 
 # ----- no secrets -------------------------------------------------------------------------------------------------
@@ -316,7 +276,7 @@ def test_passwords_in_urls_are_redacted():
 
 def test_a_password_in_the_host_never_shows(params, capsys):
     host = f"http://someone:hunter2-secret@127.0.0.1:{closed_port()}"
-    assert main(["-v", "submit", "--host", host, "--params", str(params)]) == 2
+    assert main(["-v", *_submit(host, params)]) == 2
     captured = capsys.readouterr()
     assert "hunter2-secret" not in captured.out + captured.err
     assert "http://***@127.0.0.1" in captured.err.splitlines()[-1]
