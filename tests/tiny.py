@@ -172,23 +172,13 @@ def tiny_llama_config(
     return config
 
 
-def tiny_llama(
-    layers: int = 2,
-    hidden: int = 32,
-    heads: int = 4,
-    groups: int = 2,
-    intermediate: int = 48,
-    seed: int = 0,
-    vocab_size: int | None = None,
-    attention: str | None = None,
-):
+def tiny_llama(seed: int = 0, **config):
     """A randomly initialised tiny Llama (grouped-query attention, gated MLP, pre-norm, rotary) over the tiny
-    tokenizer's vocabulary (or ``vocab_size`` tokens), in eval mode."""
+    tokenizer's vocabulary, in eval mode; ``config``: :func:`tiny_llama_config`'s arguments."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = tiny_llama_config(layers, hidden, heads, groups, intermediate, vocab_size, attention)
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(tiny_llama_config(**config)).eval()
 
 
 def tiny_st_folder(

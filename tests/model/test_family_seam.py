@@ -32,7 +32,16 @@ LLAMA = next(a for a in ADAPTERS if a.family == "llama")  # the registered famil
 
 
 def _llama(seed: int = 0, attention: str = "sdpa") -> LlamaForCausalLM:
-    return tiny_llama(LAYERS, HIDDEN, HEADS, GROUPS, NEURONS, seed=seed, vocab_size=96, attention=attention)
+    return tiny_llama(
+        seed,
+        layers=LAYERS,
+        hidden=HIDDEN,
+        heads=HEADS,
+        groups=GROUPS,
+        intermediate=NEURONS,
+        vocab_size=96,
+        attention=attention,
+    )
 
 
 def _inputs() -> dict[str, torch.Tensor]:
