@@ -138,8 +138,7 @@ class GradientRows:
         if len(head) == 0:
             return
         if self._kept is None:
-            self._kept = (torch.cat([c[0] for c in self._chunks]), torch.cat([c[1] for c in self._chunks]))
-            self._chunks = []
+            self._kept, self._chunks = self._joined(), []
             log.info(
                 "Fisher: %d gradient rows kept (%.1f MB); each further example is folded into one of them "
                 "(saving %.2f MB a row; fisher_max_rows)",
@@ -156,9 +155,7 @@ class GradientRows:
         if self.count == 0:
             raise ValueError("no batches: the sample is empty")
         if self._kept is None:
-            return MaskGradients(
-                torch.cat([c[0] for c in self._chunks]), torch.cat([c[1] for c in self._chunks]), available
-            )
+            return MaskGradients(*self._joined(), available)
         assert self._sq is not None
         log.info(
             "Fisher: %d examples folded into %d rows: %.1f MB of rows saved",
@@ -167,6 +164,9 @@ class GradientRows:
             (self.count - self.max_rows) * self.row_values * 4 / 1e6,
         )
         return MaskGradients(*self._kept, available, *self._sq)
+
+    def _joined(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([c[0] for c in self._chunks]), torch.cat([c[1] for c in self._chunks])
 
 
 def to_device(batch: dict, device: torch.device | str) -> dict:
