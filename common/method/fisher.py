@@ -218,7 +218,11 @@ def collect_mask_gradients(
         p.requires_grad_(False)
     rows = GradientRows(dims.num_layers * (dims.num_heads + dims.intermediate_size), max_rows, seed)
     generator = torch.Generator().manual_seed(seed)
-    entry = _entered_at(adapter.layer_modules(model), *start) if start is not None else contextlib.nullcontext()
+    entry = (
+        _entered_at(adapter.layer_modules(model), *start, adapter.layer_returns_tuple)
+        if start is not None
+        else contextlib.nullcontext()
+    )
     try:
         with entry:
             for batch in tqdm(batches, desc="fisher", disable=not progress, leave=False):
@@ -243,8 +247,11 @@ def collect_mask_gradients(
 
 
 @contextlib.contextmanager
-def _entered_at(layers: list[nn.Module], k: int, hidden: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Forward passes skip ``layers[:k]`` (each returns its input) and ``layers[k]`` receives the next of ``hidden``
+def _entered_at(
+    layers: list[nn.Module], k: int, hidden: Sequence[torch.Tensor], returns_tuple: bool = False
+) -> Iterator[None]:
+    """Forward passes skip ``layers[:k]`` (each returns its input, as a 1-tuple where the family's layers return
+    tuples) and ``layers[k]`` receives the next of ``hidden``
     (as a plain tensor: the carried states may come from inference mode)."""
     if not 0 <= k < len(layers):
         raise ValueError(f"start layer {k} is outside the model's {len(layers)} layers")
@@ -257,7 +264,7 @@ def _entered_at(layers: list[nn.Module], k: int, hidden: Sequence[torch.Tensor])
         return (state.clone(), *args[1:]), kwargs
 
     for layer in layers[:k]:
-        layer.forward = _passthrough
+        layer.forward = _passthrough_tuple if returns_tuple else _passthrough
     handle = layers[k].register_forward_pre_hook(enter, with_kwargs=True)
     try:
         yield
@@ -269,3 +276,7 @@ def _entered_at(layers: list[nn.Module], k: int, hidden: Sequence[torch.Tensor])
 
 def _passthrough(hidden: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
     return hidden
+
+
+def _passthrough_tuple(hidden: torch.Tensor, *_args, **_kwargs) -> tuple[torch.Tensor]:
+    return (hidden,)
