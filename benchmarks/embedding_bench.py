@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import logging
+import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -178,13 +179,73 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+METHODS = ("fastprune", "random", "magnitude", "uniform", "drop-top-layers")
+
+
+def means(records: list[dict[str, Any]]) -> str:
+    """Mean and spread over the seeds of each (model, FLOPs): the table the targets are read from."""
+    lines = [
+        "| FLOPs | seeds | dense | " + " | ".join(METHODS) + " | best baseline | prune s (median) | speed-up |",
+        "|---" * (len(METHODS) + 7) + "|",
+    ]
+    for constraint in sorted({r["constraint"] for r in records}):
+        runs = [r for r in records if r["constraint"] == constraint]
+        mean = {m: statistics.fmean(r[m] for r in runs) for m in METHODS}
+        spread = {m: (max(r[m] for r in runs) - min(r[m] for r in runs)) / 2 for m in METHODS}
+        cells = " | ".join(
+            (f"**{mean[m]:.2f}**" if mean[m] == max(mean.values()) else f"{mean[m]:.2f}")
+            + (f" ±{spread[m]:.2f}" if len(runs) > 1 else "")
+            for m in METHODS
+        )
+        best = max(METHODS[1:], key=mean.__getitem__)
+        speedups = [r["speedup"] for r in runs if "speedup" in r]
+        speedup = f"{statistics.median(speedups):.2f}x" if speedups else "-"
+        seconds = statistics.median(r["prune_seconds"] for r in runs)
+        lines.append(
+            f"| {constraint} | {len(runs)} | {runs[0]['dense']:.2f} | {cells} | {best} | {seconds:.0f} | {speedup} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    """Spearman against FLOPs kept, one line per method (mean over seeds, bars: min to max), dense as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = sorted({r["constraint"] for r in records})
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in METHODS:
+        values = [[r[method] for r in records if r["constraint"] == c] for c in budgets]
+        mid = [statistics.fmean(v) for v in values]
+        err = [
+            [m - min(v) for m, v in zip(mid, values, strict=True)],
+            [max(v) - m for m, v in zip(mid, values, strict=True)],
+        ]
+        ax.errorbar(budgets, mid, yerr=err, marker="o", capsize=3, label=method, lw=2 if method == "fastprune" else 1)
+    ax.axhline(records[0]["dense"], color="grey", ls="--", lw=1, label="dense")
+    ax.set(xlabel="FLOPs kept", ylabel="STS-B dev Spearman (cosine) x100", title=f"{records[0]['model']}: pruned")
+    ax.set_ylim(bottom=max(0.0, min(r["drop-top-layers"] for r in records) - 5))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    partial = path.with_name(path.name + ".partial.png")
+    fig.savefig(partial, dpi=120)
+    plt.close(fig)
+    partial.replace(path)
+
+
 def render() -> None:
-    """``results/embedding.md``: every recorded run, one table per model and set of columns."""
+    """``results/embedding.md`` (means over seeds, then every run) and one plot per model."""
     records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     parts = ["# Sentence embeddings: STS-B dev Spearman (cosine, percent) against FLOPs kept", "", __doc__.strip(), ""]
     for name in dict.fromkeys(r["model"] for r in records):
         mine = [r for r in records if r["model"] == name]
-        parts += [f"## {name}", "", table(mine), ""]
+        picture = RESULTS.parent / f"embedding_{name}.png"
+        plot(mine, picture)
+        parts += [f"## {name}", "", "Mean over seeds (± half the range):", "", means(mine), ""]
+        parts += [f"![{name}]({picture.name})", "", "Every run:", "", table(mine), ""]
     (RESULTS.parent / "embedding.md").write_text("\n".join(parts))
 
 
@@ -198,6 +259,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dev", type=Path, default=DATA / "dev.tsv")
     p.add_argument("--work", type=Path, default=Path.home() / ".cache" / "fastprune" / "embedding_bench")
     p.add_argument("--speed", action="store_true", help="time the exported model against the dense one")
+    p.add_argument("--render", action="store_true", help="only rewrite results/embedding.md and the plots")
     p.add_argument(
         "--compare-objectives",
         action="store_true",
@@ -209,6 +271,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     arguments = parse()
+    if arguments.render:
+        raise SystemExit(render())
     torch.set_num_threads(2)
     everything = [r for name in arguments.model for r in run(arguments, name, arguments.work)]
     print(table(everything))

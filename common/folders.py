@@ -246,9 +246,11 @@ def _mkdtemp(destination: Path) -> Path:
 
 
 @contextlib.contextmanager
-def staged_folder(destination: str | Path) -> Iterator[Path]:
+def staged_folder(destination: str | Path, keep_existing: bool = False) -> Iterator[Path]:
     """A hidden folder beside ``destination``, renamed onto it when the block succeeds (replacing what was there),
-    removed otherwise, whatever the exception (KeyboardInterrupt and SIGTERM included)."""
+    removed otherwise, whatever the exception (KeyboardInterrupt and SIGTERM included). With ``keep_existing`` (a
+    cache entry that concurrent runs build alike) a ``destination`` that is there by then is kept and the staged
+    folder dropped: whoever renames first wins, and a reader of the first never sees it go."""
     destination = Path(destination)
     if destination.exists() and not destination.is_dir():
         raise StorageError(f"cannot write the folder {destination}: it exists and is not a folder")
@@ -256,9 +258,20 @@ def staged_folder(destination: str | Path) -> Iterator[Path]:
     folder = _mkdtemp(destination)
     try:
         yield folder
-        swap_into_place(folder, destination)
+        if keep_existing:
+            _rename_unless_there(folder, destination)
+        else:
+            swap_into_place(folder, destination)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _rename_unless_there(staged: Path, destination: Path) -> None:
+    try:
+        os.rename(staged, destination)  # atomic; refused when another run's complete folder is there
+    except OSError:
+        if not (destination.is_dir() and any(destination.iterdir())):
+            raise
 
 
 def swap_into_place(staged: Path, destination: Path) -> None:

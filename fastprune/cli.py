@@ -181,21 +181,11 @@ def _run(args) -> int:
 
 def _run_local(args, arguments: dict) -> int:
     from fastprune.common.stages.preflight import check_pipeline_inputs
+    from fastprune.defaults import with_default_model
     from fastprune.pipelines.local import local_mlflow, run_local
 
     check_pipeline_inputs(arguments, args.pipeline_root)  # before the default model is fine-tuned
-
-    if "model" not in arguments:
-        from fastprune.defaults import SST2_DEV, SST2_TRAIN, finetuned_minilm
-
-        # the small MiniLM loses about 1.5 points at 60% of the FLOPs: the demo's gate allows 2
-        arguments = {
-            "model": str(finetuned_minilm()),
-            "train_data": str(SST2_TRAIN),
-            "dev_data": str(SST2_DEV),
-            "max_metric_drop": 2.0,
-            **arguments,
-        }
+    arguments = with_default_model(arguments)
     if not arguments.get("mlflow_uri"):
         mlflow_dir = Path(args.pipeline_root).parent / "mlflow"
         arguments["mlflow_uri"] = local_mlflow(mlflow_dir, arguments.get("mlflow_experiment", "fastprune"))

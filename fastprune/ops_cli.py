@@ -208,18 +208,10 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
 
 def _local_defaults(arguments: dict, pipeline_root: str) -> dict:
     """The embedded default model and data when no model is given, and a local MLflow when none is named."""
+    from fastprune.defaults import with_default_model
     from fastprune.pipelines.local import local_mlflow
 
-    if "model" not in arguments:
-        from fastprune.defaults import SST2_DEV, SST2_TRAIN, finetuned_minilm
-
-        arguments = {
-            "model": str(finetuned_minilm()),
-            "train_data": str(SST2_TRAIN),
-            "dev_data": str(SST2_DEV),
-            "max_metric_drop": 2.0,
-            **arguments,
-        }
+    arguments = with_default_model(arguments)
     if not arguments.get("mlflow_uri"):
         arguments["mlflow_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or local_mlflow(
             Path(pipeline_root).parent / "mlflow", arguments.get("mlflow_experiment", "fastprune")

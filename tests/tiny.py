@@ -140,16 +140,21 @@ def trained_tiny_model(path: Path, steps: int = 150, family: str = "bert") -> Pa
 TEXT = REPO / "fastprune" / "data" / "text"
 
 
-def tiny_llama(
-    layers: int = 2, hidden: int = 32, heads: int = 4, groups: int = 2, intermediate: int = 48, seed: int = 0
+def tiny_llama_config(
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 4,
+    groups: int = 2,
+    intermediate: int = 48,
+    vocab_size: int | None = None,
+    attention: str | None = None,
 ):
-    """A randomly initialised tiny Llama (grouped-query attention, gated MLP, pre-norm, rotary) over the tiny
-    tokenizer's vocabulary, in eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The config of :func:`tiny_llama` (``vocab_size`` defaults to the tiny tokenizer's; ``attention`` picks the
+    attention implementation, e.g. eager or sdpa)."""
+    from transformers import LlamaConfig
 
-    torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer()),
+        vocab_size=vocab_size or len(tiny_tokenizer()),
         hidden_size=hidden,
         intermediate_size=intermediate,
         num_hidden_layers=layers,
@@ -162,7 +167,18 @@ def tiny_llama(
         bos_token_id=2,
         eos_token_id=3,
     )
-    return LlamaForCausalLM(config).eval()
+    if attention:
+        config._attn_implementation = attention
+    return config
+
+
+def tiny_llama(seed: int = 0, **config):
+    """A randomly initialised tiny Llama (grouped-query attention, gated MLP, pre-norm, rotary) over the tiny
+    tokenizer's vocabulary, in eval mode; ``config``: :func:`tiny_llama_config`'s arguments."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(**config)).eval()
 
 
 def tiny_st_folder(

@@ -42,9 +42,8 @@ def search_by(
     heads, neurons = grads.head_importance()[start:], grads.neuron_importance()[start:]
     top = dataclasses.replace(dims, num_layers=len(heads))
     if allocation == "block":
-        return search_flops_block(
-            grads.head[:, start:], grads.neuron[:, start:], heads, neurons, top, seq_len, constraint
-        )
+        rows = grads.head[:, start:], grads.neuron[:, start:]
+        return search_flops_block(*rows, heads, neurons, top, seq_len, constraint, exact_diagonal=grads.folded)
     if allocation == "uniform":
         return uniform_masks(heads, neurons, top, seq_len, constraint)
     return search_flops(heads, neurons, top, seq_len, constraint)
@@ -130,17 +129,27 @@ def masks_from_blocks(
     return Masks(head, neuron)
 
 
-def removal_curve(rows: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def removal_curve(
+    rows: torch.Tensor, importance: torch.Tensor, exact_diagonal: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One block: ``rows`` [R, U] gradient rows of its U units, ``importance`` [U] (-inf: unavailable).
     Returns ``order`` (the available units, most important first) and ``loss`` [A + 1]: ``loss[k]`` is the
-    block-diagonal Fisher cost of keeping ``order[:k]`` and pruning the rest of the available units."""
+    block-diagonal Fisher cost of keeping ``order[:k]`` and pruning the rest of the available units.
+
+    ``exact_diagonal``: the rows are a sketch (folded, :class:`~fastprune.common.method.fisher.GradientRows`) and
+    ``importance`` is the exact diagonal: each pruned unit's own term in the cost is the exact one, the cross terms
+    the sketch's unbiased estimate."""
     available = torch.isfinite(importance)
     order = torch.argsort(importance.masked_fill(~available, -torch.inf), descending=True, stable=True)
     order = order[: int(available.sum())]
     g = rows[:, order].double()
     # suffix[:, k] = sum of the gradients of order[k:], for k = 0..A
     suffix = torch.cat([g.flip(1).cumsum(1).flip(1), g.new_zeros(len(g), 1)], dim=1)
-    return order, suffix.pow(2).sum(0)
+    loss = suffix.pow(2).sum(0)
+    if exact_diagonal:  # swap the sketch's diagonal terms of the pruned units for the exact ones
+        correction = importance[order].double() - g.pow(2).sum(0)
+        loss = loss + torch.cat([correction.flip(0).cumsum(0).flip(0), correction.new_zeros(1)])
+    return order, loss
 
 
 def search_flops_block(
@@ -151,18 +160,19 @@ def search_flops_block(
     dims: ModelDims,
     seq_len: float,
     constraint: float,
+    exact_diagonal: bool = False,
 ) -> Masks:
     """Masks within ``constraint`` of the dense MACs of these layers (``head_rows`` [R, L, H], ``neuron_rows``
     [R, L, F] gradient rows; importances [L, H], [L, F] with -inf for unavailable units), the budget split between
-    the blocks by the block-diagonal Fisher (module docstring)."""
+    the blocks by the block-diagonal Fisher (module docstring). ``exact_diagonal``: see :func:`removal_curve`."""
     constraint = check_constraint(constraint)
     budget = constraint * dense_macs(dims, seq_len)
 
     def head_curve(i: int, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return removal_curve(head_rows[:, i][:, units], head_importance[i, units])
+        return removal_curve(head_rows[:, i][:, units], head_importance[i, units], exact_diagonal)
 
     def neuron_curve(i: int, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return removal_curve(neuron_rows[:, i][:, units], neuron_importance[i, units])
+        return removal_curve(neuron_rows[:, i][:, units], neuron_importance[i, units], exact_diagonal)
 
     # one block per key/value group under grouped-query attention (the group paid while it keeps a head), else
     # one per layer's heads

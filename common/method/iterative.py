@@ -40,13 +40,15 @@ def iterative_fisher(
     labels: LabelSource = "data",
     seed: int = 0,
     task: Task | None = None,
+    max_rows: int = 0,
 ) -> MaskGradients:
     """``search(grads, constraint)`` is the one-shot search (it must respect ``grads.available``); ``task`` computes
-    the loss (see :func:`~fastprune.common.method.fisher.collect_mask_gradients`)."""
+    the loss and ``max_rows`` bounds the gradient rows kept (see
+    :func:`~fastprune.common.method.fisher.collect_mask_gradients`)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     grads = collect_mask_gradients(
-        model, batches, device=device, progress=progress, labels=labels, seed=seed, task=task
+        model, batches, device=device, progress=progress, labels=labels, seed=seed, task=task, max_rows=max_rows
     )
     for k, target in enumerate(schedule(constraint, steps)[:-1]):
         masks = search(grads, target)
@@ -61,6 +63,14 @@ def iterative_fisher(
             int(masks.neuron.sum()),
         )
         grads = collect_mask_gradients(
-            model, batches, masks=masks, device=device, progress=progress, labels=labels, seed=seed + k + 1, task=task
+            model,
+            batches,
+            masks=masks,
+            device=device,
+            progress=progress,
+            labels=labels,
+            seed=seed + k + 1,
+            task=task,
+            max_rows=max_rows,
         )
     return grads

@@ -19,19 +19,25 @@ def pruned_set_cost(grads: torch.Tensor, pruned: torch.Tensor) -> float:
     return float(grads.double()[:, pruned].sum(1).pow(2).sum())
 
 
-def rearrange_units(kept: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+def rearrange_units(kept: torch.Tensor, grads: torch.Tensor, diagonal: torch.Tensor | None = None) -> torch.Tensor:
     """New bool keep-mask for one layer's units with the same number kept and a pruned-set cost no
     larger than the diagonal choice. ``grads`` is [R, N] (per-example or per-batch gradients of N units).
 
     Start from the P units of lowest diagonal importance; then offer every other unit in turn: add
     it to the pruned set and drop whichever member's removal leaves the smallest cost. Dropping the
     newcomer restores the previous set, so the cost never rises. Everything is computed from the
-    units' Gram matrix ``G = g^T g``, so each offer costs O(P) whatever the number of gradient rows."""
+    units' Gram matrix ``G = g^T g``, so each offer costs O(P) whatever the number of gradient rows.
+
+    ``diagonal`` [N]: the exact diagonal of the Gram matrix when the rows are a sketch (folded rows,
+    :class:`~fastprune.common.method.fisher.GradientRows`): it replaces the sketch's, whose off-diagonal part stays
+    an unbiased estimate."""
     kept = kept.bool()
     n_pruned = int((~kept).sum())
     if n_pruned == 0 or n_pruned == kept.numel():
         return kept.clone()
     gram = (grads.float().T @ grads.float()).double()  # [N, N]
+    if diagonal is not None:
+        gram.diagonal().copy_(diagonal)
     sq = gram.diagonal()
     order = torch.argsort(sq, stable=True)
     members = order[:n_pruned].clone()
@@ -62,23 +68,34 @@ def rearrange_masks(masks: Masks, grads: MaskGradients, head_block: int | None =
     blocks of that many (a key/value group's query heads, so that the kept groups, their cost and a uniform split's
     shape stay as the search chose them; default: the whole layer)."""
     available = grads.available or Masks.ones_like(masks)
+    head_sq, neuron_sq = grads.head_sq, grads.neuron_sq  # the exact diagonal when the rows are folded
     size = head_block or masks.head.shape[1]
     head = torch.zeros(masks.head.shape)
     for i in range(masks.head.shape[0]):
         for start in range(0, masks.head.shape[1], size):
             part = slice(start, start + size)
-            head[i, part] = _rearrange_available(masks.head[i, part], grads.head[:, i, part], available.head[i, part])
+            head[i, part] = _rearrange_available(
+                masks.head[i, part],
+                grads.head[:, i, part],
+                available.head[i, part],
+                None if head_sq is None else head_sq[i, part],
+            )
     neuron = torch.stack(
         [
-            _rearrange_available(masks.neuron[i], grads.neuron[:, i], available.neuron[i])
+            _rearrange_available(
+                masks.neuron[i], grads.neuron[:, i], available.neuron[i], None if neuron_sq is None else neuron_sq[i]
+            )
             for i in range(masks.neuron.shape[0])
         ]
     )
     return Masks(head, neuron)
 
 
-def _rearrange_available(kept: torch.Tensor, grads: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+def _rearrange_available(
+    kept: torch.Tensor, grads: torch.Tensor, available: torch.Tensor, diagonal: torch.Tensor | None = None
+) -> torch.Tensor:
     units = (available != 0).nonzero().flatten()
     new = torch.zeros(kept.shape, dtype=torch.float32)
-    new[units] = rearrange_units(kept[units] != 0, grads[:, units]).float()
+    exact = None if diagonal is None else diagonal[units]
+    new[units] = rearrange_units(kept[units] != 0, grads[:, units], exact).float()
     return new

@@ -82,6 +82,7 @@ class ArchAdapter:
     # the attention's forward argument carrying a position bias computed once for all layers (one channel per dense
     # head, MPNet's): a sliced layer's attention receives its kept heads' channels, listed in the structure
     shared_bias: str | None = None
+    layer_returns_tuple: bool = False  # a layer's forward returns (hidden states, ...), not the hidden states alone
 
     def __post_init__(self) -> None:
         if self.style.placement == "pre" and not (self.attn_residual and self.ffn_residual):
@@ -334,6 +335,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
             attn_residual="attention.attn.q",
         ),
         shared_bias="position_bias",  # the encoder's relative position bias, one channel per head, to every layer
+        layer_returns_tuple=True,
     ),
 )
 

@@ -1,5 +1,10 @@
-"""ONNX export of (pruned) sequence-classification and QA models, checked against torch, and an
+"""ONNX export of (pruned) sequence-classification, QA and sentence-embedding models, checked against torch, and an
 onnxruntime CPU profiler.
+
+A sentence-embedding model (task embedding: a bare encoder whose config carries its sentence-transformers pooling)
+exports two outputs: ``last_hidden_state``, the token embeddings that sentence-transformers' ONNX backend (Optimum's
+``ORTModelForFeatureExtraction``) reads and pools with the folder's ``1_Pooling`` config, and ``sentence_embedding``,
+pooled (and L2-normalised where the folder lists ``Normalize``) in the graph, for onnxruntime alone.
 
 The legacy TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) with ``dynamic_axes``
 exports transformers-5 BERT-style models with the default ``sdpa`` attention, including sliced models
@@ -20,9 +25,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, FastpruneError
+from ..tasks.st_folder import POOLING_KEY, Pooling, pool
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 QA_OUTPUTS = ("start_logits", "end_logits")
+EMBEDDING_OUTPUTS = ("last_hidden_state", "sentence_embedding")
+_PER_TOKEN = (*QA_OUTPUTS, "last_hidden_state")
 
 
 class OnnxExportError(FastpruneError, RuntimeError):
@@ -39,8 +47,25 @@ class _TupleOutputs(nn.Module):
         self.output_names = output_names
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(**dict(zip(self.input_names, inputs, strict=True)), return_dict=True)
+        out = model_outputs(self.model, dict(zip(self.input_names, inputs, strict=True)))
         return tuple(out[name] for name in self.output_names)
+
+
+def embedding_pooling(model: nn.Module) -> Pooling | None:
+    """The sentence pooling an embedding model's config carries (None for any other model)."""
+    found = getattr(getattr(model, "config", None), POOLING_KEY, None)
+    return Pooling.model_validate(found) if found else None
+
+
+def model_outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The exported outputs by name: the model's own, and for an embedding model also its pooled embedding."""
+    out = model(**inputs, return_dict=True)
+    pooling = embedding_pooling(model)
+    if pooling is None:
+        return {name: out[name] for name in model_output_names(model)}
+    hidden = out["last_hidden_state"]
+    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+    return {"last_hidden_state": hidden, "sentence_embedding": pool(hidden, mask, pooling)}
 
 
 def model_input_names(model: nn.Module) -> tuple[str, ...]:
@@ -53,13 +78,19 @@ def model_input_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def model_output_names(model: nn.Module) -> tuple[str, ...]:
-    """``logits`` for sequence classification, ``start_logits``/``end_logits`` for extractive QA."""
+    """``logits`` for sequence classification, ``start_logits``/``end_logits`` for extractive QA,
+    ``last_hidden_state``/``sentence_embedding`` for a sentence-embedding model."""
     name = type(model).__name__
     if name.endswith("ForQuestionAnswering"):
         return QA_OUTPUTS
     if name.endswith("ForSequenceClassification"):
         return ("logits",)
-    raise ConfigError(f"ONNX export supports *ForSequenceClassification and *ForQuestionAnswering models, got {name}")
+    if embedding_pooling(model) is not None:
+        return EMBEDDING_OUTPUTS
+    raise ConfigError(
+        "ONNX export supports *ForSequenceClassification, *ForQuestionAnswering and sentence-embedding models "
+        f"(task embedding), got {name}"
+    )
 
 
 def example_inputs(
@@ -83,7 +114,7 @@ def example_inputs(
 def _dynamic_axes(input_names: tuple[str, ...], output_names: tuple[str, ...]) -> dict[str, dict[int, str]]:
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     for name in output_names:
-        axes[name] = {0: "batch", 1: "sequence"} if name in QA_OUTPUTS else {0: "batch"}
+        axes[name] = {0: "batch", 1: "sequence"} if name in _PER_TOKEN else {0: "batch"}
     return axes
 
 
@@ -127,7 +158,7 @@ def export_onnx(
     return path
 
 
-def _session(path: str | Path, threads: int | None = None):
+def ort_session(path: str | Path, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -148,11 +179,11 @@ def check_onnx(model: nn.Module, path: str | Path, batch_size: int = 3, seq_len:
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            out = model(**{k: v.to(device) for k, v in inputs.items()}, return_dict=True)
+            out = model_outputs(model, {k: v.to(device) for k, v in inputs.items()})
             expected = [out[name].float().cpu().numpy() for name in output_names]
     finally:
         model.train(was_training)
-    got = _session(path).run(list(output_names), {k: v.numpy() for k, v in inputs.items()})
+    got = ort_session(path).run(list(output_names), {k: v.numpy() for k, v in inputs.items()})
     diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
     if not diff <= atol:
         raise OnnxExportError(
@@ -176,7 +207,7 @@ def profile_onnx(
     ``throughput`` (sequences/s at p50)."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    session = _session(path, threads or torch.get_num_threads())
+    session = ort_session(path, threads or torch.get_num_threads())
     names = tuple(i.name for i in session.get_inputs())
     inputs = example_inputs(names, batch_size, seq_len, vocab_size, pad=False)
     feed = {k: v.numpy() for k, v in inputs.items()}

@@ -1,6 +1,9 @@
 """A deployable ONNX folder made from a model folder written by fastprune (an exported pruned model, or a prepared
 dense one): ``model.onnx`` (dynamic batch and sequence axes), ``config.json``, the tokenizer files and
-``fastprune_onnx.json`` (how it was made), the layout ONNX Runtime and Optimum's ``ORTModelFor...`` load.
+``fastprune_onnx.json`` (how it was made), the layout ONNX Runtime and Optimum's ``ORTModelFor...`` load. An
+embedding model's folder is also a sentence-transformers folder (``modules.json``, ``1_Pooling``,
+``sentence_bert_config.json``), the layout ``SentenceTransformer(folder, backend="onnx")`` loads: its ``model.onnx``
+at the root (or in ``onnx/``, where the export step writes it) gives ``last_hidden_state``, which that backend pools.
 
 ``quantize="int8"`` applies onnxruntime's dynamic quantization (int8 weights, activations quantized at run time)
 to every MatMul with a constant weight, per channel by default (:data:`PER_CHANNEL`: on the SST-2 MiniLM per-channel
@@ -21,8 +24,16 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..tasks.st_folder import write_st_files
 from .arch import STRUCTURE_KEY
-from .onnx_export import example_inputs, export_onnx, model_input_names, model_output_names
+from .onnx_export import (
+    check_onnx,
+    embedding_pooling,
+    export_onnx,
+    model_input_names,
+    model_output_names,
+    ort_session,
+)
 
 ONNX_FILE = "model.onnx"
 ONNX_META = "fastprune_onnx.json"
@@ -102,27 +113,6 @@ def quantize_int8(source: Path, destination: Path, per_channel: bool = PER_CHANN
         logging.disable(logging.NOTSET)
 
 
-def _session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _max_diff(model: nn.Module, path: Path) -> float:
-    """Largest absolute output difference between the ONNX file and torch on a random padded batch."""
-    names = model_input_names(model)
-    inputs = example_inputs(names, 3, 13, int(getattr(model.config, "vocab_size", 1000)), seed=1)
-    with torch.no_grad():
-        out = model(**inputs, return_dict=True)
-    outputs = model_output_names(model)
-    got = _session(path).run(list(outputs), {k: v.numpy() for k, v in inputs.items()})
-    return max(float(np.abs(g - out[n].float().numpy()).max()) for g, n in zip(got, outputs, strict=True))
-
-
 def _config(model: nn.Module, meta: dict) -> dict:
     """The model's config as a stock one (no custom code: ``auto_map`` dropped) with how the ONNX file was made."""
     config: dict = getattr(model, "config").to_dict()  # noqa: B009 - a transformers model's config
@@ -159,15 +149,20 @@ def build_onnx_folder(
         "quantization": "int8-dynamic" if quantize == "int8" else "none",
         "per_channel": per_channel if quantize == "int8" else None,
         "weight_type": "QInt8" if quantize == "int8" else "float32",
-        "max_abs_diff_vs_torch": _max_diff(model, out / ONNX_FILE),
+        "max_abs_diff_vs_torch": check_onnx(model, out / ONNX_FILE, atol=float("inf")),  # int8: measured, not bounded
         "architecture": type(model).__name__,
     }
+    pooling = embedding_pooling(model)
+    if pooling is not None:
+        meta["pooling"] = {"mode": pooling.mode, "normalize": pooling.normalize}
     source = model_dir / "fastprune.json"
     if source.is_file():
         meta.update({k: v for k, v in json.loads(source.read_text()).items() if k in ("source", "task")})
     (out / "config.json").write_text(json.dumps(_config(model, meta), indent=2, default=str))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    if pooling is not None:  # an embedding model: a sentence-transformers folder, as its ONNX backend loads it
+        write_st_files(out, pooling.model_copy(update={"transformer_path": ""}), int(model.config.hidden_size))
     (out / ONNX_META).write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -175,12 +170,14 @@ def build_onnx_folder(
 # ----- running it: a module that quacks like a transformers model, for the dev-set evaluation ---------------------
 class OrtModel(nn.Module):
     """An ONNX folder's model on onnxruntime (CPU) behind a transformers-like call: ``model(**batch)`` returns an
-    object with ``logits`` (or ``start_logits``/``end_logits``), so :func:`~fastprune.common.evaluate.evaluate`
-    measures it like a torch model."""
+    object with ``logits`` (or ``start_logits``/``end_logits``, or ``last_hidden_state``), so
+    :func:`~fastprune.common.evaluate.evaluate` measures it like a torch model; ``config`` is the folder's
+    config.json as attributes (an embedding model's pooling is read from it)."""
 
     def __init__(self, folder: str | Path, threads: int | None = None):
         super().__init__()
-        self.session = _session(Path(folder) / ONNX_FILE, threads)
+        self.config = SimpleNamespace(**json.loads((Path(folder) / "config.json").read_text()))
+        self.session = ort_session(Path(folder) / ONNX_FILE, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 

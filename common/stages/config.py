@@ -20,6 +20,7 @@ from .options import (
     Device,
     EvalBatchSize,
     FisherLabels,
+    FisherRows,
     FisherSteps,
     LatencyTable,
     ModelSource,
@@ -28,6 +29,7 @@ from .options import (
     ProfileShape,
     Rearrange,
     RemoteCode,
+    SampleShape,
     Sampling,
     ServingDtype,
     Task,
@@ -37,18 +39,16 @@ from .options import (
 )
 
 
-class SampleConfig(Sampling):
+class SampleConfig(SampleShape, Sampling):
     """How the pruning sample is drawn from the task's training data."""
 
     replace: bool = Field(True, description="draw with replacement, as the reference code does")
-    batch_size: int | None = Field(None, gt=0, description="mini-batch size (task default: 32 GLUE, 12 SQuAD)")
-    max_length: int | None = Field(None, gt=0, description="max tokens (task default: 128, 64 SST-2, 384 SQuAD)")
     holdout: float = Field(
         0.0, ge=0, lt=0.5, description="fraction of the sample held out to validate rearrangement and tuning (0: off)"
     )
 
 
-class FisherConfig(FisherLabels, FisherSteps):
+class FisherConfig(FisherLabels, FisherRows, FisherSteps):
     """How the mask gradients are measured."""
 
 

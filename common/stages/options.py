@@ -167,12 +167,39 @@ class Sampling(Options):
     seed: int = Field(0, ge=0, description="seed of the sample (and of the labels drawn from the model)")
 
 
+class SampleShape(Options):
+    """How the sample's examples are cut and batched (0: the task's default)."""
+
+    batch_size: int = Field(0, ge=0, description="mini-batch size (0: the task's: 32, 12 SQuAD, 4 causal-lm)")
+    max_length: int = Field(
+        0,
+        ge=0,
+        description="max tokens of an example (0: the task's: 128, 64 SST-2, 384 SQuAD, 512 causal-lm, whose "
+        "calibration windows are this long)",
+    )
+
+    @field_validator("batch_size", "max_length", mode="before")
+    @classmethod
+    def _unset(cls, value: Any) -> Any:
+        return 0 if value is None else value  # None: the task's default, as parameter files written before said
+
+
 # ----- Fisher ----------------------------------------------------------------------------------------------------
 class FisherLabels(Options):
     fisher_labels: Literal["data", "model"] = Field(
         "data",
         description="labels of the Fisher loss: data (the sample's, the paper) or model (drawn from the "
         "model's predictions, y ~ p(y|x): the true Fisher)",
+    )
+
+
+class FisherRows(Options):
+    fisher_max_rows: int = Field(
+        0,
+        ge=0,
+        description="gradient rows the Fisher pass keeps for rearrangement and the block allocation (0: as many as "
+        "fit in 1/8 of the machine's memory); the examples beyond are folded into them (a count-sketch: their Gram "
+        "matrix stays an unbiased estimate), the importance every search ranks by stays exact",
     )
 
 

@@ -232,7 +232,17 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
 
     seed = stage_info(sample)["params"]["seed"]
     grads = iterative_fisher(
-        net, batches, p.constraint, p.fisher_steps, search, device, p.progress, p.fisher_labels, seed, task
+        net,
+        batches,
+        p.constraint,
+        p.fisher_steps,
+        search,
+        device,
+        p.progress,
+        p.fisher_labels,
+        seed,
+        task,
+        p.fisher_max_rows,
     )
     grads.save(out / GRADS_FILE)
     result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import llm_baselines as bl  # noqa: E402
@@ -18,23 +17,14 @@ import llm_report  # noqa: E402
 from fastprune.common.model.arch import adapter_for  # noqa: E402
 from fastprune.common.model.cost import dense_macs, flops_ratio, group_macs, head_macs, neuron_macs  # noqa: E402
 from fastprune.common.model.masks import Masks, masks_applied  # noqa: E402
+from tiny import tiny_llama  # noqa: E402
 
 SEQ = 16
 
 
 @pytest.fixture(scope="module")
 def llama():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(vocab_size=64)
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,8 @@ def test_prune_with_the_accuracy_options_end_to_end(tiny_sst2_model, tmp_path, c
 
 
 def test_the_budget_resplit_can_be_turned_off(tiny_sst2_model, tmp_path):
-    assert _prune(tiny_sst2_model, tmp_path / "out", "--no-tuning-resplit", samples="64") == 0
+    # --seed 3: another seed than the default is taken (this run stands in for a separate one)
+    assert _prune(tiny_sst2_model, tmp_path / "out", "--no-tuning-resplit", "--seed", "3", samples="64") == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert "resplit" not in summary and summary["layers_tuned"] > 0
 
@@ -112,12 +113,21 @@ def test_a_cross_validated_ridge_needs_a_refit(tiny_sst2_model, tmp_path, capsys
     assert "needs mode refit or reselect" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def test_same_seed_same_masks(tiny_sst2_model, tmp_path):
-    for name in ("a", "b"):
-        assert _prune(tiny_sst2_model, tmp_path / name, "--no-tune", constraint="0.4", samples="64") == 0
-    a, b = (Masks.load(tmp_path / n / "masks.safetensors") for n in ("a", "b"))
-    assert a.equal(b)
-    assert _prune(tiny_sst2_model, tmp_path / "c", "--no-tune", "--seed", "3", constraint="0.4", samples="64") == 0
+def _prune_untuned(model, out):
+    return _prune(model, out, "--no-tune", constraint="0.4", samples="64")
+
+
+@pytest.fixture(scope="module")
+def untuned(tiny_sst2_model, tmp_path_factory):
+    """A prune without mask tuning (shared by the seed and the profile tests): the output folder."""
+    out = tmp_path_factory.mktemp("untuned") / "out"
+    assert _prune_untuned(tiny_sst2_model, out) == 0
+    return out
+
+
+def test_same_seed_same_masks(tiny_sst2_model, untuned, tmp_path):
+    assert _prune_untuned(tiny_sst2_model, tmp_path / "again") == 0
+    assert Masks.load(untuned / "masks.safetensors").equal(Masks.load(tmp_path / "again" / "masks.safetensors"))
 
 
 @pytest.mark.parametrize("bad", ["0", "1", "1.5", "-0.1"])
@@ -193,15 +203,14 @@ def test_holdout_validation_reports_each_stage(tiny_sst2_model, tmp_path, mode):
         assert bool(chosen.weights) == summary["validation"]["tune"]["accepted"]
 
 
-def test_profile_compares_original_and_pruned(tiny_sst2_model, tmp_path, capsys):
-    assert _prune(tiny_sst2_model, tmp_path / "out", "--no-tune", samples="64") == 0
+def test_profile_compares_original_and_pruned(tiny_sst2_model, untuned, tmp_path, capsys):
     code = main(
         [
             "profile",
             "--model",
             str(tiny_sst2_model),
             "--pruned",
-            str(tmp_path / "out" / "model"),
+            str(untuned / "model"),
             "--batch-size",
             "4",
             "--seq-len",

@@ -35,14 +35,41 @@ def _prune(model, out, *extra, constraint="0.5", samples="64", dev=DEV):
     )
 
 
-def test_prune_an_embedding_model_end_to_end(tmp_path):
-    assert _prune(tiny_st_folder(tmp_path / "st"), tmp_path / "out") == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """``fastprune prune --task embedding`` of a tiny sentence-transformers folder: its output folder."""
+    work = tmp_path_factory.mktemp("embedding_cli")
+    assert _prune(tiny_st_folder(work / "st"), work / "out") == 0
+    return work / "out"
+
+
+def test_prune_an_embedding_model_end_to_end(pruned):
+    summary = json.loads((pruned / "summary.json").read_text())
     assert summary["metric"] == "spearman_cosine" and summary["flops_ratio"] <= 0.5 + 1e-9
     assert summary["params_after"] < summary["params_before"]
     assert summary["metric_after"] == pytest.approx(summary["metric_tuned_masked"], abs=1e-4)  # exported == masked
-    exported = tmp_path / "out" / "model"
+    exported = pruned / "model"
     assert {"modules.json", "sentence_bert_config.json", "1_Pooling"} <= {p.name for p in exported.iterdir()}
+
+
+def test_fastprune_onnx_of_the_pruned_embedding_model(pruned, tmp_path, capsys):
+    import numpy as np
+    import onnxruntime as ort
+    from fastprune.common.model.loading import load_model
+    from fastprune.common.tasks.spec import get_task
+
+    assert main(["onnx", "--pruned", str(pruned / "model"), "--output", str(tmp_path / "onnx")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["max_abs_diff_vs_torch"] < 1e-4
+    assert {"model.onnx", "modules.json", "1_Pooling", "sentence_bert_config.json"} <= {
+        p.name for p in (tmp_path / "onnx").iterdir()
+    }
+    texts = ["A man is playing a guitar.", "Three dogs run in the park."]
+    task = get_task("embedding")
+    model, tokenizer = load_model(pruned / "model", task)
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    enc = tokenizer(texts, padding=True, return_tensors="np")
+    (got,) = session.run(["sentence_embedding"], {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()})
+    np.testing.assert_allclose(got, task.embed_texts(model, tokenizer, texts, "cpu").numpy(), atol=1e-5)
 
 
 def test_bad_embedding_inputs_fail_before_any_compute(tmp_path, capsys):

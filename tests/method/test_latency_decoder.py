@@ -16,7 +16,7 @@ from fastprune.common.model.arch import ModelDims, adapter_for
 from fastprune.common.model.blocks import kv_cache
 from fastprune.common.model.masks import Masks
 from fastprune.common.stages.config import PruneConfig
-from tiny import tiny_config
+from tiny import tiny_config, tiny_llama_config
 from transformers import LlamaConfig, LlamaForCausalLM
 
 HEADS, GROUPS, HEAD_SIZE, HIDDEN, NEURONS, LAYERS = 4, 2, 8, 32, 24, 3
@@ -24,17 +24,7 @@ SHAPES = [(1, 1), (2, 1), (2, 2), (3, 2), (4, 2)]  # (query heads, groups): ever
 
 
 def _config() -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=64,
-        hidden_size=HIDDEN,
-        intermediate_size=NEURONS,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=GROUPS,
-        head_dim=HEAD_SIZE,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-6,
-    )
+    return tiny_llama_config(LAYERS, HIDDEN, HEADS, GROUPS, NEURONS, vocab_size=64)
 
 
 @pytest.fixture(scope="module")

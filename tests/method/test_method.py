@@ -68,34 +68,41 @@ def test_per_example_gradients_do_not_depend_on_batching():
     assert torch.allclose(split.neuron, per_example.neuron, atol=1e-5)
 
 
-@pytest.mark.parametrize(("family", "labels"), [("bert", "data"), ("distilbert", "model")])
-def test_mask_gradients_from_carried_hidden_states_equal_the_full_pass(family, labels):
+@pytest.mark.parametrize(
+    ("family", "labels", "k"),
+    [("bert", "data", 1), ("distilbert", "model", 1), ("mpnet", "data", 4)],  # MPNet's layers return tuples
+)
+def test_mask_gradients_from_carried_hidden_states_equal_the_full_pass(family, labels, k):
     """A pass that starts at layer k from the hidden states the (pruned) layers below give there yields the full
     pass's gradients for layers k and up, and skips the layers below (zero gradients, no compute)."""
-    model = tiny_model(family)
+    model = tiny_model(family, layers=k + 1)
     dims = adapter_for(model).dims(model.config)
     layers = adapter_for(model).layer_modules(model)
     batches = _batches(n=2)
     masks = Masks.ones(dims)
-    masks.head[0, :2], masks.neuron[0, 10:] = 0, 0  # layer 0 pruned: layer 1's inputs differ from the dense model's
+    masks.head[0, :2], masks.neuron[0, 10:] = 0, 0  # layer 0 pruned: layer k's inputs differ from the dense model's
     entering, calls = [], []
-    handle = layers[1].register_forward_pre_hook(lambda _m, args: entering.append(args[0]))
+    handle = layers[k].register_forward_pre_hook(lambda _m, args: entering.append(args[0]))
     with torch.inference_mode(), masks_applied(model, masks.head, masks.neuron):
         for b in batches:
-            model(**{k: v for k, v in b.items() if k != "labels"})
+            model(**{key: v for key, v in b.items() if key != "labels"})
     handle.remove()
     full = collect_mask_gradients(model, batches, masks=masks, progress=False, labels=labels)
-    counted = adapter_for(model).linear(layers[0], "query").register_forward_pre_hook(lambda *_: calls.append(1))
-    started = collect_mask_gradients(model, batches, masks=masks, progress=False, labels=labels, start=(1, entering))
-    counted.remove()
-    assert not calls  # layer 0 did not run
-    assert torch.allclose(started.head[:, 1:], full.head[:, 1:], atol=1e-5)
-    assert torch.allclose(started.neuron[:, 1:], full.neuron[:, 1:], atol=1e-5)
-    assert not started.head[:, 0].any() and not started.neuron[:, 0].any()
-    assert full.head[:, 1:].abs().sum() > 0
-    assert "forward" not in vars(layers[0])  # the layer is whole again
+    counted = [
+        adapter_for(model).linear(layer, "query").register_forward_pre_hook(lambda *_: calls.append(1))
+        for layer in layers[:k]
+    ]
+    started = collect_mask_gradients(model, batches, masks=masks, progress=False, labels=labels, start=(k, entering))
+    for handle in counted:
+        handle.remove()
+    assert not calls  # the layers below k did not run
+    assert torch.allclose(started.head[:, k:], full.head[:, k:], atol=1e-5)
+    assert torch.allclose(started.neuron[:, k:], full.neuron[:, k:], atol=1e-5)
+    assert not started.head[:, :k].any() and not started.neuron[:, :k].any()
+    assert full.head[:, k:].abs().sum() > 0
+    assert all("forward" not in vars(layer) for layer in layers[:k])  # the layers are whole again
     with pytest.raises(ValueError, match="fewer hidden states"):
-        collect_mask_gradients(model, batches, progress=False, start=(1, entering[:1]))
+        collect_mask_gradients(model, batches, progress=False, start=(k, entering[:1]))
 
 
 @pytest.mark.parametrize("constraint", [0.1, 0.3, 0.5, 0.7, 0.9])

@@ -22,9 +22,9 @@ from fastprune.common.model.cost import (
 from fastprune.common.model.export import export_pruned
 from fastprune.common.model.masks import Masks, masks_applied, weights_applied
 from fastprune.common.model.slicing import KVExpandedLinear
-from tiny import tiny_config
+from tiny import tiny_config, tiny_llama
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 LAYERS, HEADS, GROUPS, HEAD_SIZE, HIDDEN, NEURONS = 3, 4, 2, 8, 32, 24
 
@@ -32,21 +32,16 @@ LLAMA = next(a for a in ADAPTERS if a.family == "llama")  # the registered famil
 
 
 def _llama(seed: int = 0, attention: str = "sdpa") -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    return tiny_llama(
+        seed,
+        layers=LAYERS,
+        hidden=HIDDEN,
+        heads=HEADS,
+        groups=GROUPS,
+        intermediate=NEURONS,
         vocab_size=96,
-        hidden_size=HIDDEN,
-        intermediate_size=NEURONS,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=GROUPS,
-        head_dim=HEAD_SIZE,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
+        attention=attention,
     )
-    config._attn_implementation = attention
-    return LlamaForCausalLM(config).eval()
 
 
 def _inputs() -> dict[str, torch.Tensor]:

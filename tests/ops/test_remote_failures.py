@@ -23,6 +23,7 @@ from fastprune.common.errors import StorageError
 from fastprune.common.ops.registry import RegistryError, check_tracking_uri
 from fastprune.common.ops.remote import redact
 from fastprune.common.ops.storage import fetch
+from oneline import one_line_error
 from servers import closed_port, mlflow_server, seaweedfs
 from stubs import hung_server, status_server
 
@@ -60,16 +61,6 @@ def _short_timeouts(monkeypatch):
             root.removeHandler(handler)
     for name in os.environ.pop("_FASTPRUNE_DERIVED", "").split(","):  # the 1 s bounds must not outlive the test
         os.environ.pop(name, None)
-
-
-def _one_line_error(capsys, *expected: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err, err
-    line = err.splitlines()[-1]
-    assert line.startswith("fastprune: error: "), err
-    for text in expected:
-        assert text in line, err
-    return line
 
 
 @pytest.fixture
@@ -130,7 +121,7 @@ def test_the_mlflow_preflight_checks_the_credentials(auth_mlflow, monkeypatch, t
         )
         == 2
     )
-    line = _one_line_error(capsys, "authentication failed")
+    line = one_line_error(capsys, "authentication failed")
     assert "wrong-password-0815" not in line
 
     # the trigger too, instead of a traceback
@@ -150,7 +141,7 @@ def test_the_mlflow_preflight_checks_the_credentials(auth_mlflow, monkeypatch, t
         )
         == 2
     )
-    _one_line_error(capsys, f"MLflow at {uri} refused the credentials", "authentication failed")
+    one_line_error(capsys, f"MLflow at {uri} refused the credentials", "authentication failed")
 
     if real:  # the right password passes
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
@@ -166,53 +157,37 @@ def test_the_mlflow_preflight_checks_the_credentials(auth_mlflow, monkeypatch, t
 
 
 # ----- bounded waits ----------------------------------------------------------------------------------------------
+def _trigger(uri: str, params: Path) -> list[str]:
+    return [*"trigger --registered-model bert --local --dry-run --tracking-uri".split(), uri, "--params", str(params)]
+
+
+def _submit(host: str, params: Path) -> list[str]:
+    return ["submit", "--host", host, "--params", str(params)]
+
+
 def test_the_trigger_reports_a_closed_mlflow_port_at_once(params, capsys):
     uri = f"http://127.0.0.1:{closed_port()}"
     start = time.monotonic()
-    assert (
-        main(
-            [
-                "trigger",
-                "--registered-model",
-                "bert",
-                "--local",
-                "--dry-run",
-                "--tracking-uri",
-                uri,
-                "--params",
-                str(params),
-            ]
-        )
-        == 2
-    )
+    assert main(_trigger(uri, params)) == 2
     assert time.monotonic() - start < SLACK_S
-    _one_line_error(capsys, f"cannot reach the MLflow tracking server at {uri}")
+    one_line_error(capsys, f"cannot reach the MLflow tracking server at {uri}")
 
 
-def test_the_trigger_reports_a_hung_mlflow_within_the_bound(params, capsys):
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (_trigger, ("the MLflow tracking server at {uri} did not answer within {bound} s", "FASTPRUNE_REMOTE_TIMEOUT")),
+        (_submit, ("Kubeflow Pipelines at {uri} did not answer", "timed out after")),
+    ],
+    ids=["mlflow", "kubeflow"],
+)
+def test_a_hung_service_is_reported_within_the_bound(params, capsys, command, expected):
     with hung_server() as uri:
         start = time.monotonic()
-        assert (
-            main(
-                [
-                    "trigger",
-                    "--registered-model",
-                    "bert",
-                    "--local",
-                    "--dry-run",
-                    "--tracking-uri",
-                    uri,
-                    "--params",
-                    str(params),
-                ]
-            )
-            == 2
-        )
+        assert main(command(uri, params)) == 2
         elapsed = time.monotonic() - start
     assert elapsed < 3 * BOUND_S + SLACK_S, elapsed
-    _one_line_error(
-        capsys, f"the MLflow tracking server at {uri} did not answer within {BOUND_S} s", "FASTPRUNE_REMOTE_TIMEOUT"
-    )
+    one_line_error(capsys, *(text.format(uri=uri, bound=BOUND_S) for text in expected))
 
 
 def test_an_s3_fetch_from_a_hung_endpoint_fails_within_the_bound(monkeypatch, tmp_path, capsys):
@@ -244,7 +219,7 @@ def test_an_s3_fetch_from_a_hung_endpoint_fails_within_the_bound(monkeypatch, tm
     message = str(info.value)
     assert f"the S3 endpoint {endpoint} did not answer while listing s3://bucket/data/" in message
     assert f"timed out after {BOUND_S} s per attempt, 3 attempts (FASTPRUNE_REMOTE_TIMEOUT={BOUND_S})" in message
-    _one_line_error(capsys, "did not answer", "timed out after")
+    one_line_error(capsys, "did not answer", "timed out after")
 
 
 def test_one_setting_bounds_every_client(monkeypatch):
@@ -267,44 +242,20 @@ def test_one_setting_bounds_every_client(monkeypatch):
 
 def test_a_bad_timeout_setting_is_named(monkeypatch, capsys, params):
     monkeypatch.setenv("FASTPRUNE_REMOTE_TIMEOUT", "soon")
-    assert (
-        main(
-            [
-                "trigger",
-                "--registered-model",
-                "bert",
-                "--local",
-                "--dry-run",
-                "--tracking-uri",
-                "http://127.0.0.1:1",
-                "--params",
-                str(params),
-            ]
-        )
-        == 2
-    )
-    _one_line_error(capsys, "FASTPRUNE_REMOTE_TIMEOUT='soon' is not a timeout")
+    assert main(_trigger("http://127.0.0.1:1", params)) == 2
+    one_line_error(capsys, "FASTPRUNE_REMOTE_TIMEOUT='soon' is not a timeout")
 
 
 # ----- Kubeflow: an authentication failure is called one -----------------------------------------------------------
 def test_a_kubeflow_401_is_an_authentication_failure(params, capsys):
     with status_server(401) as host:
         start = time.monotonic()
-        assert main(["submit", "--host", host, "--params", str(params)]) == 2
+        assert main(_submit(host, params)) == 2
         elapsed = time.monotonic() - start
-    line = _one_line_error(
+    line = one_line_error(
         capsys, f"Kubeflow Pipelines at {host} refused the credentials", "authentication failed", "KFP_TOKEN"
     )
     assert "healthz endpoint after" not in line and elapsed < SLACK_S
-
-
-def test_a_hung_kubeflow_api_is_reported_within_the_bound(params, capsys):
-    with hung_server() as host:
-        start = time.monotonic()
-        assert main(["submit", "--host", host, "--params", str(params)]) == 2
-        elapsed = time.monotonic() - start
-    assert elapsed < 3 * BOUND_S + SLACK_S, elapsed
-    _one_line_error(capsys, f"Kubeflow Pipelines at {host} did not answer", "timed out after")
 
 
 # ----- no secrets -------------------------------------------------------------------------------------------------
@@ -316,7 +267,7 @@ def test_passwords_in_urls_are_redacted():
 
 def test_a_password_in_the_host_never_shows(params, capsys):
     host = f"http://someone:hunter2-secret@127.0.0.1:{closed_port()}"
-    assert main(["-v", "submit", "--host", host, "--params", str(params)]) == 2
+    assert main(["-v", *_submit(host, params)]) == 2
     captured = capsys.readouterr()
     assert "hunter2-secret" not in captured.out + captured.err
     assert "http://***@127.0.0.1" in captured.err.splitlines()[-1]

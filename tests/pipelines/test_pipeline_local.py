@@ -1,5 +1,6 @@
 """The whole pipeline run with kfp.local on a tiny trained model, against a real S3 server (SeaweedFS) holding the
-source model and data, and a real MLflow tracking server whose artifact store is that S3 server."""
+source model and data, and a real MLflow tracking server whose artifact store is that S3 server; the run whose gate
+fails prunes a tiny Llama with task causal-lm (windows of the pipeline's ``max_length``, perplexity)."""
 
 import hashlib
 import json
@@ -11,15 +12,17 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from fastprune.common.folders import stage_info
 from fastprune.common.model.export import load_pruned
 from fastprune.common.ops.storage import upload_dir, upload_file
 from fastprune.pipelines.local import PipelineFailed, run_local
 from mlflow import MlflowClient
 from servers import S3Server, closed_port, mlflow_server, seaweedfs
-from tiny import SST2
+from tiny import SST2, TEXT, tiny_llama, tiny_tokenizer
 
 pytestmark = pytest.mark.server
 NAME = "tiny-sst2"
+LLM_NAME = "tiny-llama"
 BUCKET = "fastprune"
 TEXTS = ["a gorgeous , witty , seductive movie .", "the movie is a disaster", "it 's not bad at all"]
 
@@ -32,6 +35,9 @@ class World:
     corrupted: str  # s3:// URI of a model one of whose files no longer matches its manifest
     train: str
     dev: str
+    llama: str  # s3:// URIs of a tiny Llama and its training and dev texts
+    text: str
+    dev_text: str
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +61,14 @@ def world(tiny_sst2_model, tmp_path_factory):
         dev.write_text("".join((SST2 / "dev.tsv").read_text().splitlines(keepends=True)[:201]))
         upload_file(SST2 / "train.tsv", f"s3://{BUCKET}/data/train.tsv")
         upload_file(dev, f"s3://{BUCKET}/data/dev.tsv")
+        llama = tiny_llama(layers=2, heads=4, groups=2, intermediate=48)
+        llama.config.architectures = ["LlamaForCausalLM"]
+        llama.save_pretrained(tmp / "llama")
+        tiny_tokenizer().save_pretrained(tmp / "llama")
+        upload_dir(tmp / "llama", f"s3://{BUCKET}/models/llama")
+        upload_file(TEXT / "macbeth_gut.txt", f"s3://{BUCKET}/data/train.txt")
+        (tmp / "dev.txt").write_text((TEXT / "britannica-11th-head.txt").read_text(encoding="utf-8")[:2000])
+        upload_file(tmp / "dev.txt", f"s3://{BUCKET}/data/dev.txt")
         with mlflow_server(tmp, f"s3://{BUCKET}/mlflow", s3.env()) as tracking_uri:
             yield World(
                 s3,
@@ -63,6 +77,9 @@ def world(tiny_sst2_model, tmp_path_factory):
                 f"s3://{BUCKET}/models/corrupted",
                 f"s3://{BUCKET}/data/train.tsv",
                 f"s3://{BUCKET}/data/dev.tsv",
+                f"s3://{BUCKET}/models/llama",
+                f"s3://{BUCKET}/data/train.txt",
+                f"s3://{BUCKET}/data/dev.txt",
             )
     env.undo()
 
@@ -86,20 +103,31 @@ def _versions(world: World) -> int:
     return len(MlflowClient(world.mlflow).search_model_versions(f"name='{NAME}'"))
 
 
+def _causal_lm(world: World, **changes) -> dict:
+    """A tiny Llama pruned on windows of 32 tokens (the sample's ``max_length``) in batches of 2."""
+    text = {"train_data": world.text, "dev_data": world.dev_text, "max_length": 32, "batch_size": 2}
+    return _arguments(world, model=world.llama, task="causal-lm", **text, num_samples=8, **changes)
+
+
 def test_pipeline_registers_the_pruned_model_behind_the_gate(world, tmp_path):
+    """Passed: a classifier. Failed (no perplexity rise allowed, not even a negative one): a causal LM, whose gate
+    knows that lower is better."""
     passed = run_local(_arguments(world), tmp_path / "root")
-    failed = run_local(_arguments(world, max_metric_drop=-1.0), tmp_path / "root")
+    failed = run_local(_causal_lm(world, max_metric_drop=-1e6, registered_model_name=LLM_NAME), tmp_path / "root")
 
     client = MlflowClient(world.mlflow)
     assert (passed.registration["gate"], failed.registration["gate"]) == ("passed", "failed")
     assert client.get_model_version_by_alias(NAME, "pruned-candidate").version == passed.registration["version"]
     first = client.get_model_version(NAME, passed.registration["version"])
-    second = client.get_model_version(NAME, failed.registration["version"])
-    assert second.aliases == [] and "more than the allowed -1" in second.tags["gate_reason"]
-    train_sha256 = hashlib.sha256((SST2 / "train.tsv").read_bytes()).hexdigest()
-    for version, run in ((first, passed), (second, failed)):
-        assert version.tags["source_model"] == world.model
-        assert version.tags["data_sha256"] == train_sha256
+    second = client.get_model_version(LLM_NAME, failed.registration["version"])
+    assert second.aliases == [] and "more than the allowed -1e+06" in second.tags["gate_reason"]
+    assert second.tags["gate_reason"].startswith("perplexity ") and "a rise of" in second.tags["gate_reason"]
+    for version, run, model, data in (
+        (first, passed, world.model, SST2 / "train.tsv"),
+        (second, failed, world.llama, TEXT / "macbeth_gut.txt"),
+    ):
+        assert version.tags["source_model"] == model
+        assert version.tags["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
         assert version.tags["pipeline_run"] == run.registration["params"]["pipeline_run"] != ""
     assert first.tags["gate"] == "passed" and second.tags["gate"] == "failed"
 
@@ -136,6 +164,20 @@ def test_pipeline_registers_the_pruned_model_behind_the_gate(world, tmp_path):
         logits = model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
     assert got["label"].tolist() == [model.config.id2label[int(i)] for i in logits.argmax(-1)]  # label names
     assert torch.allclose(torch.tensor(got["probabilities"].tolist()), logits.softmax(-1), atol=1e-5)
+
+    sample = stage_info(failed.artifact("sample-data", "sample"))["params"]
+    assert (sample["max_length"], sample["batch_size"]) == (32, 2)  # the pipeline's window length reached the sample
+    evaluation = stage_info(failed.artifact("evaluate-models", "evaluation"))
+    assert evaluation["metric"] == "perplexity" and evaluation["metric_after"] > 0
+    llm_metrics = client.get_run(second.run_id).data.metrics
+    assert llm_metrics["params_after"] < llm_metrics["params_before"] and llm_metrics["flops_ratio"] <= 0.6 + 1e-9
+    pruned_llm, _ = load_pruned(failed.artifact("export-model", "pruned"))
+    dense_size = sum(p.numel() for p in tiny_llama(layers=2, heads=4, groups=2, intermediate=48).parameters())
+    assert sum(p.numel() for p in pruned_llm.parameters()) == llm_metrics["params_after"] < dense_size
+    generated = mlflow.pyfunc.load_model(f"models:/{LLM_NAME}/{second.version}").predict(
+        pd.DataFrame({"prompt": ["the king"]})
+    )
+    assert isinstance(generated["text"][0], str)  # the registered causal LM generates
 
 
 BAD_INPUTS = {

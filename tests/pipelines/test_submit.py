@@ -259,3 +259,21 @@ def test_parameters_follow_the_pipelines(kind):
     assert issubclass(model, base), "the declared ones keep their checks"
     with pytest.raises(ConfigError, match="which the pipeline does not take"):
         params_model(base, {k: v for k, v in inputs.items() if k != "model"})
+
+
+def test_causal_lm_runs_take_their_window_length(kfp, tmp_path, capsys):
+    """The pipelines and the CI trigger take a causal LM and the sample's ``max_length`` and ``batch_size``."""
+    from fastprune.cli import build_parser
+    from fastprune.ops_cli import pipeline_params
+
+    path = tmp_path / "llm.yaml"
+    text = {"train_data": "s3://d/train.txt", "dev_data": "s3://d/dev.txt", "max_length": 256, "batch_size": 2}
+    path.write_text(yaml.safe_dump({"model": "s3://models/smollm2", "task": "causal-lm", **text}))
+    assert main(["submit", "--host", HOST, "--params", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert '"task": "causal-lm"' in out and '"max_length": 256' in out and '"batch_size": 2' in out
+    flags = ["--registered-model", "smollm2", "--host", HOST, "--task", "causal-lm", "--max-length", "128"]
+    for pipeline in ("prune", "sweep"):
+        argv = ["trigger", *flags, "--pipeline", pipeline]
+        args = build_parser(argv).parse_args(argv)
+        assert pipeline_params(args, pipeline).arguments() == {"task": "causal-lm", "max_length": 128}

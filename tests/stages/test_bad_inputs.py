@@ -16,6 +16,7 @@ from fastprune.common.model.arch import STRUCTURE_KEY, adapter_for
 from fastprune.common.model.checkpoint import read_header
 from fastprune.common.model.export import export_pruned, load_pruned, save_pruned
 from fastprune.common.model.masks import Masks
+from oneline import one_line_error
 from tiny import tiny_model, tiny_tokenizer
 
 from fastprune.cli import main
@@ -45,13 +46,7 @@ def _fails_in_one_line(argv: list[str], capsys, *expected: str) -> str:
         if isinstance(handler, logging.StreamHandler):
             handler.stream = sys.stderr
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err, err
-    line = err.splitlines()[-1]
-    assert line.startswith("fastprune: error: "), err
-    for text in expected:
-        assert text in line, err
-    return line
+    return one_line_error(capsys, *expected)
 
 
 def _dense_folder(path: Path) -> Path:

@@ -39,8 +39,6 @@ NOT_IN_COMPONENTS = {  # stage options a pipeline step does not take (its defaul
     "label_column",
     "seq_len",
     "replace",
-    "batch_size",
-    "max_length",
     "holdout",
 }
 

@@ -168,6 +168,19 @@ def test_staging_replaces_only_once_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
 
 
+def test_staging_a_cache_entry_keeps_what_a_concurrent_run_published_first(tmp_path):
+    """finetuned_minilm's cache: each run stages its own folder (no shared fixed name), the first rename wins."""
+    destination = tmp_path / "models" / "minilm"
+    with staged_folder(destination, keep_existing=True) as slow:
+        (slow / "weights").write_text("slow run")
+        with staged_folder(destination, keep_existing=True) as fast:  # a concurrent run that finishes first
+            assert fast != slow
+            (fast / "weights").write_text("fast run")
+        assert (destination / "weights").read_text() == "fast run"
+    assert (destination / "weights").read_text() == "fast run"
+    assert [p.name for p in destination.parent.iterdir()] == ["minilm"]
+
+
 # ----- 2. scratch and staging removed on SIGINT/SIGTERM, swept after SIGKILL -------------------------------------
 _SLOW_PRUNE = """
 import sys, time
