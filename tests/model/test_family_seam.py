@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 from fastprune.common.errors import ConfigError
-from fastprune.common.method.tuning import tune_masks
+from fastprune.common.method.tuning import CAUSAL_REFIT_RIDGE, tune_masks
 from fastprune.common.model.arch import ADAPTERS, ModelDims, adapter_for
 from fastprune.common.model.cost import (
     dense_macs,
@@ -192,6 +192,21 @@ def test_tuning_refits_a_bias_free_pre_norm_model(mode):
     pruned = export_pruned(model, tuned, adapter=LLAMA)
     torch.testing.assert_close(_logits(pruned, inputs), masked, atol=1e-5, rtol=0)
     assert all(m.bias is None for m in pruned.modules() if isinstance(m, nn.Linear))
+    # a decoder's default ridge is the causal one (calibration text is narrow: a weak ridge overfits it)
+    explicit, _ = tune_masks(
+        model,
+        masks,
+        None,
+        batches,
+        progress=False,
+        mode=mode,
+        ridge=CAUSAL_REFIT_RIDGE,
+        adapter=LLAMA,
+        cls_only_last_layer=False,
+    )
+    weak, _ = tune_masks(model, masks, None, batches, progress=False, mode=mode, ridge=1e-2, adapter=LLAMA)
+    assert all(torch.equal(tuned.weights[k], explicit.weights[k]) for k in tuned.weights)
+    assert not all(torch.allclose(tuned.weights[k], weak.weights[k]) for k in tuned.weights)
 
 
 @pytest.mark.parametrize("empty_layer", [2, 0])
