@@ -186,7 +186,7 @@ def means(records: list[dict[str, Any]]) -> str:
     """Mean and spread over the seeds of each (model, FLOPs): the table the targets are read from."""
     lines = [
         "| FLOPs | seeds | dense | " + " | ".join(METHODS) + " | best baseline | prune s (median) | speed-up |",
-        "|---" * (len(METHODS) + 7) + "|",
+        "|---" * (len(METHODS) + 6) + "|",
     ]
     for constraint in sorted({r["constraint"] for r in records}):
         runs = [r for r in records if r["constraint"] == constraint]
