@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import logging
+import shlex
 import statistics
 import time
 from datetime import datetime, timezone
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace, name: str, work: Path) -> list[dict[str, Any]]
                     str(out),
                     "--overwrite",
                     "--no-eval-stages",
+                    *shlex.split(args.flags),
                 ]
             )
             if code != 0:
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace, name: str, work: Path) -> list[dict[str, Any]]
                 "seed": seed,
                 "constraint": constraint,
                 "num_samples": args.num_samples,
+                **({"flags": args.flags} if args.flags else {}),
                 "dense": summary["metric_before"],
                 "fastprune": summary["metric_after"],
                 "flops_ratio": summary["flops_ratio"],
@@ -240,11 +243,13 @@ def render() -> None:
     """``results/embedding.md`` (means over seeds, then every run) and one plot per model."""
     records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     parts = ["# Sentence embeddings: STS-B dev Spearman (cosine, percent) against FLOPs kept", "", __doc__.strip(), ""]
-    for name in dict.fromkeys(r["model"] for r in records):
-        mine = [r for r in records if r["model"] == name]
-        picture = RESULTS.parent / f"embedding_{name}.png"
+    for name, flags in dict.fromkeys((r["model"], r.get("flags", "")) for r in records):
+        mine = [r for r in records if (r["model"], r.get("flags", "")) == (name, flags)]
+        suffix = "_" + "_".join(flags.replace("-", " ").split()) if flags else ""
+        picture = RESULTS.parent / f"embedding_{name}{suffix}.png"
         plot(mine, picture)
-        parts += [f"## {name}", "", "Mean over seeds (± half the range):", "", means(mine), ""]
+        title = f"## {name}" + (f" (with `{flags}`)" if flags else "")
+        parts += [title, "", "Mean over seeds (± half the range):", "", means(mine), ""]
         parts += [f"![{name}]({picture.name})", "", "Every run:", "", table(mine), ""]
     (RESULTS.parent / "embedding.md").write_text("\n".join(parts))
 
@@ -259,6 +264,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dev", type=Path, default=DATA / "dev.tsv")
     p.add_argument("--work", type=Path, default=Path.home() / ".cache" / "fastprune" / "embedding_bench")
     p.add_argument("--speed", action="store_true", help="time the exported model against the dense one")
+    p.add_argument("--flags", default="", help="extra `fastprune prune` flags (recorded; a table per setting)")
     p.add_argument("--render", action="store_true", help="only rewrite results/embedding.md and the plots")
     p.add_argument(
         "--compare-objectives",

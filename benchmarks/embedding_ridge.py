@@ -19,11 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from embedding_bench import DATA, MODELS
+from embedding_bench import DATA, METHODS, MODELS
 
 from fastprune.cli import main as cli
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embedding_ridge.jsonl"
+BENCH = RESULTS.with_name("embedding.jsonl")
+BASELINES = METHODS[1:]
 
 
 def run_one(name: str, seed: int, constraint: float, variant: str, work: Path, num_samples: int) -> dict:
@@ -50,17 +52,37 @@ def run_one(name: str, seed: int, constraint: float, variant: str, work: Path, n
     }
 
 
-def table(records: list[dict]) -> str:
-    """Mean STS-B Spearman over the seeds run, one row per (model, variant), one column per FLOPs kept."""
+def table(records: list[dict], bench: list[dict]) -> str:
+    """Mean STS-B Spearman over the seeds run, one row per (model, variant), one column per FLOPs kept; the last row
+    of each model: the best baseline of the embedding benchmark (no tuning, so any ridge) over the same seeds."""
     budgets = sorted({r["constraint"] for r in records})
-    lines = ["| model | variant | " + " | ".join(f"FLOPs {c}" for c in budgets) + " |", "|---" * (len(budgets) + 2) + "|"]
-    for model, variant in dict.fromkeys((r["model"], r["variant"]) for r in records):
-        cells = []
+    lines = [
+        "| model | variant | " + " | ".join(f"FLOPs {c}" for c in budgets) + " |",
+        "|---" * (len(budgets) + 2) + "|",
+    ]
+
+    def mean(values: list[float]) -> str:
+        return f"{statistics.fmean(values):.2f} (n={len(values)})" if values else "-"
+
+    for model in dict.fromkeys(r["model"] for r in records):
+        seeds = {c: {r["seed"] for r in records if (r["model"], r["constraint"]) == (model, c)} for c in budgets}
+        for variant in dict.fromkeys(r["variant"] for r in records if r["model"] == model):
+            runs = [r for r in records if (r["model"], r["variant"]) == (model, variant)]
+            cells = [mean([r["fastprune"] for r in runs if r["constraint"] == c]) for c in budgets]
+            lines.append(f"| {model} | {variant} | " + " | ".join(cells) + " |")
+        old, baseline = [], []
         for c in budgets:
-            got = [r["fastprune"] for r in records if (r["model"], r["variant"], r["constraint"]) == (model, variant, c)]
-            cells.append(f"{statistics.fmean(got):.2f} (n={len(got)})" if got else "-")
-        lines.append(f"| {model} | {variant} | " + " | ".join(cells) + " |")
+            same = [r for r in bench if (r["model"], r["constraint"]) == (model, c) and r["seed"] in seeds[c]]
+            best = max(BASELINES, key=lambda b: statistics.fmean(r[b] for r in same)) if same else None
+            old.append(mean([r["fastprune"] for r in same]))
+            baseline.append(f"{mean([r[best] for r in same])} {best}" if best else "-")
+        lines.append(f"| {model} | ridge 0.01 (embedding.jsonl) | " + " | ".join(old) + " |")
+        lines.append(f"| {model} | best baseline (embedding.jsonl) | " + " | ".join(baseline) + " |")
     return "\n".join(lines)
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def main() -> None:
@@ -82,7 +104,7 @@ def main() -> None:
                     with RESULTS.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                     print(json.dumps(record), flush=True)
-    print(table([json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]))
+    print(table(_read(RESULTS), _read(BENCH)))
 
 
 if __name__ == "__main__":
