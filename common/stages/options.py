@@ -232,8 +232,8 @@ class TuningChoices(Options):
     tuning_ridge: float | Literal["by-mode", "auto"] = Field(
         BY_MODE,
         description="damping of the least squares, relative to the mean diagonal of the normal equations; "
-        "by-mode: 1e-4 for scales, 1e-2 for refit and reselect (1 for a causal LM); auto (refit and reselect): "
-        "each block's, by two-fold cross-validation of its reconstruction error",
+        "by-mode: 1e-4 for scales, 1e-2 for refit and reselect (1 for a causal LM, auto for embedding); "
+        "auto (refit and reselect): each block's, by two-fold cross-validation of its reconstruction error",
     )
     tuning_resplit: bool = Field(
         True,

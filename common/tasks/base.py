@@ -61,6 +61,7 @@ class Task(ABC):
     serving_example: tuple[tuple[str, str], ...] = (("text", "a fine movie"),)  # one input row (MLflow runs it)
     checks_data: bool = False  # :meth:`check_data` needs the tokenizer: run it before any compute
     sample_unit: str = "training examples"  # what :meth:`draw_sample` draws, for the warnings
+    refit_ridge: float | Literal["auto"] | None = None  # the refit's default ridge for this task (None: tuning's)
 
     # ----- reading and batching --------------------------------------------------------------------------------
     @abstractmethod

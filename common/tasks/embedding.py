@@ -61,6 +61,11 @@ class EmbeddingTask(Task):
     serving_inputs: tuple[tuple[str, bool], ...] = (("text", True),)
     scale: float = 20.0  # the contrastive softmax's inverse temperature (MultipleNegativesRankingLoss's scale)
     objective: EmbeddingObjective = "contrastive"  # or "gaussian": y ~ N(embedding, I), the regression analogue
+    # The refit's ridge, chosen per block by cross-validation: 0.01 (the encoders' default) fits the calibration
+    # pairs too closely at high budgets, a fixed strong one loses at low budgets (all-MiniLM-L6-v2 on STS-B, seed 0:
+    # FLOPs 0.8 0.01 -> 86.54, 1 -> 86.88, 10 -> 87.08, auto -> 86.80; FLOPs 0.3 0.01 -> 83.39, 1 -> 82.26,
+    # auto -> 83.42; benchmarks/results/embedding_notes.md).
+    refit_ridge: float | Literal["auto"] | None = "auto"
 
     # ----- the model: a sentence-transformers folder -------------------------------------------------------------
     def model_folder(self, source: str | Path) -> str | Path:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from fastprune.common.errors import DataError, ModelTaskMismatchError
 from fastprune.common.method.fisher import collect_mask_gradients
+from fastprune.common.method.tuning import DEFAULT_RIDGE, tune_masks
 from fastprune.common.model.arch import adapter_for
 from fastprune.common.model.export import export_pruned, save_pruned
 from fastprune.common.model.loading import load_model
@@ -98,6 +99,22 @@ def test_sentence_transformers_loads_the_export_with_the_same_embeddings(tmp_pat
     out = save_pruned(export_pruned(model, masks), tmp_path / "out", tokenizer)
     pruned = st.SentenceTransformer(str(out), device="cpu", trust_remote_code=True)
     assert torch.allclose(torch.tensor(pruned.encode(TEXTS)), masked, atol=1e-5)
+
+
+def test_the_refits_default_ridge_is_the_embedding_tasks(st_folder):
+    """The weak encoder ridge fits the calibration pairs too closely (benchmarks/results/embedding_notes.md)."""
+    model, tokenizer = load_model(st_folder, TASK)
+    batches = TASK.batches(TASK.load_data(DATA / "stsb_train.tsv").select(range(16)), tokenizer, batch_size=8)
+    masks = _masks(model)
+    tuned = {
+        ridge: tune_masks(model, masks, None, batches, progress=False, mode="refit", ridge=ridge, task=TASK)[0]
+        for ridge in (None, TASK.refit_ridge, DEFAULT_RIDGE["refit"])
+    }
+    assert TASK.refit_ridge != DEFAULT_RIDGE["refit"]
+    assert all(torch.equal(tuned[None].weights[k], tuned[TASK.refit_ridge].weights[k]) for k in tuned[None].weights)
+    assert not all(
+        torch.allclose(tuned[None].weights[k], tuned[DEFAULT_RIDGE["refit"]].weights[k]) for k in tuned[None].weights
+    )
 
 
 def test_a_folder_that_is_not_a_sentence_transformers_model_is_refused(tmp_path):
