@@ -6,7 +6,9 @@ baselines are evaluated at the same constraint on the dense model: random, weigh
 (:mod:`fastprune.common.method.baselines`, no tuning) and dropping the top layers (the encoder truncated to its first
 ``floor(C * L)`` layers, what people do by hand). With ``--speed`` the exported model's latency is measured against
 the dense one (batch 32, sequence 128, this machine). Every run is appended to ``results/embedding.jsonl``; a table
-is printed and ``results/embedding.md`` rewritten from the JSONL.
+is printed and ``results/embedding.md`` rewritten from the JSONL, one table per setting: ``--flags`` (extra prune
+flags, recorded) makes another; the runs recorded before the embedding task's refit ridge became ``auto`` carry
+``--tuning-ridge 0.01``, their default then.
 
     .venv/bin/python benchmarks/embedding_bench.py --model minilm --constraints 0.5 --seeds 0 --speed
     .venv/bin/python benchmarks/embedding_bench.py --model mpnet --constraints 0.3 0.4 0.5 0.6 0.7 0.8 --seeds 0 1 2

