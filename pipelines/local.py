@@ -92,10 +92,12 @@ def local_mlflow(folder: str | Path, experiment: str) -> str:
     its tracking URI."""
     from mlflow import MlflowClient
 
+    from ..common.ops.registry_extras import local_artifact_root
+
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
     if client.get_experiment_by_name(experiment) is None:
-        client.create_experiment(experiment, artifact_location=(folder / "artifacts").as_uri())
+        client.create_experiment(experiment, artifact_location=local_artifact_root(uri))
     return uri

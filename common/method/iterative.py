@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -47,9 +48,17 @@ def iterative_fisher(
     :func:`~fastprune.common.method.fisher.collect_mask_gradients`)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    grads = collect_mask_gradients(
-        model, batches, device=device, progress=progress, labels=labels, seed=seed, task=task, max_rows=max_rows
+    collect = partial(
+        collect_mask_gradients,
+        model,
+        batches,
+        device=device,
+        progress=progress,
+        labels=labels,
+        task=task,
+        max_rows=max_rows,
     )
+    grads = collect(seed=seed)
     for k, target in enumerate(schedule(constraint, steps)[:-1]):
         masks = search(grads, target)
         if grads.available is not None:
@@ -62,15 +71,5 @@ def iterative_fisher(
             int(masks.head.sum()),
             int(masks.neuron.sum()),
         )
-        grads = collect_mask_gradients(
-            model,
-            batches,
-            masks=masks,
-            device=device,
-            progress=progress,
-            labels=labels,
-            seed=seed + k + 1,
-            task=task,
-            max_rows=max_rows,
-        )
+        grads = collect(masks=masks, seed=seed + k + 1)
     return grads

@@ -155,27 +155,55 @@ def cross_validated_ridge(
     return min(grid, key=held_out)
 
 
-def reselect_units(stats: LeastSquares, unit_size: int, keep: int, ridge: float, bias: bool = True) -> torch.Tensor:
+def reselect_units(
+    stats: LeastSquares,
+    unit_size: int,
+    keep: int,
+    ridge: float,
+    bias: bool = True,
+    group_keep: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Which ``keep`` units of a block to keep (bool [units]): start from the ridge least-squares fit with every
     unit, then repeatedly remove the units whose removal (with the others refit, an optimal-brain-surgeon update
     of the inverse Gram matrix) raises the error least. Units leave in chunks of up to 1/64 of those to remove.
-    Without a ``bias`` the fits have none."""
+    Without a ``bias`` the fits have none. ``group_keep`` (int [groups], summing to ``keep``): the units form
+    equal groups of consecutive units (query heads sharing a key/value group) and group ``g`` keeps exactly
+    ``group_keep[g]`` of them."""
     gram, cross = (stats.gram, stats.cross) if bias else (stats.gram[:-1, :-1], stats.cross[:-1])
     units = (stats.gram.shape[0] - 1) // unit_size
     inv = torch.linalg.inv(gram + _damping(gram, ridge, bias))
     theta = inv @ cross
     alive = torch.ones(units, dtype=torch.bool, device=stats.gram.device)
+    group = None if group_keep is None else torch.arange(units, device=alive.device) // (units // len(group_keep))
     chunk = max(1, (units - keep) // 64)
     while int(alive.sum()) > keep:
         cost = _removal_costs(inv, theta, unit_size, units)
         cost[~alive] = torch.inf
-        gone = torch.topk(cost, min(chunk, int(alive.sum()) - keep), largest=False).indices
+        if group is None or group_keep is None:
+            gone = torch.topk(cost, min(chunk, int(alive.sum()) - keep), largest=False).indices
+        else:
+            gone = _cheapest_within_groups(cost, alive, group, group_keep.to(alive.device), chunk)
         idx = (gone[:, None] * unit_size + torch.arange(unit_size, device=gone.device)).flatten()
         block_inv = torch.linalg.pinv(inv[idx][:, idx])
         theta = theta - inv[:, idx] @ block_inv @ theta[idx]
         inv = inv - inv[:, idx] @ block_inv @ inv[idx]
         alive[gone] = False
     return alive
+
+
+def _cheapest_within_groups(
+    cost: torch.Tensor, alive: torch.Tensor, group: torch.Tensor, group_keep: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """Up to ``chunk`` alive units, cheapest first, none from a group already down to its ``group_keep``."""
+    spare = torch.bincount(group[alive], minlength=len(group_keep)) - group_keep
+    gone: list[int] = []
+    for u in torch.argsort(cost).tolist():
+        if len(gone) == chunk or not torch.isfinite(cost[u]):
+            break
+        if spare[group[u]] > 0:
+            spare[group[u]] -= 1
+            gone.append(u)
+    return torch.tensor(gone, dtype=torch.long, device=cost.device)
 
 
 def _removal_costs(inv: torch.Tensor, theta: torch.Tensor, unit_size: int, units: int) -> torch.Tensor:

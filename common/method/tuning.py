@@ -366,7 +366,8 @@ def _refit_block(
     against the teacher (:func:`reselect_units`), and keeps the new choice only if its refit error is lower.
     ``ridge="auto"`` picks the ridge by :func:`cross_validated_ridge` on the search's units. With ``group_size``
     (query heads under grouped-query attention) a re-choice must keep as many heads in each key/value group as the
-    search did, so that it adds no group's cost and keeps a uniform split stock."""
+    search did (the reselection chooses within each group), so that it adds no group's cost and keeps a uniform
+    split stock."""
     full_proj, full_row, cols = proj, mask_row, None
     fitted: nn.Linear | Columns = proj
     if not reselect:  # the refit needs the statistics of the kept columns only (the pruned ones stay 0)
@@ -391,13 +392,12 @@ def _refit_block(
         note = f"ridge {ridge:g}, "
     fit = refit(stats, fitted, mask_row, unit_size, ridge)
     if reselect and kept < len(mask_row):
-        chosen = reselect_units(stats, unit_size, kept, ridge, full_proj.bias is not None).to(mask_row.dtype)
+        group_keep = None if group_size is None else (mask_row != 0).view(-1, group_size).sum(1)
+        chosen = reselect_units(stats, unit_size, kept, ridge, full_proj.bias is not None, group_keep)
+        chosen = chosen.to(mask_row.dtype)
         other = refit(stats, fitted, chosen, unit_size, ridge)
         moved = int(((chosen != 0) & (mask_row == 0)).sum())
-        same_groups = group_size is None or torch.equal(
-            (chosen != 0).view(-1, group_size).sum(1), (mask_row != 0).view(-1, group_size).sum(1)
-        )
-        if other is not None and same_groups and (fit is None or other[1] < fit[1]):
+        if other is not None and (fit is None or other[1] < fit[1]):
             fit = other
             mask_row.copy_(chosen)
             note += f"{moved} units re-chosen, "

@@ -20,6 +20,26 @@ ONNX_ARTIFACT_PATH = "onnx"
 KUBEFLOW_RUN_TAG = "fastprune.mlflow_run"
 
 
+def local_artifact_root(tracking_uri: str) -> str | None:
+    """Where a new experiment of a local SQLite tracking store keeps its artifacts: ``artifacts/`` beside the
+    database (MLflow's own default, ``./mlruns``, is relative to whatever folder the command ran in). None for any
+    other store, whose server decides."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return (database.resolve().parent / "artifacts").as_uri()
+
+
+def use_experiment(name: str) -> None:
+    """Make ``name`` the active experiment, creating it (artifacts beside a local database) when it is missing."""
+    client = mlflow.MlflowClient()
+    root = local_artifact_root(mlflow.get_tracking_uri())
+    if root is not None and client.get_experiment_by_name(name) is None:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # another process just created it
+            client.create_experiment(name, artifact_location=root)
+    mlflow.set_experiment(name)
+
+
 def _same_uri(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
@@ -47,7 +67,7 @@ def registration_run(
         if run_id:  # log under that run, in its own experiment
             mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
         else:
-            mlflow.set_experiment(experiment)
+            use_experiment(experiment)
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
             if source == "kubeflow":
                 mlflow.set_tag(KUBEFLOW_RUN_TAG, "kubeflow")

@@ -314,6 +314,21 @@ def test_reselect_units_finds_the_units_that_carry_the_target():
     assert heads.tolist() == [False, True, False, True]
 
 
+def test_reselect_units_keeps_each_groups_count():
+    """Query heads sharing key/value groups: the choice keeps each group's count (no group's cost added) and takes
+    the units that carry the target within each group."""
+    from fastprune.common.method.least_squares import LeastSquares, reselect_units
+
+    g = torch.Generator().manual_seed(1)
+    act = torch.randn(400, 6, generator=g)
+    weight = torch.zeros(3, 6)
+    weight[:, [0, 1, 4]] = torch.tensor([3.0, 2.0, 1.0])  # unit 4 matters least, but is its group's best
+    (stats,) = LeastSquares.collect([(act, act @ weight.T)], 6, 3, "cpu")
+    assert reselect_units(stats, 1, 2, ridge=1e-6).tolist() == [True, True, False, False, False, False]
+    grouped = reselect_units(stats, 1, 2, ridge=1e-6, group_keep=torch.tensor([1, 1]))  # groups (0-2) (3-5)
+    assert grouped.tolist() == [True, False, False, False, True, False]
+
+
 def test_cross_validated_ridge_damps_noise_and_not_signal():
     """Few noisy rows for many columns: cross-validation picks a strong ridge; many clean rows: a weak one."""
     from fastprune.common.method.least_squares import RIDGE_GRID, LeastSquares, cross_validated_ridge

@@ -184,6 +184,10 @@ def test_tuning_refits_a_bias_free_pre_norm_model(mode):
         model, masks, None, batches, progress=False, mode=mode, adapter=LLAMA, cls_only_last_layer=False
     )
     assert [r.tuned for r in reports] == [True, True, True, True, False, False]  # layer 2 keeps nothing
+    # each key/value group keeps as many query heads as the search gave it (a re-choice moves heads within groups)
+    assert torch.equal(
+        (tuned.head != 0).view(LAYERS, GROUPS, -1).sum(2), (masks.head != 0).view(LAYERS, GROUPS, -1).sum(2)
+    )
     assert all(r.error_after < r.error_before for r in reports if r.tuned)
     assert tuned.weights and all(key.endswith(".weight") for key in tuned.weights)
     inputs = _inputs()

@@ -30,7 +30,7 @@ def test_prune_real_minilm(tmp_path, monkeypatch):
                 "--constraint",
                 "0.6",
                 "--num-samples",
-                "512",
+                "256",
                 "--output",
                 str(out),
             ]

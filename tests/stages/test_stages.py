@@ -236,11 +236,14 @@ def test_step_errors_are_clear(steps, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_retried_register_reuses_its_version_and_finishes_it(steps, tmp_path):
+def test_a_retried_register_reuses_its_version_and_finishes_it(steps, tmp_path, monkeypatch):
     """A register step retried within one pipeline run (say, it died after registering the version) creates no
-    second version: it finds the version by its candidate tag and redoes what follows (alias, report)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.MlflowClient(uri).create_experiment("fastprune", artifact_location=(tmp_path / "artifacts").as_uri())
+    second version: it finds the version by its candidate tag and redoes what follows (alias, report). The experiment
+    it creates in a local database keeps its artifacts beside it, not in the folder the command ran in."""
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    for folder in ("db", "cwd"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     inputs = {k: steps / v for k, v in {"pruned": "export", "tuned": "tune", "evaluation": "evaluate"}.items()}
     params = {"tracking_uri": uri, "model_name": "retried", "pipeline_run": "run-7", "max_drop": 100}
     first = run_stage("register", tmp_path / "r1", params, **inputs)
@@ -254,6 +257,7 @@ def test_a_retried_register_reuses_its_version_and_finishes_it(steps, tmp_path):
     assert client.get_model_version("retried", first["version"]).tags["report"].startswith("runs:/")
     other_run = run_stage("register", tmp_path / "r3", {**params, "pipeline_run": "run-8"}, **inputs)
     assert other_run["version"] != first["version"]
+    assert any((tmp_path / "db" / "artifacts").rglob("model.safetensors")) and not any((tmp_path / "cwd").iterdir())
 
 
 def test_register_behind_the_gate_and_load_the_pyfunc(steps, tmp_path):
