@@ -20,19 +20,33 @@ log = logging.getLogger(__name__)
 
 @torch.inference_mode()
 def heldout_loss(
-    model: nn.Module, masks: Masks, batches: list[dict], device: torch.device | str = "cpu", task: Task | None = None
+    model: nn.Module,
+    masks: Masks,
+    batches: list[dict],
+    device: torch.device | str = "cpu",
+    task: Task | None = None,
+    references: list | None = None,
 ) -> float:
-    """The task loss (against the data's labels) of the masked model, averaged over examples of the held-out
-    batches. ``task`` computes the loss (by default the built-in task that fits the model's head)."""
+    """The task's validation loss of the masked model (:meth:`~fastprune.common.tasks.base.Task.validation_loss`:
+    against the data's labels, or against the dense model's ``references`` from :func:`dense_references`), averaged
+    over examples of the held-out batches. ``task``: by default the built-in task that fits the model's head."""
     task = task or task_for_model(model)
+    references = references or [None] * len(batches)
     model.eval()
     total, count = 0.0, 0
     with pruning_applied(model, masks, device):
-        for batch in batches:
+        for batch, reference in zip(batches, references, strict=True):
             n = task.examples(batch)
-            total += float(task.fisher_loss(model, to_device(batch, device))) * n
+            total += float(task.validation_loss(model, to_device(batch, device), reference)) * n
             count += n
     return total / max(count, 1)
+
+
+@torch.inference_mode()
+def dense_references(model: nn.Module, batches: list[dict], device: torch.device | str, task: Task) -> list:
+    """What the unmasked model gives each held-out batch for the task's validation loss."""
+    model.eval()
+    return [task.validation_reference(model, to_device(batch, device)) for batch in batches]
 
 
 class StageValidator:
@@ -41,14 +55,16 @@ class StageValidator:
     def __init__(
         self, model: nn.Module, batches: list[dict], device: torch.device | str = "cpu", task: Task | None = None
     ):
-        self.model, self.batches, self.device, self.task = model, batches, device, task
+        self.model, self.batches, self.device = model, batches, device
+        self.task = task or task_for_model(model)
+        self.references = dense_references(model, batches, device, self.task)
         self.report: dict[str, dict] = {}
         self._last: tuple[Masks, float] | None = None  # the last chosen masks and their loss
 
     def loss(self, masks: Masks) -> float:
         if self._last is not None and self._last[0] is masks:
             return self._last[1]
-        return heldout_loss(self.model, masks, self.batches, self.device, self.task)
+        return heldout_loss(self.model, masks, self.batches, self.device, self.task, self.references)
 
     def choose(self, stage: str, before: Masks, after: Masks) -> Masks:
         """``after`` when its held-out loss is no higher than ``before``'s, else ``before``."""

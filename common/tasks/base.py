@@ -173,6 +173,15 @@ class Task(ABC):
         """The loss against labels sampled from the model's predictions (no gradient through the draw)."""
         raise ConfigError(f"task {self.name} has no label-free Fisher loss: use labels from the data")
 
+    # ----- held-out validation of a stage (``--holdout``) ------------------------------------------------------
+    def validation_reference(self, model: nn.Module, batch: dict) -> Any:
+        """What the dense model gives :meth:`validation_loss` for a held-out batch (None: the labels suffice)."""
+        return None
+
+    def validation_loss(self, model: nn.Module, batch: dict, reference: Any) -> torch.Tensor:
+        """The held-out loss by which a stage's masks are kept or rejected: the task loss against the labels."""
+        return self.fisher_loss(model, batch)
+
     # ----- evaluation ------------------------------------------------------------------------------------------
     @abstractmethod
     def evaluate(

@@ -214,17 +214,41 @@ class EmbeddingTask(Task):
         if self.objective == "gaussian" or len(embeddings) < 2:
             noise = torch.randn(embeddings.shape, generator=generator).to(embeddings.device, embeddings.dtype)
             return nn.functional.mse_loss(embeddings, embeddings.detach() + noise, reduction="sum") / len(embeddings)
+        logits = self.similarity_logits(embeddings, pairs)
+        if pairs:
+            return (self._sampled_ce(logits, generator) + self._sampled_ce(logits.T, generator)) / 2
+        return self._sampled_ce(logits, generator)
+
+    def similarity_logits(self, embeddings: torch.Tensor, pairs: int) -> torch.Tensor:
+        """The in-batch contrastive logits: ``scale`` x cosine of each first sentence with each second one
+        (``pairs``), else of every sentence with every other (-inf on the diagonal)."""
         unit = nn.functional.normalize(embeddings.float(), dim=-1)
         if pairs:
-            logits = self.scale * unit[:pairs] @ unit[pairs:].T
-            return (self._sampled_ce(logits, generator) + self._sampled_ce(logits.T, generator)) / 2
-        logits = self.scale * unit @ unit.T
+            return self.scale * unit[:pairs] @ unit[pairs:].T
         eye = torch.eye(len(unit), dtype=torch.bool, device=unit.device)
-        return self._sampled_ce(logits.masked_fill(eye, -torch.inf), generator)
+        return (self.scale * unit @ unit.T).masked_fill(eye, -torch.inf)
 
     @staticmethod
     def _sampled_ce(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, draw_classes(logits, generator))
+
+    def _similarity_rows(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """Log-probabilities of the in-batch similarity distributions, one row per sentence (both directions for
+        pairs)."""
+        pairs = int(batch.get("pairs", 0))
+        logits = self.similarity_logits(self.embed(model, batch), pairs)
+        return torch.cat([logits, logits.T]).log_softmax(-1) if pairs else logits.log_softmax(-1)
+
+    def validation_reference(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return self._similarity_rows(model, batch)
+
+    def validation_loss(self, model: nn.Module, batch: dict, reference: torch.Tensor) -> torch.Tensor:
+        """KL divergence of the masked model's in-batch similarity distributions from the dense model's (mean over
+        rows): unlabeled sentences have no loss of their own, and targets drawn from the masked model itself would
+        reward any sharper distribution, however far its geometry moved."""
+        student = self._similarity_rows(model, batch)
+        terms = torch.where(torch.isinf(reference), 0.0, reference.exp() * (reference - student))
+        return terms.sum(-1).mean()
 
     # ----- evaluation and serving ----------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -223,6 +223,9 @@ def _start_slow_prune(model: Path, tmp_path: Path) -> tuple[subprocess.Popen, Pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a pytest-xdist worker ignores SIGINT, and a child inherits that (Python then never
+        # raises KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     while not marker.exists():

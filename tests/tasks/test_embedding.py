@@ -117,6 +117,30 @@ def test_the_refits_default_ridge_is_the_embedding_tasks(st_folder):
     )
 
 
+@pytest.mark.parametrize("paired", [True, False])
+def test_held_out_validation_measures_the_distance_from_the_dense_geometry(st_folder, paired):
+    """``--holdout`` on unlabeled sentences: the loss is the KL divergence of the masked model's in-batch similarity
+    distributions from the dense model's, zero for the dense masks and growing as more is pruned; a stage that
+    prunes more is rejected."""
+    from fastprune.common.method.validation import StageValidator, heldout_loss
+
+    model, tokenizer = load_model(st_folder, TASK)
+    data = TASK.load_data(DATA / "stsb_train.tsv")
+    if not paired:
+        data = data.map(lambda r: {"text_b": ""})
+    batches = TASK.batches(data.select(range(16)), tokenizer, batch_size=8)
+    validator = StageValidator(model, batches, task=TASK)
+    dense, light = Masks.ones(adapter_for(model).dims(model.config)), _masks(model)
+    heavy = Masks(light.head.clone(), light.neuron.clone())
+    heavy.head[:, :2] = 0
+    losses = [
+        heldout_loss(model, m, batches, task=TASK, references=validator.references) for m in (dense, light, heavy)
+    ]
+    assert losses[0] == pytest.approx(0.0, abs=1e-6) and 0 < losses[1] < losses[2]
+    assert validator.choose("rearrange", light, heavy) is light and not validator.report["rearrange"]["accepted"]
+    assert validator.choose("tune", light, dense) is dense
+
+
 def test_a_folder_that_is_not_a_sentence_transformers_model_is_refused(tmp_path):
     folder = tiny_st_folder(tmp_path / "m")
     (folder / "modules.json").unlink()
