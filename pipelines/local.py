@@ -90,14 +90,10 @@ def _plain(message: str) -> str:
 def local_mlflow(folder: str | Path, experiment: str) -> str:
     """A local MLflow under ``folder`` (SQLite database + artifact folder) with ``experiment`` in it; returns
     its tracking URI."""
-    from mlflow import MlflowClient
-
-    from ..common.ops.registry_extras import local_artifact_root
+    from ..common.ops.registry_extras import create_missing_experiment
 
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    if client.get_experiment_by_name(experiment) is None:
-        client.create_experiment(experiment, artifact_location=local_artifact_root(uri))
+    create_missing_experiment(uri, experiment)
     return uri

@@ -30,13 +30,18 @@ def local_artifact_root(tracking_uri: str) -> str | None:
     return (database.resolve().parent / "artifacts").as_uri()
 
 
-def use_experiment(name: str) -> None:
-    """Make ``name`` the active experiment, creating it (artifacts beside a local database) when it is missing."""
-    client = mlflow.MlflowClient()
-    root = local_artifact_root(mlflow.get_tracking_uri())
-    if root is not None and client.get_experiment_by_name(name) is None:
+def create_missing_experiment(tracking_uri: str, name: str) -> None:
+    """Create experiment ``name`` in the store at ``tracking_uri`` when it is missing (artifacts beside a local
+    database, :func:`local_artifact_root`)."""
+    client = mlflow.MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(name) is None:
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # another process just created it
-            client.create_experiment(name, artifact_location=root)
+            client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri))
+
+
+def use_experiment(name: str) -> None:
+    """Make ``name`` the active experiment, creating it when it is missing."""
+    create_missing_experiment(mlflow.get_tracking_uri(), name)
     mlflow.set_experiment(name)
 
 
