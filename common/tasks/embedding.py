@@ -247,7 +247,8 @@ class EmbeddingTask(Task):
         rows): unlabeled sentences have no loss of their own, and targets drawn from the masked model itself would
         reward any sharper distribution, however far its geometry moved."""
         student = self._similarity_rows(model, batch)
-        terms = torch.where(torch.isinf(reference), 0.0, reference.exp() * (reference - student))
+        # sentences with no in-batch partner (-inf; NaN for a batch of one) carry no distribution
+        terms = torch.where(reference.isfinite(), reference.exp() * (reference - student), 0.0)
         return terms.sum(-1).mean()
 
     # ----- evaluation and serving ----------------------------------------------------------------------------------

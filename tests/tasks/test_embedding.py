@@ -139,6 +139,8 @@ def test_held_out_validation_measures_the_distance_from_the_dense_geometry(st_fo
     assert losses[0] == pytest.approx(0.0, abs=1e-6) and 0 < losses[1] < losses[2]
     assert validator.choose("rearrange", light, heavy) is light and not validator.report["rearrange"]["accepted"]
     assert validator.choose("tune", light, dense) is dense
+    one = TASK.batches(data.select(range(1)), tokenizer, batch_size=8)[0]  # unpaired: no partner in its batch
+    assert float(TASK.validation_loss(model, one, TASK.validation_reference(model, one))) == 0.0
 
 
 def test_a_folder_that_is_not_a_sentence_transformers_model_is_refused(tmp_path):
