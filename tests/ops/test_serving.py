@@ -18,6 +18,7 @@ from fastprune.common.model.arch import adapter_for
 from fastprune.common.model.export import export_pruned, load_pruned, save_pruned
 from fastprune.common.model.masks import Masks
 from fastprune.common.ops.registry import predict_text
+from fastprune.common.ops.registry_extras import use_experiment
 from fastprune.common.ops.serving import ENTRY_FILE, SERVED_PACKAGES, log_portable_model
 from fastprune.common.tasks.spec import get_task
 from mlflow.artifacts import download_artifacts
@@ -58,7 +59,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 def tracking(tmp_path):
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_experiment("serving")
+    use_experiment("serving")  # artifacts beside the database, not in ./mlruns
     yield
     mlflow.set_tracking_uri(previous)
 

@@ -14,6 +14,7 @@ from fastprune.common.model.arch import adapter_for
 from fastprune.common.model.export import export_pruned, load_pruned, save_pruned
 from fastprune.common.model.masks import Masks
 from fastprune.common.ops.deploy_report import add_deploy_section
+from fastprune.common.ops.registry_extras import use_experiment
 from fastprune.common.ops.report import Report
 from fastprune.common.ops.serving import log_portable_model
 from fastprune.common.tasks.spec import get_task
@@ -27,7 +28,7 @@ PROMPTS = pd.DataFrame({"prompt": ["the history of the city", "a fine"]})
 def tracking(tmp_path):
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_experiment("serving-causal-lm")
+    use_experiment("serving-causal-lm")  # artifacts beside the database, not in ./mlruns
     yield
     mlflow.set_tracking_uri(previous)
 

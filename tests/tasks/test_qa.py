@@ -12,6 +12,7 @@ import datasets
 import numpy as np
 import pytest
 from fastprune.common.errors import ConfigError, DataError
+from fastprune.common.ops.registry_extras import use_experiment
 from fastprune.common.tasks.qa import (
     load_squad,
     normalize_answer,
@@ -319,7 +320,7 @@ def test_answer_questions_and_the_qa_pyfunc(ds, tok, tmp_path):
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
-        mlflow.set_experiment("qa")
+        use_experiment("qa")  # artifacts beside the database, not in ./mlruns
         with mlflow.start_run():
             info = log_pruned_model(folder, "squad", tmp_path)
         loaded = mlflow.pyfunc.load_model(info.model_uri)
