@@ -36,16 +36,14 @@ from fastprune.common.model.loading import load_model
 from fastprune.common.model.masks import pruning_applied
 from fastprune.common.tasks.data import sample_dataset
 from fastprune.common.tasks.spec import get_task
+from suite_tasks import BASES, SHARED
 
 from fastprune.cli import main as cli
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "embedding.jsonl"
-DATA = Path("/work/shared/data/glue/STS-B")
-MODELS = {
-    "minilm": lambda: __import__("fastprune.defaults", fromlist=["minilm_dir"]).minilm_dir(),
-    "mpnet": lambda: Path.home() / ".cache" / "fastprune" / "models" / "all-mpnet-base-v2",
-}
+DATA = SHARED / "glue" / "STS-B"
+MODELS = BASES  # name -> the pretrained sentence-transformers folder (MPNet assembled from its wheels once)
 TASK = get_task("embedding")
 log = logging.getLogger("embedding_bench")
 

