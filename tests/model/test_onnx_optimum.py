@@ -1,10 +1,12 @@
-"""The ONNX folder loads with Optimum's ``ORTModelForSequenceClassification`` and ``pipeline`` in a fresh virtualenv
-without fastprune (torch 2.13 CPU first, then ``optimum-onnx[onnxruntime]`` from PyPI, which pins transformers
-< 4.58: it cannot share fastprune's environment). ``FASTPRUNE_OPTIMUM_PYTHON`` names an existing such interpreter to
-skip the set-up (a few minutes)."""
+"""The ONNX folder loads with Optimum's ``ORTModelForSequenceClassification`` and ``pipeline``, and a pruned
+sentence-embedding model's with ``SentenceTransformer(folder, backend="onnx")``, in a fresh virtualenv without
+fastprune (torch 2.13 CPU first, then ``optimum-onnx[onnxruntime]`` and sentence-transformers from PyPI: Optimum pins
+transformers < 4.58, so it cannot share fastprune's environment). ``FASTPRUNE_OPTIMUM_PYTHON`` names an existing such
+interpreter to skip the set-up (a few minutes)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +15,11 @@ import pytest
 import torch
 from fastprune.common.model.arch import adapter_for
 from fastprune.common.model.export import export_pruned, load_pruned, save_pruned
+from fastprune.common.model.loading import load_model
 from fastprune.common.model.masks import Masks
 from fastprune.common.model.onnx_folder import build_onnx_folder
-from tiny import tiny_model, tiny_tokenizer
+from fastprune.common.tasks.spec import get_task
+from tiny import tiny_model, tiny_st_folder, tiny_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +36,17 @@ logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.num
 labels = [r["label"] for r in pipeline("text-classification", model=model, tokenizer=tokenizer)(texts)]
 import fastprune  # must fail: the environment has no fastprune
 """
+ST_SCRIPT = """
+import json, sys
+from sentence_transformers import SentenceTransformer
+loaded = {}
+for folder, trust in json.loads(sys.argv[1]):
+    model = SentenceTransformer(folder, backend="onnx", trust_remote_code=trust)
+    embeddings = model.encode(json.loads(sys.argv[2])).tolist()
+    loaded[folder] = {"modules": [type(m).__name__ for m in model], "embeddings": embeddings}
+print(json.dumps(loaded))
+import fastprune  # must fail: the environment has no fastprune
+"""
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +58,7 @@ def optimum_python(tmp_path_factory) -> str:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "torch==2.13.0"], check=True, timeout=900)  # first: the CPU wheel, not a CUDA one
-    subprocess.run([*pip, "optimum-onnx[onnxruntime]"], check=True, timeout=900)
+    subprocess.run([*pip, "optimum-onnx[onnxruntime]", "sentence-transformers"], check=True, timeout=900)
     return str(venv / "bin" / "python")
 
 
@@ -79,3 +94,38 @@ def test_optimum_loads_the_onnx_folder_without_fastprune(optimum_python, tmp_pat
     assert torch.allclose(torch.tensor(got["logits"]), expected, atol=1e-4)
     assert got["labels"] == [f"LABEL_{i}" for i in expected.argmax(-1).tolist()]
     assert Path(tmp_path / "onnx" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize(("mode", "family"), [("mean", "bert"), ("max", "mpnet")])
+def test_sentence_transformers_onnx_backend_loads_a_pruned_embedding_model_without_fastprune(
+    optimum_python, tmp_path, mode, family
+):
+    """The ONNX folder of a pruned sentence-transformers model (per-layer head and neuron counts) is what the ONNX
+    backend of sentence-transformers loads: its Transformer over ``model.onnx``, then the folder's Pooling (and
+    Normalize where the source had it), giving fastprune's own embeddings. So is the export step's layout (the
+    exported model with the ONNX folder as its ``onnx/``), whose per-layer config needs ``trust_remote_code``."""
+    task = get_task("embedding")
+    normalize = mode == "mean"
+    source = tiny_st_folder(tmp_path / "st", mode=mode, normalize=normalize, family=family)
+    model, tokenizer = load_model(source, task)
+    masks = Masks.ones(adapter_for(model).dims(model.config))
+    masks.head[0, 1:] = 0.0
+    masks.neuron[1, ::2] = 0.0
+    pruned = save_pruned(export_pruned(model, masks, neuron_multiple=1), tmp_path / "pruned", tokenizer)
+    build_onnx_folder(pruned, tmp_path / "onnx")
+    expected = task.embed_texts(*load_model(pruned, task), TEXTS, "cpu")
+    shutil.copytree(tmp_path / "onnx", pruned / "onnx")
+    folders = [[str(tmp_path / "onnx"), False], [str(pruned), True]]
+    done = subprocess.run(
+        [optimum_python, "-c", ST_SCRIPT, json.dumps(folders), json.dumps(TEXTS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert "No module named 'fastprune'" in done.stderr, done.stderr[-2000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert list(loaded) == [folder for folder, _ in folders]
+    for got in loaded.values():
+        assert got["modules"] == ["Transformer", "Pooling", *(["Normalize"] if normalize else [])]
+        assert torch.allclose(torch.tensor(got["embeddings"]), expected, atol=1e-5)
