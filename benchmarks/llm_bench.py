@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allocation", default="global", choices=("global", "block"), help="ours' budget split")
     p.add_argument("--tuning-mode", default="refit", choices=("refit", "reselect"))
     p.add_argument("--fisher-cache", type=Path, default=None, help="folder keeping Fisher rows between runs")
+    p.add_argument(
+        "--fisher-steps",
+        type=int,
+        default=1,
+        help="ours: iterative Fisher in K steps (a Fisher pass per step and budget)",
+    )
     p.add_argument("--variant", default="", help="tag appended to ours' method names (ablations of the settings)")
     p.add_argument("--eval-windows", type=int, default=16, help="first windows of each eval file")
     p.add_argument("--constraints", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6, 0.5])
@@ -160,6 +166,7 @@ class Bench:
         record |= {"fisher_windows": a.fisher_windows, "fisher_labels": a.fisher_labels, "command": COMMAND}
         if record["method"].startswith("ours"):
             record |= {"tuning_ridge": a.tuning_ridge, "tuning_mode": a.tuning_mode, "allocation": a.allocation}
+            record |= {"fisher_steps": a.fisher_steps} if a.fisher_steps > 1 else {}
         self.args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(self.args.jsonl, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -259,9 +266,13 @@ class Bench:
             return
         if method.startswith("ours"):
             allocation = "uniform" if method == "ours-uniform" else self.args.allocation
+            a = self.args
             with PeakMemory(torch.device("cpu")) as mem:
-                grads, seconds = once("fisher", lambda: self.fisher(batches, seed))
-                a = self.args
+                if a.fisher_steps > 1:  # per budget: the rows of the model pruned towards it
+                    args = (self.model, batches, self.task, a.fisher_labels, seed, s, c, a.fisher_steps, allocation)
+                    grads, seconds = once(f"fisher@{c}", lambda: llm_ours.iterative(*args))
+                else:
+                    grads, seconds = once("fisher", lambda: self.fisher(batches, seed))
                 stages = llm_ours.stages(
                     self.model, grads, batches, self.task, s, c, allocation, a.ours_upto, a.tuning_ridge, a.tuning_mode
                 )

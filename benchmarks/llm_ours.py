@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 from fastprune.common.method.allocate import search_by
 from fastprune.common.method.fisher import MaskGradients, collect_mask_gradients
+from fastprune.common.method.iterative import iterative_fisher
 from fastprune.common.method.rearrange import head_block, rearrange_masks
 from fastprune.common.method.resplit import BudgetResplit
 from fastprune.common.method.tuning import tune_masks
@@ -31,6 +32,37 @@ def fisher(model: nn.Module, batches: list[dict], task: Task, labels: str = "dat
     """Per-window mask gradients of the next-token loss: the empirical Fisher rows (``labels="data"``) or the true
     Fisher's, against next tokens drawn from the model (``"model"``, seeded)."""
     return collect_mask_gradients(model, batches, device="cpu", progress=False, task=task, labels=labels, seed=seed)
+
+
+def iterative(
+    model: nn.Module,
+    batches: list[dict],
+    task: Task,
+    labels: str,
+    seed: int,
+    seq_len: float,
+    constraint: float,
+    steps: int,
+    allocation: str,
+) -> MaskGradients:
+    """The rows of the iterative Fisher (``--fisher-steps``): re-measured on the model pruned by the search at
+    ``constraint ** (k / steps)``, k = 1 .. steps - 1; the search at ``constraint`` on them is the last step."""
+
+    def search(grads: MaskGradients, asked: float) -> Masks:
+        return searched(model, grads, seq_len, asked, allocation)
+
+    return iterative_fisher(
+        model,
+        batches,
+        constraint,
+        steps,
+        search,
+        "cpu",
+        progress=False,
+        labels=labels,
+        seed=seed,
+        task=task,
+    )
 
 
 def searched(
