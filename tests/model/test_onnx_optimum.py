@@ -62,6 +62,15 @@ def optimum_python(tmp_path_factory) -> str:
     return str(venv / "bin" / "python")
 
 
+def _without_fastprune(python: str, script: str, where: str, cwd: Path) -> dict:
+    """The JSON that ``script`` prints for ``where`` and :data:`TEXTS`, checking that it could not import fastprune."""
+    done = subprocess.run(
+        [python, "-c", script, where, json.dumps(TEXTS)], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
+    assert "No module named 'fastprune'" in done.stderr, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_optimum_loads_the_onnx_folder_without_fastprune(optimum_python, tmp_path):
     model = tiny_model("bert")
     dims = adapter_for(model).dims(model.config)
@@ -82,15 +91,7 @@ def test_optimum_loads_the_onnx_folder_without_fastprune(optimum_python, tmp_pat
         "import fastprune  # must fail",
         "print(json.dumps({'logits': logits, 'labels': labels}))\nimport fastprune  # must fail",
     )
-    done = subprocess.run(
-        [optimum_python, "-c", script, str(tmp_path / "onnx"), json.dumps(TEXTS)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert "No module named 'fastprune'" in done.stderr, done.stderr[-2000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = _without_fastprune(optimum_python, script, str(tmp_path / "onnx"), tmp_path)
     assert torch.allclose(torch.tensor(got["logits"]), expected, atol=1e-4)
     assert got["labels"] == [f"LABEL_{i}" for i in expected.argmax(-1).tolist()]
     assert Path(tmp_path / "onnx" / "model.onnx").is_file()
@@ -116,15 +117,7 @@ def test_sentence_transformers_onnx_backend_loads_a_pruned_embedding_model_witho
     expected = task.embed_texts(*load_model(pruned, task), TEXTS, "cpu")
     shutil.copytree(tmp_path / "onnx", pruned / "onnx")
     folders = [[str(tmp_path / "onnx"), False], [str(pruned), True]]
-    done = subprocess.run(
-        [optimum_python, "-c", ST_SCRIPT, json.dumps(folders), json.dumps(TEXTS)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert "No module named 'fastprune'" in done.stderr, done.stderr[-2000:]
-    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    loaded = _without_fastprune(optimum_python, ST_SCRIPT, json.dumps(folders), tmp_path)
     assert list(loaded) == [folder for folder, _ in folders]
     for got in loaded.values():
         assert got["modules"] == ["Transformer", "Pooling", *(["Normalize"] if normalize else [])]
