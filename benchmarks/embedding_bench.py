@@ -225,9 +225,9 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     for method in METHODS:
         values = [[r[method] for r in records if r["constraint"] == c] for c in budgets]
         mid = [statistics.fmean(v) for v in values]
-        err = [
-            [m - min(v) for m, v in zip(mid, values, strict=True)],
-            [max(v) - m for m, v in zip(mid, values, strict=True)],
+        err = [  # clamped: the mean of equal values can sit an ulp outside them
+            [max(0.0, m - min(v)) for m, v in zip(mid, values, strict=True)],
+            [max(0.0, max(v) - m) for m, v in zip(mid, values, strict=True)],
         ]
         ax.errorbar(budgets, mid, yerr=err, marker="o", capsize=3, label=method, lw=2 if method == "fastprune" else 1)
     ax.axhline(records[0]["dense"], color="grey", ls="--", lw=1, label="dense")
