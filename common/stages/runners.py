@@ -201,9 +201,15 @@ def run_sample(p: SampleParams, out: Path) -> dict:
     train = task.load_data(local, "train", p.text_columns, p.label_column)
     sample, available = task.draw_sample(train, p.num_samples, p.seed, p.replace, p.max_length)
     warnings = [w for w in [sampling_warning(p.num_samples, available, p.replace, task.sample_unit)] if w]
-    if p.holdout:
-        sample, held_out = split_holdout(sample, p.holdout, p.seed)
-        held_out.to_parquet(str(out / HOLDOUT_FILE))
+    holdout = p.holdout
+    if holdout:
+        sample, held_out = split_holdout(sample, holdout, p.seed)
+        if len(held_out):
+            held_out.to_parquet(str(out / HOLDOUT_FILE))
+        else:
+            small = f"a sample of {len(sample)} {task.sample_unit} is too small to hold out {holdout:g} of it"
+            warnings.append(f"{small}: the stages are not validated")
+            holdout = 0.0
     sample.to_parquet(str(out / SAMPLE_FILE))
     checksum = sha256_file(local) if isinstance(local, Path) and local.is_file() else None
     return {
@@ -212,6 +218,7 @@ def run_sample(p: SampleParams, out: Path) -> dict:
         "train_sha256": checksum,
         "train_examples": len(train),
         "num_examples": len(sample),
+        "holdout": holdout,
         **({"warnings": warnings} if warnings else {}),
     }
 

@@ -143,6 +143,24 @@ def test_held_out_validation_measures_the_distance_from_the_dense_geometry(st_fo
     assert float(TASK.validation_loss(model, one, TASK.validation_reference(model, one))) == 0.0
 
 
+def test_a_sample_too_small_to_hold_out_from_is_used_whole_with_a_warning(tmp_path):
+    """``--holdout`` takes its fraction out of the sample; when that rounds to no example, nothing is held out (no
+    empty file for the tuning to validate on) and the sample stage says so."""
+    from fastprune.common.folders import HOLDOUT_FILE
+    from fastprune.common.stages.run import run_stage
+
+    def sample(name: str, num_samples: int) -> dict:
+        params = {"train_data": str(DATA / "stsb_train.tsv"), "task": "embedding", "num_samples": num_samples}
+        return run_stage("sample", tmp_path / name, {**params, "seed": 0, "holdout": 0.2})
+
+    held = sample("held", 40)
+    assert held["holdout"] == 0.2 and held["num_examples"] == 32 and "warnings" not in held
+    assert len(pd.read_parquet(tmp_path / "held" / HOLDOUT_FILE)) == 8
+    tiny = sample("tiny", 2)
+    assert tiny["holdout"] == 0 and tiny["num_examples"] == 2 and not (tmp_path / "tiny" / HOLDOUT_FILE).exists()
+    assert any("too small to hold out 0.2" in w for w in tiny["warnings"])
+
+
 def test_a_folder_that_is_not_a_sentence_transformers_model_is_refused(tmp_path):
     folder = tiny_st_folder(tmp_path / "m")
     (folder / "modules.json").unlink()
