@@ -63,12 +63,14 @@ def run(args: argparse.Namespace, name: str, work: Path) -> list[dict[str, Any]]
     source = MODELS[name]()
     model, tokenizer = load_model(source, TASK)
     dev = TASK.load_data(args.dev, "validation")
-    dims = adapter_for(model).dims(model.config)
     records = []
     train = TASK.load_data(args.train)
+    earlier = recorded_baselines(name, args.num_samples) if args.reuse_baselines else {}
     for seed in args.seeds:
         sample = sample_dataset(train, args.num_samples, seed)  # as the sample stage draws it
-        grads = collect_mask_gradients(model, TASK.batches(sample, tokenizer), progress=False, seed=seed, task=TASK)
+        grads = None
+        if any((seed, c) not in earlier for c in args.constraints):  # the uniform baseline needs them
+            grads = collect_mask_gradients(model, TASK.batches(sample, tokenizer), progress=False, seed=seed, task=TASK)
         for constraint in args.constraints:
             out = work / f"{name}-s{seed}-c{constraint}"
             start = time.perf_counter()
@@ -101,18 +103,9 @@ def run(args: argparse.Namespace, name: str, work: Path) -> list[dict[str, Any]]
             wall = time.perf_counter() - start
             summary = json.loads((out / "summary.json").read_text())
             seq_len = summary["seq_len"]
-            baselines = {
-                "random": random_masks(dims, seq_len, constraint, seed),
-                "magnitude": magnitude_masks(model, seq_len, constraint),
-                "uniform": uniform_masks(grads.head_importance(), grads.neuron_importance(), dims, seq_len, constraint),
-            }
-            scores = {}
-            for baseline, masks in baselines.items():
-                with pruning_applied(model, masks, "cpu"):
-                    scores[baseline] = TASK.evaluate(model, tokenizer, dev)["spearman_cosine"]
-            scores["drop-top-layers"] = TASK.evaluate(drop_top_layers(model, constraint), tokenizer, dev)[
-                "spearman_cosine"
-            ]
+            scores = earlier.get((seed, constraint)) or baseline_scores(
+                model, tokenizer, dev, grads, constraint, seq_len, seed
+            )
             record = {
                 "model": name,
                 "seed": seed,
@@ -141,6 +134,33 @@ def run(args: argparse.Namespace, name: str, work: Path) -> list[dict[str, Any]]
             print(table([record]), flush=True)
             render()
     return records
+
+
+def baseline_scores(model, tokenizer, dev, grads, constraint: float, seq_len: float, seed: int) -> dict[str, float]:
+    """STS-B dev Spearman of each baseline at ``constraint`` (``grads``: the dense model's Fisher on the sample)."""
+    dims = adapter_for(model).dims(model.config)
+    baselines = {
+        "random": random_masks(dims, seq_len, constraint, seed),
+        "magnitude": magnitude_masks(model, seq_len, constraint),
+        "uniform": uniform_masks(grads.head_importance(), grads.neuron_importance(), dims, seq_len, constraint),
+    }
+    scores = {}
+    for baseline, masks in baselines.items():
+        with pruning_applied(model, masks, "cpu"):
+            scores[baseline] = TASK.evaluate(model, tokenizer, dev)["spearman_cosine"]
+    scores["drop-top-layers"] = TASK.evaluate(drop_top_layers(model, constraint), tokenizer, dev)["spearman_cosine"]
+    return scores
+
+
+def recorded_baselines(name: str, num_samples: int) -> dict[tuple[int, float], dict[str, float]]:
+    """The baselines' scores already in the JSONL, by (seed, constraint): they depend on the model, seed, budget and
+    sample only, not on the prune flags."""
+    found: dict[tuple[int, float], dict[str, float]] = {}
+    for line in RESULTS.read_text().splitlines() if RESULTS.exists() else []:
+        r = json.loads(line)
+        if r["model"] == name and r["num_samples"] == num_samples:
+            found[(r["seed"], r["constraint"])] = {m: r[m] for m in METHODS[1:]}
+    return found
 
 
 def compare_objectives(model, tokenizer, sample, dev, constraint: float, seq_len: float, seed: int) -> dict:
@@ -268,6 +288,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path.home() / ".cache" / "fastprune" / "embedding_bench")
     p.add_argument("--speed", action="store_true", help="time the exported model against the dense one")
     p.add_argument("--flags", default="", help="extra `fastprune prune` flags (recorded; a table per setting)")
+    p.add_argument(
+        "--reuse-baselines",
+        action="store_true",
+        help="take the baselines' scores from an earlier record of the same model, seed, FLOPs and sample size",
+    )
     p.add_argument("--render", action="store_true", help="only rewrite results/embedding.md and the plots")
     p.add_argument(
         "--compare-objectives",

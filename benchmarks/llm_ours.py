@@ -115,7 +115,9 @@ def stages(
     yield "rearrange", masks
     runs = [(stage, ridge) for stage in STAGES[2 : STAGES.index(upto) + 1] for ridge in ridges]
     for stage, ridge in runs:
-        resplit = BudgetResplit(model, masks, seq_len, "cpu", allocation=allocation, task=task)
+        resplit = BudgetResplit(
+            model, masks, seq_len, "cpu", allocation=allocation, task=task, rearrange=True, head_block=head_block(dims)
+        )
         tuned, _ = tune_masks(
             model,
             masks,

@@ -67,28 +67,33 @@ def rearrange_masks(masks: Masks, grads: MaskGradients, head_block: int | None =
     ``grads.available`` (pruned by an earlier iterative step) stay pruned. ``head_block``: rearrange the heads within
     blocks of that many (a key/value group's query heads, so that the kept groups, their cost and a uniform split's
     shape stay as the search chose them; default: the whole layer)."""
+    layers = [rearrange_layer(masks, grads, i, head_block) for i in range(masks.head.shape[0])]
+    return Masks(torch.stack([head for head, _ in layers]), torch.stack([neuron for _, neuron in layers]))
+
+
+def rearrange_layer(
+    masks: Masks, grads: MaskGradients, layer: int, head_block: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``layer``'s rearranged head and neuron keep-masks (see :func:`rearrange_masks`)."""
     available = grads.available or Masks.ones_like(masks)
     head_sq, neuron_sq = grads.head_sq, grads.neuron_sq  # the exact diagonal when the rows are folded
     size = head_block or masks.head.shape[1]
-    head = torch.zeros(masks.head.shape)
-    for i in range(masks.head.shape[0]):
-        for start in range(0, masks.head.shape[1], size):
-            part = slice(start, start + size)
-            head[i, part] = _rearrange_available(
-                masks.head[i, part],
-                grads.head[:, i, part],
-                available.head[i, part],
-                None if head_sq is None else head_sq[i, part],
-            )
-    neuron = torch.stack(
-        [
-            _rearrange_available(
-                masks.neuron[i], grads.neuron[:, i], available.neuron[i], None if neuron_sq is None else neuron_sq[i]
-            )
-            for i in range(masks.neuron.shape[0])
-        ]
+    head = torch.zeros(masks.head.shape[1])
+    for start in range(0, masks.head.shape[1], size):
+        part = slice(start, start + size)
+        head[part] = _rearrange_available(
+            masks.head[layer, part],
+            grads.head[:, layer, part],
+            available.head[layer, part],
+            None if head_sq is None else head_sq[layer, part],
+        )
+    neuron = _rearrange_available(
+        masks.neuron[layer],
+        grads.neuron[:, layer],
+        available.neuron[layer],
+        None if neuron_sq is None else neuron_sq[layer],
     )
-    return Masks(head, neuron)
+    return head, neuron
 
 
 def _rearrange_available(

@@ -335,8 +335,20 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         if p.tuning_resplit:
             made = stage_info(grads)["params"]
             labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
+            rearranged = stage_info(masks)["params"].get("rearrange", False)  # and not rejected on the held-out part
+            rearranged = rearranged and (validator is None or validator.report["rearrange"]["accepted"])
             resplit = BudgetResplit(
-                net, chosen, search["seq_len"], device, labels, fisher.available, table, allocation, task
+                net,
+                chosen,
+                search["seq_len"],
+                device,
+                labels,
+                fisher.available,
+                table,
+                allocation,
+                task,
+                rearranged,
+                search.get("head_block"),
             )
         tuned, reports = tune_masks(
             net,

@@ -452,6 +452,33 @@ def test_tuning_on_a_spread_subset_of_batches():
     assert part[1].error_before < full[1].error_before  # fewer tokens in the normal equations
 
 
+def test_budget_resplit_rearranges_the_layer_it_re_splits():
+    """With ``rearrange``, the re-split keeps its per-layer counts but chooses the layer's units by the block-diagonal
+    Fisher of the gradients it measured (a pruned set no costlier than the diagonal choice), not by the diagonal
+    alone, which would undo the rearrangement stage."""
+    from fastprune.common.method.rearrange import pruned_set_cost
+    from fastprune.common.method.resplit import BudgetResplit
+
+    class Recording(BudgetResplit):
+        def _split(self, grads, layer, left):
+            self.measured = getattr(self, "measured", {}) | {layer: grads}
+            return super()._split(grads, layer, left)
+
+    model = tiny_model("bert")
+    masks = Masks(torch.ones(3, 4), (torch.arange(64) < 24).float().repeat(3, 1))
+    runs = {}
+    for rearrange in (False, True):
+        resplit = Recording(model, masks, seq_len=10.0, rearrange=rearrange)
+        tuned, _ = tune_masks(model, masks, None, _batches(n=3), progress=False, mode="refit", resplit=resplit)
+        runs[rearrange] = tuned, resplit.measured[1]
+    (plain, grads), (rearranged, same) = runs[False], runs[True]
+    assert torch.equal(grads.neuron, same.neuron)  # layer 1 is re-split from the same state in both runs
+    kept_plain, kept = plain.neuron[1] != 0, rearranged.neuron[1] != 0
+    assert int(kept.sum()) == int(kept_plain.sum()) and not torch.equal(kept, kept_plain)
+    rows = grads.neuron[:, 1]
+    assert pruned_set_cost(rows, ~kept) < pruned_set_cost(rows, ~kept_plain)
+
+
 def test_budget_resplit_re_decides_the_layers_above_within_the_budget():
     """Before each layer above the first, the re-split re-chooses that layer and those above from Fisher measured on
     the pruned layers below: the result stays within the initial masks' MACs, the first layer keeps the search's
