@@ -116,7 +116,14 @@ def stages(
     runs = [(stage, ridge) for stage in STAGES[2 : STAGES.index(upto) + 1] for ridge in ridges]
     for stage, ridge in runs:
         resplit = BudgetResplit(
-            model, masks, seq_len, "cpu", allocation=allocation, task=task, rearrange=True, head_block=head_block(dims)
+            model,
+            masks,
+            seq_len,
+            "cpu",
+            allocation=allocation,
+            task=task,
+            rearrange=task.resplit_rearranges,
+            head_block=head_block(dims),
         )
         tuned, _ = tune_masks(
             model,

@@ -4,10 +4,9 @@ The search splits the FLOPs budget across layers once, from Fisher importance me
 ``resplit``, tuning re-decides it on its way up: before layer ``i`` is tuned, the layers below are final (pruned
 and reconstructed), so the mask gradients are measured again on that model with the layers ``i..L-1`` still
 whole, and the budget the lower layers left is split anew across ``i..L-1`` by the same global search. Layer
-``i`` takes its share (the layers above are decided again at their turn), then is tuned as usual. When the masks
-were rearranged, layer ``i``'s units are rearranged too, with the gradients just measured: the search alone
-chooses by the diagonal Fisher and would undo the rearrangement (all-mpnet-base-v2 at FLOPs 0.5 lost 1.3 points of
-STS-B Spearman that way, more than the rearrangement had won).
+``i`` takes its share (the layers above are decided again at their turn), then is tuned as usual. The search
+chooses layer ``i``'s units by the diagonal Fisher, undoing the rearrangement; with ``rearrange`` (where the task
+asks for it: ``Task.resplit_rearranges``) they are rearranged again with the gradients just measured.
 
 The mask gradients of layer ``i`` and above are measured from the hidden states tuning carries into layer ``i``
 (the pruned model's), so the pass before layer ``i`` costs only the layers from ``i`` up: over a model of ``L``
@@ -113,7 +112,8 @@ class BudgetResplit:
                 task=self.task,
             )
         share, chosen = self._split(grads, layer, left)
-        if self.rearrange and 0.0 < share < 1.0:
+        rearranged = self.rearrange and 0.0 < share < 1.0
+        if rearranged:
             whole = Masks(  # the layers below are not read: only the counts of layer `layer`
                 torch.cat([torch.ones(layer, chosen.head.shape[1]), chosen.head.cpu()]),
                 torch.cat([torch.ones(layer, chosen.neuron.shape[1]), chosen.neuron.cpu()]),
@@ -124,7 +124,13 @@ class BudgetResplit:
         masks.neuron[layer:] = chosen.neuron.to(masks.neuron)
         after = (int(chosen.head[0].sum()), int(chosen.neuron[0].sum()))
         self.log.append(
-            {"layer": layer, "share": share, "heads": [before[0], after[0]], "neurons": [before[1], after[1]]}
+            {
+                "layer": layer,
+                "share": share,
+                "heads": [before[0], after[0]],
+                "neurons": [before[1], after[1]],
+                "rearranged": rearranged,
+            }
         )
         log.info(
             "re-split at layer %d: %.3f of the layers above kept; heads %d -> %d, neurons %d -> %d",

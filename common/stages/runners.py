@@ -337,6 +337,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
             rearranged = stage_info(masks)["params"].get("rearrange", False)  # and not rejected on the held-out part
             rearranged = rearranged and (validator is None or validator.report["rearrange"]["accepted"])
+            rearranged = rearranged and task.resplit_rearranges
             resplit = BudgetResplit(
                 net,
                 chosen,

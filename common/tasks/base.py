@@ -62,6 +62,7 @@ class Task(ABC):
     checks_data: bool = False  # :meth:`check_data` needs the tokenizer: run it before any compute
     sample_unit: str = "training examples"  # what :meth:`draw_sample` draws, for the warnings
     refit_ridge: float | Literal["auto"] | None = None  # the refit's default ridge for this task (None: tuning's)
+    resplit_rearranges: bool = False  # the budget re-split rearranges each layer it re-splits (rearranged masks only)
 
     # ----- reading and batching --------------------------------------------------------------------------------
     @abstractmethod
