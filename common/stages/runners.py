@@ -335,21 +335,11 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         if p.tuning_resplit:
             made = stage_info(grads)["params"]
             labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
-            rearranged = stage_info(masks)["params"].get("rearrange", False)  # and not rejected on the held-out part
-            rearranged = rearranged and (validator is None or validator.report["rearrange"]["accepted"])
-            rearranged = rearranged and task.resplit_rearranges
+            kept = validator is None or validator.report["rearrange"]["accepted"]  # not rejected on the held-out part
+            rearranged = kept and task.resplit_rearranges and stage_info(masks)["params"].get("rearrange", False)
+            block, seq_len = search.get("head_block"), search["seq_len"]
             resplit = BudgetResplit(
-                net,
-                chosen,
-                search["seq_len"],
-                device,
-                labels,
-                fisher.available,
-                table,
-                allocation,
-                task,
-                rearranged,
-                search.get("head_block"),
+                net, chosen, seq_len, device, labels, fisher.available, table, allocation, task, rearranged, block
             )
         tuned, reports = tune_masks(
             net,
