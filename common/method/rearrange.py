@@ -67,33 +67,30 @@ def rearrange_masks(masks: Masks, grads: MaskGradients, head_block: int | None =
     ``grads.available`` (pruned by an earlier iterative step) stay pruned. ``head_block``: rearrange the heads within
     blocks of that many (a key/value group's query heads, so that the kept groups, their cost and a uniform split's
     shape stay as the search chose them; default: the whole layer)."""
-    layers = [rearrange_layer(masks, grads, i, head_block) for i in range(masks.head.shape[0])]
+    layers = [rearrange_layer(masks.head[i], masks.neuron[i], grads, i, head_block) for i in range(len(masks.head))]
     return Masks(torch.stack([head for head, _ in layers]), torch.stack([neuron for _, neuron in layers]))
 
 
 def rearrange_layer(
-    masks: Masks, grads: MaskGradients, layer: int, head_block: int | None = None
+    head: torch.Tensor, neuron: torch.Tensor, grads: MaskGradients, layer: int, head_block: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer ``layer``'s rearranged head and neuron keep-masks (see :func:`rearrange_masks`)."""
-    available = grads.available or Masks.ones_like(masks)
+    """Layer ``layer``'s rearranged head and neuron keep-masks, from its masks ``head`` [H] and ``neuron`` [F] (only
+    their kept counts are read; see :func:`rearrange_masks`)."""
+    available = grads.available
+    head_ok = torch.ones_like(head) if available is None else available.head[layer]
+    neuron_ok = torch.ones_like(neuron) if available is None else available.neuron[layer]
     head_sq, neuron_sq = grads.head_sq, grads.neuron_sq  # the exact diagonal when the rows are folded
-    size = head_block or masks.head.shape[1]
-    head = torch.zeros(masks.head.shape[1])
-    for start in range(0, masks.head.shape[1], size):
+    size = head_block or head.shape[0]
+    new_head = torch.zeros(head.shape[0])
+    for start in range(0, head.shape[0], size):
         part = slice(start, start + size)
-        head[part] = _rearrange_available(
-            masks.head[layer, part],
-            grads.head[:, layer, part],
-            available.head[layer, part],
-            None if head_sq is None else head_sq[layer, part],
+        new_head[part] = _rearrange_available(
+            head[part], grads.head[:, layer, part], head_ok[part], None if head_sq is None else head_sq[layer, part]
         )
-    neuron = _rearrange_available(
-        masks.neuron[layer],
-        grads.neuron[:, layer],
-        available.neuron[layer],
-        None if neuron_sq is None else neuron_sq[layer],
+    new_neuron = _rearrange_available(
+        neuron, grads.neuron[:, layer], neuron_ok, None if neuron_sq is None else neuron_sq[layer]
     )
-    return head, neuron
+    return new_head, new_neuron
 
 
 def _rearrange_available(

@@ -114,11 +114,9 @@ class BudgetResplit:
         share, chosen = self._split(grads, layer, left)
         rearranged = self.rearrange and 0.0 < share < 1.0
         if rearranged:
-            whole = Masks(  # the layers below are not read: only the counts of layer `layer`
-                torch.cat([torch.ones(layer, chosen.head.shape[1]), chosen.head.cpu()]),
-                torch.cat([torch.ones(layer, chosen.neuron.shape[1]), chosen.neuron.cpu()]),
+            chosen.head[0], chosen.neuron[0] = rearrange_layer(
+                chosen.head[0].cpu(), chosen.neuron[0].cpu(), grads, layer, self.head_block
             )
-            chosen.head[0], chosen.neuron[0] = rearrange_layer(whole, grads, layer, self.head_block)
         before = (int((masks.head[layer] != 0).sum()), int((masks.neuron[layer] != 0).sum()))
         masks.head[layer:] = chosen.head.to(masks.head)
         masks.neuron[layer:] = chosen.neuron.to(masks.neuron)
