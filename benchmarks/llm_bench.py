@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,6 +59,7 @@ from llm_data import (  # noqa: E402
     causal_lm_task,
     decoder_params,
     dense_counts,
+    generated_windows,
     kept_counts,
     kv_bytes_per_token,
     perplexity,
@@ -90,9 +92,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-windows", type=int, default=64)
     p.add_argument("--fisher-windows", type=int, default=None, help="windows of the Fisher pass and tuning")
     p.add_argument("--calib-len", type=int, default=None, help="calibration window tokens (default --seq-len)")
+    p.add_argument(
+        "--calib-generate",
+        type=int,
+        default=0,
+        metavar="PROMPT",
+        help="self-generated calibration: keep each window's first PROMPT tokens, the rest sampled from the model",
+    )
     p.add_argument("--fisher-labels", default="data", choices=("data", "model"), help="model: label-free Fisher")
-    p.add_argument("--tuning-ridge", type=_ridge, nargs="+", default=[None], help="refit ridge(s): numbers or auto")
+    p.add_argument(
+        "--tuning-ridge",
+        type=_number_or("--tuning-ridge", ("auto",)),
+        nargs="+",
+        default=[None],
+        help="refit ridge(s): numbers or auto",
+    )
     p.add_argument("--allocation", default="global", choices=("global", "block"), help="ours' budget split")
+    p.add_argument(
+        "--rearrange-shrink",
+        type=_number_or("--rearrange-shrink", ("auto",), 1.0),
+        default=0.0,
+        help="rearrangement's shrinkage: 0-1 or auto",
+    )
     p.add_argument("--tuning-mode", default="refit", choices=("refit", "reselect"))
     p.add_argument("--fisher-cache", type=Path, default=None, help="folder keeping Fisher rows between runs")
     p.add_argument(
@@ -124,16 +145,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _ridge(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"--tuning-ridge must be a number >= 0 or auto, got {text!r}")
-    return value
+def _number_or(flag: str, words: tuple[str, ...], high: float = math.inf):
+    """An argparse type: one of ``words``, or a number in [0, ``high``]."""
+
+    def parse(text: str) -> float | str:
+        if text in words:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= high:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number in [0, {high}] or one of {words}, got {text!r}")
+        return value
+
+    return parse
 
 
 def load_average() -> str:
@@ -164,9 +190,11 @@ class Bench:
         a = self.args
         record |= {"seq_len": a.seq_len, "calib_windows": a.calib_windows, "calib_len": a.calib_len or a.seq_len}
         record |= {"fisher_windows": a.fisher_windows, "fisher_labels": a.fisher_labels, "command": COMMAND}
+        record |= {"calib_generate": a.calib_generate} if a.calib_generate else {}
         if record["method"].startswith("ours"):
             record |= {"tuning_ridge": a.tuning_ridge, "tuning_mode": a.tuning_mode, "allocation": a.allocation}
             record |= {"fisher_steps": a.fisher_steps} if a.fisher_steps > 1 else {}
+            record |= {"rearrange_shrink": a.rearrange_shrink} if a.rearrange_shrink else {}
         self.args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(self.args.jsonl, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -208,6 +236,7 @@ class Bench:
         cached = None
         if a.fisher_cache is not None:
             key = f"s{seed}_n{a.fisher_windows or a.calib_windows}of{a.calib_windows}_l{a.calib_len or a.seq_len}"
+            key += f"_g{a.calib_generate}" if a.calib_generate else ""
             cached = a.fisher_cache / f"{key}_{a.fisher_labels}_b{a.batch_size}.safetensors"
             if cached.is_file():
                 return MaskGradients.load(cached)
@@ -229,6 +258,10 @@ class Bench:
     def run_seed(self, seed: int) -> None:
         a = self.args
         calib = sample_windows(self.calib, a.calib_windows, seed)
+        if a.calib_generate:
+            start = time.perf_counter()
+            calib = generated_windows(self.model, calib, a.calib_generate, seed)
+            print(f"seed {seed}: {len(calib)} calibration windows generated in {time.perf_counter() - start:.0f} s")
         fisher_windows = calib[: a.fisher_windows or len(calib)]
         batches = window_batches(fisher_windows, a.batch_size)
         shared: dict[str, tuple[Any, float]] = {}
@@ -274,7 +307,17 @@ class Bench:
                 else:
                     grads, seconds = once("fisher", lambda: self.fisher(batches, seed))
                 stages = llm_ours.stages(
-                    self.model, grads, batches, self.task, s, c, allocation, a.ours_upto, a.tuning_ridge, a.tuning_mode
+                    self.model,
+                    grads,
+                    batches,
+                    self.task,
+                    s,
+                    c,
+                    allocation,
+                    a.ours_upto,
+                    a.tuning_ridge,
+                    a.tuning_mode,
+                    a.rearrange_shrink,
                 )
                 for stage, masks, spent in _timed(stages):
                     seconds += spent

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from fastprune.common.method.allocate import search_by
 from fastprune.common.method.fisher import MaskGradients, collect_mask_gradients
 from fastprune.common.method.iterative import iterative_fisher
-from fastprune.common.method.rearrange import head_block, rearrange_masks
+from fastprune.common.method.rearrange import Shrink, head_block, rearrange_masks
 from fastprune.common.method.resplit import BudgetResplit
 from fastprune.common.method.tuning import tune_masks
 from fastprune.common.model.arch import adapter_for
@@ -98,12 +98,13 @@ def stages(
     upto: str,
     ridges: Sequence[float | str | None] = (None,),
     mode: str = "refit",
+    shrink: Shrink = 0.0,
 ) -> Iterator[tuple[str, Masks]]:
     """The masks after each stage up to ``upto`` (one of :data:`STAGES`), as each is done: ``search``,
     ``rearrange`` (of the search's), ``tune`` (refit of the rearranged against the dense model), ``resplit`` (the
     refit with the budget re-split, from the rearranged masks). ``ridges`` and ``mode`` are the tuning's (``None``:
     its default ridge; several: one ``tune@<ridge>`` stage each; ``"reselect"`` re-chooses each block's units before
-    the refit)."""
+    the refit); ``shrink``: the rearrangement's shrinkage toward the diagonal Fisher (``rearrange_units``)."""
     if upto not in STAGES:
         raise ValueError(f"unknown stage {upto!r}; valid: {', '.join(STAGES)}")
     masks = searched(model, grads, seq_len, constraint, allocation)
@@ -111,7 +112,8 @@ def stages(
     if upto == "search":
         return
     dims = adapter_for(model).dims(model.config)
-    masks = rearrange_masks(masks, grads, head_block(dims))  # within key/value groups: their cost stays as searched
+    block = head_block(dims)
+    masks = rearrange_masks(masks, grads, block, shrink)  # within key/value groups: their cost stays as searched
     yield "rearrange", masks
     runs = [(stage, ridge) for stage in STAGES[2 : STAGES.index(upto) + 1] for ridge in ridges]
     for stage, ridge in runs:
@@ -123,7 +125,7 @@ def stages(
             allocation=allocation,
             task=task,
             rearrange=task.resplit_rearranges,
-            head_block=head_block(dims),
+            head_block=block,
         )
         tuned, _ = tune_masks(
             model,

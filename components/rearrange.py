@@ -12,6 +12,7 @@ def rearrange_masks(
     rearranged: Output[Artifact],
     metrics: Output[Metrics],
     rearrange: bool = True,
+    rearrange_shrink: str = "by-task",
 ):
     """Re-choose which units each layer prunes (per-layer counts unchanged)."""
     from fastprune.components.runtime import run_component

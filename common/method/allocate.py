@@ -18,6 +18,7 @@ head, so the split also decides which groups go.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from ..model.cost import dense_macs, group_macs, head_macs, neuron_macs
 from ..model.masks import Masks
 from .baselines import uniform_masks
 from .fisher import MaskGradients
+from .rearrange import head_block, rearrange_masks
 from .search import check_constraint, search_flops
 
 Curve = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -180,3 +182,37 @@ def search_flops_block(
     heads = unit_blocks(head_importance, group_size, head_macs(seq_len, dims), group_cost, head_curve)
     neurons = unit_blocks(neuron_importance, neuron_importance.shape[1], neuron_macs(seq_len, dims), 0.0, neuron_curve)
     return masks_from_blocks(heads, neurons, budget, head_importance.shape, neuron_importance.shape)
+
+
+def search_masks(
+    grads: MaskGradients,
+    dims: ModelDims,
+    constraint: float,
+    seq_len: float,
+    latency_table=None,
+    allocation: str = "global",
+) -> Masks:
+    """FLOPs-constrained search (``allocation``: see :class:`~fastprune.common.stages.config.SearchParams`), or
+    latency-constrained when a latency table is given."""
+    if latency_table is not None:
+        from .latency_search import search_latency
+
+        return search_latency(grads.head_importance(), grads.neuron_importance(), latency_table, constraint)
+    return search_by(allocation, grads, dims, seq_len, constraint)
+
+
+def teacher_masks(
+    grads: MaskGradients,
+    dims: ModelDims,
+    constraint: float,
+    seq_len: float,
+    kind: str,
+    latency_table=None,
+    allocation: str = "global",
+) -> Masks | None:
+    """The tuning teacher: the model masked at the looser constraint sqrt(C) (the paper's schedule),
+    or ``None`` for the dense model."""
+    if kind == "dense":
+        return None
+    loose = search_masks(grads, dims, math.sqrt(constraint), seq_len, latency_table, allocation)
+    return rearrange_masks(loose, grads, head_block(dims))

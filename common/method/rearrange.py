@@ -7,11 +7,16 @@ prune so that the squared norm of the summed per-batch gradients of the pruned s
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from ..model.dims import ModelDims
 from ..model.masks import Masks
 from .fisher import MaskGradients
+
+Shrink = float | Literal["auto"]
+"""How far the rearrangement shrinks the gradients' correlations toward zero (:func:`rearrange_units`)."""
 
 
 def pruned_set_cost(grads: torch.Tensor, pruned: torch.Tensor) -> float:
@@ -19,7 +24,27 @@ def pruned_set_cost(grads: torch.Tensor, pruned: torch.Tensor) -> float:
     return float(grads.double()[:, pruned].sum(1).pow(2).sum())
 
 
-def rearrange_units(kept: torch.Tensor, grads: torch.Tensor, diagonal: torch.Tensor | None = None) -> torch.Tensor:
+def shrinkage(grads: torch.Tensor) -> float:
+    """The weight that shrinks the units' second-moment matrix ``S = g^T g / R`` toward its diagonal (Ledoit-Wolf,
+    with the diagonal target of Schafer and Strimmer, 2005): the summed estimated variance of the off-diagonal
+    entries over their summed squares, in [0, 1] (see :func:`rearrange_units`)."""
+    rows = grads.shape[0]
+    if rows < 2:
+        return 1.0
+    g = grads.double()
+    per_row = g.pow(2).sum(1)  # ||g_k||^2
+    second = (g @ g.T).pow(2).sum() / rows**2  # sum over i, j of s_ij^2
+    second_diag = (g.pow(2).sum(0) / rows).pow(2).sum()
+    fourth = per_row.pow(2).sum()  # sum over k, i, j of (g_ki g_kj)^2
+    fourth_diag = g.pow(4).sum()
+    variance = ((fourth - fourth_diag) - rows * (second - second_diag)) / (rows * (rows - 1))
+    off = second - second_diag
+    return float((variance / off).clamp(0.0, 1.0)) if off > 0 else 1.0
+
+
+def rearrange_units(
+    kept: torch.Tensor, grads: torch.Tensor, diagonal: torch.Tensor | None = None, shrink: Shrink = 0.0
+) -> torch.Tensor:
     """New bool keep-mask for one layer's units with the same number kept and a pruned-set cost no
     larger than the diagonal choice. ``grads`` is [R, N] (per-example or per-batch gradients of N units).
 
@@ -30,14 +55,19 @@ def rearrange_units(kept: torch.Tensor, grads: torch.Tensor, diagonal: torch.Ten
 
     ``diagonal`` [N]: the exact diagonal of the Gram matrix when the rows are a sketch (folded rows,
     :class:`~fastprune.common.method.fisher.GradientRows`): it replaces the sketch's, whose off-diagonal part stays
-    an unbiased estimate."""
+    an unbiased estimate.
+
+    ``shrink``: the weight moving the off-diagonal part of ``G`` toward zero (1 keeps the diagonal choice). Few
+    gradient rows against many units (512 rows, 3,072 neurons) make ``G`` rank-deficient, and the greedy search can
+    then pick pruned sets whose *sampled* gradients merely cancel. ``"auto"``: :func:`shrinkage` (Ledoit-Wolf)."""
     kept = kept.bool()
     n_pruned = int((~kept).sum())
     if n_pruned == 0 or n_pruned == kept.numel():
         return kept.clone()
     gram = (grads.float().T @ grads.float()).double()  # [N, N]
-    if diagonal is not None:
-        gram.diagonal().copy_(diagonal)
+    exact = gram.diagonal().clone() if diagonal is None else diagonal
+    gram *= 1.0 - (shrinkage(grads) if shrink == "auto" else float(shrink))
+    gram.diagonal().copy_(exact)
     sq = gram.diagonal()
     order = torch.argsort(sq, stable=True)
     members = order[:n_pruned].clone()
@@ -62,17 +92,24 @@ def head_block(dims: ModelDims) -> int | None:
     return dims.group_size if dims.grouped else None
 
 
-def rearrange_masks(masks: Masks, grads: MaskGradients, head_block: int | None = None) -> Masks:
+def rearrange_masks(masks: Masks, grads: MaskGradients, head_block: int | None = None, shrink: Shrink = 0.0) -> Masks:
     """Rearrange every layer's heads and neurons; per-layer kept counts stay as they are. Units outside
     ``grads.available`` (pruned by an earlier iterative step) stay pruned. ``head_block``: rearrange the heads within
     blocks of that many (a key/value group's query heads, so that the kept groups, their cost and a uniform split's
-    shape stay as the search chose them; default: the whole layer)."""
-    layers = [rearrange_layer(masks.head[i], masks.neuron[i], grads, i, head_block) for i in range(len(masks.head))]
+    shape stay as the search chose them; default: the whole layer). ``shrink``: see :func:`rearrange_units`."""
+    layers = [
+        rearrange_layer(masks.head[i], masks.neuron[i], grads, i, head_block, shrink) for i in range(len(masks.head))
+    ]
     return Masks(torch.stack([head for head, _ in layers]), torch.stack([neuron for _, neuron in layers]))
 
 
 def rearrange_layer(
-    head: torch.Tensor, neuron: torch.Tensor, grads: MaskGradients, layer: int, head_block: int | None = None
+    head: torch.Tensor,
+    neuron: torch.Tensor,
+    grads: MaskGradients,
+    layer: int,
+    head_block: int | None = None,
+    shrink: Shrink = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer ``layer``'s rearranged head and neuron keep-masks, from its masks ``head`` [H] and ``neuron`` [F] (only
     their kept counts are read; see :func:`rearrange_masks`)."""
@@ -85,19 +122,27 @@ def rearrange_layer(
     for start in range(0, head.shape[0], size):
         part = slice(start, start + size)
         new_head[part] = _rearrange_available(
-            head[part], grads.head[:, layer, part], head_ok[part], None if head_sq is None else head_sq[layer, part]
+            head[part],
+            grads.head[:, layer, part],
+            head_ok[part],
+            None if head_sq is None else head_sq[layer, part],
+            shrink,
         )
     new_neuron = _rearrange_available(
-        neuron, grads.neuron[:, layer], neuron_ok, None if neuron_sq is None else neuron_sq[layer]
+        neuron, grads.neuron[:, layer], neuron_ok, None if neuron_sq is None else neuron_sq[layer], shrink
     )
     return new_head, new_neuron
 
 
 def _rearrange_available(
-    kept: torch.Tensor, grads: torch.Tensor, available: torch.Tensor, diagonal: torch.Tensor | None = None
+    kept: torch.Tensor,
+    grads: torch.Tensor,
+    available: torch.Tensor,
+    diagonal: torch.Tensor | None = None,
+    shrink: Shrink = 0.0,
 ) -> torch.Tensor:
     units = (available != 0).nonzero().flatten()
     new = torch.zeros(kept.shape, dtype=torch.float32)
     exact = None if diagonal is None else diagonal[units]
-    new[units] = rearrange_units(kept[units] != 0, grads[:, units], exact).float()
+    new[units] = rearrange_units(kept[units] != 0, grads[:, units], exact, shrink).float()
     return new

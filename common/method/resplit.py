@@ -29,7 +29,7 @@ from .allocate import search_by
 from .fisher import LabelSource, MaskGradients, collect_mask_gradients
 from .latency_search import masks_latency, search_latency
 from .latency_table import LatencyTable
-from .rearrange import rearrange_layer
+from .rearrange import Shrink, rearrange_layer
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,10 @@ class BudgetResplit:
         task: Task | None = None,
         rearrange: bool = False,
         head_block: int | None = None,
+        shrink: Shrink = 0.0,
     ) -> None:
         self.model, self.seq_len, self.device, self.labels, self.task = model, seq_len, device, labels, task
-        self.rearrange, self.head_block = rearrange, head_block
+        self.rearrange, self.head_block, self.shrink = rearrange, head_block, shrink
         self.allocation = allocation
         self.dims = adapter_for(model).dims(model.config)
         self.table = table
@@ -115,7 +116,7 @@ class BudgetResplit:
         rearranged = self.rearrange and 0.0 < share < 1.0
         if rearranged:
             chosen.head[0], chosen.neuron[0] = rearrange_layer(
-                chosen.head[0].cpu(), chosen.neuron[0].cpu(), grads, layer, self.head_block
+                chosen.head[0].cpu(), chosen.neuron[0].cpu(), grads, layer, self.head_block, self.shrink
             )
         before = (int((masks.head[layer] != 0).sum()), int((masks.neuron[layer] != 0).sum()))
         masks.head[layer:] = chosen.head.to(masks.head)

@@ -26,6 +26,8 @@ from ..tasks.spec import get_task
 Dtype = Literal["float32", "float16", "bfloat16"]
 BY_MODE: Final = "by-mode"
 """The sentinel of the tuning options whose default depends on the tuning mode."""
+BY_TASK: Final = "by-task"
+"""The sentinel of the options whose default is the task's."""
 
 
 RENAMED: dict[str, str] = {
@@ -272,6 +274,19 @@ class Rearrange(Options):
     rearrange: bool = Field(
         True, description="re-choose the pruned units with the block-diagonal Fisher (per-layer counts unchanged)"
     )
+    rearrange_shrink: float | Literal["by-task", "auto"] = Field(
+        BY_TASK,
+        description="how far the rearrangement distrusts the gradients' sampled correlations: 0 (the paper) to 1 "
+        "(keep the search's units); auto: Ledoit-Wolf shrinkage toward the diagonal Fisher, per layer and unit "
+        "kind; by-task: auto for causal LMs (few long calibration windows, one gradient row each), else 0",
+    )
+
+    @field_validator("rearrange_shrink")
+    @classmethod
+    def _shrink(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"rearrange shrink must be between 0 and 1, 'auto' or 'by-task', got {value}")
+        return value
 
     renamed: ClassVar[dict[str, str]] = {"enabled": "rearrange"}
 

@@ -11,7 +11,6 @@ destination, renaming it into place only when complete, so a corrupted or partia
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -32,7 +31,7 @@ from ..folders import (
     sha256_file,
     stage_info,
 )
-from ..method.allocate import search_by
+from ..method.allocate import search_masks, teacher_masks
 from ..method.fisher import MaskGradients
 from ..method.iterative import iterative_fisher
 from ..method.rearrange import head_block, rearrange_masks
@@ -58,7 +57,7 @@ from .config import (
     SearchParams,
     TuneParams,
 )
-from .options import BY_MODE
+from .options import BY_MODE, BY_TASK
 from .sanity import budget_warnings, chance_warning, sampling_warning
 
 log = logging.getLogger(__name__)
@@ -128,40 +127,6 @@ def _masks_summary(masks: Masks, dims: ModelDims | None = None, seq_len: float |
 
 
 # ----- the method's building blocks ----------------------------------------------------------------
-def search_masks(
-    grads: MaskGradients,
-    dims: ModelDims,
-    constraint: float,
-    seq_len: float,
-    latency_table=None,
-    allocation: str = "global",
-) -> Masks:
-    """FLOPs-constrained search (``allocation``: see :class:`~fastprune.common.stages.config.SearchParams`), or
-    latency-constrained when a latency table is given."""
-    if latency_table is not None:
-        from ..method.latency_search import search_latency
-
-        return search_latency(grads.head_importance(), grads.neuron_importance(), latency_table, constraint)
-    return search_by(allocation, grads, dims, seq_len, constraint)
-
-
-def teacher_masks(
-    grads: MaskGradients,
-    dims: ModelDims,
-    constraint: float,
-    seq_len: float,
-    kind: str,
-    latency_table=None,
-    allocation: str = "global",
-) -> Masks | None:
-    """The tuning teacher: the model masked at the looser constraint sqrt(C) (the paper's schedule),
-    or ``None`` for the dense model."""
-    if kind == "dense":
-        return None
-    loose = search_masks(grads, dims, math.sqrt(constraint), seq_len, latency_table, allocation)
-    return rearrange_masks(loose, grads, head_block(dims))
-
-
 def evaluate_masked(model: nn.Module, masks: Masks | None, tokenizer, task: Task, dev, device, batch_size) -> dict:
     with pruning_applied(model, masks, device):
         return task.evaluate(model, tokenizer, dev, device, batch_size)
@@ -296,13 +261,13 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
 
 def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> dict:
     """Re-choose which units each layer prunes with the block-diagonal Fisher (per-layer counts unchanged)."""
-    searched = Masks.load(masks / MASKS_FILE)
-    gradients = MaskGradients.load(grads / GRADS_FILE)
-    block = stage_info(masks).get("head_block")
-    new = rearrange_masks(searched, gradients, block) if p.rearrange else searched.clone()
+    searched, gradients = Masks.load(masks / MASKS_FILE), MaskGradients.load(grads / GRADS_FILE)
+    shrink = _task(grads).rearrange_shrink if p.rearrange_shrink == BY_TASK else p.rearrange_shrink
+    block = stage_info(masks).get("head_block")  # a key/value group's query heads: rearranged together
+    new = rearrange_masks(searched, gradients, block, shrink) if p.rearrange else searched.clone()
     new.save(out / MASKS_FILE)
     moved = int((new.head != searched.head).sum() + (new.neuron != searched.neuron).sum()) // 2
-    return {"seq_len": stage_info(masks)["seq_len"], "units_moved": moved, **_masks_summary(new)}
+    return {"seq_len": stage_info(masks)["seq_len"], "units_moved": moved, "shrink": shrink, **_masks_summary(new)}
 
 
 def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, searched: Path, masks: Path) -> dict:
@@ -337,9 +302,19 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
             kept = validator is None or validator.report["rearrange"]["accepted"]  # not rejected on the held-out part
             rearranged = kept and task.resplit_rearranges and stage_info(masks)["params"].get("rearrange", False)
-            block, seq_len = search.get("head_block"), search["seq_len"]
             resplit = BudgetResplit(
-                net, chosen, seq_len, device, labels, fisher.available, table, allocation, task, rearranged, block
+                net,
+                chosen,
+                search["seq_len"],
+                device,
+                labels,
+                fisher.available,
+                table,
+                allocation,
+                task,
+                rearrange=rearranged,
+                head_block=search.get("head_block"),
+                shrink=stage_info(masks).get("shrink", 0.0),  # the rearrangement stage's
             )
         tuned, reports = tune_masks(
             net,

@@ -63,6 +63,7 @@ class Task(ABC):
     sample_unit: str = "training examples"  # what :meth:`draw_sample` draws, for the warnings
     refit_ridge: float | Literal["auto"] | None = None  # the refit's default ridge for this task (None: tuning's)
     resplit_rearranges: bool = False  # the budget re-split rearranges each layer it re-splits (rearranged masks only)
+    rearrange_shrink: float | Literal["auto"] = 0.0  # the rearrangement's default shrinkage (rearrange_units)
 
     # ----- reading and batching --------------------------------------------------------------------------------
     @abstractmethod

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ class CausalLMTask(Task):
     chars_per_token: float = 6.0  # a calibration slot's characters per window token (an upper bound)
     max_new_tokens: int = 32  # the pyfunc's continuation length
     checks_data: bool = True
+    rearrange_shrink: float | Literal["auto"] = "auto"  # 8k calibration tokens give ~64 gradient rows
     sample_unit: str = "window slots of the training text"
     serving_inputs: tuple[tuple[str, bool], ...] = (("prompt", True),)
     serving_example: tuple[tuple[str, str], ...] = (("prompt", "The history of the city begins"),)

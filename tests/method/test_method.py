@@ -6,7 +6,12 @@ import pytest
 import torch
 from fastprune.common.errors import ConfigError
 from fastprune.common.method.fisher import MaskGradients, collect_mask_gradients
-from fastprune.common.method.rearrange import pruned_set_cost, rearrange_masks
+from fastprune.common.method.rearrange import (
+    pruned_set_cost,
+    rearrange_masks,
+    rearrange_units,
+    shrinkage,
+)
 from fastprune.common.method.search import search_flops
 from fastprune.common.method.tuning import tune_masks
 from fastprune.common.model.arch import ModelDims, adapter_for
@@ -172,6 +177,23 @@ def test_rearrangement_finds_cancelling_pair():
     masks.neuron[0, 1] = 0.0  # diagonal choice: prune units 1 and 2
     new = rearrange_masks(masks, mg)
     assert new.neuron[0].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_shrinkage_is_high_for_noise_and_low_for_real_correlation():
+    g = torch.Generator().manual_seed(0)
+    independent = torch.randn(64, 200, generator=g)  # independent units: every sampled correlation is noise
+    assert shrinkage(independent) > 0.8
+    shared = torch.randn(64, 1, generator=g)  # units that move together: the correlations are real
+    assert shrinkage(shared + 0.1 * torch.randn(64, 200, generator=g)) < 0.05
+
+
+def test_full_shrinkage_keeps_the_diagonal_choice_and_none_finds_the_cancelling_pair():
+    base = torch.randn(32, 1, generator=torch.Generator().manual_seed(0))
+    grads = torch.cat([base * 3, -base * 3.1, base * 0.5, base * 4 + 1], dim=1)  # units 0 and 1 cancel
+    kept = torch.tensor([False, True, False, True])  # the diagonal choice prunes units 0 and 2
+    assert rearrange_units(kept, grads, shrink=0.0).tolist() == [False, False, True, True]
+    assert rearrange_units(kept, grads, shrink=1.0).tolist() == [False, True, False, True]
+    assert rearrange_units(kept, grads, shrink="auto").tolist() == [False, False, True, True]  # a real correlation
 
 
 def _measured_block_errors(model, masks, teacher, batches, cls_only):

@@ -116,6 +116,18 @@ def test_tuning_can_be_switched_off(steps, tmp_path):
     assert Masks.load(tmp_path / "tuned" / MASKS_FILE).equal(Masks.load(steps / "rearrange" / MASKS_FILE))
 
 
+def test_rearrange_shrink_is_the_tasks_by_default_and_full_shrinkage_keeps_the_searched_units(steps, tmp_path):
+    inputs = {"grads": steps / "fisher", "masks": steps / "search"}
+    assert stage_info(steps / "rearrange")["shrink"] == 0.0  # by-task: sst2's (the paper's rearrangement)
+    searched, rearranged = Masks.load(steps / "search" / MASKS_FILE), Masks.load(steps / "rearrange" / MASKS_FILE)
+    assert not rearranged.equal(searched)
+    info = run_stage("rearrange", tmp_path / "kept", {"rearrange_shrink": 1.0}, **inputs)
+    assert info["shrink"] == 1.0 and info["units_moved"] == 0
+    assert Masks.load(tmp_path / "kept" / MASKS_FILE).equal(searched)
+    with pytest.raises(ValueError, match="rearrange shrink must be between 0 and 1"):  # pydantic's, at the flags too
+        run_stage("rearrange", tmp_path / "bad", {"rearrange_shrink": 1.5}, **inputs)
+
+
 def test_iterative_fisher_stage_keeps_pruned_units_out(steps, tmp_path):
     """With steps > 1 the Fisher stage prunes toward the budget; search, rearrangement and the tuned masks stay
     inside the units it left, and the result differs from the one-shot masks."""
