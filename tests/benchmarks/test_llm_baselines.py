@@ -217,9 +217,24 @@ def test_stages_keep_the_budget_and_tune_once_per_ridge(llama, calibration):
     assert (strong[key] - dense)[:, kept].norm() < (weak[key] - dense)[:, kept].norm()
 
 
-def test_ridge_flag_reads_numbers_and_auto_and_refuses_the_rest():
-    assert llm_bench._ridge("auto") == "auto"
-    assert llm_bench._ridge("0.1") == 0.1
-    for bad in ("-1", "big", "nan"):
-        with pytest.raises(Exception, match="--tuning-ridge must be a number >= 0 or auto"):
-            llm_bench._ridge(bad)
+def test_ridge_and_shrink_flags_read_numbers_and_their_words_and_refuse_the_rest():
+    ridge = llm_bench._number_or("--tuning-ridge", ("auto",))
+    assert ridge("auto") == "auto" and ridge("0.1") == 0.1 and ridge("100") == 100.0
+    for bad in ("-1", "big", "nan", "cv"):
+        with pytest.raises(Exception, match="--tuning-ridge must be a number in"):
+            ridge(bad)
+    shrink = llm_bench._number_or("--rearrange-shrink", ("auto",), 1.0)
+    assert shrink("auto") == "auto" and shrink("0.5") == 0.5
+    with pytest.raises(Exception, match=r"--rearrange-shrink must be a number in \[0, 1.0\]"):
+        shrink("2")
+
+
+def test_generated_windows_keep_the_prompt_and_sample_the_rest_reproducibly(llama, windows):
+    real = windows[:3]
+    made = llm_data.generated_windows(llama, real, prompt=4, seed=0)
+    assert made.shape == real.shape
+    assert torch.equal(made[:, :4], real[:, :4])
+    assert not torch.equal(made[:, 4:], real[:, 4:])
+    assert torch.equal(made, llm_data.generated_windows(llama, real, prompt=4, seed=0))
+    with pytest.raises(ValueError, match="prompt must be between 1 and"):
+        llm_data.generated_windows(llama, real, prompt=real.shape[1], seed=0)
