@@ -99,6 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PROMPT",
         help="self-generated calibration: keep each window's first PROMPT tokens, the rest sampled from the model",
     )
+    p.add_argument(
+        "--calib-generate-every",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --calib-generate: generate every K-th window only (2: half plays, half generated)",
+    )
     p.add_argument("--fisher-labels", default="data", choices=("data", "model"), help="model: label-free Fisher")
     p.add_argument(
         "--tuning-ridge",
@@ -190,7 +197,8 @@ class Bench:
         a = self.args
         record |= {"seq_len": a.seq_len, "calib_windows": a.calib_windows, "calib_len": a.calib_len or a.seq_len}
         record |= {"fisher_windows": a.fisher_windows, "fisher_labels": a.fisher_labels, "command": COMMAND}
-        record |= {"calib_generate": a.calib_generate} if a.calib_generate else {}
+        if a.calib_generate:
+            record |= {"calib_generate": a.calib_generate, "calib_generate_every": a.calib_generate_every}
         if record["method"].startswith("ours"):
             record |= {"tuning_ridge": a.tuning_ridge, "tuning_mode": a.tuning_mode, "allocation": a.allocation}
             record |= {"fisher_steps": a.fisher_steps} if a.fisher_steps > 1 else {}
@@ -236,7 +244,8 @@ class Bench:
         cached = None
         if a.fisher_cache is not None:
             key = f"s{seed}_n{a.fisher_windows or a.calib_windows}of{a.calib_windows}_l{a.calib_len or a.seq_len}"
-            key += f"_g{a.calib_generate}" if a.calib_generate else ""
+            if a.calib_generate:
+                key += f"_g{a.calib_generate}" + (f"e{a.calib_generate_every}" if a.calib_generate_every > 1 else "")
             cached = a.fisher_cache / f"{key}_{a.fisher_labels}_b{a.batch_size}.safetensors"
             if cached.is_file():
                 return MaskGradients.load(cached)
@@ -260,8 +269,12 @@ class Bench:
         calib = sample_windows(self.calib, a.calib_windows, seed)
         if a.calib_generate:
             start = time.perf_counter()
-            calib = generated_windows(self.model, calib, a.calib_generate, seed)
-            print(f"seed {seed}: {len(calib)} calibration windows generated in {time.perf_counter() - start:.0f} s")
+            calib = calib.clone()
+            every = slice(None, None, a.calib_generate_every)
+            calib[every] = generated_windows(self.model, calib[every], a.calib_generate, seed)
+            print(
+                f"seed {seed}: {len(calib[every])} calibration windows generated in {time.perf_counter() - start:.0f} s"
+            )
         fisher_windows = calib[: a.fisher_windows or len(calib)]
         batches = window_batches(fisher_windows, a.batch_size)
         shared: dict[str, tuple[Any, float]] = {}
