@@ -126,6 +126,7 @@ def stages(
             task=task,
             rearrange=task.resplit_rearranges,
             head_block=block,
+            shrink=shrink,  # as the library's tune stage: the rearrangement's
         )
         tuned, _ = tune_masks(
             model,

@@ -263,11 +263,12 @@ def run_rearrange(p: RearrangeParams, out: Path, grads: Path, masks: Path) -> di
     """Re-choose which units each layer prunes with the block-diagonal Fisher (per-layer counts unchanged)."""
     searched, gradients = Masks.load(masks / MASKS_FILE), MaskGradients.load(grads / GRADS_FILE)
     shrink = _task(grads).rearrange_shrink if p.rearrange_shrink == BY_TASK else p.rearrange_shrink
-    block = stage_info(masks).get("head_block")  # a key/value group's query heads: rearranged together
+    info = stage_info(masks)
+    block = info.get("head_block")  # a key/value group's query heads: rearranged together
     new = rearrange_masks(searched, gradients, block, shrink) if p.rearrange else searched.clone()
     new.save(out / MASKS_FILE)
     moved = int((new.head != searched.head).sum() + (new.neuron != searched.neuron).sum()) // 2
-    return {"seq_len": stage_info(masks)["seq_len"], "units_moved": moved, "shrink": shrink, **_masks_summary(new)}
+    return {"seq_len": info["seq_len"], "units_moved": moved, "shrink": shrink, **_masks_summary(new)}
 
 
 def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, searched: Path, masks: Path) -> dict:
@@ -301,7 +302,8 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             made = stage_info(grads)["params"]
             labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
             kept = validator is None or validator.report["rearrange"]["accepted"]  # not rejected on the held-out part
-            rearranged = kept and task.resplit_rearranges and stage_info(masks)["params"].get("rearrange", False)
+            arranged = stage_info(masks)  # the rearrangement stage's: whether it ran, and its shrinkage
+            rearranged = kept and task.resplit_rearranges and arranged["params"].get("rearrange", False)
             resplit = BudgetResplit(
                 net,
                 chosen,
@@ -314,7 +316,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
                 task,
                 rearrange=rearranged,
                 head_block=search.get("head_block"),
-                shrink=stage_info(masks).get("shrink", 0.0),  # the rearrangement stage's
+                shrink=arranged.get("shrink", 0.0),
             )
         tuned, reports = tune_masks(
             net,
