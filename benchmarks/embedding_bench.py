@@ -118,6 +118,7 @@ def run(args: argparse.Namespace, name: str, work: Path) -> list[dict[str, Any]]
                     k: summary[k] for k in ("metric_search", "metric_rearranged", "metric_tuned_masked") if k in summary
                 },
                 "flops_ratio": summary["flops_ratio"],
+                **{k: summary[k] for k in ("allocation", "allocation_losses") if summary.get(k)},  # auto's choice
                 "prune_seconds": summary.get("prune_seconds"),
                 "wall_seconds": round(wall, 1),
                 **scores,

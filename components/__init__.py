@@ -19,7 +19,7 @@ BASE_IMAGE = "ghcr.io/fastprune/fastprune:0.1.0"
 ARTIFACTS = {
     "model": "the fine-tuned model folder (the fetch step's)",
     "fetched": "the fetched model, saved as a checked folder",
-    "sample": "the pruning sample (parquet) with its batch settings",
+    "sample": "the pruning sample (parquet) with its batch settings and its held-out part (holdout)",
     "grads": "the mask gradients (safetensors)",
     "searched": "the masks of the search",
     "masks": "the masks this step reads or (search) writes",

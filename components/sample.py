@@ -15,6 +15,7 @@ def sample_data(
     seed: int = 0,
     batch_size: int = 0,
     max_length: int = 0,
+    holdout: float = 0.0,
 ):
     """Fetch the training data (s3:// URI, local file or hub id), record its sha256, draw ``num_samples`` (for
     causal-lm: windows of ``max_length`` tokens)."""

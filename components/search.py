@@ -1,6 +1,6 @@
 """Step: search the masks within the FLOPs (or latency) budget."""
 
-from kfp.dsl import Artifact, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from . import component
 
@@ -9,6 +9,7 @@ from . import component
 def search_masks(
     model: Input[Model],
     grads: Input[Artifact],
+    sample: Input[Dataset],
     masks: Output[Artifact],
     metrics: Output[Metrics],
     constraint: float = 0.6,

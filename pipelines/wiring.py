@@ -117,7 +117,7 @@ class Candidate:
 def candidate(p: dict[str, Any], prepared: Prepared, constraint: Any) -> Candidate:
     """Prune to ``constraint`` from the prepared steps' model, sample and gradients."""
     model, sample, grads = prepared.model, prepared.sample, prepared.grads
-    searched = call(search_masks, p, model=model, grads=grads, constraint=constraint)
+    searched = call(search_masks, p, model=model, grads=grads, sample=sample, constraint=constraint)
     masks = searched.outputs["masks"]
     rearranged = call(rearrange_masks, p, grads=grads, masks=masks)
     tuned = call(

@@ -22,6 +22,7 @@ from .options import (
     FisherLabels,
     FisherRows,
     FisherSteps,
+    Holdout,
     LatencyTable,
     ModelSource,
     OnnxExport,
@@ -36,16 +37,14 @@ from .options import (
     TrainData,
     TuningChoices,
     TuningExtras,
+    check_auto_allocation,
 )
 
 
-class SampleConfig(SampleShape, Sampling):
+class SampleConfig(SampleShape, Holdout, Sampling):
     """How the pruning sample is drawn from the task's training data."""
 
     replace: bool = Field(True, description="draw with replacement, as the reference code does")
-    holdout: float = Field(
-        0.0, ge=0, lt=0.5, description="fraction of the sample held out to validate rearrangement and tuning (0: off)"
-    )
 
 
 class FisherConfig(FisherLabels, FisherRows, FisherSteps):
@@ -85,6 +84,7 @@ class PruneConfig(
     def _iterative_flops_only(self) -> PruneConfig:
         _check_iterative(self.fisher.fisher_steps, self.constraint_metric)
         _check_allocation(self.allocation, self.constraint_metric)
+        check_auto_allocation(self.allocation, self.sample.holdout)
         _check_latency_dtype(self.constraint_metric, self.serving_dtype, self.device)
         _check_latency_mode(self.constraint_metric, self.latency_mode, self.task)
         return self

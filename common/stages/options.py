@@ -106,11 +106,12 @@ class CostSeqLen(Options):
 
 
 class Allocation(Options):
-    allocation: Literal["global", "block", "uniform"] = Field(
+    allocation: Literal["global", "block", "uniform", "auto"] = Field(
         "global",
         description="how the search splits the budget between layers: global (the paper: all units "
         "ranked by diagonal Fisher importance), block (by the block-diagonal Fisher cost of pruning within each "
-        "layer) or uniform (the same counts in every layer); the tuning's budget re-split follows it (FLOPs only)",
+        "layer), uniform (the same counts in every layer) or auto (of global and uniform, the masks of lowest loss on "
+        "the sample's held-out part: needs --holdout); the tuning's budget re-split follows it (FLOPs only)",
     )
 
 
@@ -167,6 +168,30 @@ class ProfileShape(Options):
 class Sampling(Options):
     num_samples: int = Field(2048, gt=0, description="examples drawn from the training data")
     seed: int = Field(0, ge=0, description="seed of the sample (and of the labels drawn from the model)")
+
+
+class Holdout(Options):
+    holdout: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="fraction of the sample held out to validate the stages by their loss on it: allocation auto, "
+        "rearrangement and tuning are each kept only where they lower it (0: off)",
+    )
+
+    @model_validator(mode="after")
+    def _auto_allocation(self) -> Any:
+        check_auto_allocation(getattr(self, "allocation", None), self.holdout)  # where the model has both
+        return self
+
+
+def check_auto_allocation(allocation: str | None, holdout: float) -> None:
+    """``allocation auto`` needs the sample's held-out part: refused before any compute without one."""
+    if allocation == "auto" and not holdout:
+        raise ConfigError(
+            "allocation 'auto' compares the splits on the held-out part of the sample, and holdout is 0: "
+            "set holdout above 0 (e.g. --holdout 0.2), or choose allocation global, block or uniform"
+        )
 
 
 class SampleShape(Options):

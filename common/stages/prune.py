@@ -48,7 +48,9 @@ def prune(cfg: PruneConfig, output: str | Path, overwrite: bool = False) -> dict
             "sample": run_stage("sample", sample, _params(SampleParams, flat)),
             "load": run_stage("prepare", model, _params(PrepareParams, flat, skip=("dev_data",))),
             "fisher": run_stage("fisher", grads, _params(FisherParams, flat), model=model, sample=sample),
-            "search": run_stage("search", searched, _params(SearchParams, flat), model=model, grads=grads),
+            "search": run_stage(
+                "search", searched, _params(SearchParams, flat), model=model, grads=grads, sample=sample
+            ),
             "rearrange": run_stage(
                 "rearrange", rearranged, _params(RearrangeParams, flat), grads=grads, masks=searched
             ),
@@ -115,6 +117,8 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
         "flops_ratio": export["flops_ratio"],
         "flops_ratio_exported": export.get("flops_ratio_exported", export["flops_ratio"]),  # with the FFN padding
         "seq_len": search["seq_len"],
+        "allocation": search.get("allocation"),
+        **{k: search[k] for k in ("allocation_losses",) if k in search},  # allocation auto
         "params_before": export["params_before"],
         "params_after": export["params_after"],
         "heads_per_layer": export["heads_per_layer"],

@@ -64,7 +64,7 @@ STAGES: dict[str, Stage] = {
     "prepare": Stage(run_prepare, PrepareParams),
     "sample": Stage(run_sample, SampleParams),
     "fisher": Stage(run_fisher, FisherParams, ("model", "sample")),
-    "search": Stage(run_search, SearchParams, ("model", "grads")),
+    "search": Stage(run_search, SearchParams, ("model", "grads"), ("sample",)),
     "rearrange": Stage(run_rearrange, RearrangeParams, ("grads", "masks")),
     "tune": Stage(run_tune, TuneParams, ("model", "sample", "grads", "searched", "masks")),
     "export": Stage(run_export, ExportParams, ("model", "masks")),

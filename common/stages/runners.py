@@ -31,7 +31,7 @@ from ..folders import (
     sha256_file,
     stage_info,
 )
-from ..method.allocate import search_masks, teacher_masks
+from ..method.allocate import choose_allocation, search_masks, teacher_masks
 from ..method.fisher import MaskGradients
 from ..method.iterative import iterative_fisher
 from ..method.rearrange import head_block, rearrange_masks
@@ -109,6 +109,11 @@ def _model(folder: Path, device: torch.device) -> tuple[nn.Module, object, Task]
     task = _task(folder)
     model, tokenizer = load_model(folder, task, device)
     return model, tokenizer, task
+
+
+def _validator(sample: Path, net: nn.Module, tokenizer, task: Task, device: torch.device) -> StageValidator:
+    """Compares masks by their loss on the sample's held-out part (``--holdout``)."""
+    return StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device, task)
 
 
 def _dims(model_folder: Path) -> ModelDims:
@@ -223,8 +228,14 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
     return result
 
 
-def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
-    """The masks of largest Fisher importance within the FLOPs (or latency) budget."""
+def run_search(p: SearchParams, out: Path, model: Path, grads: Path, sample: Path | None = None) -> dict:
+    """The masks of largest Fisher importance within the FLOPs (or latency) budget (``allocation auto``: the split
+    of lowest loss on the ``sample``'s held-out part)."""
+    if p.allocation == "auto" and (sample is None or not (sample / HOLDOUT_FILE).exists()):
+        raise ConfigError(
+            "allocation 'auto' compares the splits on the held-out part of the sample: give the search --sample, "
+            "the folder of a sample stage run with --holdout above 0 (e.g. 0.2), or choose global, block or uniform"
+        )
     dims, seq_len = _dims(model), p.seq_len or stage_info(grads)["seq_len"]
     result: dict = {"constraint": p.constraint, "metric": p.constraint_metric, "seq_len": seq_len}
     result["head_block"] = head_block(dims)  # what the rearrangement keeps together (a key/value group's heads)
@@ -244,7 +255,16 @@ def run_search(p: SearchParams, out: Path, model: Path, grads: Path) -> dict:
         )
         table.save(out / LATENCY_TABLE_FILE)
         result["latency_table_seconds"] = round(time.perf_counter() - start, 3)
-    masks = search_masks(MaskGradients.load(grads / GRADS_FILE), dims, p.constraint, seq_len, table, p.allocation)
+    gradients, allocation = MaskGradients.load(grads / GRADS_FILE), str(p.allocation)
+    if allocation == "auto" and sample is not None:  # (a sample with a held-out part: checked above)
+        device = resolve_device(p.device)
+        validator = _validator(sample, *_model(model, device), device)
+        allocation, masks, result["allocation_losses"] = choose_allocation(
+            gradients, dims, p.constraint, seq_len, validator.loss
+        )
+    else:
+        masks = search_masks(gradients, dims, p.constraint, seq_len, table, allocation)
+    result["allocation"] = allocation  # the split used, which the tuning's teacher and re-split follow
     masks.save(out / MASKS_FILE)
     if table is not None:
         result["latency_ratio_fitted"] = latency_ratio(masks, table)
@@ -283,7 +303,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         device = resolve_device(p.device)
         net, tokenizer, task = _model(model, device)
         if holdout:
-            validator = StageValidator(net, _sample_batches(sample, tokenizer, task, HOLDOUT_FILE), device, task)
+            validator = _validator(sample, net, tokenizer, task, device)
             chosen = validator.choose("rearrange", Masks.load(searched / MASKS_FILE), chosen)
     if p.tune:
         table_file = searched / LATENCY_TABLE_FILE
@@ -295,14 +315,15 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         fisher = MaskGradients.load(grads / GRADS_FILE)
         dims = adapter_for(net).dims(net.config)
         kind = DEFAULT_TEACHER[p.tuning_mode] if p.tuning_teacher == BY_MODE else p.tuning_teacher
-        allocation = search["params"].get("allocation", "global")  # the search stage's, for the teacher and re-split
-        teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation)
+        allocation = search.get("allocation", search["params"].get("allocation"))  # the split the search used
+        arranged = stage_info(masks)  # the rearrangement stage's: whether it ran, and its shrinkage
+        shrink = arranged.get("shrink", 0.0)
+        teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation, shrink)
         batches = _sample_batches(sample, tokenizer, task)
         if p.tuning_resplit:
             made = stage_info(grads)["params"]
             labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
             kept = validator is None or validator.report["rearrange"]["accepted"]  # not rejected on the held-out part
-            arranged = stage_info(masks)  # the rearrangement stage's: whether it ran, and its shrinkage
             rearranged = kept and task.resplit_rearranges and arranged["params"].get("rearrange", False)
             resplit = BudgetResplit(
                 net,
@@ -316,7 +337,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
                 task,
                 rearrange=rearranged,
                 head_block=search.get("head_block"),
-                shrink=arranged.get("shrink", 0.0),
+                shrink=shrink,
             )
         tuned, reports = tune_masks(
             net,

@@ -190,8 +190,11 @@ def test_console_script_is_installed():
 
 @pytest.mark.parametrize("mode", ["scales", "refit"])
 def test_holdout_validation_reports_each_stage(tiny_sst2_model, tmp_path, mode):
-    assert _prune(tiny_sst2_model, tmp_path / "out", "--holdout", "0.25", "--tuning-mode", mode, samples="128") == 0
+    flags = ("--holdout", "0.25", "--tuning-mode", mode, "--allocation", "auto")
+    assert _prune(tiny_sst2_model, tmp_path / "out", *flags, samples="128") == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    losses = summary["allocation_losses"]  # allocation auto: the split of lowest held-out loss, then the stages
+    assert set(losses) == {"global", "uniform"} and summary["allocation"] == min(losses, key=losses.get)
     assert set(summary["validation"]) == {"rearrange", "tune"}
     for check in summary["validation"].values():
         assert check["accepted"] == (check["loss_after"] <= check["loss_before"])

@@ -4,8 +4,18 @@ import itertools
 
 import pytest
 import torch
-from fastprune.common.method.allocate import allocate, removal_curve, search_by, search_flops_block, spend_curve
+from fastprune.common.method.allocate import (
+    AUTO_CANDIDATES,
+    allocate,
+    choose_allocation,
+    removal_curve,
+    search_by,
+    search_flops_block,
+    spend_curve,
+    teacher_masks,
+)
 from fastprune.common.method.fisher import MaskGradients
+from fastprune.common.method.rearrange import head_block, rearrange_masks
 from fastprune.common.method.search import search_flops
 from fastprune.common.model.arch import ModelDims
 from fastprune.common.model.cost import dense_macs, flops_ratio, masked_macs
@@ -113,3 +123,32 @@ def test_search_by_covers_the_layers_from_start(allocation):
     assert 0.4 < flops_ratio(top, top_dims, SEQ) <= 0.5 + 1e-9
     if allocation == "uniform":
         assert len(set(top.heads_per_layer())) == 1 and len(set(top.neurons_per_layer())) == 1
+
+
+def test_auto_allocation_keeps_the_split_the_loss_prefers():
+    """``choose_allocation`` searches each split and keeps the one of lowest loss, whatever the Fisher ranking says."""
+    g = torch.Generator().manual_seed(5)
+    grads = MaskGradients(torch.randn(16, 3, 4, generator=g), torch.randn(16, 3, 24, generator=g))
+    splits = {a: search_by(a, grads, DIMS, SEQ, 0.5) for a in AUTO_CANDIDATES}
+    for preferred in AUTO_CANDIDATES:  # a loss that is lowest for the preferred split's masks only
+
+        def loss(masks, preferred=preferred):
+            return 0.0 if masks.equal(splits[preferred]) else 1.0
+
+        chosen, masks, losses = choose_allocation(grads, DIMS, 0.5, SEQ, loss)
+        assert chosen == preferred and masks.equal(splits[preferred])
+        assert losses == {a: float(a != preferred) for a in AUTO_CANDIDATES}
+
+
+def test_the_schedule_teacher_is_rearranged_with_the_rearrangement_stages_shrinkage():
+    """Layer 0's neurons 0 and 1 cancel (large gradients of opposite sign): the paper's rearrangement prunes the
+    pair, full shrinkage toward the diagonal keeps them."""
+    g = torch.Generator().manual_seed(6)
+    neurons = torch.randn(8, 3, 24, generator=g)
+    neurons[:, 0, :2] = 5 * torch.randn(8, 1, generator=g) * torch.tensor([1.0, -1.0])
+    grads = MaskGradients(torch.randn(8, 3, 4, generator=g), neurons)
+    loose = search_by("global", grads, DIMS, SEQ, 0.5**0.5)
+    assert teacher_masks(grads, DIMS, 0.5, SEQ, "dense") is None
+    assert teacher_masks(grads, DIMS, 0.5, SEQ, "schedule", shrink=1.0).equal(loose)  # the diagonal: no move
+    paper = teacher_masks(grads, DIMS, 0.5, SEQ, "schedule")
+    assert paper.equal(rearrange_masks(loose, grads, head_block(DIMS))) and not paper.equal(loose)

@@ -13,7 +13,7 @@ DAG = {
     "fetch-model": set(),
     "sample-data": {"fetch-model"},
     "compute-fisher": {"fetch-model", "sample-data"},
-    "search-masks": {"fetch-model", "compute-fisher"},
+    "search-masks": {"fetch-model", "sample-data", "compute-fisher"},
     "rearrange-masks": {"compute-fisher", "search-masks"},
     "tune-masks": {"fetch-model", "sample-data", "compute-fisher", "search-masks", "rearrange-masks"},
     "export-model": {"fetch-model", "tune-masks"},
@@ -100,6 +100,7 @@ def test_parameters_and_defaults(compiled):
         ("search-masks", "serving_dtype", "serving_dtype"),  # measure the serving dtype
         ("profile-latency", "serving_dtype", "serving_dtype"),
         ("search-masks", "allocation", "allocation"),
+        ("sample-data", "holdout", "holdout"),  # the held-out part the stages and allocation auto are validated on
     ):
         assert _tasks(spec)[task]["inputs"]["parameters"][name] == {"componentInputParameter": value}
 

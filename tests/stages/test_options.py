@@ -262,3 +262,14 @@ def test_the_readme_table_of_options_is_current():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert options_table() in readme, "regenerate it: python -m fastprune.flags"
+
+
+def test_auto_allocation_without_a_held_out_part_is_refused_on_every_surface():
+    """Refused where the parameters are validated (pydantic wraps the error), before any stage runs."""
+    base = {"model": "m", "train_data": "t", "task": "sst2", "allocation": "auto"}
+    with pytest.raises(ValueError, match="allocation 'auto'.*holdout is 0.*--holdout 0.2"):
+        PruneConfig(**base)
+    with pytest.raises(ValueError, match="allocation 'auto'.*holdout is 0"):
+        PruneRunParams(**base)
+    assert PruneConfig(**base, sample={"holdout": 0.2}).allocation == "auto"
+    assert PruneRunParams(**base, holdout=0.2).holdout == 0.2

@@ -8,7 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from fastprune.common.errors import IntegrityError
+from fastprune.common.errors import ConfigError, IntegrityError
 from fastprune.common.folders import GRADS_FILE, MANIFEST_NAME, MASKS_FILE, stage_info, verify_manifest
 from fastprune.common.method.fisher import MaskGradients
 from fastprune.common.model.arch import adapter_for
@@ -16,6 +16,7 @@ from fastprune.common.model.cost import masked_macs
 from fastprune.common.model.export import load_pruned
 from fastprune.common.model.masks import Masks
 from fastprune.common.ops.registry import predict_text
+from fastprune.common.stages import runners
 from fastprune.common.stages.config import PruneConfig, SampleConfig
 from fastprune.common.stages.prune import prune
 from fastprune.common.stages.run import run_stage
@@ -209,6 +210,40 @@ def test_search_allocation_reaches_the_tuning_re_split(steps, tmp_path, allocati
     assert tuned["resplit"] and macs[1] <= macs[0] * (1 + 1e-9)
     if allocation == "uniform":
         assert len(set(tuned["heads_per_layer"])) == 1 and len(set(tuned["neurons_per_layer"])) == 1
+
+
+def test_auto_allocation_keeps_the_split_of_lowest_held_out_loss(steps, tmp_path):
+    """``allocation auto`` searches every split and keeps the one whose masks lose least on the sample's held-out
+    part (losses recorded); without a held-out part it is refused before any search."""
+    search = {"constraint": 0.4, "allocation": "auto", "device": "cpu"}
+    with pytest.raises(ConfigError, match="held-out part of the sample.*--holdout"):
+        run_stage("search", tmp_path / "refused", search, model=steps / "prepare", grads=steps / "fisher")
+    with pytest.raises(ConfigError, match="held-out part"):  # the module's sample holds nothing out
+        run_stage(
+            "search",
+            tmp_path / "refused",
+            search,
+            model=steps / "prepare",
+            grads=steps / "fisher",
+            sample=steps / "sample",
+        )
+    assert not (tmp_path / "refused").exists()
+    sample, model = tmp_path / "sample", steps / "prepare"
+    run_stage(
+        "sample", sample, {"train_data": str(TRAIN), "task": "sst2", "num_samples": 64, "seed": 1, "holdout": 0.25}
+    )
+    run_stage("fisher", tmp_path / "fisher", {"device": "cpu"}, model=model, sample=sample)
+    info = run_stage("search", tmp_path / "auto", search, model=model, grads=tmp_path / "fisher", sample=sample)
+    losses = info["allocation_losses"]
+    assert set(losses) == {"global", "uniform"} and len(set(losses.values())) > 1
+    assert info["allocation"] == min(losses, key=losses.get)
+    validator = runners._validator(sample, *runners._model(model, torch.device("cpu")), torch.device("cpu"))
+    for allocation, loss in losses.items():
+        params = {**search, "allocation": allocation}
+        run_stage("search", tmp_path / allocation, params, model=model, grads=tmp_path / "fisher")
+        masks = Masks.load(tmp_path / allocation / MASKS_FILE)
+        assert validator.loss(masks) == pytest.approx(loss, rel=1e-5)  # the loss of that split's own masks
+        assert masks.equal(Masks.load(tmp_path / "auto" / MASKS_FILE)) == (allocation == info["allocation"])
 
 
 def _copy(src, dst):
