@@ -315,7 +315,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         fisher = MaskGradients.load(grads / GRADS_FILE)
         dims = adapter_for(net).dims(net.config)
         kind = DEFAULT_TEACHER[p.tuning_mode] if p.tuning_teacher == BY_MODE else p.tuning_teacher
-        allocation = search.get("allocation", search["params"].get("allocation"))  # the split the search used
+        allocation = search.get("allocation", search["params"].get("allocation", "global"))  # the split searched
         arranged = stage_info(masks)  # the rearrangement stage's: whether it ran, and its shrinkage
         shrink = arranged.get("shrink", 0.0)
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation, shrink)
