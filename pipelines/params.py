@@ -20,7 +20,7 @@ from types import UnionType
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from ..common.errors import ConfigError
@@ -42,6 +42,7 @@ from ..common.stages.options import (
     Sampling,
     ServingDtype,
     TuningChoices,
+    check_auto_allocation,
 )
 from ..common.tasks.spec import get_task
 
@@ -99,6 +100,11 @@ class PipelineParams(
     @classmethod
     def _task(cls, value: str) -> str:
         return get_task(value).name
+
+    @model_validator(mode="after")
+    def _auto_allocation(self) -> PipelineParams:
+        check_auto_allocation(self.allocation, self.holdout)
+        return self
 
     def arguments(self) -> dict[str, Any]:
         """The pipeline's arguments: only the parameters that were set, each of its KFP type."""

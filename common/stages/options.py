@@ -179,13 +179,8 @@ class Holdout(Options):
         "rearrangement and tuning are each kept only where they lower it (0: off)",
     )
 
-    @model_validator(mode="after")
-    def _auto_allocation(self) -> Any:
-        check_auto_allocation(getattr(self, "allocation", None), self.holdout)  # where the model has both
-        return self
 
-
-def check_auto_allocation(allocation: str | None, holdout: float) -> None:
+def check_auto_allocation(allocation: str, holdout: float) -> None:
     """``allocation auto`` needs the sample's held-out part: refused before any compute without one."""
     if allocation == "auto" and not holdout:
         raise ConfigError(
