@@ -17,7 +17,7 @@ _DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet", ".txt")
 
 def looks_local(source: str) -> bool:
     """Whether ``source`` names a local path (rather than an ``s3://`` URI, a registered model or a hub id); the
-    rule :func:`fastprune.common.stages.resolve_source` follows, plus data file suffixes."""
+    rule :func:`fastprune.common.stages.sources.resolve_source` follows, plus data file suffixes."""
     if is_remote(source) or source.startswith("models:/"):
         return False
     path = Path(source).expanduser()
@@ -48,7 +48,7 @@ def check_dev_data(source: str | None, task: str, text_columns=None, label_colum
         return
     check_exists(source, "dev data")
     from ..tasks.data import load_task_data
-    from .runners import resolve_source
+    from .sources import resolve_source
 
     load_task_data(resolve_source(source)[0], get_task(task), "validation", text_columns, label_column)
 

@@ -27,7 +27,6 @@ from ..folders import (
     MASKS_FILE,
     PROFILE_FILE,
     SAMPLE_FILE,
-    cache_dir,
     sha256_file,
     stage_info,
 )
@@ -43,7 +42,6 @@ from ..model.cost import dense_macs, flops_ratio, structure_macs
 from ..model.export import export_pruned, parameter_count, save_pruned
 from ..model.loading import load_model, resolve_device
 from ..model.masks import Masks, pruning_applied
-from ..ops.storage import fetch, is_remote
 from ..tasks.spec import Task, get_task
 from .config import (
     EvaluateParams,
@@ -59,6 +57,7 @@ from .config import (
 )
 from .options import BY_MODE, BY_TASK
 from .sanity import budget_warnings, chance_warning, sampling_warning
+from .sources import resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +70,6 @@ log = logging.getLogger(__name__)
 
 def _task(folder: Path) -> Task:
     return get_task(stage_info(folder)["task"])
-
-
-def _sources_cache() -> Path:
-    return cache_dir() / "downloads"
-
-
-def resolve_source(source: str, tracking_uri: str | None = None) -> tuple[str | Path, str]:
-    """Where to read ``source`` from (a local path, downloaded, checked and cached for an ``s3://`` URI or a
-    registered model ``models:/NAME/VERSION`` of the MLflow at ``tracking_uri``; a hub id as it is) and how to
-    name it (the URI, ``models:/NAME/VERSION`` with an alias resolved, an absolute path or the hub id)."""
-    if source.startswith("models:/"):
-        from ..ops.registry import fetch_registered_model
-
-        return fetch_registered_model(source, _sources_cache(), tracking_uri)
-    path = Path(source).expanduser()
-    if is_remote(source):
-        return fetch(source, _sources_cache()), source
-    if source.startswith(("/", ".", "~")) or source.count("/") > 1 or path.exists():
-        local = fetch(source, _sources_cache())
-        return local, str(local.resolve())
-    return source, source
 
 
 def _sample_batches(sample: Path, tokenizer, task: Task, file: str = SAMPLE_FILE) -> list[dict]:
