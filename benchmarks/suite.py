@@ -10,6 +10,8 @@ and a plot per task are regenerated from it.
     .venv/bin/python benchmarks/suite.py                # full: SST-2, MRPC, STS-B, RTE, QNLI (+ SQuAD on a GPU),
                                                         #   FLOPs 0.4-0.8, seeds 0 1 2
     .venv/bin/python benchmarks/suite.py --resume       # continue a stopped run: skip the runs already recorded
+                                                        #   (without it, runs recorded before run again and replace
+                                                        #   their records; other records are kept)
     .venv/bin/python benchmarks/suite.py --methods paper holdout --tasks mrpc rte
     .venv/bin/python benchmarks/suite.py --tasks sst2-mpnet mrpc-mpnet --seeds 0 --constraints 0.4 0.5 0.6 0.7
                                                         # BERT-base scale: all-mpnet-base-v2 (hours on 2 cores)
@@ -544,7 +546,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="stage folders, one subfolder per suite run, deleted at its end",
     )
     p.add_argument("--keep-stages", action="store_true", help="keep every stage folder (several GB in full mode)")
-    p.add_argument("--resume", action="store_true", help="keep the JSONL and skip the runs it already holds")
+    p.add_argument(
+        "--resume", action="store_true", help="skip the runs the JSONL holds (else they rerun, replacing their records)"
+    )
     p.add_argument("--render-only", action="store_true", help="only rebuild RESULTS.md and the plots from the JSONL")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
@@ -565,9 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     jsonl = args.output / "results" / "suite.jsonl"
     if not args.render_only:
-        suite = Suite(args, get_methods(args.methods))
-        if not args.resume and jsonl.exists():
-            jsonl.unlink()
+        suite = Suite(args, get_methods(args.methods))  # records are appended: a rerun's replaces the earlier one
         start, started = time.perf_counter(), now()
         suite.run()
         suite.write(
