@@ -411,6 +411,7 @@ class Suite:
             point,
             model=model,
             grads=fisher,
+            sample=sample,  # allocation auto compares the splits on its held-out part
         )
         rearrange = go("rearrange", method.params("rearrange", {}), point, grads=fisher, masks=search)
         tune = go(

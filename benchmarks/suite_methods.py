@@ -143,6 +143,12 @@ METHODS: dict[str, Method] = {
             {"search": {"allocation": "uniform"}, "tune": {**REFIT, "resplit": True}},
         ),
         Method(
+            "refit-resplit-auto",
+            "refit-resplit, the split (global or uniform) chosen by the loss on 1/5 of the sample held out, which "
+            "also validates the rearrangement and the tuning",
+            {"sample": {"holdout": 0.2}, "search": {"allocation": "auto"}, "tune": {**REFIT, "resplit": True}},
+        ),
+        Method(
             "refit-uniform",
             "refit from uniform per-layer masks (no re-split)",
             {"search": {"allocation": "uniform"}, "tune": REFIT},
