@@ -269,6 +269,21 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_same_model(jsonl: Path, task: str, model_dir: Path, unpruned: float) -> None:
+    """Refuses to add runs of a fine-tuned model other than the one the JSONL's runs of ``task`` used (a cache made
+    again elsewhere: the fine-tune is not bit-reproducible across machines), which the report would compare against
+    the wrong unpruned score."""
+    runs = [r for r in load_records(jsonl) if r["kind"] in ("method", "baselines")]
+    other = sorted({r["unpruned"] for r in runs if r["task"] == task and abs(r["unpruned"] - unpruned) > 1e-9})
+    if other:
+        raise SystemExit(
+            f"{task}: the model at {model_dir} scores {unpruned:.2f} unpruned, but the runs of {task} recorded in "
+            f"{jsonl} used a model scoring {', '.join(f'{u:.2f}' for u in other)} (the fine-tune was made again, "
+            "and it is not bit-reproducible): give another --output to record this model's runs apart, or remove "
+            "those records"
+        )
+
+
 class Suite:
     def __init__(self, args: argparse.Namespace, methods: list[Method]) -> None:
         self.args, self.methods = args, methods
@@ -346,6 +361,7 @@ class Suite:
         run = TaskRun(t, spec, files, model_dir, prepared, net, tokenizer, dev, self.device, self.args.eval_batch_size)
         unpruned = unpruned_metric(run)
         run.unpruned = unpruned["value"]
+        check_same_model(self.jsonl, t.name, model_dir, run.unpruned)
         self.write(
             {
                 "kind": "model",
@@ -456,6 +472,7 @@ class Suite:
             "blocks_tuned": tune["layers_tuned"],
             "blocks": tune["blocks"],
             "validation": tune["validation"],
+            **{k: stages["search"].info[k] for k in ("allocation", "allocation_losses") if k in stages["search"].info},
             **self.costs(stages, evaluation),
         }
         print(

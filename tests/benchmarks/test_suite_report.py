@@ -1,10 +1,14 @@
 """The benchmark suite's report: its verdicts on the targets come from the recorded runs."""
 
+import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import report  # noqa: E402
+import suite  # noqa: E402
 
 
 def _run(task, method, seed, constraint, tuning, seconds=30.0):
@@ -77,3 +81,16 @@ def test_sessions_list_only_those_whose_runs_the_report_shows():
     assert "2026-11-27T10:00:00" not in lines and "Not listed: 1 earlier session(s)" in lines
     assert "| 2026-11-27T11:00:00+00:00 | custom | sst2 rte | 0 | 0.5 | refit-resplit | 10.0 | 2 |" in lines
     assert "2 run(s) come from sessions that did not finish" in lines
+
+
+def test_the_suite_refuses_to_mix_runs_of_two_fine_tunes(tmp_path):
+    jsonl = tmp_path / "suite.jsonl"
+    records = [
+        _run("sst2", report.DEFAULT, 0, 0.5, 85.0),
+        {**_run("mrpc", report.DEFAULT, 0, 0.5, 75.0), "unpruned": 80.0},
+    ]
+    jsonl.write_text("".join(json.dumps({**r, "key": f"k{i}"}) + "\n" for i, r in enumerate(records)))
+    suite.check_same_model(jsonl, "sst2", tmp_path / "model", 86.0)  # the model the runs used
+    suite.check_same_model(jsonl, "rte", tmp_path / "model", 60.0)  # no runs of the task yet
+    with pytest.raises(SystemExit, match=r"scores 80\.50 unpruned, but the runs of mrpc .* scoring 80\.00"):
+        suite.check_same_model(jsonl, "mrpc", tmp_path / "model", 80.5)
