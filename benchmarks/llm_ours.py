@@ -28,10 +28,15 @@ from torch import nn
 STAGES = ("search", "rearrange", "tune", "resplit")
 
 
-def fisher(model: nn.Module, batches: list[dict], task: Task, labels: str = "data", seed: int = 0) -> MaskGradients:
+def fisher(
+    model: nn.Module, batches: list[dict], task: Task, labels: str = "data", seed: int = 0, per_token: bool = False
+) -> MaskGradients:
     """Per-window mask gradients of the next-token loss: the empirical Fisher rows (``labels="data"``) or the true
-    Fisher's, against next tokens drawn from the model (``"model"``, seeded)."""
-    return collect_mask_gradients(model, batches, device="cpu", progress=False, task=task, labels=labels, seed=seed)
+    Fisher's, against next tokens drawn from the model (``"model"``, seeded); ``per_token``: one row per window and
+    position (each position's share of its window's gradient)."""
+    return collect_mask_gradients(
+        model, batches, device="cpu", progress=False, task=task, labels=labels, seed=seed, per_token=per_token
+    )
 
 
 def iterative(

@@ -13,6 +13,7 @@ def compute_fisher(
     metrics: Output[Metrics],
     device: str = "auto",
     fisher_labels: str = "data",
+    fisher_rows: str = "by-task",
     fisher_max_rows: int = 0,
     fisher_steps: int = 1,
     constraint: float = 0.6,

@@ -64,7 +64,13 @@ class MaskGradients:
 
     @staticmethod
     def _importance(rows: torch.Tensor, sq: torch.Tensor | None, available: torch.Tensor | None) -> torch.Tensor:
-        importance = rows.double().pow(2).sum(0) if sq is None else sq.double().clone()
+        if sq is None:  # in chunks: a row per token makes the rows gigabytes, their float64 squares twice that
+            importance = sum(
+                (c.double().pow(2).sum(0) for c in rows.split(1024)),
+                rows.new_zeros(rows.shape[1:], dtype=torch.float64),
+            )
+        else:
+            importance = sq.double().clone()
         return importance if available is None else importance.masked_fill(available == 0, -torch.inf)
 
     def save(self, path: str | Path) -> None:
@@ -185,6 +191,7 @@ def collect_mask_gradients(
     start: tuple[int, Sequence[torch.Tensor]] | None = None,
     task: Task | None = None,
     max_rows: int = 0,
+    per_token: bool = False,
 ) -> MaskGradients:
     """Run the model on every batch with the masks applied (all ones by default) and keep the
     gradient of the task loss w.r.t. the masks.
@@ -204,7 +211,12 @@ def collect_mask_gradients(
 
     ``task`` computes the loss (by default the built-in task that fits the model's head). ``max_rows`` bounds the
     rows kept (0: automatic, from the machine's memory); beyond it the rows are folded, the importance stays exact
-    (:class:`GradientRows`)."""
+    (:class:`GradientRows`).
+
+    ``per_token`` (token-sequence tasks, with ``per_example``): one row per example and position, each position
+    with its own copy of the masks, so a row is that position's share of its example's gradient (the example's row
+    is their sum). The importance then sums the positions' squares instead of the square of their sum, and the Gram
+    matrix the rearrangement and the block allocation read has up to the sequence length times as many rows."""
     task = task or task_for_model(model)
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
@@ -228,7 +240,7 @@ def collect_mask_gradients(
             for batch in tqdm(batches, desc="fisher", disable=not progress, leave=False):
                 batch = to_device(batch, device)
                 size = task.examples(batch)
-                shape = (size,) if per_example else ()
+                shape = (size, batch["input_ids"].shape[1]) if per_token else (size,) if per_example else ()
                 head = base.head.expand(*shape, *base.head.shape).clone().requires_grad_(True)
                 neuron = base.neuron.expand(*shape, *base.neuron.shape).clone().requires_grad_(True)
                 with masks_applied(model, head, neuron, adapter):

@@ -42,9 +42,10 @@ def iterative_fisher(
     seed: int = 0,
     task: Task | None = None,
     max_rows: int = 0,
+    per_token: bool = False,
 ) -> MaskGradients:
     """``search(grads, constraint)`` is the one-shot search (it must respect ``grads.available``); ``task`` computes
-    the loss and ``max_rows`` bounds the gradient rows kept (see
+    the loss, ``max_rows`` bounds the gradient rows kept and ``per_token`` gives a row per token (see
     :func:`~fastprune.common.method.fisher.collect_mask_gradients`)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -57,6 +58,7 @@ def iterative_fisher(
         labels=labels,
         task=task,
         max_rows=max_rows,
+        per_token=per_token,
     )
     grads = collect(seed=seed)
     for k, target in enumerate(schedule(constraint, steps)[:-1]):

@@ -33,7 +33,8 @@ def shrinkage(grads: torch.Tensor) -> float:
         return 1.0
     g = grads.double()
     per_row = g.pow(2).sum(1)  # ||g_k||^2
-    second = (g @ g.T).pow(2).sum() / rows**2  # sum over i, j of s_ij^2
+    gram = g.T @ g if rows > g.shape[1] else g @ g.T  # the smaller one: both have the same Frobenius norm
+    second = gram.pow(2).sum() / rows**2  # sum over i, j of s_ij^2
     second_diag = (g.pow(2).sum(0) / rows).pow(2).sum()
     fourth = per_row.pow(2).sum()  # sum over k, i, j of (g_ki g_kj)^2
     fourth_diag = g.pow(4).sum()

@@ -40,7 +40,8 @@ class BudgetResplit:
     within the budget of ``initial`` (the masks tuning starts from).
     ``available`` (from an iterative Fisher) marks units no step may bring back; ``task`` computes the loss;
     ``rearrange``: rearrange each re-split layer's units (heads within blocks of ``head_block``, see
-    :func:`~fastprune.common.method.rearrange.rearrange_masks`)."""
+    :func:`~fastprune.common.method.rearrange.rearrange_masks`); ``per_token``: the Fisher rows are per token, as the
+    Fisher stage's were (see :func:`~fastprune.common.method.fisher.collect_mask_gradients`)."""
 
     def __init__(
         self,
@@ -56,8 +57,10 @@ class BudgetResplit:
         rearrange: bool = False,
         head_block: int | None = None,
         shrink: Shrink = 0.0,
+        per_token: bool = False,
     ) -> None:
         self.model, self.seq_len, self.device, self.labels, self.task = model, seq_len, device, labels, task
+        self.per_token = per_token
         self.rearrange, self.head_block, self.shrink = rearrange, head_block, shrink
         self.allocation = allocation
         self.dims = adapter_for(model).dims(model.config)
@@ -111,6 +114,7 @@ class BudgetResplit:
                 labels=self.labels,
                 start=(layer, hidden),
                 task=self.task,
+                per_token=self.per_token,
             )
         share, chosen = self._split(grads, layer, left)
         rearranged = self.rearrange and 0.0 < share < 1.0

@@ -216,6 +216,13 @@ class FisherLabels(Options):
 
 
 class FisherRows(Options):
+    fisher_rows: Literal["by-task", "example", "token"] = Field(
+        BY_TASK,
+        description="one gradient row per example (the paper) or per example and token position (each position's "
+        "share of its example's gradient: many more rows for the rearrangement and the block allocation, and the "
+        "importance sums the positions' squares); by-task: token for causal LMs (few long calibration windows), "
+        "else example",
+    )
     fisher_max_rows: int = Field(
         0,
         ge=0,

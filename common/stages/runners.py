@@ -186,6 +186,7 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
         return search_masks(g, dims, constraint, seq_len)
 
     seed = stage_info(sample)["params"]["seed"]
+    rows = task.fisher_rows if p.fisher_rows == BY_TASK else p.fisher_rows
     grads = iterative_fisher(
         net,
         batches,
@@ -198,9 +199,11 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
         seed,
         task,
         p.fisher_max_rows,
+        rows == "token",
     )
     grads.save(out / GRADS_FILE)
     result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
+    result |= {"rows": rows, "num_rows": len(grads.head)}
     if grads.available is not None:
         result["available"] = _masks_summary(grads.available)
     return result
@@ -316,6 +319,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
                 rearrange=rearranged,
                 head_block=search.get("head_block"),
                 shrink=shrink,
+                per_token=stage_info(grads).get("rows") == "token",  # as the Fisher stage measured them
             )
         tuned, reports = tune_masks(
             net,

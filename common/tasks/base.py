@@ -64,6 +64,7 @@ class Task(ABC):
     refit_ridge: float | Literal["auto"] | None = None  # the refit's default ridge for this task (None: tuning's)
     resplit_rearranges: bool = False  # the budget re-split rearranges each layer it re-splits (rearranged masks only)
     rearrange_shrink: float | Literal["auto"] = 0.0  # the rearrangement's default shrinkage (rearrange_units)
+    fisher_rows: Literal["example", "token"] = "example"  # the Fisher pass's default gradient rows (fisher_rows)
 
     # ----- reading and batching --------------------------------------------------------------------------------
     @abstractmethod

@@ -51,7 +51,8 @@ class CausalLMTask(Task):
     chars_per_token: float = 6.0  # a calibration slot's characters per window token (an upper bound)
     max_new_tokens: int = 32  # the pyfunc's continuation length
     checks_data: bool = True
-    rearrange_shrink: float | Literal["auto"] = "auto"  # 8k calibration tokens give ~64 gradient rows
+    rearrange_shrink: float | Literal["auto"] = "auto"  # few windows: their gradient rows' correlations are noisy
+    fisher_rows: Literal["example", "token"] = "token"  # 64 windows of 128 tokens: 8,192 rows instead of 64
     sample_unit: str = "window slots of the training text"
     serving_inputs: tuple[tuple[str, bool], ...] = (("prompt", True),)
     serving_example: tuple[tuple[str, str], ...] = (("prompt", "The history of the city begins"),)

@@ -53,6 +53,7 @@ def test_prune_a_tiny_llama_end_to_end(llama_folder, short_dev, tmp_path, capsys
     assert summary["task"] == "causal-lm" and summary["metric"] == "perplexity" and summary["seq_len"] == 32
     assert summary["flops_ratio"] < 0.75 and summary["layers_tuned"] > 0  # groups' key/value costs: the llama branch
     assert summary["rearrangement"]["shrink"] == "auto"  # the causal LM's default (few long windows: few rows)
+    assert summary["fisher_rows"] == {"rows": "token", "num_rows": 8 * 32}  # ... so a row per token, by default
     assert any("at or below chance (3039.00)" in w for w in summary["warnings"])  # an untrained model: vocabulary
     model, tokenizer = load_pruned(tmp_path / "out" / "model")
     dev = get_task("causal-lm").load_data(short_dev)

@@ -121,3 +121,29 @@ def test_fisher_stage_takes_the_bound_and_logs_the_folding(tmp_path, caplog):
     grads = MaskGradients.load(tmp_path / "grads" / GRADS_FILE)
     assert grads.folded and grads.head.shape[0] == 4
     assert "24 examples folded into 4 rows" in caplog.text
+
+
+def test_per_token_rows_are_the_positions_shares_of_each_window_row(llama, measured):
+    model, batches, dims = llama
+    tokens = collect_mask_gradients(model, batches, progress=False, per_token=True)
+    windows = measured[0]
+    assert tokens.head.shape == (12 * SEQ, dims.num_layers, dims.num_heads) and not tokens.folded
+    summed = tokens.neuron.view(12, SEQ, *tokens.neuron.shape[1:]).sum(1)
+    assert torch.allclose(summed, windows.neuron, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(tokens.head.view(12, SEQ, -1).sum(1), windows.head.flatten(1), rtol=1e-4, atol=1e-6)
+    # the importance sums the positions' squares, not the square of their sum
+    assert not torch.allclose(tokens.head_importance(), windows.head_importance(), rtol=1e-2)
+
+
+def test_fisher_stage_rows_by_task_or_per_token(tmp_path):
+    folder = save_finetuned(tiny_model("bert", layers=2), tiny_tokenizer(), tmp_path / "tiny")
+    run_stage("prepare", tmp_path / "model", {"model": str(folder), "task": "sst2"})
+    sample = {"train_data": str(SST2 / "train.tsv"), "task": "sst2", "num_samples": 12, "batch_size": 4}
+    run_stage("sample", tmp_path / "sample", sample)
+    where = {"model": tmp_path / "model", "sample": tmp_path / "sample"}
+    example = run_stage("fisher", tmp_path / "example", {"device": "cpu"}, **where)  # by-task: example for sst2
+    token = run_stage("fisher", tmp_path / "token", {"device": "cpu", "fisher_rows": "token"}, **where)
+    assert (example["rows"], example["num_rows"]) == ("example", 12)
+    assert token["rows"] == "token" and token["num_rows"] > 12 * 4  # every padded position of every example
+    rows = MaskGradients.load(tmp_path / "token" / GRADS_FILE)
+    assert rows.head.shape[0] == token["num_rows"]

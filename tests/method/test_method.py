@@ -187,6 +187,21 @@ def test_shrinkage_is_high_for_noise_and_low_for_real_correlation():
     assert shrinkage(shared + 0.1 * torch.randn(64, 200, generator=g)) < 0.05
 
 
+def test_shrinkage_is_the_same_with_more_rows_than_units_and_fewer():
+    def reference(g: torch.Tensor) -> float:  # the Ledoit-Wolf weight straight from its definition
+        g, r = g.double(), g.shape[0]
+        products = g[:, :, None] * g[:, None, :]  # [R, N, N]: each row's g_i g_j
+        s = products.mean(0)
+        variance = products.var(0, unbiased=True) / r
+        off = ~torch.eye(g.shape[1], dtype=torch.bool)
+        return float((variance[off].sum() / s[off].pow(2).sum()).clamp(0, 1))
+
+    g = torch.Generator().manual_seed(1)
+    for rows, units in ((300, 12), (12, 40)):  # the N x N Gram, then the R x R one
+        grads = torch.randn(rows, 1, generator=g) + torch.randn(rows, units, generator=g)
+        assert shrinkage(grads) == pytest.approx(reference(grads), rel=1e-9)
+
+
 def test_full_shrinkage_keeps_the_diagonal_choice_and_none_finds_the_cancelling_pair():
     base = torch.randn(32, 1, generator=torch.Generator().manual_seed(0))
     grads = torch.cat([base * 3, -base * 3.1, base * 0.5, base * 4 + 1], dim=1)  # units 0 and 1 cancel
