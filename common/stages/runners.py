@@ -302,8 +302,9 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation, shrink)
         batches = _sample_batches(sample, tokenizer, task)
         if p.tuning_resplit:
-            made = stage_info(grads)["params"]
-            labels = made.get("fisher_labels", made.get("labels", "data"))  # the Fisher stage's label source
+            measured = stage_info(grads)  # the Fisher stage's: its label source and rows, which the re-split keeps
+            made = measured["params"]
+            labels = made.get("fisher_labels", made.get("labels", "data"))
             kept = validator is None or validator.report["rearrange"]["accepted"]  # not rejected on the held-out part
             rearranged = kept and task.resplit_rearranges and arranged["params"].get("rearrange", False)
             resplit = BudgetResplit(
@@ -319,7 +320,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
                 rearrange=rearranged,
                 head_block=search.get("head_block"),
                 shrink=shrink,
-                per_token=stage_info(grads).get("rows") == "token",  # as the Fisher stage measured them
+                per_token=measured.get("rows") == "token",
             )
         tuned, reports = tune_masks(
             net,

@@ -110,14 +110,20 @@ def test_the_automatic_bound_and_bad_bounds():
         GradientRows(10, -1)
 
 
-def test_fisher_stage_takes_the_bound_and_logs_the_folding(tmp_path, caplog):
-    folder = save_finetuned(tiny_model("bert", layers=2), tiny_tokenizer(), tmp_path / "tiny")
-    run_stage("prepare", tmp_path / "model", {"model": str(folder), "task": "sst2"})
+@pytest.fixture(scope="module")
+def sst2_stages(tmp_path_factory) -> dict:
+    """A tiny BERT's prepare and sample stage folders: 24 SST-2 examples in batches of 8."""
+    w = tmp_path_factory.mktemp("sst2_stages")
+    folder = save_finetuned(tiny_model("bert", layers=2), tiny_tokenizer(), w / "tiny")
+    run_stage("prepare", w / "model", {"model": str(folder), "task": "sst2"})
     sample = {"train_data": str(SST2 / "train.tsv"), "task": "sst2", "num_samples": 24, "batch_size": 8}
-    run_stage("sample", tmp_path / "sample", sample)
+    run_stage("sample", w / "sample", sample)
+    return {"model": w / "model", "sample": w / "sample"}
+
+
+def test_fisher_stage_takes_the_bound_and_logs_the_folding(sst2_stages, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="fastprune.common.method.fisher"):
-        params = {"device": "cpu", "fisher_max_rows": 4}
-        run_stage("fisher", tmp_path / "grads", params, model=tmp_path / "model", sample=tmp_path / "sample")
+        run_stage("fisher", tmp_path / "grads", {"device": "cpu", "fisher_max_rows": 4}, **sst2_stages)
     grads = MaskGradients.load(tmp_path / "grads" / GRADS_FILE)
     assert grads.folded and grads.head.shape[0] == 4
     assert "24 examples folded into 4 rows" in caplog.text
@@ -135,15 +141,10 @@ def test_per_token_rows_are_the_positions_shares_of_each_window_row(llama, measu
     assert not torch.allclose(tokens.head_importance(), windows.head_importance(), rtol=1e-2)
 
 
-def test_fisher_stage_rows_by_task_or_per_token(tmp_path):
-    folder = save_finetuned(tiny_model("bert", layers=2), tiny_tokenizer(), tmp_path / "tiny")
-    run_stage("prepare", tmp_path / "model", {"model": str(folder), "task": "sst2"})
-    sample = {"train_data": str(SST2 / "train.tsv"), "task": "sst2", "num_samples": 12, "batch_size": 4}
-    run_stage("sample", tmp_path / "sample", sample)
-    where = {"model": tmp_path / "model", "sample": tmp_path / "sample"}
-    example = run_stage("fisher", tmp_path / "example", {"device": "cpu"}, **where)  # by-task: example for sst2
-    token = run_stage("fisher", tmp_path / "token", {"device": "cpu", "fisher_rows": "token"}, **where)
-    assert (example["rows"], example["num_rows"]) == ("example", 12)
-    assert token["rows"] == "token" and token["num_rows"] > 12 * 4  # every padded position of every example
+def test_fisher_stage_rows_by_task_or_per_token(sst2_stages, tmp_path):
+    example = run_stage("fisher", tmp_path / "example", {"device": "cpu"}, **sst2_stages)  # by-task: example for sst2
+    token = run_stage("fisher", tmp_path / "token", {"device": "cpu", "fisher_rows": "token"}, **sst2_stages)
+    assert (example["rows"], example["num_rows"]) == ("example", 24)
+    assert token["rows"] == "token" and token["num_rows"] > 24 * 4  # every padded position of every example
     rows = MaskGradients.load(tmp_path / "token" / GRADS_FILE)
     assert rows.head.shape[0] == token["num_rows"]
