@@ -17,6 +17,7 @@ import torch
 from fastprune.common.model.arch import ModelDims, adapter_for
 from fastprune.common.model.masks import Masks, pruning_applied
 from fastprune.common.tasks.base import Task
+from fastprune.common.tasks.causal_lm import generated_batches
 from torch import nn
 
 
@@ -51,30 +52,13 @@ def sample_windows(windows: torch.Tensor, count: int, seed: int) -> torch.Tensor
 def generated_windows(
     model: nn.Module, windows: torch.Tensor, prompt: int, seed: int, batch_size: int = 16
 ) -> torch.Tensor:
-    """Self-generated calibration windows (Ji et al., "Beware of Calibration Data for Pruning Large Language
-    Models", 2024): each window's first ``prompt`` tokens kept, the rest sampled from the dense ``model`` itself
-    (nucleus 0.95, seeded), so that the calibration text follows the model's own distribution rather than only
-    the calibration file's. Same shape as ``windows``."""
+    """Self-generated calibration windows (the library's ``--calib-generate``: each window's first ``prompt`` tokens
+    kept, the rest sampled from the dense ``model``, seeded), for the harness's [windows, tokens] tensor."""
     if not 0 < prompt < windows.shape[1]:
         raise ValueError(f"prompt must be between 1 and {windows.shape[1] - 1} tokens, got {prompt}")
-    torch.manual_seed(seed)
-    new = windows.shape[1] - prompt
     model.eval()
-    out = []
-    for ids in windows[:, :prompt].split(batch_size):
-        out.append(
-            model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                top_k=0,
-                top_p=0.95,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                pad_token_id=model.config.eos_token_id,
-            )
-        )
-    return torch.cat(out)
+    batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in windows.split(batch_size)]
+    return torch.cat([b["input_ids"] for b in generated_batches(model, batches, prompt, seed)])
 
 
 @torch.no_grad()

@@ -339,6 +339,10 @@ HOLDOUT_FILE = "holdout.parquet"
 GRADS_FILE = "grads.safetensors"
 
 
+CALIBRATION_FILE = "calibration.safetensors"
+"""The Fisher stage's self-generated calibration windows (``calib_generate``), read by tuning in the sample's stead."""
+
+
 MASKS_FILE = "masks.safetensors"
 
 

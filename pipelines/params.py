@@ -27,6 +27,7 @@ from ..common.errors import ConfigError
 from ..common.method.search import check_constraint
 from ..common.stages.options import (
     Allocation,
+    CalibGenerate,
     Constraint,
     ConstraintMetric,
     Device,
@@ -43,6 +44,7 @@ from ..common.stages.options import (
     ServingDtype,
     TuningChoices,
     check_auto_allocation,
+    check_calib_generate,
 )
 from ..common.tasks.spec import get_task
 
@@ -80,6 +82,7 @@ class PipelineParams(
     TuningChoices,
     FisherLabels,
     FisherRows,
+    CalibGenerate,
     Allocation,
     ServingDtype,
     ProfileShape,
@@ -104,6 +107,7 @@ class PipelineParams(
     @model_validator(mode="after")
     def _auto_allocation(self) -> PipelineParams:
         check_auto_allocation(self.allocation, self.holdout)
+        check_calib_generate(self.calib_generate, self.task, self.max_length)
         return self
 
     def arguments(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..model.arch import NEURON_MULTIPLE
 from .options import (
     Allocation,
+    CalibGenerate,
     Columns,
     Constraint,
     ConstraintMetric,
@@ -38,6 +39,7 @@ from .options import (
     TuningChoices,
     TuningExtras,
     check_auto_allocation,
+    check_calib_generate,
 )
 
 
@@ -47,7 +49,7 @@ class SampleConfig(SampleShape, Holdout, Sampling):
     replace: bool = Field(True, description="draw with replacement, as the reference code does")
 
 
-class FisherConfig(FisherLabels, FisherRows, FisherSteps):
+class FisherConfig(FisherLabels, FisherRows, CalibGenerate, FisherSteps):
     """How the mask gradients are measured."""
 
 
@@ -85,6 +87,7 @@ class PruneConfig(
         _check_iterative(self.fisher.fisher_steps, self.constraint_metric)
         _check_allocation(self.allocation, self.constraint_metric)
         check_auto_allocation(self.allocation, self.sample.holdout)
+        check_calib_generate(self.fisher.calib_generate, self.task, self.sample.max_length)
         _check_latency_dtype(self.constraint_metric, self.serving_dtype, self.device)
         _check_latency_mode(self.constraint_metric, self.latency_mode, self.task)
         return self

@@ -232,6 +232,35 @@ class FisherRows(Options):
     )
 
 
+class CalibGenerate(Options):
+    calib_generate: int = Field(
+        0,
+        ge=0,
+        description="self-generated calibration for causal LMs: each window keeps its first N tokens of the "
+        "training text and the rest is sampled from the dense model (nucleus 0.95, seeded); the Fisher pass and "
+        "the tuning both read these windows (0: the text as it is)",
+    )
+
+
+def check_calib_generate(prompt: int, task: str, max_length: int = 0) -> None:
+    """Self-generated calibration needs a task whose model continues text, and a prompt shorter than a window:
+    refused before any compute otherwise."""
+    if not prompt:
+        return
+    spec = get_task(task)
+    if not spec.generates:
+        raise ConfigError(
+            f"calib_generate {prompt}: only a model that continues text can generate its calibration; task "
+            f"{task!r} does not (use it with task causal-lm, or leave calib_generate at 0)"
+        )
+    length = max_length or spec.max_length
+    if prompt >= length:
+        raise ConfigError(
+            f"calib_generate {prompt}: the prompt must be shorter than a calibration window ({length} tokens, "
+            f"max_length); give 1 to {length - 1}"
+        )
+
+
 class FisherSteps(Options):
     fisher_steps: int = Field(
         1,

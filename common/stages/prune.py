@@ -125,6 +125,7 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
         "neurons_per_layer": export["neurons_per_layer"],
         **{k: export[k] for k in ("kv_cache_bytes_per_token",) if k in export},  # decoders
         "fisher_rows": {k: stages["fisher"].get(k) for k in ("rows", "num_rows")},
+        "calibration": stages["fisher"].get("calibration", "sample"),  # or generated (calib_generate)
         "rearrangement": {k: stages["rearrange"].get(k) for k in ("units_moved", "shrink")},
         "tuning": tune.get("tuning", []),
         "layers_tuned": tune.get("layers_tuned", 0),

@@ -21,6 +21,7 @@ from transformers import AutoConfig
 
 from ..errors import ConfigError
 from ..folders import (
+    CALIBRATION_FILE,
     GRADS_FILE,
     HOLDOUT_FILE,
     LATENCY_TABLE_FILE,
@@ -42,6 +43,7 @@ from ..model.cost import dense_macs, flops_ratio, structure_macs
 from ..model.export import export_pruned, parameter_count, save_pruned
 from ..model.loading import load_model, resolve_device
 from ..model.masks import Masks, pruning_applied
+from ..tasks.causal_lm import generated_batches, load_batches, save_batches
 from ..tasks.spec import Task, get_task
 from .config import (
     EvaluateParams,
@@ -55,7 +57,7 @@ from .config import (
     SearchParams,
     TuneParams,
 )
-from .options import BY_MODE, BY_TASK
+from .options import BY_MODE, BY_TASK, check_calib_generate
 from .sanity import budget_warnings, chance_warning, sampling_warning
 from .sources import resolve_source
 
@@ -81,6 +83,13 @@ def _sample_batches(sample: Path, tokenizer, task: Task, file: str = SAMPLE_FILE
     params = stage_info(sample)["params"]
     ds = Dataset(InMemoryTable(pq.read_table(sample / file)))
     return task.batches(ds, tokenizer, params["batch_size"], params["max_length"])
+
+
+def _calibration(sample: Path, grads: Path, tokenizer, task: Task) -> list[dict]:
+    """The windows the Fisher pass measured: self-generated ones where its stage made them, else the sample's."""
+    if (grads / CALIBRATION_FILE).exists():
+        return load_batches(grads / CALIBRATION_FILE)
+    return _sample_batches(sample, tokenizer, task)
 
 
 def _model(folder: Path, device: torch.device) -> tuple[nn.Module, object, Task]:
@@ -180,12 +189,19 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
     if _task(sample).name != task.name:
         raise ConfigError(f"the sample is for task {_task(sample).name} but the model for {task.name}")
     batches = _sample_batches(sample, tokenizer, task)
+    seed = stage_info(sample)["params"]["seed"]
+    if p.calib_generate:
+        check_calib_generate(p.calib_generate, task.name, stage_info(sample)["params"]["max_length"])
+        start = time.perf_counter()
+        batches = generated_batches(net, batches, p.calib_generate, seed, p.progress)
+        save_batches(batches, out / CALIBRATION_FILE)
+        log.info("calibration: %d windows self-generated in %.0f s", sum(len(b["input_ids"]) for b in batches),
+                 time.perf_counter() - start)  # fmt: skip
     seq_len, dims = p.seq_len or average_length(batches), adapter_for(net).dims(net.config)
 
     def search(g: MaskGradients, constraint: float) -> Masks:
         return search_masks(g, dims, constraint, seq_len)
 
-    seed = stage_info(sample)["params"]["seed"]
     rows = task.fisher_rows if p.fisher_rows == BY_TASK else p.fisher_rows
     grads = iterative_fisher(
         net,
@@ -203,7 +219,7 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
     )
     grads.save(out / GRADS_FILE)
     result = {"task": task.name, "seq_len": seq_len, "num_batches": len(batches), "device": str(device)}
-    result |= {"rows": rows, "num_rows": len(grads.head)}
+    result |= {"rows": rows, "num_rows": len(grads.head), "calibration": "generated" if p.calib_generate else "sample"}
     if grads.available is not None:
         result["available"] = _masks_summary(grads.available)
     return result
@@ -280,6 +296,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
     reports: list = []
     validation, validator, resplit = {}, None, None
     holdout = (sample / HOLDOUT_FILE).exists()
+    calibration = "generated" if (grads / CALIBRATION_FILE).exists() else "sample"
     if p.tune or holdout:
         device = resolve_device(p.device)
         net, tokenizer, task = _model(model, device)
@@ -300,7 +317,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         arranged = stage_info(masks)  # the rearrangement stage's: whether it ran, and its shrinkage
         shrink = arranged.get("shrink", 0.0)
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation, shrink)
-        batches = _sample_batches(sample, tokenizer, task)
+        batches = _calibration(sample, grads, tokenizer, task)
         if p.tuning_resplit:
             measured = stage_info(grads)  # the Fisher stage's: its label source and rows, which the re-split keeps
             made = measured["params"]
@@ -348,6 +365,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         "layers_tuned": sum(r.tuned for r in reports),
         "validation": validation,
         **({"resplit": resplit.log} if resplit else {}),
+        **({"calibration": calibration} if p.tune else {}),
         **_masks_summary(chosen),
     }
 

@@ -65,6 +65,7 @@ class Task(ABC):
     resplit_rearranges: bool = False  # the budget re-split rearranges each layer it re-splits (rearranged masks only)
     rearrange_shrink: float | Literal["auto"] = 0.0  # the rearrangement's default shrinkage (rearrange_units)
     fisher_rows: Literal["example", "token"] = "example"  # the Fisher pass's default gradient rows (fisher_rows)
+    generates: bool = False  # the model continues text: the calibration can be self-generated (calib_generate)
 
     # ----- reading and batching --------------------------------------------------------------------------------
     @abstractmethod

@@ -53,6 +53,7 @@ class CausalLMTask(Task):
     checks_data: bool = True
     rearrange_shrink: float | Literal["auto"] = "auto"  # few windows: their gradient rows' correlations are noisy
     fisher_rows: Literal["example", "token"] = "token"  # 64 windows of 128 tokens: 8,192 rows instead of 64
+    generates: bool = True
     sample_unit: str = "window slots of the training text"
     serving_inputs: tuple[tuple[str, bool], ...] = (("prompt", True),)
     serving_example: tuple[tuple[str, str], ...] = (("prompt", "The history of the city begins"),)
@@ -249,6 +250,65 @@ def continue_prompts(model: Any, tokenizer: Any, prompts: Sequence[str], max_new
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             generated = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
             out.append(tokenizer.decode(generated[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+    return out
+
+
+def generated_batches(
+    model: Any, batches: Sequence[dict[str, torch.Tensor]], prompt: int, seed: int, progress: bool = False
+) -> list[dict[str, torch.Tensor]]:
+    """Self-generated calibration (Ji et al., "Beware of Calibration Data for Pruning Large Language Models",
+    2024): each window keeps its first ``prompt`` tokens and the rest, up to its own length, is sampled from the
+    dense ``model`` (nucleus 0.95), so the calibration follows the model's distribution rather than only the
+    calibration text's. Windows of ``prompt`` tokens or fewer stay as they are; shapes and masks are unchanged.
+    Deterministic for a ``seed`` (the global random state is restored afterwards)."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+        torch.manual_seed(seed)
+        for batch in tqdm(batches, desc="generate", disable=not progress):
+            ids, mask = batch["input_ids"].clone(), batch["attention_mask"]
+            lengths = mask.sum(1)
+            rows = (lengths > prompt).nonzero().flatten()
+            if len(rows):
+                head = ids[rows, :prompt].to(device)
+                new = ids.shape[1] - prompt
+                made = model.generate(
+                    input_ids=head,
+                    attention_mask=torch.ones_like(head),
+                    do_sample=True,
+                    top_k=0,
+                    top_p=0.95,
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    pad_token_id=model.config.eos_token_id,
+                )
+                keep = mask[rows].bool()  # each row's own length: the padding stays padding
+                ids[rows] = torch.where(keep, made.cpu(), ids[rows])
+            out.append({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE)})
+    return out
+
+
+def save_batches(batches: Sequence[dict[str, torch.Tensor]], path: Path) -> None:
+    """Windows as safetensors: each batch's ``input_ids`` and ``attention_mask`` (labels follow from them)."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        f"{key}.{i}": b[key].contiguous() for i, b in enumerate(batches) for key in ("input_ids", "attention_mask")
+    }
+    save_file(tensors, str(path))
+
+
+def load_batches(path: Path) -> list[dict[str, torch.Tensor]]:
+    """The windows :func:`save_batches` wrote, in their order, with their labels (-100 on padding)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    out = []
+    for i in range(len(tensors) // 2):
+        ids, mask = tensors[f"input_ids.{i}"], tensors[f"attention_mask.{i}"]
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE)})
     return out
 
 

@@ -141,3 +141,33 @@ def test_prune_smollm2_at_flops_0_8(tmp_path, capsys):
     assert 0.75 <= summary["flops_ratio"] <= 0.83  # 0.811 here: the key/value groups' cost is the llama branch's
     # 20.0 -> 63.8 here on 8 windows of 128 tokens (the accuracy targets are the next issue's); chance: 49,152
     assert summary["metric_before"] < 40 and summary["metric_after"] < 5 * summary["metric_before"]
+
+
+def test_self_generated_calibration_is_measured_and_tuned_on(llama_folder, short_dev, tmp_path, capsys):
+    """The CLI's summary says so; the Fisher stage keeps the windows it generated and the tuning stage reads them."""
+    from fastprune.common.folders import CALIBRATION_FILE
+    from fastprune.common.stages.run import run_stage
+    from fastprune.common.tasks.causal_lm import load_batches
+
+    assert _prune(llama_folder, TRAIN, short_dev, tmp_path / "gen", "--calib-generate", "8", "--no-tuning-resplit") == 0
+    summary = json.loads((tmp_path / "gen" / "summary.json").read_text())
+    assert summary["calibration"] == "generated" and summary["layers_tuned"] > 0
+    w = tmp_path / "steps"
+    run_stage("prepare", w / "model", {"model": str(llama_folder), "task": "causal-lm"})
+    sample = {"train_data": str(TRAIN), "task": "causal-lm", "num_samples": 8, "max_length": 32}
+    run_stage("sample", w / "sample", sample)
+    fisher = run_stage(
+        "fisher", w / "grads", {"device": "cpu", "calib_generate": 8}, model=w / "model", sample=w / "sample"
+    )
+    assert fisher["calibration"] == "generated"
+    windows = load_batches(w / "grads" / CALIBRATION_FILE)
+    assert sum(len(b["input_ids"]) for b in windows) == 8 and windows[0]["input_ids"].shape[1] == 32
+    run_stage("search", w / "searched", {"constraint": 0.6}, model=w / "model", grads=w / "grads")
+    run_stage("rearrange", w / "rearranged", {}, grads=w / "grads", masks=w / "searched")
+    stages = {"model": w / "model", "sample": w / "sample", "grads": w / "grads", "searched": w / "searched"}
+    tuned = run_stage("tune", w / "tuned", {"device": "cpu", "tuning_resplit": False}, masks=w / "rearranged", **stages)
+    assert tuned["calibration"] == "generated"
+    bad = ("--calib-generate", "32")  # as long as a window (--max-length 32): nothing left to generate
+    assert _prune(llama_folder, TRAIN, short_dev, tmp_path / "bad", *bad) == 2
+    assert "the prompt must be shorter than a calibration window (32 tokens" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
