@@ -189,9 +189,10 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
     if _task(sample).name != task.name:
         raise ConfigError(f"the sample is for task {_task(sample).name} but the model for {task.name}")
     batches = _sample_batches(sample, tokenizer, task)
-    seed = stage_info(sample)["params"]["seed"]
+    drawn = stage_info(sample)["params"]
+    seed = drawn["seed"]
     if p.calib_generate:
-        check_calib_generate(p.calib_generate, task.name, stage_info(sample)["params"]["max_length"])
+        check_calib_generate(p.calib_generate, task.name, drawn["max_length"])
         start = time.perf_counter()
         batches = generated_batches(net, batches, p.calib_generate, seed, p.progress)
         save_batches(batches, out / CALIBRATION_FILE)

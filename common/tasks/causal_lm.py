@@ -265,12 +265,11 @@ def generated_batches(
 
     device = next(model.parameters()).device
     out = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
         for batch in tqdm(batches, desc="generate", disable=not progress):
             ids, mask = batch["input_ids"].clone(), batch["attention_mask"]
-            lengths = mask.sum(1)
-            rows = (lengths > prompt).nonzero().flatten()
+            rows = (mask.sum(1) > prompt).nonzero().flatten()
             if len(rows):
                 head = ids[rows, :prompt].to(device)
                 new = ids.shape[1] - prompt
@@ -286,7 +285,7 @@ def generated_batches(
                 )
                 keep = mask[rows].bool()  # each row's own length: the padding stays padding
                 ids[rows] = torch.where(keep, made.cpu(), ids[rows])
-            out.append({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE)})
+            out.append(window_batch(ids, mask))
     return out
 
 
@@ -308,8 +307,13 @@ def load_batches(path: Path) -> list[dict[str, torch.Tensor]]:
     out = []
     for i in range(len(tensors) // 2):
         ids, mask = tensors[f"input_ids.{i}"], tensors[f"attention_mask.{i}"]
-        out.append({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE)})
+        out.append(window_batch(ids, mask))
     return out
+
+
+def window_batch(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A batch of windows: ``input_ids``, ``attention_mask`` and ``labels`` (the ids, -100 on padding)."""
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE)}
 
 
 def pad_windows(windows: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]:
@@ -320,7 +324,7 @@ def pad_windows(windows: Sequence[Sequence[int]], pad: int) -> dict[str, torch.T
     for row, w in enumerate(windows):
         ids[row, : len(w)] = torch.tensor(list(w), dtype=torch.long)
         mask[row, : len(w)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE)}
+    return window_batch(ids, mask)
 
 
 def _slot(stream: str, k: int, span: int, slots: int) -> str:
