@@ -130,6 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rearrangement's shrinkage: 0-1 or auto",
     )
     p.add_argument("--tuning-mode", default="refit", choices=("refit", "reselect"))
+    p.add_argument(
+        "--refit-bias",
+        action="store_true",
+        help="ours: the refit also fits a bias on the output projections (zero biases added first: outputs unchanged)",
+    )
     p.add_argument("--fisher-cache", type=Path, default=None, help="folder keeping Fisher rows between runs")
     p.add_argument(
         "--fisher-steps",
@@ -193,6 +198,12 @@ class Bench:
         self.tokenizer = AutoTokenizer.from_pretrained(args.model)
         self.model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
         self.dims = adapter_for(self.model).dims(self.model.config)
+        if args.refit_bias:  # the dense model's outputs are unchanged; the refit fits the bias as it finds one
+            adapter = adapter_for(self.model)
+            for layer in adapter.layer_modules(self.model):
+                for name in ("attn_out", "ffn_out"):
+                    proj = adapter.linear(layer, name)
+                    proj.bias = torch.nn.Parameter(proj.weight.new_zeros(proj.out_features))
         self.calib = text_windows(self.tokenizer, args.calib, args.calib_len or args.seq_len)
         self.evals = {f.stem: text_windows(self.tokenizer, [f], args.seq_len)[: args.eval_windows] for f in args.eval}
         self.machine = machine(torch.device("cpu"))
@@ -212,6 +223,7 @@ class Bench:
             record |= {"tuning_ridge": a.tuning_ridge, "tuning_mode": a.tuning_mode, "allocation": a.allocation}
             record |= {"fisher_steps": a.fisher_steps} if a.fisher_steps > 1 else {}
             record |= {"rearrange_shrink": a.rearrange_shrink} if a.rearrange_shrink else {}
+            record |= {"refit_bias": True} if a.refit_bias else {}
         self.args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(self.args.jsonl, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

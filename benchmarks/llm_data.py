@@ -49,16 +49,14 @@ def sample_windows(windows: torch.Tensor, count: int, seed: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def generated_windows(
-    model: nn.Module, windows: torch.Tensor, prompt: int, seed: int, batch_size: int = 16
-) -> torch.Tensor:
+def generated_windows(model: nn.Module, windows: torch.Tensor, prompt: int, seed: int) -> torch.Tensor:
     """Self-generated calibration windows (the library's ``--calib-generate``: each window's first ``prompt`` tokens
     kept, the rest sampled from the dense ``model``, seeded), for the harness's [windows, tokens] tensor."""
     if not 0 < prompt < windows.shape[1]:
         raise ValueError(f"prompt must be between 1 and {windows.shape[1] - 1} tokens, got {prompt}")
     model.eval()
-    batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in windows.split(batch_size)]
-    return torch.cat([b["input_ids"] for b in generated_batches(model, batches, prompt, seed)])
+    batch = {"input_ids": windows, "attention_mask": torch.ones_like(windows)}
+    return generated_batches(model, [batch], prompt, seed)[0]["input_ids"]
 
 
 @torch.no_grad()

@@ -163,7 +163,7 @@ def format_summary(summary: dict) -> str:
             "  reconstruction error fell: "
             + ", ".join(
                 f"L{r['layer']} {'attn' if r['block'] == 'attention' else 'ffn'} "
-                f"-{100 * (1 - r['error_after'] / r['error_before']) if r['error_before'] else 0:.0f}%"
+                f"-{max(0.0, 100 * (1 - r['error_after'] / r['error_before'])) if r['error_before'] else 0:.0f}%"
                 for r in tuned
             )
         )

@@ -253,6 +253,10 @@ def continue_prompts(model: Any, tokenizer: Any, prompts: Sequence[str], max_new
     return out
 
 
+GENERATE_BATCH = 16
+"""Windows sampled together by :func:`generated_batches` (rows of equal width, across the task's batches)."""
+
+
 def generated_batches(
     model: Any, batches: Sequence[dict[str, torch.Tensor]], prompt: int, seed: int, progress: bool = False
 ) -> list[dict[str, torch.Tensor]]:
@@ -260,33 +264,37 @@ def generated_batches(
     2024): each window keeps its first ``prompt`` tokens and the rest, up to its own length, is sampled from the
     dense ``model`` (nucleus 0.95), so the calibration follows the model's distribution rather than only the
     calibration text's. Windows of ``prompt`` tokens or fewer stay as they are; shapes and masks are unchanged.
+    The windows are sampled :data:`GENERATE_BATCH` at a time, in order, whatever the batches' sizes.
     Deterministic for a ``seed`` (the global random state is restored afterwards)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    out = []
+    ids = [b["input_ids"].clone() for b in batches]
+    todo: dict[int, list[tuple[int, int]]] = {}  # width -> the (batch, row) of each window to continue
+    for i, b in enumerate(batches):
+        for r in (b["attention_mask"].sum(1) > prompt).nonzero().flatten().tolist():
+            todo.setdefault(b["input_ids"].shape[1], []).append((i, r))
+    groups = [
+        (w, places[k : k + GENERATE_BATCH]) for w, places in todo.items() for k in range(0, len(places), GENERATE_BATCH)
+    ]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
-        for batch in tqdm(batches, desc="generate", disable=not progress):
-            ids, mask = batch["input_ids"].clone(), batch["attention_mask"]
-            rows = (mask.sum(1) > prompt).nonzero().flatten()
-            if len(rows):
-                head = ids[rows, :prompt].to(device)
-                new = ids.shape[1] - prompt
-                made = model.generate(
-                    input_ids=head,
-                    attention_mask=torch.ones_like(head),
-                    do_sample=True,
-                    top_k=0,
-                    top_p=0.95,
-                    max_new_tokens=new,
-                    min_new_tokens=new,
-                    pad_token_id=model.config.eos_token_id,
-                )
-                keep = mask[rows].bool()  # each row's own length: the padding stays padding
-                ids[rows] = torch.where(keep, made.cpu(), ids[rows])
-            out.append(window_batch(ids, mask))
-    return out
+        for width, places in tqdm(groups, desc="generate", disable=not progress):
+            head = torch.stack([ids[i][r, :prompt] for i, r in places]).to(device)
+            made = model.generate(
+                input_ids=head,
+                attention_mask=torch.ones_like(head),
+                do_sample=True,
+                top_k=0,
+                top_p=0.95,
+                max_new_tokens=width - prompt,
+                min_new_tokens=width - prompt,
+                pad_token_id=model.config.eos_token_id,
+            ).cpu()
+            for (i, r), row in zip(places, made, strict=True):
+                keep = batches[i]["attention_mask"][r].bool()  # the window's own length: padding stays padding
+                ids[i][r] = torch.where(keep, row, ids[i][r])
+    return [window_batch(x, b["attention_mask"]) for x, b in zip(ids, batches, strict=True)]
 
 
 def save_batches(batches: Sequence[dict[str, torch.Tensor]], path: Path) -> None:

@@ -49,6 +49,17 @@ def test_generation_is_seeded_and_leaves_the_global_random_state_alone():
     assert not all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, other, strict=True))
 
 
+def test_windows_are_sampled_the_same_however_the_task_batched_them():
+    """Generation groups windows of one width across batches (fewer, larger ``generate`` calls): the task's batch
+    size does not change the windows."""
+    model, batches = tiny_llama(), _windows()
+    whole = [{k: torch.cat([b[k] for b in batches]) for k in ("input_ids", "attention_mask")}]
+    one = generated_batches(model, whole, prompt=4, seed=0)[0]["input_ids"]
+    split = generated_batches(model, batches, prompt=4, seed=0)
+    assert [len(b["input_ids"]) for b in split] == [3, 2]
+    assert torch.equal(torch.cat([b["input_ids"] for b in split]), one)
+
+
 def test_windows_round_trip_through_safetensors(tmp_path):
     batches = generated_batches(tiny_llama(), _windows(), prompt=4, seed=0)
     save_batches(batches, tmp_path / "calibration.safetensors")
