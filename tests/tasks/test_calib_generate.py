@@ -20,7 +20,9 @@ def _windows() -> list[dict[str, torch.Tensor]]:
     return [pad_windows([tokens(16), tokens(11), tokens(4)], 0), pad_windows([tokens(16), tokens(16)], 0)]
 
 
-def test_the_prompt_is_kept_and_the_rest_sampled_within_each_window():
+@pytest.mark.parametrize("group", [16, 2])  # 2: the windows sampled in several groups
+def test_the_prompt_is_kept_and_the_rest_sampled_within_each_window(group, monkeypatch):
+    monkeypatch.setattr("fastprune.common.tasks.causal_lm.GENERATE_BATCH", group)
     model, batches = tiny_llama(), _windows()
     made = generated_batches(model, batches, prompt=4, seed=0)
     assert len(made) == len(batches)
