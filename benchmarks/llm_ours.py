@@ -104,12 +104,15 @@ def stages(
     ridges: Sequence[float | str | None] = (None,),
     mode: str = "refit",
     shrink: Shrink = 0.0,
+    input_ridges: Sequence[float | None] = (None,),
 ) -> Iterator[tuple[str, Masks]]:
     """The masks after each stage up to ``upto`` (one of :data:`STAGES`), as each is done: ``search``,
     ``rearrange`` (of the search's), ``tune`` (refit of the rearranged against the dense model), ``resplit`` (the
     refit with the budget re-split, from the rearranged masks). ``ridges`` and ``mode`` are the tuning's (``None``:
     its default ridge; several: one ``tune@<ridge>`` stage each; ``"reselect"`` re-chooses each block's units before
-    the refit); ``shrink``: the rearrangement's shrinkage toward the diagonal Fisher (``rearrange_units``)."""
+    the refit; ``input_ridges``: the input projections are refit too, with that ridge, one ``tune@in<ridge>``
+    stage each where several; ``None``: not refit); ``shrink``: the
+    rearrangement's shrinkage toward the diagonal Fisher (``rearrange_units``)."""
     if upto not in STAGES:
         raise ValueError(f"unknown stage {upto!r}; valid: {', '.join(STAGES)}")
     masks = searched(model, grads, seq_len, constraint, allocation)
@@ -120,8 +123,9 @@ def stages(
     block = head_block(dims)
     masks = rearrange_masks(masks, grads, block, shrink)  # within key/value groups: their cost stays as searched
     yield "rearrange", masks
-    runs = [(stage, ridge) for stage in STAGES[2 : STAGES.index(upto) + 1] for ridge in ridges]
-    for stage, ridge in runs:
+    tunings = STAGES[2 : STAGES.index(upto) + 1]
+    runs = [(stage, ridge, inputs) for stage in tunings for ridge in ridges for inputs in input_ridges]
+    for stage, ridge, inputs in runs:
         resplit = BudgetResplit(
             model,
             masks,
@@ -144,5 +148,8 @@ def stages(
             ridge=ridge,  # type: ignore[arg-type]
             resplit=resplit if stage == "resplit" else None,
             task=task,
+            input_ridge=inputs,
         )
-        yield (stage if len(ridges) == 1 else f"{stage}@{ridge}"), tuned
+        name = stage + (f"@{ridge}" if len(ridges) > 1 else "") + (f"@in{inputs}" if len(input_ridges) > 1 else "")
+        name = name.removesuffix("@inNone")  # the input projections not refit
+        yield name, tuned

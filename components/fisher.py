@@ -15,6 +15,7 @@ def compute_fisher(
     fisher_labels: str = "data",
     fisher_rows: str = "by-task",
     fisher_max_rows: int = 0,
+    fisher_samples: int = 0,
     calib_generate: int = 0,
     fisher_steps: int = 1,
     constraint: float = 0.6,

@@ -19,6 +19,7 @@ def tune_masks(
     tuning_mode: str = "refit",
     tuning_teacher: str = "by-mode",
     tuning_ridge: str = "by-mode",
+    tuning_inputs: str = "by-task",
     tuning_resplit: bool = True,
     tuning_policy: str = "stop",
     tuning_scale_bound: float = 10.0,

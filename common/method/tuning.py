@@ -24,6 +24,11 @@ with the masks (``Masks.weights``) and are folded in by the export; every block 
 all real tokens (the last layer too). With ``ridge="auto"`` each block picks its ridge from a grid by two-fold
 cross-validation: fit on half of the tuning batches, measure the reconstruction error on the other half.
 
+With ``input_ridge`` (refit and reselect modes) each block's input projections (query/key/value, the MLP's
+inputs) are refit first, so that on the pruned model's hidden states they give what they give on the dense model's:
+``min_W' ||X_s W'^T - X_t W^T||^2 + input_ridge * mean(diag(X_s^T X_s)) * ||W' - W||^2``, one linear correction of
+the block's input shared by its projections and folded into their weights (stock shapes: exports as is).
+
 Mode ``"reselect"`` is the sublayer-by-sublayer high-compression mode: moving up one block at a time, it first
 re-chooses which units the block keeps (the search's per-layer counts, so the FLOPs are unchanged) by their
 least-squares error against the teacher given the pruned, refit blocks below (optimal-brain-surgeon removals),
@@ -186,6 +191,7 @@ def tune_masks(
     resplit: Callable[[int, Masks, list[dict], list[torch.Tensor]], None] | None = None,
     adapter: ArchAdapter | None = None,
     task: Task | None = None,
+    input_ridge: float | None = None,
 ) -> tuple[Masks, list[BlockReport]]:
     """Real-valued scales for the kept units of ``masks`` (binary or already scaled) so that each
     block reproduces the teacher (``teacher_masks`` applied to the same model; ``None`` = dense).
@@ -196,7 +202,8 @@ def tune_masks(
     many examples, from batches spread evenly over the sample (batches may be ordered by length).
     ``mode="refit"`` refits the kept output-projection weights instead (returned in the masks' ``weights``);
     with it, ``ridge="auto"`` chooses each block's ridge by two-fold cross-validation over the tuning batches.
-    ``resplit(i, masks, batches, hidden)``, when given, may re-choose the units of layers ``i`` and above before
+    ``input_ridge`` (refit and reselect): the input projections are refit too, with that ridge (module doc; None:
+    not). ``resplit(i, masks, batches, hidden)``, when given, may re-choose the units of layers ``i`` and above before
     layer ``i`` is tuned, from the tuning batches and the pruned model's hidden states entering layer ``i``
     (:class:`~fastprune.common.method.resplit.BudgetResplit`). ``adapter``: the model's family (default: the
     registered one for its model type). Returns the tuned masks and a report per block."""
@@ -206,6 +213,8 @@ def tune_masks(
     ridge = default_ridge(mode, adapter.causal, task.refit_ridge) if ridge is None else ridge
     if ridge == "auto" and mode == "scales":
         raise ValueError("ridge='auto' (cross-validated) needs mode 'refit' or 'reselect', not 'scales'")
+    if input_ridge is not None and mode == "scales":
+        raise ValueError("input_ridge (the input projections' refit) needs mode 'refit' or 'reselect', not 'scales'")
     dims = adapter.dims(model.config)
     layers = adapter.layer_modules(model)
     device = torch.device(device)
@@ -225,8 +234,15 @@ def tune_masks(
             last = i == len(layers) - 1
             cls_only = last and cls_only_last_layer and task.reads_first_token and mode == "scales"
             keeps = [_keep(c, cls_only) for c in calls]
-            targets, teacher_h = _teacher_targets(adapter, layer, teacher, i, teacher_h, calls, dims.head_size)
+            targets, teacher_h = _teacher_targets(
+                adapter, layer, teacher, i, teacher_h, calls, dims.head_size, inputs=input_ridge is not None
+            )
             for block in ("attention", "ffn"):
+                if input_ridge is not None:
+                    args = (adapter, layer, student, i, block, student_h, calls, keeps, targets, dims, input_ridge)
+                    new = _refit_inputs(*args)
+                    student.weights.update(new)
+                    refits.enter_context(weights_applied(model, new, adapter))
                 data = _block_data(adapter, layer, student, i, block, student_h, calls, keeps, targets, dims)
                 mask_row = student.head[i] if block == "attention" else student.neuron[i]
                 proj = adapter.linear(layer, _PROJECTION[block])
@@ -291,15 +307,18 @@ def _tune_block(eq, mask_row, layer, block, ridge, bound, policy, stopped) -> tu
     return BlockReport(layer, block, True, before, after, float(new.abs().max()), note), new.to(mask_row.dtype)
 
 
-def _teacher_targets(adapter, layer, teacher: Masks, i, hidden, calls, head_size):
+def _teacher_targets(adapter, layer, teacher: Masks, i, hidden, calls, head_size, inputs: bool = False):
     """Per batch, the teacher's block outputs before any post-norm (projection output + the residual stream read
-    where the family reads it, :meth:`~fastprune.common.model.arch.ArchAdapter.residual`), and the teacher's next
-    hidden states."""
+    where the family reads it, :meth:`~fastprune.common.model.arch.ArchAdapter.residual`), with ``inputs`` the
+    input of each block's input projections too (``"attention in"``, ``"ffn in"``), and the teacher's next hidden
+    states."""
     cap = _Capture()
     cap.input(adapter.residual(layer, "attention"), "attn_res")
     cap.output(adapter.linear(layer, "attn_out"), "attn_out")
     cap.input(adapter.residual(layer, "ffn"), "ffn_res")
     cap.output(adapter.linear(layer, "ffn_out"), "ffn_out")
+    for block in ("attention", "ffn") if inputs else ():
+        cap.input(adapter.linear(layer, _input_linears(adapter, block)[0]), f"{block} in")
     targets, next_h = [], []
     try:
         with layer_masks_applied(adapter, layer, head_size, teacher.head[i], teacher.neuron[i]):
@@ -307,6 +326,7 @@ def _teacher_targets(adapter, layer, teacher: Masks, i, hidden, calls, head_size
                 next_h.append(_run_layer(layer, h, call))
                 v = cap.values
                 targets.append({"attention": v["attn_out"] + v["attn_res"], "ffn": v["ffn_out"] + v["ffn_res"]})
+                targets[-1] |= {k: v[k] for k in ("attention in", "ffn in") if k in v}
     finally:
         cap.remove()
     return targets, next_h
@@ -326,6 +346,38 @@ def _block_data(adapter, layer, student: Masks, i, block, hidden, calls, keeps, 
                 yield cap.values["act"][keep].float(), (target[block] - cap.values["res"])[keep].float()
     finally:
         cap.remove()
+
+
+def _input_linears(adapter: ArchAdapter, block: str) -> tuple[str, ...]:
+    """The block's input projections, in the order its forward calls them (all read the same input)."""
+    return ("query", "key", "value") if block == "attention" else adapter.ffn_inputs
+
+
+def _refit_inputs(adapter, layer, student: Masks, i, block, hidden, calls, keeps, targets, dims, ridge: float):
+    """New weights of the block's input projections (module doc), keyed as :class:`Masks` keeps them:
+    ``W' = W M^T`` with ``M = (X_s^T X_s + lam I)^-1 (X_s^T X_t + lam I)``, ``lam = ridge * mean(diag(X_s^T X_s))``,
+    from the student's inputs ``X_s`` (the pruned model so far, refit blocks included) and the teacher's ``X_t`` over
+    the kept tokens; one solve serves every projection (biases unchanged)."""
+    names = _input_linears(adapter, block)
+    cap = _Capture()
+    cap.input(adapter.linear(layer, names[-1]), "x", stop=True)  # the last one called: the rest of the layer skipped
+    first = adapter.linear(layer, names[0])
+    gram = torch.zeros(first.in_features, first.in_features, dtype=torch.float64, device=first.weight.device)
+    cross = torch.zeros_like(gram)
+    try:
+        with layer_masks_applied(adapter, layer, dims.head_size, student.head[i], student.neuron[i]):
+            for h, call, keep, target in zip(hidden, calls, keeps, targets, strict=True):
+                _try_run(layer, h, call)
+                x_s, x_t = cap.values["x"][keep].double(), target[f"{block} in"][keep].double()
+                gram += x_s.T @ x_s
+                cross += x_s.T @ x_t
+    finally:
+        cap.remove()
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    lam = ridge * float(gram.diagonal().mean())
+    correction = torch.linalg.solve(gram + lam * eye, cross + lam * eye)
+    weights = {name: adapter.linear(layer, name).weight for name in names}
+    return {weight_key(i, n, "weight"): (w.double() @ correction.T).to(w.dtype).cpu() for n, w in weights.items()}
 
 
 def _scale_equations(data, proj: nn.Linear, block: str, dims) -> NormalEquations:

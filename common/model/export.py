@@ -187,3 +187,13 @@ def _build(cls, config, structure: dict | None) -> nn.Module:
         setattr(config, adapter.cfg_intermediate, dense)
     adapter.reshape_to(model, structure)
     return model
+
+
+def cache_summary(dense: nn.Module, pruned: nn.Module) -> dict:
+    """A decoder's key/value cache bytes per token of context, dense and pruned (what bounds generation)."""
+    adapter = adapter_for(dense)
+    if not adapter.causal:
+        return {}
+    return {
+        "kv_cache_bytes_per_token": {"dense": adapter.kv_cache_bytes(dense), "pruned": adapter.kv_cache_bytes(pruned)}
+    }

@@ -230,6 +230,12 @@ class FisherRows(Options):
         "fit in 1/8 of the machine's memory); the examples beyond are folded into them (a count-sketch: their Gram "
         "matrix stays an unbiased estimate), the importance every search ranks by stays exact",
     )
+    fisher_samples: int = Field(
+        0,
+        ge=0,
+        description="examples the Fisher pass measures: the sample's first ones (0: all); the tuning still reads "
+        "every example, so a larger sample steadies the refit without a longer Fisher pass",
+    )
 
 
 class CalibGenerate(Options):
@@ -293,6 +299,13 @@ class TuningChoices(Options):
         "by-mode: 1e-4 for scales, 1e-2 for refit and reselect (1 for a causal LM, auto for embedding); "
         "auto (refit and reselect): each block's, by two-fold cross-validation of its reconstruction error",
     )
+    tuning_inputs: float | Literal["off", "by-task"] = Field(
+        BY_TASK,
+        description="refit and reselect: also refit each block's input projections (query/key/value, the MLP's "
+        "inputs) so that on the pruned model's hidden states they give what they give on the dense model's; the "
+        "value is that least squares' ridge, relative to the mean diagonal; off: only the output projections; "
+        "by-task: 1 for a causal LM, else off",
+    )
     tuning_resplit: bool = Field(
         True,
         description="before tuning each layer, re-split the budget left across it and the layers above by a "
@@ -306,7 +319,18 @@ class TuningChoices(Options):
             raise ConfigError(f"tuning ridge must be >= 0, 'auto' or 'by-mode', got {self.tuning_ridge}")
         if self.tuning_ridge == "auto" and self.tuning_mode == "scales":
             raise ConfigError("tuning ridge 'auto' (cross-validated) needs mode refit or reselect, not scales")
+        if isinstance(self.tuning_inputs, float) and self.tuning_inputs < 0:
+            raise ConfigError(f"tuning inputs must be a ridge >= 0, 'off' or 'by-task', got {self.tuning_inputs}")
+        if isinstance(self.tuning_inputs, float) and self.tuning_mode == "scales":
+            raise ConfigError("tuning inputs (the input projections' refit) needs mode refit or reselect, not scales")
         return self
+
+    def input_ridge(self, task_ridge: float | None) -> float | None:
+        """The input projections' ridge for :func:`~fastprune.common.method.tuning.tune_masks` (None: not refit);
+        ``task_ridge``: the task's default (``Task.input_ridge``), taken by ``by-task`` in the refit modes."""
+        if self.tuning_inputs == BY_TASK:
+            return None if self.tuning_mode == "scales" else task_ridge
+        return None if self.tuning_inputs == "off" else self.tuning_inputs
 
     def ridge(self) -> float | Literal["auto"] | None:
         """The ridge for :func:`~fastprune.common.method.tuning.tune_masks` (None: the mode's default)."""

@@ -129,6 +129,8 @@ def _summary(cfg: PruneConfig, task, stages: dict[str, dict]) -> dict:
         "rearrangement": {k: stages["rearrange"].get(k) for k in ("units_moved", "shrink")},
         "tuning": tune.get("tuning", []),
         "layers_tuned": tune.get("layers_tuned", 0),
+        "tuning_inputs": tune.get("input_ridge"),  # the input projections' ridge (None: not refit)
+        "tuning_examples": tune.get("examples", 0),  # the Fisher pass's may be fewer (fisher_samples)
         "validation": tune.get("validation", {}),
         **({"resplit": tune["resplit"]} if "resplit" in tune else {}),
         "device": str(resolve_device(cfg.device)),
@@ -149,12 +151,14 @@ def format_summary(summary: dict) -> str:
     )
     exported = summary.get("flops_ratio_exported", summary["flops_ratio"])
     padded = f" ({exported:.3f} with the FFN padding)" if f"{exported:.3f}" != f"{summary['flops_ratio']:.3f}" else ""
+    ridge = summary.get("tuning_inputs")
+    inputs = f", input projections too (ridge {ridge:g})" if ridge is not None else ""
     lines = [
         f"fastprune: {summary['model']} on {summary['task']} at {summary['constraint_metric']} "
         f"constraint {summary['constraint']}",
         f"  FLOPs kept {summary['flops_ratio']:.3f}{padded}; parameters {summary['params_before']:,} -> "
         f"{summary['params_after']:,}; heads/layer {summary['heads_per_layer']}",
-        f"  blocks tuned {summary['layers_tuned']} of {len(summary['tuning'])}{checks}; "
+        f"  blocks tuned {summary['layers_tuned']} of {len(summary['tuning'])}{inputs}{checks}; "
         f"prune time {summary['prune_seconds']:.1f} s on {summary['device']}",
     ]
     tuned = [r for r in summary["tuning"] if r["tuned"]]

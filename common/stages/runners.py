@@ -36,11 +36,11 @@ from ..method.fisher import MaskGradients
 from ..method.iterative import iterative_fisher
 from ..method.rearrange import head_block, rearrange_masks
 from ..method.resplit import BudgetResplit
-from ..method.tuning import DEFAULT_TEACHER, tune_masks
+from ..method.tuning import DEFAULT_TEACHER, spread_batches, tune_masks
 from ..method.validation import StageValidator
 from ..model.arch import ModelDims, adapter_for
 from ..model.cost import dense_macs, flops_ratio, structure_macs
-from ..model.export import export_pruned, parameter_count, save_pruned
+from ..model.export import cache_summary, export_pruned, parameter_count, save_pruned
 from ..model.loading import load_model, resolve_device
 from ..model.masks import Masks, pruning_applied
 from ..tasks.causal_lm import generated_batches, load_batches, save_batches
@@ -86,7 +86,8 @@ def _sample_batches(sample: Path, tokenizer, task: Task, file: str = SAMPLE_FILE
 
 
 def _calibration(sample: Path, grads: Path, tokenizer, task: Task) -> list[dict]:
-    """The windows the Fisher pass measured: self-generated ones where its stage made them, else the sample's."""
+    """The windows the tuning reads, all of them (the Fisher pass may have measured the first ``fisher_samples``):
+    the Fisher stage's self-generated ones where it made them, else the sample's."""
     if (grads / CALIBRATION_FILE).exists():
         return load_batches(grads / CALIBRATION_FILE)
     return _sample_batches(sample, tokenizer, task)
@@ -182,7 +183,7 @@ def run_sample(p: SampleParams, out: Path) -> dict:
 
 def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
     """Per-batch gradients of the task loss w.r.t. every head and neuron mask over the sample."""
-    from ..tasks.data import average_length
+    from ..tasks.data import average_length, first_examples
 
     device = resolve_device(p.device)
     net, tokenizer, task = _model(model, device)
@@ -198,6 +199,7 @@ def run_fisher(p: FisherParams, out: Path, model: Path, sample: Path) -> dict:
         save_batches(batches, out / CALIBRATION_FILE)
         log.info("calibration: %d windows self-generated in %.0f s", sum(len(b["input_ids"]) for b in batches),
                  time.perf_counter() - start)  # fmt: skip
+    batches = first_examples(batches, p.fisher_samples)  # the tuning reads them all
     seq_len, dims = p.seq_len or average_length(batches), adapter_for(net).dims(net.config)
 
     def search(g: MaskGradients, constraint: float) -> Masks:
@@ -318,7 +320,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         arranged = stage_info(masks)  # the rearrangement stage's: whether it ran, and its shrinkage
         shrink = arranged.get("shrink", 0.0)
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation, shrink)
-        batches = _calibration(sample, grads, tokenizer, task)
+        batches = spread_batches(_calibration(sample, grads, tokenizer, task), p.tuning_samples or None)
         if p.tuning_resplit:
             measured = stage_info(grads)  # the Fisher stage's: its label source and rows, which the re-split keeps
             made = measured["params"]
@@ -350,10 +352,10 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             p.tuning_scale_bound,
             p.tuning_policy,
             progress=p.progress,
-            num_samples=p.tuning_samples or None,
             mode=p.tuning_mode,
             resplit=resplit,
             task=task,
+            input_ridge=p.input_ridge(task.input_ridge),
         )
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
@@ -366,7 +368,8 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         "layers_tuned": sum(r.tuned for r in reports),
         "validation": validation,
         **({"resplit": resplit.log} if resplit else {}),
-        **({"calibration": calibration} if p.tune else {}),
+        **({"calibration": calibration, "input_ridge": p.input_ridge(task.input_ridge)} if p.tune else {}),
+        **({"examples": sum(len(b["input_ids"]) for b in batches)} if p.tune else {}),
         **_masks_summary(chosen),
     }
 
@@ -396,17 +399,7 @@ def run_export(p: ExportParams, out: Path, model: Path, masks: Path) -> dict:
         **_masks_summary(tuned, dims, seq_len),
         "neurons_per_layer_exported": shape["intermediate_size"],
         "flops_ratio_exported": exported / dense_macs(dims, seq_len),
-        **_cache_summary(net, pruned),
-    }
-
-
-def _cache_summary(dense: nn.Module, pruned: nn.Module) -> dict:
-    """A decoder's key/value cache bytes per token of context, dense and pruned (what bounds generation)."""
-    adapter = adapter_for(dense)
-    if not adapter.causal:
-        return {}
-    return {
-        "kv_cache_bytes_per_token": {"dense": adapter.kv_cache_bytes(dense), "pruned": adapter.kv_cache_bytes(pruned)}
+        **cache_summary(net, pruned),
     }
 
 

@@ -62,6 +62,7 @@ class Task(ABC):
     checks_data: bool = False  # :meth:`check_data` needs the tokenizer: run it before any compute
     sample_unit: str = "training examples"  # what :meth:`draw_sample` draws, for the warnings
     refit_ridge: float | Literal["auto"] | None = None  # the refit's default ridge for this task (None: tuning's)
+    input_ridge: float | None = None  # the refit of the input projections: its default ridge (None: not refit)
     resplit_rearranges: bool = False  # the budget re-split rearranges each layer it re-splits (rearranged masks only)
     rearrange_shrink: float | Literal["auto"] = 0.0  # the rearrangement's default shrinkage (rearrange_units)
     fisher_rows: Literal["example", "token"] = "example"  # the Fisher pass's default gradient rows (fisher_rows)

@@ -53,6 +53,7 @@ class CausalLMTask(Task):
     checks_data: bool = True
     rearrange_shrink: float | Literal["auto"] = "auto"  # few windows: their gradient rows' correlations are noisy
     fisher_rows: Literal["example", "token"] = "token"  # 64 windows of 128 tokens: 8,192 rows instead of 64
+    input_ridge: float | None = 1.0  # q/k/v and the MLP's inputs refit too (SmolLM2: lower perplexity at 0.6 and 0.8)
     generates: bool = True
     sample_unit: str = "window slots of the training text"
     serving_inputs: tuple[tuple[str, bool], ...] = (("prompt", True),)

@@ -244,3 +244,14 @@ def average_length(batches: list[dict[str, torch.Tensor]]) -> float:
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     sequences = sum(int(b["attention_mask"].shape[0]) for b in batches)
     return tokens / max(sequences, 1)
+
+
+def first_examples(batches: list[dict[str, torch.Tensor]], count: int) -> list[dict[str, torch.Tensor]]:
+    """The batches holding the first ``count`` examples (the last one cut where needed); all when ``count`` is 0."""
+    out, left = [], count or sum(len(b["input_ids"]) for b in batches)
+    for batch in batches:
+        if left <= 0:
+            break
+        out.append(batch if len(batch["input_ids"]) <= left else {k: v[:left] for k, v in batch.items()})
+        left -= len(batch["input_ids"])
+    return out

@@ -217,6 +217,15 @@ def test_stages_keep_the_budget_and_tune_once_per_ridge(llama, calibration):
     assert (strong[key] - dense)[:, kept].norm() < (weak[key] - dense)[:, kept].norm()
 
 
+def test_stages_refit_the_input_projections_once_per_input_ridge(llama, calibration):
+    batches, task = calibration
+    grads = llm_ours.fisher(llama, batches, task)
+    got = dict(llm_ours.stages(llama, grads, batches, task, SEQ, 0.6, "global", "tune", input_ridges=(None, 1.0)))
+    assert list(got) == ["search", "rearrange", "tune", "tune@in1.0"]
+    assert "1.query.weight" in got["tune@in1.0"].weights and "1.query.weight" not in got["tune"].weights
+    assert got["tune"].equal(got["tune@in1.0"])  # the same units kept
+
+
 def test_ridge_and_shrink_flags_read_numbers_and_their_words_and_refuse_the_rest():
     ridge = llm_bench._number_or("--tuning-ridge", ("auto",))
     assert ridge("auto") == "auto" and ridge("0.1") == 0.1 and ridge("100") == 100.0

@@ -171,3 +171,50 @@ def test_self_generated_calibration_is_measured_and_tuned_on(llama_folder, short
     assert _prune(llama_folder, TRAIN, short_dev, tmp_path / "bad", *bad) == 2
     assert "the prompt must be shorter than a calibration window (32 tokens" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_causal_lm_refits_its_input_projections_by_default(llama_folder, short_dev, tmp_path, capsys):
+    """The tuning refits q/k/v and the MLP's inputs too (``--tuning-inputs by-task``: ridge 1 for a causal LM); the
+    exported model carries them; ``off`` refits the output projections only, on the same units."""
+    out = tmp_path / "inputs"
+    assert _prune(llama_folder, TRAIN, short_dev, out, "--no-tuning-resplit") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tuning_inputs"] == 1.0
+    assert ", input projections too (ridge 1);" in capsys.readouterr().out
+    model, tokenizer = load_pruned(out / "model")
+    dev = get_task("causal-lm").load_data(short_dev)
+    assert get_task("causal-lm").evaluate(model, tokenizer, dev)["perplexity"] == pytest.approx(
+        summary["metric_after"], rel=1e-4
+    )
+    plain = tmp_path / "plain"
+    assert _prune(llama_folder, TRAIN, short_dev, plain, "--no-tuning-resplit", "--tuning-inputs", "off") == 0
+    assert json.loads((plain / "summary.json").read_text())["tuning_inputs"] is None
+    kept, _ = load_pruned(plain / "model")  # the same units kept: only the refit differs
+    for module, names in (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj"))):
+        for name in names:
+            refit, unchanged = (getattr(getattr(m.model.layers[-1], module), name).weight for m in (model, kept))
+            assert refit.shape == unchanged.shape and not torch.allclose(refit, unchanged, atol=1e-4), name
+    for bad, message in (
+        (("--tuning-inputs", "1", "--tuning-mode", "scales"), "needs mode refit or reselect, not scales"),
+        (("--tuning-inputs", "-1"), "tuning inputs must be a ridge >= 0, 'off' or 'by-task', got -1"),
+    ):
+        assert _prune(llama_folder, TRAIN, short_dev, tmp_path / "bad", *bad) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    assert _prune(llama_folder, TRAIN, short_dev, tmp_path / "scales", "--tuning-mode", "scales") == 0
+    assert json.loads((tmp_path / "scales" / "summary.json").read_text())["tuning_inputs"] is None  # by-task: off
+
+
+def test_the_fisher_pass_can_measure_fewer_windows_than_the_tuning_reads(llama_folder, short_dev, tmp_path):
+    """``--fisher-samples N``: the Fisher pass measures the sample's first N windows, the tuning reads them all."""
+    out = tmp_path / "fewer"
+    assert _prune(llama_folder, TRAIN, short_dev, out, "--fisher-samples", "4", "--no-tuning-resplit") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fisher_rows"] == {"rows": "token", "num_rows": 4 * 32}
+    assert summary["tuning_examples"] == 8
+    generated = tmp_path / "generated"  # self-generated: every window generated, the first 4 measured
+    extra = ("--fisher-samples", "4", "--calib-generate", "8", "--no-tuning-resplit")
+    assert _prune(llama_folder, TRAIN, short_dev, generated, *extra) == 0
+    summary = json.loads((generated / "summary.json").read_text())
+    assert summary["fisher_rows"]["num_rows"] == 4 * 32 and summary["tuning_examples"] == 8
+    assert summary["calibration"] == "generated"

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from fastprune.common.errors import ConfigError, DataError
 from fastprune.common.tasks.data import average_length, load_task_data, sample_dataset, task_batches
 from fastprune.common.tasks.evaluate import classification_metrics, regression_metrics
@@ -100,3 +101,13 @@ def test_metrics_match_known_values():
     assert m["matthews"] == pytest.approx(100 * (2 * 1 - 1 * 0) / np.sqrt(3 * 2 * 1 * 2))
     r = regression_metrics(np.array([1.0, 2.0, 3.0, 5.0]), np.array([1.0, 2.0, 3.0, 4.0]))
     assert r["spearman"] == pytest.approx(100.0) and r["pearson"] < 100.0
+
+
+def test_first_examples_cuts_the_batch_that_holds_the_last_one():
+    from fastprune.common.tasks.data import first_examples
+
+    batches = [{"input_ids": torch.arange(i * 4, i * 4 + 4)[:, None], "labels": torch.zeros(4, 1)} for i in range(3)]
+    first = first_examples(batches, 6)
+    assert [len(b["input_ids"]) for b in first] == [4, 2] and len(first[1]["labels"]) == 2
+    assert torch.cat([b["input_ids"] for b in first]).flatten().tolist() == list(range(6))
+    assert first_examples(batches, 0) == batches and first_examples(batches, 99) == batches
