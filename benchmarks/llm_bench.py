@@ -219,7 +219,6 @@ class Bench:
         self.machine = machine(torch.device("cpu"))
         self.task = causal_lm_task()
         self.dense = dense_counts(self.dims)
-        self.tuning: list[dict] = []  # ours' refit windows (the seed's Fisher windows, with --tuning-windows more)
 
     # ----- records --------------------------------------------------------------------------------------------
     def write(self, record: dict[str, Any]) -> None:
@@ -312,12 +311,12 @@ class Bench:
             )
         fisher_windows = calib[: a.fisher_windows or len(calib)]
         batches = window_batches(fisher_windows, a.batch_size)
-        self.tuning = batches
+        tuning = batches  # ours' refit windows: the Fisher pass's, with --tuning-windows more
         if a.tuning_windows > len(fisher_windows):  # more windows for ours' refit only, drawn (and generated) apart
             extra = sample_windows(self.calib, a.tuning_windows - len(fisher_windows), seed + 1000)
             if a.calib_generate:
                 extra = generated_windows(self.model, extra, a.calib_generate, seed + 1000)
-            self.tuning = batches + window_batches(extra, a.batch_size)
+            tuning = batches + window_batches(extra, a.batch_size)
         shared: dict[str, tuple[Any, float]] = {}
 
         def once(key: str, make) -> Any:
@@ -330,13 +329,13 @@ class Bench:
         for c in a.constraints:
             for method in a.methods:
                 try:
-                    self.run_method(method, seed, c, calib, batches, once)
+                    self.run_method(method, seed, c, calib, batches, once, tuning)
                 except Exception as err:  # one method failing leaves the others' numbers
                     self.write(
                         {"method": method, "seed": seed, "constraint": c, "error": f"{type(err).__name__}: {err}"}
                     )
 
-    def run_method(self, method: str, seed: int, c: float, calib, batches, once) -> None:
+    def run_method(self, method: str, seed: int, c: float, calib, batches, once, tuning) -> None:
         dims, s = self.dims, self.args.seq_len
         if method == "torch-pruning":
             import llm_torch_pruning
@@ -363,7 +362,7 @@ class Bench:
                 stages = llm_ours.stages(
                     self.model,
                     grads,
-                    self.tuning,
+                    tuning,
                     self.task,
                     s,
                     c,

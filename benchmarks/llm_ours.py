@@ -150,6 +150,5 @@ def stages(
             task=task,
             input_ridge=inputs,
         )
-        name = stage + (f"@{ridge}" if len(ridges) > 1 else "") + (f"@in{inputs}" if len(input_ridges) > 1 else "")
-        name = name.removesuffix("@inNone")  # the input projections not refit
-        yield name, tuned
+        in_name = f"@in{inputs}" if len(input_ridges) > 1 and inputs is not None else ""  # None: not refit
+        yield stage + (f"@{ridge}" if len(ridges) > 1 else "") + in_name, tuned

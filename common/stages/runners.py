@@ -321,6 +321,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         shrink = arranged.get("shrink", 0.0)
         teacher = teacher_masks(fisher, dims, search["constraint"], search["seq_len"], kind, table, allocation, shrink)
         batches = spread_batches(_calibration(sample, grads, tokenizer, task), p.tuning_samples or None)
+        input_ridge = p.input_ridge(task.input_ridge)
         if p.tuning_resplit:
             measured = stage_info(grads)  # the Fisher stage's: its label source and rows, which the re-split keeps
             made = measured["params"]
@@ -355,7 +356,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
             mode=p.tuning_mode,
             resplit=resplit,
             task=task,
-            input_ridge=p.input_ridge(task.input_ridge),
+            input_ridge=input_ridge,
         )
         chosen = validator.choose("tune", chosen, tuned) if validator else tuned
     if validator:
@@ -368,7 +369,7 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         "layers_tuned": sum(r.tuned for r in reports),
         "validation": validation,
         **({"resplit": resplit.log} if resplit else {}),
-        **({"calibration": calibration, "input_ridge": p.input_ridge(task.input_ridge)} if p.tune else {}),
+        **({"calibration": calibration, "input_ridge": input_ridge} if p.tune else {}),
         **({"examples": sum(len(b["input_ids"]) for b in batches)} if p.tune else {}),
         **_masks_summary(chosen),
     }
