@@ -32,7 +32,7 @@ from fastprune.common.method.latency_table import LatencyTable, build_lut  # noq
 from fastprune.common.model import spread  # noqa: E402
 from fastprune.common.model.arch import adapter_for, padded_size  # noqa: E402
 from fastprune.common.model.masks import Masks  # noqa: E402
-from fastprune.common.model.timing import device_name, time_interleaved  # noqa: E402
+from fastprune.common.model.timing import device_name, model_call, random_inputs, time_interleaved  # noqa: E402
 from torch import nn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,24 +51,6 @@ def sliced_copy(model: nn.Module, groups: int, neurons: int) -> tuple[nn.Module,
     for layer in adapter.layer_modules(sliced):
         adapter.slice_layer(layer, torch.arange(groups * dims.group_size), torch.arange(neurons), dims.head_size)
     return sliced.eval(), masks
-
-
-def prefill_call(model: nn.Module, ids: torch.Tensor) -> Callable[[], object]:
-    """A prefill as generation runs it: the whole prompt, a new key/value cache, the last position's logits."""
-    return lambda: model(input_ids=ids, logits_to_keep=1)
-
-
-def decode_call(model: nn.Module, ids: torch.Tensor, token: torch.Tensor) -> Callable[[], object]:
-    """One decoding step over the prompt's key/value cache, from which the step's token is removed again after it."""
-    with torch.inference_mode():
-        cache = model(input_ids=ids).cache
-
-    def step() -> object:
-        out = model(input_ids=token, cache=cache, logits_to_keep=1)
-        cache.crop(-token.shape[1])
-        return out
-
-    return step
 
 
 def measure(calls: list[Callable[[], object]], device: torch.device, repeats: int, warmup: int) -> dict:
@@ -101,6 +83,21 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def plain_args(args: argparse.Namespace) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def write_report(result: dict, text: str, prefix: Path, device: torch.device) -> None:
+    """Print ``text`` and write it to ``<prefix>_<device>.md``, ``result`` to ``.json`` beside it."""
+    print(text)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", ("cpu" if device.type == "cpu" else device_name(device)).lower()).strip("-")
+    stem = prefix.with_name(f"{prefix.name}_{slug}")
+    stem.with_suffix(".md").write_text(text, encoding="utf-8")
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print(f"wrote {stem}.md and .json")
 
 
 def render(result: dict) -> str:
@@ -137,23 +134,34 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def timing_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the SmolLM2 timing benchmarks (this one and ``llm_speed.py``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=SMOLLM2, help="an HF Llama folder (default: SmolLM2-135M)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=512, help="prefill length and decode cache length")
-    parser.add_argument("--groups", type=int, default=2, help="key/value groups kept per layer")
-    parser.add_argument("--neuron-fraction", type=float, default=0.6, help="MLP neurons kept per layer")
     parser.add_argument("--repeats", type=int, default=9, help="prefill repeats")
     parser.add_argument("--decode-repeats", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--table-repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    return parser
+
+
+def parsed(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     if not args.model.is_dir():
         raise SystemExit(f"no model folder at {args.model}: see ../shared/data/README.md for SmolLM2")
+    return args
+
+
+def main() -> None:
+    parser = timing_parser(__doc__)
+    parser.add_argument("--groups", type=int, default=2, help="key/value groups kept per layer")
+    parser.add_argument("--neuron-fraction", type=float, default=0.6, help="MLP neurons kept per layer")
+    parser.add_argument("--table-repeats", type=int, default=5)
+    args = parsed(parser)
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
@@ -163,15 +171,11 @@ def main() -> None:
     dims = adapter_for(model).dims(model.config)
     neurons = padded_size(round(args.neuron_fraction * dims.intermediate_size), dims.intermediate_size)
     sliced, masks = sliced_copy(model, args.groups, neurons)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, model.config.vocab_size, (args.batch_size, args.seq_len), generator=generator).to(device)
-    token = ids[:, -1:]
+    inputs = random_inputs(args.batch_size, args.seq_len, model.config.vocab_size, device)
     modes: dict[str, dict] = {}
     for mode in ("prefill", "decode"):
-        if mode == "prefill":
-            calls = [prefill_call(m, ids) for m in (model, sliced)]
-        else:
-            calls = [decode_call(m, ids, token) for m in (model, sliced)]
+        with torch.inference_mode():
+            calls = [model_call(m, inputs, mode) for m in (model, sliced)]
         timed = measure(calls, device, args.repeats if mode == "prefill" else args.decode_repeats, args.warmup)
         table = build_lut(
             model.config, device, args.batch_size, args.seq_len, mode=mode, repeats=args.table_repeats, warmup=1
@@ -180,21 +184,14 @@ def main() -> None:
         print(mode, json.dumps(modes[mode]), flush=True)
     result = {
         "device": device_name(device),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": plain_args(args),
         "heads": args.groups * dims.group_size,
         "neurons": neurons,
         "uptime_before": before,
         "uptime_after": uptime(),
         "modes": modes,
     }
-    text = render(result)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", ("cpu" if device.type == "cpu" else device_name(device)).lower()).strip("-")
-    stem = args.out / f"llm_latency_smollm2_{slug}"
-    stem.with_suffix(".md").write_text(text, encoding="utf-8")
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    print(f"wrote {stem}.md and .json")
+    write_report(result, render(result), args.out / "llm_latency_smollm2", device)
 
 
 if __name__ == "__main__":

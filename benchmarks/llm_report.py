@@ -4,6 +4,7 @@ ratio to dense), the costs, the targets of issue 20 checked, a plot; all rebuilt
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
@@ -117,8 +118,22 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def best_ours(runs: dict[tuple[str, float], list[dict[str, Any]]], text: str) -> str | None:
+    """The ``ours`` setting (the method name before ``:tune``) measured at the most budgets, and among those the one
+    with the lowest mean log-perplexity after tuning."""
+    tuned: dict[str, dict[float, float]] = defaultdict(dict)
+    for (m, c), got in runs.items():
+        if m.startswith("ours") and m.endswith(":tune"):
+            tuned[m.removesuffix(":tune")][c] = mean_ppl(got, text)
+    if not tuned:
+        return None
+    most = max(len(v) for v in tuned.values())
+    return min((k for k, v in tuned.items() if len(v) == most), key=lambda k: mean(map(math.log, tuned[k].values())))
+
+
 def plot(records: list[dict[str, Any]], path: Path) -> Path | None:
-    """Perplexity (first eval text, log scale) against FLOPs kept, one line per method; None without matplotlib."""
+    """Perplexity (first eval text, log scale) against FLOPs kept: the best ``ours`` setting after each stage, every
+    baseline, the other ``ours`` settings after tuning in grey; None without matplotlib."""
     try:
         import matplotlib
 
@@ -130,16 +145,40 @@ def plot(records: list[dict[str, Any]], path: Path) -> Path | None:
     texts = _texts(records)
     if not texts:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in dict.fromkeys(m for (m, c) in runs if c < 1.0):
-        points = sorted(
-            (mean(r["flops_kept"] for r in got), mean_ppl(got, texts[0])) for (n, _), got in runs.items() if n == m
+    best = best_ours(runs, texts[0])
+
+    def points(method: str) -> list[tuple[float, float]]:
+        return sorted(
+            (mean(r["flops_kept"] for r in got), mean_ppl(got, texts[0])) for (n, _), got in runs.items() if n == method
         )
-        ax.plot(*zip(*points, strict=True), marker="o", label=m)
+
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    others = [
+        m
+        for m in dict.fromkeys(m for (m, c) in runs if c < 1.0)
+        if m.endswith(":tune") and best and not m.startswith(best + ":")
+    ]
+    for i, m in enumerate(others):
+        ax.plot(
+            *zip(*points(m), strict=True), color="0.75", lw=1, label="other ours settings, tuned" if i == 0 else None
+        )
+    baselines = [m for m in BASELINE_NAMES if any(n == m for (n, _) in runs)]
+    for color, m in zip(("C1", "C2", "C3", "C4", "C5", "C6"), baselines, strict=False):
+        ax.plot(*zip(*points(m), strict=True), marker="s", ms=4, color=color, label=m)
+    for stage, style in (("search", ":"), ("rearrange", "--"), ("tune", "-")):
+        if best and any(n == f"{best}:{stage}" for (n, _) in runs):
+            ax.plot(
+                *zip(*points(f"{best}:{stage}"), strict=True),
+                ls=style,
+                marker="o",
+                color="C0",
+                lw=2,
+                label=f"{best}:{stage}",
+            )
     if ("dense", 1.0) in runs:
-        ax.axhline(mean_ppl(runs[("dense", 1.0)], texts[0]), color="k", ls="--", label="dense")
-    ax.set(xlabel="FLOPs kept (decoder-layer MACs)", ylabel=f"perplexity ({texts[0]})", yscale="log")
-    ax.legend(fontsize=7)
+        ax.axhline(mean_ppl(runs[("dense", 1.0)], texts[0]), color="k", ls="--", lw=1, label="dense")
+    ax.set(xlabel="FLOPs kept (decoder-layer MACs)", ylabel=f"perplexity ({texts[0]}, mean over seeds)", yscale="log")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

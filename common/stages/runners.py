@@ -450,16 +450,18 @@ def run_onnx(p: OnnxParams, out: Path, pruned: Path) -> dict:
 
 
 def run_profile(p: ProfileParams, out: Path, model: Path, pruned: Path) -> dict:
-    """End-to-end latency of the original and the pruned model on this step's device, same inputs."""
+    """End-to-end latency of the original and the pruned model on this step's device, same inputs; a causal LM's
+    for a prefill and for one decoding step (``timing.MODES``)."""
     from ..model.onnx_folder import onnx_candidate
-    from ..model.timing import profile_models
+    from ..model.timing import default_modes, profile_models
 
     device = resolve_device(p.device)
     original, _, _ = _model(model, device)
     small, _, _ = _model(pruned, device)
     models = {"original": original, "pruned": small}
+    modes = default_modes(original)
     onnx = onnx_candidate(pruned, device, p.serving_dtype)  # the export step's ONNX folder, on onnxruntime (CPU)
-    if onnx is not None:
+    if onnx is not None and modes == ("forward",):
         models[onnx[0]] = onnx[1]
     profile = profile_models(
         models,
@@ -470,22 +472,18 @@ def run_profile(p: ProfileParams, out: Path, model: Path, pruned: Path) -> dict:
         p.repeats,
         p.warmup,
         vocab_size=cast(Any, original.config).vocab_size,
+        modes=modes,
     )
     if not profile.entries:
         raise ConfigError(f"serving_dtype {p.serving_dtype} is measured on CUDA devices only, not on {device}")
     (out / PROFILE_FILE).write_text(profile.to_markdown())
-    first, second = profile.entries[:2]
     result = {
         "device": profile.device,
-        "latency_before_ms": first.p50_ms,
-        "latency_after_ms": second.p50_ms,
-        "speedup": second.speedup,
-        "speedup_p10": second.speedup_p10,
-        "speedup_p90": second.speedup_p90,
+        **profile.comparison("original", "pruned"),
         "noisy": any(e.noisy for e in profile.entries),
         "repeats": p.repeats,
     }
-    if onnx is not None:
+    if len(models) > 2:
         third = profile.entries[2]
         result.update(latency_after_onnx_ms=third.p50_ms, speedup_onnx=third.speedup, onnx_model=third.model)
     return {**result, "profile": profile.to_dict()}

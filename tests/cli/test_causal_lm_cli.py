@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastprune.common.folders import stage_info
 from fastprune.common.model.export import load_pruned
 from fastprune.common.tasks.spec import get_task
 from tiny import SST2, TEXT, tiny_llama, tiny_model, tiny_tokenizer
@@ -63,6 +64,18 @@ def test_prune_a_tiny_llama_end_to_end(llama_folder, short_dev, tmp_path, capsys
     prompt = tokenizer("the history of", return_tensors="pt")
     out = model.generate(input_ids=prompt["input_ids"], max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert out.shape == (1, prompt["input_ids"].shape[1] + 5)
+    pruned, timing = str(tmp_path / "out" / "model"), ("--batch-size", "2", "--seq-len", "8", "--repeats", "2")
+    profile = ["profile", "--model", str(llama_folder), "--pruned", pruned, "--device", "cpu", *timing]
+    assert main([*profile, "--output", str(tmp_path / "lat.json")]) == 0  # a causal LM: prefill and decode
+    speedups = json.loads((tmp_path / "lat.json").read_text())["speedup"]
+    assert list(speedups) == ["prefill/float32/b2/s8", "decode/float32/b2/s8"]
+    assert "| pruned | decode | float32 | 2 | 8 |" in capsys.readouterr().out
+    prepare = ["--out", str(tmp_path / "prepare"), "--model", str(llama_folder), "--task", "causal-lm"]
+    assert main(["step", "prepare", *prepare]) == 0
+    step = ["--out", str(tmp_path / "profile"), "--model", str(tmp_path / "prepare"), "--pruned", pruned, *timing]
+    assert main(["step", "profile", *step]) == 0  # the pipeline's profile step: the same two modes
+    figures = stage_info(tmp_path / "profile")
+    assert figures["decode_speedup"] > 0 and figures["speedup"] == figures["prefill_speedup"]
 
 
 def test_bad_inputs_are_refused_before_any_compute(llama_folder, short_dev, tmp_path, capsys):

@@ -15,8 +15,9 @@ from fastprune.common.method.latency_table import LatencyTable, build_lut
 from fastprune.common.model.arch import ModelDims, adapter_for
 from fastprune.common.model.blocks import kv_cache
 from fastprune.common.model.masks import Masks
+from fastprune.common.model.timing import default_modes, model_call, profile_models, random_inputs
 from fastprune.common.stages.config import PruneConfig
-from tiny import tiny_config, tiny_llama_config
+from tiny import tiny_config, tiny_llama, tiny_llama_config, tiny_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 HEADS, GROUPS, HEAD_SIZE, HIDDEN, NEURONS, LAYERS = 4, 2, 8, 32, 24, 3
@@ -184,3 +185,48 @@ def test_decode_is_refused_for_an_encoder_before_any_timing(monkeypatch):
         )
     flops = PruneConfig(model="m", task="sst2", train_data="t", constraint=0.5, latency_mode="decode")
     assert flops.latency_mode == "decode"  # ignored without a latency constraint, as the other latency options
+
+
+# ----- end-to-end profile of a causal LM: a prefill and a decoding step ---------------------------------------------
+def test_prefill_and_decode_calls_give_the_full_forwards_last_position_and_leave_the_cache_as_it_was():
+    model = tiny_llama(layers=2)
+    inputs = random_inputs(2, 6, model.config.vocab_size, seed=1)
+    ids = inputs["input_ids"]
+    with torch.inference_mode():
+        full = model(input_ids=torch.cat([ids, ids[:, -1:]], dim=1)).logits
+        prefill = model_call(model, inputs, "prefill")()
+        step = model_call(model, inputs, "decode")
+        first, second = step(), step()  # the second step sees the prompt's cache again, not prompt + one token
+    assert prefill.logits.shape == (2, 1, model.config.vocab_size)
+    torch.testing.assert_close(prefill.logits[:, 0], full[:, -2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(first.logits[:, 0], full[:, -1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(second.logits, first.logits)
+    assert first.cache.get_seq_length() == 6
+
+
+def test_a_causal_lm_is_profiled_in_prefill_and_decode_and_an_encoder_in_one_forward():
+    dense = tiny_llama(layers=2)
+    sliced = copy.deepcopy(dense)
+    adapter = adapter_for(sliced)
+    for layer in adapter.layer_modules(sliced):  # one of the two key/value groups (its two query heads), 16 neurons
+        adapter.slice_layer(layer, torch.arange(2), torch.arange(16), adapter.dims(sliced.config).head_size)
+    assert default_modes(dense) == ("prefill", "decode") and default_modes(tiny_model()) == ("forward",)
+    models = {"original": dense, "pruned": sliced}
+    result = profile_models(models, [2], [6], repeats=2, warmup=1, vocab_size=64, modes=default_modes(dense))
+    assert [(e.model, e.mode) for e in result.entries] == [
+        ("original", "prefill"),
+        ("pruned", "prefill"),
+        ("original", "decode"),
+        ("pruned", "decode"),
+    ]
+    figures = result.comparison("original", "pruned")
+    decode = result.entry("pruned", batch_size=2, seq_len=6, mode="decode")
+    assert figures["decode_speedup"] == decode.speedup and figures["decode_latency_after_ms"] == decode.p50_ms
+    assert figures["speedup"] == figures["prefill_speedup"] > 0  # the plain keys: the first mode's
+    assert "| pruned | decode | float32 | 2 | 6 |" in result.to_markdown()
+    encoder = profile_models({"m": tiny_model()}, [1], [4], repeats=1, warmup=0, vocab_size=100)
+    assert "decode_speedup" not in encoder.comparison("m", "m") and " mode |" not in encoder.to_markdown()
+    with pytest.raises(ConfigError, match="profile modes \\['generate'\\]: each must be one of forward, prefill"):
+        profile_models(models, [1], [4], modes=["generate"])
+    with pytest.raises(ConfigError, match="time a causal LM; bert does not generate: use forward"):
+        profile_models({"bert": tiny_model()}, [1], [4], modes=["decode"])
