@@ -369,8 +369,15 @@ def run_tune(p: TuneParams, out: Path, model: Path, sample: Path, grads: Path, s
         "layers_tuned": sum(r.tuned for r in reports),
         "validation": validation,
         **({"resplit": resplit.log} if resplit else {}),
-        **({"calibration": calibration, "input_ridge": input_ridge} if p.tune else {}),
-        **({"examples": sum(len(b["input_ids"]) for b in batches)} if p.tune else {}),
+        **(
+            {
+                "calibration": calibration,
+                "input_ridge": input_ridge,
+                "examples": sum(len(b["input_ids"]) for b in batches),
+            }
+            if p.tune
+            else {}
+        ),
         **_masks_summary(chosen),
     }
 
